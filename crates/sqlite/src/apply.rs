@@ -1,0 +1,580 @@
+//! Applying remote changes.
+//!
+//! An [`ApplySession`] is one open write transaction. Opening it marks the transaction
+//! as Concord's own (so the capture triggers stay silent) and first folds pending local
+//! writes into the log, so row metadata matches the table when the merge rules run. Each
+//! change is then checked (known table and columns, well-formed key, value types, clock
+//! bound, sequence continuity), merged by [`concord_core::merge::merge_remote`], and its
+//! decision written: the user's row, the row clock, any conflicts, and the change itself
+//! appended to the log so this node can relay it. The version vector advance is written
+//! before commit, in the same transaction.
+//!
+//! If anything fails, the session is poisoned and dropping it rolls the transaction back:
+//! nothing since the last commit is applied, and the store reloads its in-memory state.
+//! Commits happen only at source-transaction boundaries, so a source transaction is
+//! never applied in part.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::sync::Arc;
+
+use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
+use concord_core::{Advance, Change, Value, Version};
+use rusqlite::params_from_iter;
+use rusqlite::types::ToSql;
+
+use crate::codec::{self, LogBody, LogColumn, Sql};
+use crate::error::{ApplyError, RowError, StoreError};
+use crate::schema::{Affinity, TableInfo, quote};
+use crate::store::{LoadClockError, SqliteStore, now_ms};
+
+/// Counts from applying changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes received.
+    pub received: u64,
+    /// Changes merged (new to this replica).
+    pub applied: u64,
+    /// Changes already held, skipped.
+    pub duplicates: u64,
+    /// Conflicts recorded.
+    pub conflicts: u64,
+    /// Local writes captured before applying.
+    pub captured: u64,
+    /// Transactions committed.
+    pub commits: u64,
+}
+
+/// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
+pub struct ApplySession<'s> {
+    store: &'s mut SqliteStore,
+    open: bool,
+    poisoned: bool,
+    at_boundary: bool,
+    in_txn: usize,
+    dirty_origins: BTreeSet<u32>,
+    last: Option<(String, u64)>,
+    report: ApplyReport,
+}
+
+impl SqliteStore {
+    /// Opens an apply transaction.
+    pub fn begin_apply(&mut self) -> Result<ApplySession<'_>, ApplyError> {
+        self.ensure_fresh()?;
+        let mut session = ApplySession {
+            store: self,
+            open: false,
+            poisoned: false,
+            at_boundary: true,
+            in_txn: 0,
+            dirty_origins: BTreeSet::new(),
+            last: None,
+            report: ApplyReport::default(),
+        };
+        session.begin()?;
+        Ok(session)
+    }
+
+    /// Applies `changes` in one transaction: all of them, or none if any is bad. The
+    /// last change must end a source transaction.
+    pub fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            session.apply(change)?;
+        }
+        session.commit()
+    }
+
+    /// Applies a stream of changes, committing at source-transaction boundaries once
+    /// [`crate::StoreOptions::apply_batch_changes`] changes are in the transaction, so
+    /// local writers never wait longer than one batch. Memory use does not grow with the
+    /// length of the stream. On error, everything since the last commit is rolled back;
+    /// what was committed before stays (the version vector says what that was).
+    pub fn apply_changes<I, E>(&mut self, changes: I) -> Result<ApplyReport, ApplyError>
+    where
+        I: IntoIterator<Item = Result<Change, E>>,
+        E: Display,
+    {
+        let batch = self.options.apply_batch_changes.max(1);
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
+            session.apply(&change)?;
+            if session.at_boundary() && session.in_transaction() >= batch {
+                session.checkpoint()?;
+            }
+        }
+        session.commit()
+    }
+}
+
+impl ApplySession<'_> {
+    fn begin(&mut self) -> Result<(), ApplyError> {
+        self.store
+            .conn
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO __concord_applying VALUES (1);")?;
+        self.open = true;
+        self.in_txn = 0;
+        match self.store.capture_in_txn() {
+            Ok(n) => {
+                self.report.captured += n;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the changes applied so far end on a source-transaction boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary
+    }
+
+    /// Changes applied in the current transaction.
+    pub fn in_transaction(&self) -> usize {
+        self.in_txn
+    }
+
+    /// Commits what was applied and opens a new transaction.
+    pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        self.commit_current()?;
+        self.begin()
+    }
+
+    /// Commits and closes the session.
+    pub fn commit(mut self) -> Result<ApplyReport, ApplyError> {
+        self.commit_current()?;
+        Ok(std::mem::take(&mut self.report))
+    }
+
+    fn commit_current(&mut self) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Source(
+                "the session failed earlier and was rolled back".into(),
+            ));
+        }
+        if !self.at_boundary {
+            let (origin, seq) = self.last.clone().unwrap_or_default();
+            self.poisoned = true;
+            return Err(ApplyError::IncompleteTransaction { origin, seq });
+        }
+        let result = (|| -> Result<(), rusqlite::Error> {
+            for &index in &self.dirty_origins {
+                let node = self.store.origins.node_of[&index];
+                self.store
+                    .save_progress(index, self.store.origins.held.get(&node))?;
+            }
+            self.store
+                .conn
+                .execute_batch("DELETE FROM __concord_applying; COMMIT;")
+        })();
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.open = false;
+        self.dirty_origins.clear();
+        self.report.commits += 1;
+        Ok(())
+    }
+
+    /// Applies one change inside the transaction.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Source(
+                "the session failed earlier and was rolled back".into(),
+            ));
+        }
+        self.report.received += 1;
+        self.last = Some((change.origin.short(), change.seq));
+        match self.apply_inner(change) {
+            Ok(()) => {
+                self.at_boundary = change.last_in_txn;
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(match error {
+                    Failure::Row(error) => ApplyError::Row {
+                        origin: change.origin.short(),
+                        seq: change.seq,
+                        table: change.table.clone(),
+                        key: change.key.to_string(),
+                        error,
+                    },
+                    Failure::Store(e) => ApplyError::Store(e),
+                })
+            }
+        }
+    }
+
+    fn apply_inner(&mut self, change: &Change) -> Result<(), Failure> {
+        let store = &mut *self.store;
+        if store.origins.held.classify(&change.origin, change.seq)? == Advance::Duplicate {
+            self.report.duplicates += 1;
+            return Ok(());
+        }
+        let now = now_ms();
+        let newest = change
+            .columns
+            .iter()
+            .map(|c| c.version.hlc)
+            .chain([change.hlc])
+            .max()
+            .unwrap_or(change.hlc);
+        store.clock.check(newest, now)?;
+        let table: Arc<TableInfo> = store
+            .table_index(&change.table)
+            .map(|i| store.tables[i].clone())
+            .ok_or(RowError::UnknownTable)?;
+        let key_values = change.key.decode()?;
+        if key_values.len() != table.key_columns.len() {
+            return Err(RowError::KeyArity {
+                expected: table.key_columns.len(),
+                found: key_values.len(),
+            }
+            .into());
+        }
+        if change.is_delete() != change.columns.is_empty() {
+            return Err(RowError::Invalid(if change.is_delete() {
+                "a delete carries column values".into()
+            } else {
+                "an insert or update carries no columns".into()
+            })
+            .into());
+        }
+        let mut incoming = Vec::with_capacity(change.columns.len());
+        for c in &change.columns {
+            let index = *table
+                .position_of
+                .get(&c.column)
+                .ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
+            check_type(&table, index, &c.value)?;
+            incoming.push(IncomingColumn {
+                index,
+                version: c.version,
+                replaced: c.replaced,
+            });
+        }
+        let mut clock = store
+            .load_clock(table.id, &change.key)
+            .map_err(|e| match e {
+                LoadClockError::Sqlite(e) => Failure::Store(e.into()),
+                LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
+            })?;
+        let was_alive = clock.causal_length.is_alive();
+        let change_version = Version {
+            hlc: change.hlc,
+            origin: change.origin,
+        };
+        let decision = merge_remote(
+            &mut clock,
+            change.causal_length,
+            change_version,
+            change.delete_seen,
+            &incoming,
+        );
+
+        for conflict in &decision.conflicts {
+            self.report.conflicts += 1;
+            record_conflict(store, &table, change, &key_values, &incoming, conflict)?;
+        }
+        let write = |sql: &str, values: &[&dyn ToSql]| -> Result<(), Failure> {
+            let mut stmt = store.conn.prepare_cached(sql).map_err(RowError::Refused)?;
+            stmt.execute(values).map_err(RowError::Refused)?;
+            Ok(())
+        };
+        let key_params: Vec<Sql<'_>> = key_values.iter().map(Sql).collect();
+        let winners: Vec<(usize, &Value)> = decision
+            .winners
+            .iter()
+            .map(|&pos| (incoming[pos].index, &change.columns[pos].value))
+            .filter(|(index, _)| !table.key_columns.contains(index))
+            .collect();
+        match decision.effect {
+            RowEffect::None => {}
+            RowEffect::Delete => {
+                let sql = format!(
+                    "DELETE FROM {} WHERE {}",
+                    quote(&table.name),
+                    table.key_predicate(1)
+                );
+                write(
+                    &sql,
+                    &key_params
+                        .iter()
+                        .map(|p| p as &dyn ToSql)
+                        .collect::<Vec<_>>(),
+                )?;
+            }
+            RowEffect::Update => {
+                if !winners.is_empty() {
+                    let sets = winners
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (index, _))| {
+                            format!("{} = ?{}", quote(&table.columns[*index].name), i + 1)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
+                        "UPDATE {} SET {sets} WHERE {}",
+                        quote(&table.name),
+                        table.key_predicate(winners.len() + 1)
+                    );
+                    let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
+                    let params: Vec<&dyn ToSql> = values
+                        .iter()
+                        .chain(key_params.iter())
+                        .map(|p| p as &dyn ToSql)
+                        .collect();
+                    write(&sql, &params)?;
+                }
+            }
+            RowEffect::Recreate => {
+                if was_alive {
+                    let sql = format!(
+                        "DELETE FROM {} WHERE {}",
+                        quote(&table.name),
+                        table.key_predicate(1)
+                    );
+                    write(
+                        &sql,
+                        &key_params
+                            .iter()
+                            .map(|p| p as &dyn ToSql)
+                            .collect::<Vec<_>>(),
+                    )?;
+                }
+                let columns: Vec<usize> = table
+                    .key_columns
+                    .iter()
+                    .copied()
+                    .chain(winners.iter().map(|(i, _)| *i))
+                    .collect();
+                let names = columns
+                    .iter()
+                    .map(|&i| quote(&table.columns[i].name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let marks = (1..=columns.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO {} ({names}) VALUES ({marks})",
+                    quote(&table.name)
+                );
+                let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
+                let params: Vec<&dyn ToSql> = key_params
+                    .iter()
+                    .chain(values.iter())
+                    .map(|p| p as &dyn ToSql)
+                    .collect();
+                write(&sql, &params)?;
+            }
+        }
+        if decision.clock_changed {
+            store
+                .save_clock(table.id, &change.key, &clock)
+                .map_err(store_error)?;
+        }
+        store.clock.observe(newest, now)?;
+
+        // Log the change as received, so this node can relay it unchanged.
+        let mut body = LogBody {
+            columns: Vec::with_capacity(change.columns.len()),
+            delete_seen: None,
+        };
+        for (c, inc) in change.columns.iter().zip(&incoming) {
+            body.columns.push(LogColumn {
+                index: inc.index as u32,
+                value: c.value.clone(),
+                version: store.stored(c.version).map_err(store_error)?,
+                replaced: c
+                    .replaced
+                    .map(|v| store.stored(v))
+                    .transpose()
+                    .map_err(store_error)?,
+            });
+        }
+        body.delete_seen = change
+            .delete_seen
+            .map(|v| store.stored(v))
+            .transpose()
+            .map_err(store_error)?;
+        let origin = store.origin_index(change.origin).map_err(store_error)?;
+        store
+            .conn
+            .prepare_cached(
+                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    origin,
+                    change.seq as i64,
+                    change.hlc.as_u64() as i64,
+                    table.id,
+                    change.key.as_bytes(),
+                    change.causal_length.0 as i64,
+                    codec::encode(&body),
+                    change.last_in_txn
+                ])
+            })
+            .map_err(store_error)?;
+        store.origins.held.advance(change.origin, change.seq)?;
+        self.dirty_origins.insert(origin);
+        self.in_txn += 1;
+        self.report.applied += 1;
+        Ok(())
+    }
+}
+
+impl Drop for ApplySession<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.store.conn.execute_batch("ROLLBACK");
+            self.store.stale = true;
+        }
+    }
+}
+
+enum Failure {
+    Row(RowError),
+    Store(StoreError),
+}
+
+impl<E: Into<RowError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Row(e.into())
+    }
+}
+
+fn store_error(e: rusqlite::Error) -> Failure {
+    Failure::Store(StoreError::Sqlite(e))
+}
+
+/// Refuses values the column cannot hold faithfully under SQLite's type affinity: text
+/// or bytes in a numeric column, bytes or floats in a text column.
+fn check_type(table: &TableInfo, index: usize, value: &Value) -> Result<(), RowError> {
+    let column = &table.columns[index];
+    let ok = match (column.affinity, value) {
+        (_, Value::Null) | (Affinity::Blob, _) => true,
+        (Affinity::Integer | Affinity::Numeric, v) => matches!(
+            v,
+            Value::Integer(_)
+                | Value::Real(_)
+                | Value::Bool(_)
+                | Value::Decimal(_)
+                | Value::Timestamp(_)
+                | Value::Date(_)
+        ),
+        (Affinity::Real, v) => matches!(v, Value::Integer(_) | Value::Real(_) | Value::Decimal(_)),
+        (Affinity::Text, v) => matches!(
+            v,
+            Value::Text(_) | Value::Json(_) | Value::Decimal(_) | Value::Integer(_)
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(RowError::WrongType {
+            column: column.name.clone(),
+            declared: if column.declared_type.is_empty() {
+                "(none)".into()
+            } else {
+                column.declared_type.clone()
+            },
+            found: value.kind(),
+        })
+    }
+}
+
+fn record_conflict(
+    store: &mut SqliteStore,
+    table: &TableInfo,
+    change: &Change,
+    key_values: &[Value],
+    incoming: &[IncomingColumn],
+    conflict: &Conflict,
+) -> Result<(), Failure> {
+    let (kind, column, local_value, local_version, remote_value, remote_version, winner) =
+        match *conflict {
+            Conflict::Column {
+                incoming: pos,
+                local,
+                incoming_won,
+            } => {
+                let index = incoming[pos].index;
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE {}",
+                    quote(&table.columns[index].name),
+                    quote(&table.name),
+                    table.key_predicate(1)
+                );
+                let local_value = store
+                    .conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_row(params_from_iter(key_values.iter().map(Sql)), |r| {
+                            Ok(codec::from_sql(r.get_ref(0)?))
+                        })
+                    })
+                    .map_err(store_error)?
+                    .unwrap_or(Value::Null);
+                (
+                    "column",
+                    Some(table.columns[index].name.clone()),
+                    local_value,
+                    local.version,
+                    change.columns[pos].value.clone(),
+                    change.columns[pos].version,
+                    if incoming_won { "remote" } else { "local" },
+                )
+            }
+            Conflict::UpdateLostToDelete {
+                delete,
+                update,
+                delete_incoming,
+            } => {
+                let (local, remote, winner) = if delete_incoming {
+                    (update, delete, "remote")
+                } else {
+                    (delete, update, "local")
+                };
+                (
+                    "update-vs-delete",
+                    None,
+                    Value::Null,
+                    local,
+                    Value::Null,
+                    remote,
+                    winner,
+                )
+            }
+        };
+    store
+        .conn
+        .prepare_cached(
+            "INSERT INTO __concord_conflicts(tbl, pk, key_text, kind, column_name, local_value, local_version, remote_value, remote_version, winner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                table.name,
+                change.key.as_bytes(),
+                change.key.to_string(),
+                kind,
+                column,
+                Sql(&local_value),
+                local_version.to_string(),
+                Sql(&remote_value),
+                remote_version.to_string(),
+                winner
+            ])
+        })
+        .map_err(store_error)?;
+    Ok(())
+}

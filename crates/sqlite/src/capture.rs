@@ -1,0 +1,247 @@
+//! Folding captured writes into the change log.
+//!
+//! The triggers leave one `__concord_pending` row per written row: the key, the
+//! operation, a bitmask of changed columns, the column count the trigger was built for,
+//! and the wall time. Capture turns each into a [`concord_core::Change`] in the log: it
+//! reads the current values from the table, asks [`concord_core::merge::local_write`] for
+//! the new causal length and replaced versions, and stamps a sequence number and HLC.
+//!
+//! All of it runs in one write transaction, so it sees only whole source transactions,
+//! and the pending rows, the log entries, the row clocks and the sequence advance commit
+//! together. Pending rows are read a page at a time, so memory stays flat however many
+//! writes accumulated.
+
+use concord_core::merge::{LocalOp, local_write};
+use concord_core::{PrimaryKey, Value, Version};
+use rusqlite::{OptionalExtension, params_from_iter};
+
+use crate::codec::{self, LogBody, LogColumn, Sql};
+use crate::error::StoreError;
+use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_INSERT, OP_UPDATE};
+use crate::store::{LoadClockError, SqliteStore};
+
+const PAGE: i64 = 2_000;
+
+struct Pending {
+    id: i64,
+    table: i64,
+    op: i64,
+    ncols: i64,
+    at: i64,
+    masks: Vec<i64>,
+    key: Vec<Value>,
+}
+
+impl SqliteStore {
+    /// Folds every captured local write into the change log, in one transaction.
+    /// Returns how many changes were logged.
+    pub fn capture(&mut self) -> Result<u64, StoreError> {
+        self.ensure_fresh()?;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match self.capture_in_txn() {
+            Ok(n) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.stale = true;
+                    return Err(e.into());
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.stale = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`SqliteStore::capture`], inside the caller's write transaction.
+    pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
+        self.refresh_schema()?;
+        let mut after = 0i64;
+        let mut logged = 0u64;
+        let mut seq = self.origins.held.get(&self.node);
+        let mut last_pos = None;
+        loop {
+            let page = self.read_pending(after)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for pending in &page {
+                if let Some(pos) = self.capture_one(pending, seq + 1)? {
+                    seq += 1;
+                    logged += 1;
+                    last_pos = Some(pos);
+                }
+            }
+        }
+        if after > 0 {
+            self.conn
+                .prepare_cached("DELETE FROM __concord_pending WHERE id <= ?1")?
+                .execute([after])?;
+        }
+        if let Some(pos) = last_pos {
+            self.conn
+                .prepare_cached("UPDATE __concord_log SET txn_end = 1 WHERE pos = ?1")?
+                .execute([pos])?;
+            self.origins.held.set(self.node, seq);
+            self.save_progress(self.local_index, seq)?;
+        }
+        Ok(logged)
+    }
+
+    fn read_pending(&self, after: i64) -> Result<Vec<Pending>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT * FROM __concord_pending WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let mask_cols: Vec<usize> = (0..)
+            .map_while(|i| names.iter().position(|n| *n == format!("m{i}")))
+            .collect();
+        let key_cols: Vec<usize> = (0..)
+            .map_while(|i| names.iter().position(|n| *n == format!("k{i}")))
+            .collect();
+        let mut rows = stmt.query(rusqlite::params![after, PAGE])?;
+        let mut page = Vec::new();
+        while let Some(r) = rows.next()? {
+            let table: i64 = r.get(1)?;
+            let key_len = self.table_by_id(table).map_or(0, |t| t.key_columns.len());
+            let mut key = Vec::with_capacity(key_len);
+            for &c in key_cols.iter().take(key_len) {
+                key.push(
+                    codec::from_sql(r.get_ref(c)?).map_err(|detail| StoreError::Corrupt {
+                        table: "__concord_pending",
+                        detail,
+                    })?,
+                );
+            }
+            page.push(Pending {
+                id: r.get(0)?,
+                table,
+                op: r.get(2)?,
+                ncols: r.get(3)?,
+                at: r.get(4)?,
+                masks: mask_cols
+                    .iter()
+                    .map(|&c| r.get::<_, Option<i64>>(c).map(Option::unwrap_or_default))
+                    .collect::<Result<_, _>>()?,
+                key,
+            });
+        }
+        Ok(page)
+    }
+
+    /// Logs one pending write as change number `seq`; returns its log position, or
+    /// `None` if the write left nothing to send.
+    fn capture_one(&mut self, pending: &Pending, seq: u64) -> Result<Option<i64>, StoreError> {
+        let Some(table) = self.table_by_id(pending.table).cloned() else {
+            // The table was untracked or can no longer be read; its writes are dropped.
+            return Ok(None);
+        };
+        let capture_error = |detail: String, key: &PrimaryKey| StoreError::Capture {
+            table: table.name.clone(),
+            key: key.to_string(),
+            detail,
+        };
+        let key = PrimaryKey::encode(&pending.key).map_err(|e| StoreError::Capture {
+            table: table.name.clone(),
+            key: format!("{:?}", pending.key),
+            detail: e.to_string(),
+        })?;
+        let ncols = table.columns.len();
+        let values = if pending.op == OP_DELETE {
+            None
+        } else {
+            let mut stmt = self.conn.prepare_cached(&table.select_sql)?;
+            let row = stmt
+                .query_row(params_from_iter(pending.key.iter().map(Sql)), |r| {
+                    (0..ncols)
+                        .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .optional()?;
+            match row {
+                // The row is gone: a later pending delete records that.
+                None => return Ok(None),
+                Some(values) => Some(
+                    values
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|d| capture_error(d, &key))?,
+                ),
+            }
+        };
+        let changed: Vec<usize>;
+        let op = match pending.op {
+            OP_INSERT => LocalOp::Insert,
+            OP_DELETE => LocalOp::Delete,
+            OP_UPDATE if pending.ncols as usize != ncols => LocalOp::Insert,
+            OP_UPDATE => {
+                changed = (0..ncols)
+                    .filter(|&i| {
+                        let mask = pending
+                            .masks
+                            .get(i / COLUMNS_PER_MASK)
+                            .copied()
+                            .unwrap_or(-1);
+                        mask & (1i64 << (i % COLUMNS_PER_MASK)) != 0
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                LocalOp::Update(&changed)
+            }
+            other => {
+                return Err(capture_error(
+                    format!("unknown pending operation {other}"),
+                    &key,
+                ));
+            }
+        };
+        let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
+            LoadClockError::Sqlite(e) => StoreError::Sqlite(e),
+            LoadClockError::Corrupt(d) => capture_error(format!("corrupt row metadata: {d}"), &key),
+        })?;
+        let hlc = self.clock.tick(pending.at.max(0) as u64);
+        let version = Version {
+            hlc,
+            origin: self.node,
+        };
+        let write = local_write(&mut clock, op, version, ncols);
+        let stored_version = self.stored(version)?;
+        let mut body = LogBody {
+            columns: Vec::with_capacity(write.columns.len()),
+            delete_seen: None,
+        };
+        for (index, replaced) in write.columns {
+            let value = values
+                .as_ref()
+                .and_then(|v| v.get(index))
+                .cloned()
+                .unwrap_or(Value::Null);
+            body.columns.push(LogColumn {
+                index: index as u32,
+                value,
+                version: stored_version,
+                replaced: replaced.map(|v| self.stored(v)).transpose()?,
+            });
+        }
+        body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+            )?
+            .execute(rusqlite::params![
+                self.local_index,
+                seq as i64,
+                hlc.as_u64() as i64,
+                table.id,
+                key.as_bytes(),
+                write.causal_length.0 as i64,
+                codec::encode(&body)
+            ])?;
+        let pos = self.conn.last_insert_rowid();
+        self.save_clock(table.id, &key, &clock)?;
+        Ok(Some(pos))
+    }
+}

@@ -1,0 +1,159 @@
+//! Error types, one per flow: tracking, opening and capturing, applying.
+
+use concord_core::{ClockError, KeyError, SequenceGap};
+
+/// Installing or removing capture failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    /// The named table does not exist in the database.
+    #[error("table {0:?} does not exist")]
+    NoSuchTable(String),
+    /// The table has no primary key, so its rows cannot be identified across replicas.
+    #[error(
+        "table {0:?} has no primary key; Concord identifies rows by primary key, add one to track it"
+    )]
+    NoPrimaryKey(String),
+    /// The table is a virtual or internal table.
+    #[error("table {0:?} cannot be tracked: {1}")]
+    Unsupported(String, &'static str),
+    /// The named table is not tracked.
+    #[error("table {0:?} is not tracked")]
+    NotTracked(String),
+    /// The store's metadata could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for TrackError {
+    fn from(e: rusqlite::Error) -> Self {
+        TrackError::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// Opening the store, capturing local writes or reading the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database has no Concord metadata.
+    #[error("{0} is not tracked by Concord (run `concord track` first)")]
+    NotTracked(String),
+    /// The metadata was written by a newer Concord.
+    #[error("metadata format {found} is newer than this Concord understands ({supported})")]
+    UnsupportedFormat {
+        /// Format found in the file.
+        found: i64,
+        /// Newest format supported.
+        supported: i64,
+    },
+    /// A metadata row could not be decoded.
+    #[error("corrupt metadata in {table}: {detail}")]
+    Corrupt {
+        /// The metadata table.
+        table: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A captured write refers to a row or table that cannot be read.
+    #[error("table {table:?}, key {key}: {detail}")]
+    Capture {
+        /// Table name.
+        table: String,
+        /// Printable key.
+        key: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// What was wrong with one incoming change.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// The table is not tracked here.
+    #[error("unknown table (not tracked here)")]
+    UnknownTable,
+    /// The change writes a column the table does not have.
+    #[error("unknown column {0:?}")]
+    UnknownColumn(String),
+    /// A value cannot be stored faithfully in the column.
+    #[error("column {column:?} of type {declared} cannot hold a {found} value")]
+    WrongType {
+        /// Column name.
+        column: String,
+        /// The declared column type.
+        declared: String,
+        /// The value's kind.
+        found: &'static str,
+    },
+    /// The key bytes do not decode.
+    #[error("malformed key: {0}")]
+    MalformedKey(#[from] KeyError),
+    /// The key has the wrong number of components for the table.
+    #[error("key has {found} components, the table's primary key has {expected}")]
+    KeyArity {
+        /// Key columns of the table.
+        expected: usize,
+        /// Components in the key.
+        found: usize,
+    },
+    /// The change's timestamp is beyond the clock bound.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// The change does not follow the last one held from its origin.
+    #[error(transparent)]
+    Gap(#[from] SequenceGap),
+    /// The row's stored metadata does not decode.
+    #[error("corrupt metadata for this row: {0}")]
+    CorruptMetadata(String),
+    /// The database refused the write (a constraint, say).
+    #[error("the database refused the write: {0}")]
+    Refused(rusqlite::Error),
+    /// A change that neither inserts nor deletes has no columns, or is otherwise invalid.
+    #[error("invalid change: {0}")]
+    Invalid(String),
+}
+
+/// Applying a batch failed. The transaction was rolled back: nothing of the batch since
+/// the last commit was applied, and the store keeps working.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// One change was bad; it is named by origin, sequence, table and key.
+    #[error("change {origin}/{seq} to table {table:?}, key {key}: {error}")]
+    Row {
+        /// Origin of the change (short form).
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Table named by the change.
+        table: String,
+        /// Printable key.
+        key: String,
+        /// What was wrong.
+        #[source]
+        error: RowError,
+    },
+    /// The stream of changes ended inside a source transaction; the partial transaction
+    /// was rolled back.
+    #[error(
+        "the changes ended inside a source transaction (after {origin}/{seq}); it was not applied"
+    )]
+    IncompleteTransaction {
+        /// Origin of the last change received.
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Reading the source of changes failed.
+    #[error("reading changes: {0}")]
+    Source(String),
+    /// The store failed outside any one change.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Store(StoreError::Sqlite(e))
+    }
+}

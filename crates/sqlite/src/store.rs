@@ -1,0 +1,707 @@
+//! The store handle: opening, tracking, untracking, and the state kept in memory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use concord_core::merge::{ColumnClock, RowClock, Tombstone};
+use concord_core::{
+    CausalLength, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
+use crate::error::{StoreError, TrackError};
+use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
+
+/// Tunables of a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How far ahead of local time a remote timestamp may be before it is refused.
+    pub max_clock_drift: Duration,
+    /// Changes applied per local transaction before committing at the next source
+    /// transaction boundary. Bounds how long local writers wait.
+    pub apply_batch_changes: usize,
+    /// How long to wait for another writer's lock before giving up.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
+            apply_batch_changes: 10_000,
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A conflict recorded while applying: two concurrent writes, or an update overridden by
+/// a concurrent delete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    /// Row id of the record.
+    pub id: i64,
+    /// Table name.
+    pub table: String,
+    /// Printable key.
+    pub key: String,
+    /// `column` or `update-vs-delete`.
+    pub kind: String,
+    /// The column, for column conflicts.
+    pub column: Option<String>,
+    /// The value held locally when the pair met.
+    pub local_value: Value,
+    /// Its version.
+    pub local_version: String,
+    /// The incoming value.
+    pub remote_value: Value,
+    /// Its version.
+    pub remote_version: String,
+    /// `local` or `remote`: which one the merge rules kept.
+    pub winner: String,
+}
+
+/// Origin ids and what is held from each.
+#[derive(Default, Debug)]
+pub(crate) struct Origins {
+    pub(crate) index_of: HashMap<NodeId, u32>,
+    pub(crate) node_of: HashMap<u32, NodeId>,
+    pub(crate) held: VersionVector,
+}
+
+/// A SQLite database tracked by Concord.
+pub struct SqliteStore {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    pub(crate) node: NodeId,
+    pub(crate) local_index: u32,
+    pub(crate) options: StoreOptions,
+    pub(crate) clock: HlcClock,
+    pub(crate) tables: Vec<Arc<TableInfo>>,
+    pub(crate) origins: Origins,
+    schema_version: i64,
+    /// Set when a transaction rolled back: in-memory state must be reloaded.
+    pub(crate) stale: bool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn connect(path: &Path, options: &StoreOptions) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(options.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    // WAL lets readers (and Concord's log reader) run while others write; it is a
+    // property of the file, so it is set once here and stays.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens a tracked database with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens a tracked database.
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(StoreError::NotTracked(path.display().to_string()));
+        }
+        let conn = connect(&path, &options)?;
+        let tracked: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__concord_meta'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !tracked {
+            return Err(StoreError::NotTracked(path.display().to_string()));
+        }
+        let mut store = SqliteStore {
+            conn,
+            path,
+            node: NodeId::from_bytes([0; 16]),
+            local_index: 0,
+            clock: HlcClock::new(Hlc::ZERO, options.max_clock_drift.as_millis() as u64),
+            options,
+            tables: Vec::new(),
+            origins: Origins::default(),
+            schema_version: -1,
+            stale: true,
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Installs capture on `tables` (creating Concord's metadata on first use) and
+    /// returns the opened store. Existing rows are queued as inserts so that replicas
+    /// receive them. Tracking an already tracked table refreshes its triggers.
+    pub fn track(
+        path: impl AsRef<Path>,
+        tables: &[&str],
+        options: StoreOptions,
+    ) -> Result<Self, TrackError> {
+        let path = path.as_ref();
+        let conn = connect(path, &options)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| -> Result<(), TrackError> {
+            conn.execute_batch(METADATA_DDL)?;
+            let format: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM __concord_meta WHERE key = 'format'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(found) = format {
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    }
+                    .into());
+                }
+            } else {
+                let node = NodeId::from_bytes(rand::random());
+                conn.execute(
+                    "INSERT INTO __concord_meta(key, value) VALUES ('format', ?1)",
+                    [FORMAT_VERSION],
+                )?;
+                conn.execute(
+                    "INSERT INTO __concord_meta(key, value) VALUES ('node_id', ?1)",
+                    [node.as_bytes().as_slice()],
+                )?;
+                conn.execute(
+                    "INSERT INTO __concord_meta(key, value) VALUES ('hlc', 0)",
+                    [],
+                )?;
+                conn.execute(
+                    "INSERT INTO __concord_origins(node_id, seq) VALUES (?1, 0)",
+                    [node.as_bytes().as_slice()],
+                )?;
+            }
+            for &name in tables {
+                let existing: Option<(i64, bool)> = conn
+                    .query_row(
+                        "SELECT id, tracked FROM __concord_tables WHERE name = ?1",
+                        [name],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let mut info = TableInfo::introspect(&conn, name)?;
+                match existing {
+                    Some((id, tracked)) => {
+                        info.id = id;
+                        install_table(&conn, &info)?;
+                        if !tracked {
+                            conn.execute(
+                                "UPDATE __concord_tables SET tracked = 1 WHERE id = ?1",
+                                [id],
+                            )?;
+                            backfill(&conn, &info)?;
+                        }
+                    }
+                    None => {
+                        conn.execute("INSERT INTO __concord_tables(name) VALUES (?1)", [name])?;
+                        info.id = conn.last_insert_rowid();
+                        install_table(&conn, &info)?;
+                        backfill(&conn, &info)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        drop(conn);
+        Ok(Self::open_with(path, options)?)
+    }
+
+    /// Removes capture from `tables`, or every trace of Concord if `tables` is empty or
+    /// no tracked table remains. Change-log entries of a table that is untracked alone
+    /// are kept, because peers may still need them.
+    pub fn untrack(path: impl AsRef<Path>, tables: &[&str]) -> Result<(), TrackError> {
+        let path = path.as_ref();
+        let store = Self::open(path)?;
+        let conn = &store.conn;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| -> Result<(), TrackError> {
+            for &name in tables {
+                let info = store
+                    .tables
+                    .iter()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| TrackError::NotTracked(name.to_owned()))?;
+                drop_triggers(conn, info.id)?;
+                for table in ["__concord_rows", "__concord_pending"] {
+                    conn.execute(&format!("DELETE FROM {table} WHERE tbl = ?1"), [info.id])?;
+                }
+                // The name and columns stay: log entries of the table refer to them.
+                conn.execute(
+                    "UPDATE __concord_tables SET tracked = 0 WHERE id = ?1",
+                    [info.id],
+                )?;
+            }
+            let remaining: i64 = conn.query_row(
+                "SELECT count(*) FROM __concord_tables WHERE tracked = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            if tables.is_empty() || remaining == 0 {
+                let triggers: Vec<String> = conn
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_concord\\_%' ESCAPE '\\'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for t in triggers {
+                    conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&t)))?;
+                }
+                let meta_tables: Vec<String> = conn
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_\\_concord\\_%' ESCAPE '\\'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for t in meta_tables {
+                    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&t)))?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads identity, tables, origins and clock from the database.
+    pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
+        let conn = &self.conn;
+        let format: i64 = conn.query_row(
+            "SELECT value FROM __concord_meta WHERE key = 'format'",
+            [],
+            |r| r.get(0),
+        )?;
+        if format > FORMAT_VERSION {
+            return Err(StoreError::UnsupportedFormat {
+                found: format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let node_bytes: Vec<u8> = conn.query_row(
+            "SELECT value FROM __concord_meta WHERE key = 'node_id'",
+            [],
+            |r| r.get(0),
+        )?;
+        self.node = NodeId::try_from(node_bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            table: "__concord_meta",
+            detail: e.to_string(),
+        })?;
+        let hlc: i64 = conn.query_row(
+            "SELECT value FROM __concord_meta WHERE key = 'hlc'",
+            [],
+            |r| r.get(0),
+        )?;
+        let drift = self.clock.max_drift_ms();
+        self.clock = HlcClock::new(Hlc::from_u64(hlc as u64), drift);
+        self.origins = load_origins(conn)?;
+        self.local_index = *self
+            .origins
+            .index_of
+            .get(&self.node)
+            .ok_or(StoreError::Corrupt {
+                table: "__concord_origins",
+                detail: "the local node has no origin row".into(),
+            })?;
+        self.schema_version = -1;
+        self.refresh_schema()?;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Re-reads tracked tables if the database schema changed. A table that gained
+    /// columns (ALTER TABLE ADD COLUMN) or renamed one gets its capture rebuilt; writes
+    /// captured by the old triggers are treated as touching every column.
+    pub(crate) fn refresh_schema(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if version == self.schema_version {
+            return Ok(());
+        }
+        let mut tables = Vec::new();
+        let tracked: Vec<(i64, String)> = self
+            .conn
+            .prepare("SELECT id, name FROM __concord_tables WHERE tracked = 1 ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, name) in tracked {
+            let stored = load_columns(&self.conn, id)?;
+            let mut current = match TableInfo::introspect(&self.conn, &name) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e, "tracked table cannot be read; it is skipped until fixed");
+                    continue;
+                }
+            };
+            current.id = id;
+            let same = stored.len() == current.columns.len()
+                && stored
+                    .iter()
+                    .zip(&current.columns)
+                    .all(|(s, c)| s.0 == c.name && s.1 == c.declared_type);
+            if !same {
+                tracing::info!(table = %name, columns = current.columns.len(), "table schema changed; rebuilding capture");
+                let in_txn = !self.conn.is_autocommit();
+                if !in_txn {
+                    self.conn.execute_batch("BEGIN IMMEDIATE")?;
+                }
+                let r = install_table(&self.conn, &current);
+                if !in_txn {
+                    match r {
+                        Ok(()) => self.conn.execute_batch("COMMIT")?,
+                        Err(_) => self.conn.execute_batch("ROLLBACK")?,
+                    }
+                }
+                r.map_err(|e| match e {
+                    TrackError::Store(s) => s,
+                    other => StoreError::Corrupt {
+                        table: "__concord_tables",
+                        detail: other.to_string(),
+                    },
+                })?;
+            }
+            tables.push(Arc::new(current));
+        }
+        self.tables = tables;
+        self.schema_version = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        Ok(())
+    }
+
+    pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
+        if self.stale {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// This replica's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tracked tables.
+    pub fn tables(&self) -> &[Arc<TableInfo>] {
+        &self.tables
+    }
+
+    /// What this replica holds from each origin.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.origins.held
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The underlying connection, for reading user tables.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Number of entries in the change log.
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM __concord_log", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Number of captured writes not yet folded into the change log.
+    pub fn pending_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM __concord_pending", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Recorded conflicts, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, tbl, key_text, kind, column_name, local_value, local_version, remote_value, remote_version, winner
+             FROM __concord_conflicts ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let local = r.get_ref(5)?;
+            let remote = r.get_ref(7)?;
+            Ok(ConflictRecord {
+                id: r.get(0)?,
+                table: r.get(1)?,
+                key: r.get(2)?,
+                kind: r.get(3)?,
+                column: r.get(4)?,
+                local_value: codec::from_sql(local).unwrap_or(Value::Null),
+                local_version: r.get(6)?,
+                remote_value: codec::from_sql(remote).unwrap_or(Value::Null),
+                remote_version: r.get(8)?,
+                winner: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn table_by_id(&self, id: i64) -> Option<&Arc<TableInfo>> {
+        self.tables.iter().find(|t| t.id == id)
+    }
+
+    pub(crate) fn table_index(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name == name)
+    }
+
+    /// The local index of `node`, registering it if new.
+    pub(crate) fn origin_index(&mut self, node: NodeId) -> Result<u32, rusqlite::Error> {
+        if let Some(&i) = self.origins.index_of.get(&node) {
+            return Ok(i);
+        }
+        self.conn.execute(
+            "INSERT INTO __concord_origins(node_id, seq) VALUES (?1, 0)",
+            [node.as_bytes().as_slice()],
+        )?;
+        let i = self.conn.last_insert_rowid() as u32;
+        self.origins.index_of.insert(node, i);
+        self.origins.node_of.insert(i, node);
+        Ok(i)
+    }
+
+    pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, rusqlite::Error> {
+        Ok(StoredVersion(v.hlc.as_u64(), self.origin_index(v.origin)?))
+    }
+
+    pub(crate) fn version(&self, v: StoredVersion) -> Result<Version, String> {
+        let origin = self
+            .origins
+            .node_of
+            .get(&v.1)
+            .ok_or_else(|| format!("unknown origin index {}", v.1))?;
+        Ok(Version {
+            hlc: Hlc::from_u64(v.0),
+            origin: *origin,
+        })
+    }
+
+    /// Loads a row's clock; a row never seen has the default clock.
+    pub(crate) fn load_clock(
+        &self,
+        table: i64,
+        key: &PrimaryKey,
+    ) -> Result<RowClock, LoadClockError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT cl, clock FROM __concord_rows WHERE tbl = ?1 AND pk = ?2")?;
+        let row = stmt
+            .query_row(params![table, key.as_bytes()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?;
+        let Some((cl, blob)) = row else {
+            return Ok(RowClock::default());
+        };
+        let stored: StoredClock = codec::decode(&blob).map_err(LoadClockError::Corrupt)?;
+        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
+        let mut columns = Vec::with_capacity(stored.columns.len());
+        for c in stored.columns {
+            columns.push(match c {
+                None => None,
+                Some(c) => Some(ColumnClock {
+                    version: conv(c.version)?,
+                    replaced: c.replaced.map(conv).transpose()?,
+                }),
+            });
+        }
+        let tombstone = match stored.tombstone {
+            None => None,
+            Some((v, seen)) => Some(Tombstone {
+                version: conv(v)?,
+                seen: seen.map(conv).transpose()?,
+            }),
+        };
+        if cl < 0 {
+            return Err(LoadClockError::Corrupt(format!(
+                "negative causal length {cl}"
+            )));
+        }
+        Ok(RowClock {
+            causal_length: CausalLength(cl as u64),
+            columns,
+            tombstone,
+        })
+    }
+
+    pub(crate) fn save_clock(
+        &mut self,
+        table: i64,
+        key: &PrimaryKey,
+        clock: &RowClock,
+    ) -> Result<(), rusqlite::Error> {
+        let mut stored = StoredClock {
+            columns: Vec::with_capacity(clock.columns.len()),
+            tombstone: None,
+        };
+        for c in &clock.columns {
+            stored.columns.push(match c {
+                None => None,
+                Some(c) => Some(StoredColumnClock {
+                    version: self.stored(c.version)?,
+                    replaced: c.replaced.map(|v| self.stored(v)).transpose()?,
+                }),
+            });
+        }
+        if let Some(t) = clock.tombstone {
+            stored.tombstone = Some((
+                self.stored(t.version)?,
+                t.seen.map(|v| self.stored(v)).transpose()?,
+            ));
+        }
+        let blob = codec::encode(&stored);
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO __concord_rows(tbl, pk, cl, clock) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(tbl, pk) DO UPDATE SET cl = excluded.cl, clock = excluded.clock",
+        )?;
+        stmt.execute(params![
+            table,
+            key.as_bytes(),
+            clock.causal_length.0 as i64,
+            blob
+        ])?;
+        Ok(())
+    }
+
+    /// Persists the clock and the held sequence of `origin` (inside the caller's
+    /// transaction).
+    pub(crate) fn save_progress(&self, origin_index: u32, seq: u64) -> Result<(), rusqlite::Error> {
+        self.conn
+            .prepare_cached("UPDATE __concord_origins SET seq = ?2 WHERE id = ?1")?
+            .execute(params![origin_index, seq as i64])?;
+        self.conn
+            .prepare_cached("UPDATE __concord_meta SET value = ?1 WHERE key = 'hlc'")?
+            .execute([self.clock.last().as_u64() as i64])?;
+        Ok(())
+    }
+}
+
+/// Loading a row clock failed.
+#[derive(Debug)]
+pub(crate) enum LoadClockError {
+    Sqlite(rusqlite::Error),
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for LoadClockError {
+    fn from(e: rusqlite::Error) -> Self {
+        LoadClockError::Sqlite(e)
+    }
+}
+
+fn load_origins(conn: &Connection) -> Result<Origins, StoreError> {
+    let mut origins = Origins::default();
+    let mut stmt = conn.prepare("SELECT id, node_id, seq FROM __concord_origins")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, bytes, seq) = row?;
+        let node = NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            table: "__concord_origins",
+            detail: e.to_string(),
+        })?;
+        origins.index_of.insert(node, id as u32);
+        origins.node_of.insert(id as u32, node);
+        if seq > 0 {
+            origins.held.set(node, seq as u64);
+        }
+    }
+    Ok(origins)
+}
+
+fn load_columns(conn: &Connection, table: i64) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    conn.prepare(
+        "SELECT name, declared_type FROM __concord_columns WHERE tbl = ?1 ORDER BY position",
+    )?
+    .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+fn drop_triggers(conn: &Connection, table: i64) -> Result<(), rusqlite::Error> {
+    for name in TableInfo::trigger_names(table) {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&name)))?;
+    }
+    Ok(())
+}
+
+/// Records a table's columns and (re)creates its triggers.
+fn install_table(conn: &Connection, info: &TableInfo) -> Result<(), TrackError> {
+    conn.execute("DELETE FROM __concord_columns WHERE tbl = ?1", [info.id])?;
+    for (position, col) in info.columns.iter().enumerate() {
+        let key_position = info.key_columns.iter().position(|&k| k == position);
+        conn.execute(
+            "INSERT INTO __concord_columns(tbl, position, name, declared_type, key_position) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![info.id, position as i64, col.name, col.declared_type, key_position.map(|k| k as i64)],
+        )?;
+    }
+    schema::widen_pending(conn, info.key_columns.len(), info.mask_count())?;
+    drop_triggers(conn, info.id)?;
+    for sql in info.trigger_sql() {
+        conn.execute_batch(&sql)?;
+    }
+    Ok(())
+}
+
+/// Queues every existing row as an insert, so it is captured like any other write.
+fn backfill(conn: &Connection, info: &TableInfo) -> Result<(), rusqlite::Error> {
+    let keys = (0..info.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let vals = info
+        .key_columns
+        .iter()
+        .map(|&p| quote(&info.columns[p].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute(
+        &format!(
+            "INSERT INTO __concord_pending(tbl, op, ncols, at, {keys}) SELECT ?1, ?2, ?3, ?4, {vals} FROM {}",
+            quote(&info.name)
+        ),
+        params![info.id, schema::OP_INSERT, info.columns.len() as i64, now_ms() as i64],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+use concord_sqlite::{SqliteStore, StoreOptions, merge_all};
+use rusqlite::Connection;
+
+#[test]
+fn two_files_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    for p in [&a, &b] {
+        let c = Connection::open(p).unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+            .unwrap();
+    }
+    Connection::open(&a)
+        .unwrap()
+        .execute_batch("INSERT INTO t VALUES (1, 'pre', 0)")
+        .unwrap();
+    let sa = SqliteStore::track(&a, &["t"], StoreOptions::default()).unwrap();
+    let sb = SqliteStore::track(&b, &["t"], StoreOptions::default()).unwrap();
+    let ca = Connection::open(&a).unwrap();
+    let cb = Connection::open(&b).unwrap();
+    ca.execute_batch("INSERT INTO t VALUES (2, 'a', 1); UPDATE t SET qty = 5 WHERE id = 1;")
+        .unwrap();
+    cb.execute_batch("INSERT INTO t VALUES (3, 'b', 2); INSERT INTO t VALUES (4, 'gone', 2); DELETE FROM t WHERE id = 4;").unwrap();
+    let mut stores = vec![sa, sb];
+    let reports = merge_all(&mut stores).unwrap();
+    eprintln!("{reports:?}");
+    let dump = |c: &Connection| -> Vec<(i64, String, i64)> {
+        c.prepare("SELECT id, name, qty FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(dump(&ca), dump(&cb));
+    assert_eq!(dump(&ca).len(), 3);
+    // concurrent edit
+    ca.execute_batch("UPDATE t SET name = 'from a' WHERE id = 2")
+        .unwrap();
+    cb.execute_batch("UPDATE t SET name = 'from b' WHERE id = 2")
+        .unwrap();
+    merge_all(&mut stores).unwrap();
+    assert_eq!(dump(&ca), dump(&cb));
+    eprintln!("{:?}", dump(&ca));
+    let conflicts = stores[0].conflicts().unwrap().len() + stores[1].conflicts().unwrap().len();
+    assert!(conflicts >= 1);
+}
