@@ -50,10 +50,40 @@ impl Hlc {
     }
 }
 
+/// Renders as UTC wall time with milliseconds, plus `+counter` when the logical counter
+/// is not zero: `2026-11-27T10:29:35.613Z+2`.
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.millis(), self.logical())
+        let ms = self.millis();
+        let (secs, milli) = (ms / 1000, ms % 1000);
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )?;
+        if self.logical() != 0 {
+            write!(f, "+{}", self.logical())?;
+        }
+        Ok(())
     }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 impl fmt::Debug for Hlc {
@@ -180,9 +210,26 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("1001 ms ahead"));
+        assert!(
+            err.to_string().contains("1970-01-01T00:00:11.001Z"),
+            "{err}"
+        );
         assert_eq!(clock.last(), Hlc::new(9_000, 0));
         // Exactly at the bound is accepted.
         clock.observe(Hlc::new(11_000, 0), 10_000).unwrap();
+    }
+
+    #[test]
+    fn display_is_utc_wall_time_with_the_counter() {
+        assert_eq!(Hlc::new(0, 0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Hlc::new(1_795_775_375_613, 2).to_string(),
+            "2026-11-27T10:29:35.613Z+2"
+        );
+        assert_eq!(
+            Hlc::new(951_782_400_000, 0).to_string(),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]

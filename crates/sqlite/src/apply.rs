@@ -24,7 +24,7 @@ use rusqlite::params_from_iter;
 use rusqlite::types::ToSql;
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
-use crate::error::{ApplyError, RowError, StoreError};
+use crate::error::{ApplyError, RowError, RowFailure, StoreError};
 use crate::schema::{Affinity, TableInfo, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 
@@ -197,13 +197,13 @@ impl ApplySession<'_> {
             Err(error) => {
                 self.poisoned = true;
                 Err(match error {
-                    Failure::Row(error) => ApplyError::Row {
+                    Failure::Row(error) => ApplyError::Row(Box::new(RowFailure {
                         origin: change.origin.short(),
                         seq: change.seq,
                         table: change.table.clone(),
                         key: change.key.to_string(),
                         error,
-                    },
+                    })),
                     Failure::Store(e) => ApplyError::Store(e),
                 })
             }

@@ -93,7 +93,7 @@ impl SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT * FROM __concord_pending WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let mask_cols: Vec<usize> = (0..)
             .map_while(|i| names.iter().position(|n| *n == format!("m{i}")))
             .collect();

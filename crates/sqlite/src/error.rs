@@ -114,25 +114,30 @@ pub enum RowError {
     Invalid(String),
 }
 
+/// One bad change, named so a person can find it.
+#[derive(Debug, thiserror::Error)]
+#[error("change {origin}/{seq} to table {table:?}, key {key}: {error}")]
+pub struct RowFailure {
+    /// Origin of the change (short form).
+    pub origin: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Table named by the change.
+    pub table: String,
+    /// Printable key.
+    pub key: String,
+    /// What was wrong.
+    #[source]
+    pub error: RowError,
+}
+
 /// Applying a batch failed. The transaction was rolled back: nothing of the batch since
 /// the last commit was applied, and the store keeps working.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// One change was bad; it is named by origin, sequence, table and key.
-    #[error("change {origin}/{seq} to table {table:?}, key {key}: {error}")]
-    Row {
-        /// Origin of the change (short form).
-        origin: String,
-        /// Its sequence number.
-        seq: u64,
-        /// Table named by the change.
-        table: String,
-        /// Printable key.
-        key: String,
-        /// What was wrong.
-        #[source]
-        error: RowError,
-    },
+    #[error(transparent)]
+    Row(Box<RowFailure>),
     /// The stream of changes ended inside a source transaction; the partial transaction
     /// was rolled back.
     #[error(

@@ -37,7 +37,7 @@ mod store;
 mod sync;
 
 pub use apply::{ApplyReport, ApplySession};
-pub use error::{ApplyError, RowError, StoreError, TrackError};
+pub use error::{ApplyError, RowError, RowFailure, StoreError, TrackError};
 pub use log::ChangeCursor;
 pub use schema::{TRIGGER_PREFIX, TableInfo};
 pub use store::{ConflictRecord, SqliteStore, StoreOptions};

@@ -1,0 +1,35 @@
+//! `concord untrack`: remove capture.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use concord_sqlite::SqliteStore;
+
+/// Stop capturing writes to TABLEs of DB; with no TABLE, remove every trace of Concord.
+///
+/// Without tables (or once no tracked table remains) every trigger and metadata table
+/// Concord added is dropped, leaving the file as it was before `track`. The user's own
+/// tables and rows are never touched.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The SQLite database file.
+    db: PathBuf,
+    /// Tables to untrack; all of Concord if none.
+    tables: Vec<String>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let tables: Vec<&str> = args.tables.iter().map(String::as_str).collect();
+    SqliteStore::untrack(&args.db, &tables)
+        .with_context(|| format!("untracking {}", args.db.display()))?;
+    if tables.is_empty() {
+        println!("{}: Concord removed", args.db.display());
+    } else {
+        println!(
+            "{}: stopped tracking {}",
+            args.db.display(),
+            tables.join(", ")
+        );
+    }
+    Ok(())
+}
