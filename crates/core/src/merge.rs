@@ -308,18 +308,24 @@ pub fn merge_remote(
     decision
 }
 
-/// Keeps only the winners whose version is the column's final clock, so a change that
-/// names a column twice writes the value that the clock says won.
+/// Replaces the winners by, for each column they won, the last write of the change that
+/// carries the column's final version, so a change that names a column twice writes the
+/// value that the clock says won, whether it started a new life or merged into the current
+/// one.
 fn dedupe_winners(clock: &RowClock, columns: &[IncomingColumn], winners: &mut Vec<usize>) {
-    winners.retain(|&pos| {
-        let incoming = columns[pos];
-        clock
-            .column(incoming.index)
-            .is_some_and(|c| c.version == incoming.version)
-            && !columns[pos + 1..]
+    let mut kept: Vec<usize> = winners
+        .iter()
+        .filter_map(|&pos| {
+            let index = columns[pos].index;
+            let version = clock.column(index)?.version;
+            columns
                 .iter()
-                .any(|later| later.index == incoming.index && later.version == incoming.version)
-    });
+                .rposition(|c| c.index == index && c.version == version)
+        })
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    *winners = kept;
 }
 
 /// A write made locally, as the capture path sees it.
@@ -614,6 +620,29 @@ mod tests {
         );
         assert!(late.conflicts.is_empty());
         assert!(late.winners.is_empty());
+    }
+
+    #[test]
+    fn a_change_naming_a_column_twice_writes_its_last_value_in_either_life() {
+        let twice = [col(0, v(5, 2), None), col(0, v(5, 2), None)];
+        // Into the current life: the clock moves, so the last write must be applied.
+        let mut clock = RowClock::default();
+        merge_remote(
+            &mut clock,
+            CausalLength(1),
+            v(1, 1),
+            None,
+            &[col(0, v(1, 1), None)],
+        );
+        let d = merge_remote(&mut clock, CausalLength(1), v(5, 2), None, &twice);
+        assert_eq!(
+            (d.effect, d.winners, d.clock_changed),
+            (RowEffect::Update, vec![1], true)
+        );
+        // Starting a new life: the same write wins.
+        let mut clock = RowClock::default();
+        let d = merge_remote(&mut clock, CausalLength(1), v(5, 2), None, &twice);
+        assert_eq!((d.effect, d.winners), (RowEffect::Recreate, vec![1]));
     }
 
     #[test]
