@@ -251,6 +251,11 @@ impl ApplySession<'_> {
                 .position_of
                 .get(&c.column)
                 .ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
+            if incoming.iter().any(|i: &IncomingColumn| i.index == index) {
+                return Err(
+                    RowError::Invalid(format!("column {:?} is written twice", c.column)).into(),
+                );
+            }
             check_type(&table, index, &c.value)?;
             incoming.push(IncomingColumn {
                 index,
