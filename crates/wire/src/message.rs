@@ -1,0 +1,96 @@
+//! Protocol messages.
+
+use concord_core::{Change, NodeId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The most changes one [`ChangeBatch`] may carry.
+pub const MAX_BATCH_CHANGES: usize = 10_000;
+
+/// One frame on the wire: a protocol version, then a message of that version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Protocol version 1.
+    V1(Message),
+}
+
+/// The messages of protocol version 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message in each direction.
+    Hello(Hello),
+    /// Changes the receiver lacks, in an order it can apply.
+    Changes(ChangeBatch),
+    /// The receiver applied (durably) everything up to a batch.
+    Ack(Ack),
+    /// Liveness probe; answered with [`Message::Pong`] carrying the same number.
+    Ping(u64),
+    /// Answer to [`Message::Ping`].
+    Pong(u64),
+    /// The sender is closing the session because of this error.
+    Error(ErrorMessage),
+}
+
+/// Opens a session: who the sender is and what it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Oldest protocol version the sender speaks.
+    pub min_version: u16,
+    /// Newest protocol version the sender speaks.
+    pub max_version: u16,
+    /// The sender's node id. It must match the identity its TLS certificate proves.
+    pub node: NodeId,
+    /// What the sender holds: the peer sends exactly the changes beyond this.
+    pub holds: VersionVector,
+    /// Largest frame the sender accepts, in bytes.
+    pub max_frame: u32,
+    /// Free-form software name and version, for logs.
+    pub agent: String,
+}
+
+/// A batch of changes, numbered per session from 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    /// Batch number in this session.
+    pub batch: u64,
+    /// The changes, in the sender's log order.
+    pub changes: Vec<Change>,
+}
+
+/// Acknowledges batches up to `batch`, all applied and committed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Highest batch number applied.
+    pub batch: u64,
+    /// What the receiver now holds.
+    pub holds: VersionVector,
+}
+
+/// Why a session is being closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// The Hello's node id is not the one the TLS certificate proves, or is not a
+    /// configured peer.
+    UnknownIdentity,
+    /// A frame or message could not be decoded, or broke a limit.
+    Malformed,
+    /// A message arrived out of order (a second Hello, an Ack for an unsent batch).
+    Unexpected,
+    /// The receiver refused a batch (bad change); the session will be retried later.
+    Rejected,
+    /// The sender is shutting down.
+    ShuttingDown,
+}
+
+/// An error reported to the peer before closing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Category.
+    pub code: ErrorCode,
+    /// Explanation for the peer's logs.
+    pub message: String,
+}
