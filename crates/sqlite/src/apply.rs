@@ -190,8 +190,11 @@ impl ApplySession<'_> {
         self.report.received += 1;
         self.last = Some((change.origin.short(), change.seq));
         match self.apply_inner(change) {
-            Ok(()) => {
-                self.at_boundary = change.last_in_txn;
+            Ok(applied) => {
+                // A duplicate leaves the boundary as it was: what it belongs to is held.
+                if applied {
+                    self.at_boundary = change.last_in_txn;
+                }
                 Ok(())
             }
             Err(error) => {
@@ -210,11 +213,12 @@ impl ApplySession<'_> {
         }
     }
 
-    fn apply_inner(&mut self, change: &Change) -> Result<(), Failure> {
+    /// Returns whether the change was new (false: already held, skipped).
+    fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
         let store = &mut *self.store;
         if store.origins.held.classify(&change.origin, change.seq)? == Advance::Duplicate {
             self.report.duplicates += 1;
-            return Ok(());
+            return Ok(false);
         }
         let now = now_ms();
         let newest = change
@@ -236,6 +240,9 @@ impl ApplySession<'_> {
                 found: key_values.len(),
             }
             .into());
+        }
+        for (&index, value) in table.key_columns.iter().zip(&key_values) {
+            check_type(&table, index, value)?;
         }
         if change.is_delete() != change.columns.is_empty() {
             return Err(RowError::Invalid(if change.is_delete() {
@@ -433,7 +440,7 @@ impl ApplySession<'_> {
         self.dirty_origins.insert(origin);
         self.in_txn += 1;
         self.report.applied += 1;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -441,7 +448,11 @@ impl Drop for ApplySession<'_> {
     fn drop(&mut self) {
         if self.open {
             let _ = self.store.conn.execute_batch("ROLLBACK");
-            self.store.stale = true;
+            // The in-memory version vector, origins and clock may hold what was rolled
+            // back: reload them now so the store answers truthfully at once.
+            if self.store.reload().is_err() {
+                self.store.stale = true;
+            }
         }
     }
 }
@@ -461,40 +472,44 @@ fn store_error(e: rusqlite::Error) -> Failure {
     Failure::Store(StoreError::Sqlite(e))
 }
 
-/// Refuses values the column cannot hold faithfully under SQLite's type affinity: text
-/// or bytes in a numeric column, bytes or floats in a text column.
+/// Refuses a value the column would not hold as sent. SQLite's type affinity silently
+/// converts some values on write (numeric-looking text in a numeric column becomes a
+/// number; a real in a text column becomes text), which would make this replica hold
+/// something other than what the origin wrote. Everything else is stored as is, exactly
+/// as the origin's SQLite stored it: a non-STRICT table holds any value in any column,
+/// and STRICT tables enforce their types themselves (reported as a refused write).
 fn check_type(table: &TableInfo, index: usize, value: &Value) -> Result<(), RowError> {
     let column = &table.columns[index];
-    let ok = match (column.affinity, value) {
-        (_, Value::Null) | (Affinity::Blob, _) => true,
-        (Affinity::Integer | Affinity::Numeric, v) => matches!(
-            v,
-            Value::Integer(_)
-                | Value::Real(_)
-                | Value::Bool(_)
-                | Value::Decimal(_)
-                | Value::Timestamp(_)
-                | Value::Date(_)
-        ),
-        (Affinity::Real, v) => matches!(v, Value::Integer(_) | Value::Real(_) | Value::Decimal(_)),
-        (Affinity::Text, v) => matches!(
-            v,
-            Value::Text(_) | Value::Json(_) | Value::Decimal(_) | Value::Integer(_)
-        ),
+    let converted = match (column.affinity, value) {
+        (Affinity::Integer | Affinity::Real | Affinity::Numeric, Value::Text(s)) => {
+            looks_numeric(s)
+        }
+        (Affinity::Text, Value::Real(_)) => true,
+        _ => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(RowError::WrongType {
-            column: column.name.clone(),
-            declared: if column.declared_type.is_empty() {
-                "(none)".into()
-            } else {
-                column.declared_type.clone()
-            },
-            found: value.kind(),
-        })
+    if !converted {
+        return Ok(());
     }
+    Err(RowError::WrongType {
+        column: column.name.clone(),
+        declared: if column.declared_type.is_empty() {
+            "(none)".into()
+        } else {
+            column.declared_type.clone()
+        },
+        found: value.kind(),
+    })
+}
+
+/// Whether SQLite would read `s` as a number (a well-formed integer or real literal,
+/// possibly surrounded by spaces).
+fn looks_numeric(s: &str) -> bool {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E'))
+        && t.chars().any(|c| c.is_ascii_digit())
+        && (t.parse::<i64>().is_ok() || t.parse::<f64>().is_ok())
 }
 
 fn record_conflict(

@@ -17,7 +17,7 @@ use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::error::StoreError;
-use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_INSERT, OP_UPDATE};
+use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
 
 const PAGE: i64 = 2_000;
@@ -49,7 +49,9 @@ impl SqliteStore {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                self.stale = true;
+                if self.reload().is_err() {
+                    self.stale = true;
+                }
                 Err(e)
             }
         }
@@ -160,6 +162,10 @@ impl SqliteStore {
                 })
                 .optional()?;
             match row {
+                // A row that a REPLACE collided with but that still exists was not removed.
+                Some(_) if pending.op == OP_EVICT => return Ok(None),
+                // It was removed without a delete trigger: log the delete.
+                None if pending.op == OP_EVICT => None,
                 // The row is gone: a later pending delete records that.
                 None => return Ok(None),
                 Some(values) => Some(
@@ -173,7 +179,7 @@ impl SqliteStore {
         let changed: Vec<usize>;
         let op = match pending.op {
             OP_INSERT => LocalOp::Insert,
-            OP_DELETE => LocalOp::Delete,
+            OP_DELETE | OP_EVICT => LocalOp::Delete,
             OP_UPDATE if pending.ncols as usize != ncols => LocalOp::Insert,
             OP_UPDATE => {
                 changed = (0..ncols)

@@ -13,6 +13,11 @@ pub enum TrackError {
         "table {0:?} has no primary key; Concord identifies rows by primary key, add one to track it"
     )]
     NoPrimaryKey(String),
+    /// A primary-key column may hold NULL, so two rows could share a key.
+    #[error(
+        "table {0:?}: primary key column {1:?} may hold NULL, so two rows could share a key; declare it NOT NULL to track the table"
+    )]
+    NullableKey(String, String),
     /// The table is a virtual or internal table.
     #[error("table {0:?} cannot be tracked: {1}")]
     Unsupported(String, &'static str),
@@ -76,8 +81,10 @@ pub enum RowError {
     /// The change writes a column the table does not have.
     #[error("unknown column {0:?}")]
     UnknownColumn(String),
-    /// A value cannot be stored faithfully in the column.
-    #[error("column {column:?} of type {declared} cannot hold a {found} value")]
+    /// A value the column's type affinity would silently convert.
+    #[error(
+        "column {column:?} of type {declared} cannot hold this {found} value as sent: SQLite would convert it"
+    )]
     WrongType {
         /// Column name.
         column: String,

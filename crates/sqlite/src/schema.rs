@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS __concord_conflicts(
 pub(crate) const OP_INSERT: i64 = 1;
 pub(crate) const OP_UPDATE: i64 = 2;
 pub(crate) const OP_DELETE: i64 = 3;
+/// A row that an `INSERT OR REPLACE` / `UPDATE OR REPLACE` may remove through a UNIQUE
+/// constraint. SQLite fires no delete trigger for such removals, so a BEFORE trigger
+/// records every row the new values collide with; capture logs a delete for those that
+/// are really gone.
+pub(crate) const OP_EVICT: i64 = 4;
 
 /// SQLite's type affinity of a declared column type (section 3.1 of the SQLite docs on
 /// datatypes), used to refuse values a column cannot hold faithfully.
@@ -138,6 +143,8 @@ pub struct TableInfo {
     pub key_columns: Vec<usize>,
     pub(crate) position_of: HashMap<String, usize>,
     pub(crate) select_sql: String,
+    /// Column positions of each UNIQUE constraint other than the primary key.
+    pub(crate) unique_sets: Vec<Vec<usize>>,
 }
 
 pub(crate) fn quote(ident: &str) -> String {
@@ -173,21 +180,27 @@ impl TableInfo {
                 "virtual tables are not supported",
             ));
         }
-        let mut stmt =
-            conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+        let mut stmt = conn.prepare(
+            "SELECT name, type, pk, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid",
+        )?;
         let mut columns = Vec::new();
         let mut keys: Vec<(i64, usize)> = Vec::new();
+        let mut nullable_keys = Vec::new();
         let rows = stmt.query_map([name], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, bool>(3)?,
             ))
         })?;
         for row in rows {
-            let (col, declared_type, pk) = row?;
+            let (col, declared_type, pk, not_null) = row?;
             if pk > 0 {
                 keys.push((pk, columns.len()));
+                if !not_null {
+                    nullable_keys.push(col.clone());
+                }
             }
             columns.push(ColumnInfo {
                 affinity: Affinity::of(&declared_type),
@@ -198,8 +211,31 @@ impl TableInfo {
         if keys.is_empty() {
             return Err(TrackError::NoPrimaryKey(name.to_owned()));
         }
+        // SQLite lets a primary-key column of a rowid table hold NULL (a historical
+        // quirk), and NULLs never collide, so several rows could share one key. Only an
+        // INTEGER PRIMARY KEY (the rowid) and WITHOUT ROWID keys are NULL-free by
+        // construction; any other key column must be declared NOT NULL.
+        let rowid_alias = keys.len() == 1
+            && columns[keys[0].1]
+                .declared_type
+                .eq_ignore_ascii_case("INTEGER");
+        let without_rowid: bool = conn
+            .query_row(
+                "SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !rowid_alias && !without_rowid {
+            if let Some(column) = nullable_keys.into_iter().next() {
+                return Err(TrackError::NullableKey(name.to_owned(), column));
+            }
+        }
         keys.sort();
+        let unique_sets = unique_sets(conn, name)?;
         let mut info = TableInfo {
+            unique_sets,
             id: 0,
             name: name.to_owned(),
             position_of: columns
@@ -294,7 +330,7 @@ impl TableInfo {
             .join(", ");
         let pending = format!("INSERT INTO __concord_pending(tbl, op, ncols, at, {key_cols}");
         let p = TRIGGER_PREFIX;
-        vec![
+        let mut triggers = vec![
             format!(
                 "CREATE TRIGGER {p}{id}_ins AFTER INSERT ON {table} WHEN {silent} BEGIN \
                  {pending}) VALUES ({id}, {OP_INSERT}, {ncols}, {now}, {}); END",
@@ -318,7 +354,50 @@ impl TableInfo {
                  {pending}) VALUES ({id}, {OP_DELETE}, {ncols}, {now}, {}); END",
                 key_vals("OLD")
             ),
-        ]
+        ];
+        if !self.unique_sets.is_empty() {
+            let collides = self
+                .unique_sets
+                .iter()
+                .map(|set| {
+                    let terms = set
+                        .iter()
+                        .map(|&i| {
+                            let c = quote(&self.columns[i].name);
+                            format!("{c} = NEW.{c}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                    format!("({terms})")
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let own_key = self
+                .key_columns
+                .iter()
+                .map(|&p| quote(&self.columns[p].name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let not_old = self
+                .key_columns
+                .iter()
+                .map(|&p| {
+                    let c = quote(&self.columns[p].name);
+                    format!("{c} IS OLD.{c}")
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            triggers.push(format!(
+                "CREATE TRIGGER {p}{id}_evict_ins BEFORE INSERT ON {table} WHEN {silent} BEGIN \
+                 {pending}) SELECT {id}, {OP_EVICT}, {ncols}, {now}, {own_key} FROM {table} WHERE {collides}; END"
+            ));
+            triggers.push(format!(
+                "CREATE TRIGGER {p}{id}_evict_upd BEFORE UPDATE ON {table} WHEN {silent} BEGIN \
+                 {pending}) SELECT {id}, {OP_EVICT}, {ncols}, {now}, {own_key} FROM {table} \
+                 WHERE ({collides}) AND NOT ({not_old}); END"
+            ));
+        }
+        triggers
     }
 
     pub(crate) fn trigger_names(id: i64) -> [String; 4] {
@@ -330,6 +409,26 @@ impl TableInfo {
             format!("{p}{id}_del"),
         ]
     }
+}
+
+/// The column sets of a table's UNIQUE constraints, primary key excluded. Indexes on
+/// expressions are skipped: no trigger can test them column by column.
+fn unique_sets(conn: &Connection, table: &str) -> Result<Vec<Vec<usize>>, rusqlite::Error> {
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin <> 'pk'")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut sets = Vec::new();
+    for index in indexes {
+        let cids: Vec<i64> = conn
+            .prepare("SELECT cid FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !cids.is_empty() && cids.iter().all(|&c| c >= 0) {
+            sets.push(cids.into_iter().map(|c| c as usize).collect());
+        }
+    }
+    Ok(sets)
 }
 
 /// Adds `k{i}` and `m{i}` columns to the pending table until it can hold `keys` key
