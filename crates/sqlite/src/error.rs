@@ -41,6 +41,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file does not exist.
+    #[error("{0}: no such file")]
+    NoSuchFile(String),
     /// The database has no Concord metadata.
     #[error("{0} is not tracked by Concord (run `concord track` first)")]
     NotTracked(String),

@@ -93,15 +93,25 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn connect(path: &Path, options: &StoreOptions) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
+/// Opens an existing database file (never creates one: a typo must not leave an empty
+/// file behind).
+fn connect(path: &Path, options: &StoreOptions) -> Result<Connection, StoreError> {
+    if !path.is_file() {
+        return Err(StoreError::NoSuchFile(path.display().to_string()));
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(options.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(256);
-    // WAL lets readers (and Concord's log reader) run while others write; it is a
-    // property of the file, so it is set once here and stays.
-    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
     Ok(conn)
+}
+
+/// WAL lets readers (and Concord's log reader) run while others write. It is a property
+/// of the file, set once tracking succeeded and kept from then on.
+fn use_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
 }
 
 impl SqliteStore {
@@ -113,9 +123,6 @@ impl SqliteStore {
     /// Opens a tracked database.
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        if !path.exists() {
-            return Err(StoreError::NotTracked(path.display().to_string()));
-        }
         let conn = connect(&path, &options)?;
         let tracked: bool = conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__concord_meta'",
@@ -226,6 +233,7 @@ impl SqliteStore {
                 return Err(e);
             }
         }
+        use_wal(&conn)?;
         drop(conn);
         Ok(Self::open_with(path, options)?)
     }

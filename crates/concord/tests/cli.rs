@@ -1,0 +1,581 @@
+//! The `concord` binary as a user meets it: every subcommand run as a real process on
+//! real SQLite files written by ordinary connections.
+//!
+//! Risks covered:
+//! * help that does not explain a subcommand, or a subcommand missing from the list;
+//! * `info --json` and `conflicts --json` that do not parse or lack the fields scripts
+//!   rely on;
+//! * `merge` leaving the files different, or not settling;
+//! * a concurrent edit that does not show up in `conflicts`;
+//! * `untrack` leaving any `__concord_*` table, index or trigger behind (a trigger left
+//!   behind would break every later write of the application);
+//! * failures that panic, exit with status 0, print nothing useful, or half-install
+//!   capture: untracked files, tables without a primary key, missing tables, missing
+//!   files, bad usage;
+//! * a demo that does not run or does not end with identical files.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rusqlite::Connection;
+use rusqlite::types::Value;
+
+const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);
+                      CREATE TABLE nopk(x, y);";
+
+const SUBCOMMANDS: [&str; 6] = ["track", "untrack", "merge", "conflicts", "info", "demo"];
+
+fn concord<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .env_remove("CONCORD_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Asserts the command succeeded and returns its stdout.
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Asserts the command failed cleanly: non-zero status, no panic, and a message on
+/// stderr that mentions every one of `needles`. Returns stderr.
+fn fails_mentioning(out: Output, needles: &[&str]) -> String {
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}\nstdout: {}\nstderr: {err}",
+        out.status,
+        stdout(&out)
+    );
+    assert!(
+        out.status.code().is_some(),
+        "killed by a signal: {}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "the binary panicked: {err}");
+    assert!(
+        !err.contains("RUST_BACKTRACE"),
+        "the binary panicked: {err}"
+    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "stderr does not mention {needle:?}: {err}"
+        );
+    }
+    err
+}
+
+fn s(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A SQLite file with the test tables, not tracked.
+fn new_db(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(SCHEMA)
+        .unwrap();
+    path
+}
+
+fn track(path: &Path) {
+    ok(concord([
+        OsStr::new("track"),
+        path.as_os_str(),
+        OsStr::new("t"),
+    ]));
+}
+
+fn app(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn
+}
+
+fn dump(path: &Path, table: &str) -> Vec<Vec<Value>> {
+    let conn = app(path);
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+        .unwrap();
+    let columns = stmt.column_count();
+    stmt.query_map([], |r| (0..columns).map(|i| r.get::<_, Value>(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Names of every table, index, trigger and view Concord added.
+fn concord_objects(path: &Path) -> Vec<String> {
+    app(path)
+        .prepare(
+            "SELECT type || ' ' || name FROM sqlite_master
+             WHERE name LIKE '\\_\\_concord%' ESCAPE '\\' OR tbl_name LIKE '\\_\\_concord%' ESCAPE '\\'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The JSON report of `merge --json`, which follows the `merging N files` line.
+fn merge_report(out: &str) -> serde_json::Value {
+    let (first, rest) = out.split_once('\n').unwrap();
+    assert!(first.starts_with("merging"), "{out}");
+    json(rest)
+}
+
+#[test]
+fn every_subcommand_is_listed_and_explained_by_its_help() {
+    let top = ok(concord(["--help"]));
+    for sub in SUBCOMMANDS {
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(sub)),
+            "`concord --help` does not list {sub}:\n{top}"
+        );
+    }
+    // What each help page must explain, in words a user would look for.
+    let explains: [(&str, &[&str]); 6] = [
+        (
+            "track",
+            &["capturing every write", "primary key", "<DB>", "<TABLES>"],
+        ),
+        ("untrack", &["Stop capturing", "remove every trace", "<DB>"]),
+        ("merge", &["agreement", "<DBS>", "--json"]),
+        ("conflicts", &["conflicts", "concurrent", "<DB>", "--json"]),
+        ("info", &["node id", "version vector", "<DB>", "--json"]),
+        ("demo", &["two SQLite files", "--dir"]),
+    ];
+    for (sub, phrases) in explains {
+        for help in [ok(concord([sub, "--help"])), ok(concord(["help", sub]))] {
+            assert!(
+                help.contains(&format!("Usage: concord {sub}")),
+                "{sub} help has no usage line:\n{help}"
+            );
+            for phrase in phrases {
+                assert!(
+                    help.contains(phrase),
+                    "`concord {sub} --help` does not mention {phrase:?}:\n{help}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn track_then_info_json_reports_node_id_tables_and_queued_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    app(&a)
+        .execute_batch(
+            "INSERT INTO t VALUES (1, 'before', 1); INSERT INTO t VALUES (2, 'track', 2);",
+        )
+        .unwrap();
+    let out = ok(concord([
+        OsStr::new("track"),
+        a.as_os_str(),
+        OsStr::new("t"),
+    ]));
+    assert!(out.contains("tracking t"), "{out}");
+
+    let info = json(&ok(concord([
+        OsStr::new("info"),
+        a.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    let node = info["node_id"].as_str().expect("node_id is a string");
+    assert_eq!(node.len(), 32, "node id is 128 bits in hex: {node}");
+    assert!(node.chars().all(|c| c.is_ascii_hexdigit()), "{node}");
+    assert_eq!(info["tables"], serde_json::json!(["t"]));
+    assert_eq!(
+        info["pending_writes"], 2,
+        "rows present before track are queued for replicas: {info}"
+    );
+    assert_eq!(info["conflicts"], 0);
+    assert!(out.contains(node), "track prints the node id: {out}");
+
+    // The node id is stable: tracking again does not change identity.
+    track(&a);
+    let again = json(&ok(concord([
+        OsStr::new("info"),
+        a.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    assert_eq!(again["node_id"], info["node_id"]);
+
+    let human = ok(concord([OsStr::new("info"), a.as_os_str()]));
+    assert!(human.contains(node), "{human}");
+}
+
+#[test]
+fn merge_makes_two_files_written_by_plain_sql_identical_and_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let b = new_db(dir.path(), "b.db");
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'existing', 10)", [])
+        .unwrap();
+    track(&a);
+    track(&b);
+    app(&a)
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (2, 'from a', 20); UPDATE t SET n = 11 WHERE id = 1; COMMIT;",
+        )
+        .unwrap();
+    app(&b)
+        .execute_batch(
+            "INSERT INTO t VALUES (3, 'from b ✓', NULL);
+             INSERT INTO t VALUES (4, 'doomed', 40);
+             DELETE FROM t WHERE id = 4;",
+        )
+        .unwrap();
+
+    let out = ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    assert!(out.starts_with("merging 2 files"), "{out}");
+    let rows = dump(&a, "t");
+    assert_eq!(rows, dump(&b, "t"), "the files differ after merge");
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Value::Integer(1),
+                Value::Text("existing".into()),
+                Value::Integer(11)
+            ],
+            vec![
+                Value::Integer(2),
+                Value::Text("from a".into()),
+                Value::Integer(20)
+            ],
+            vec![
+                Value::Integer(3),
+                Value::Text("from b ✓".into()),
+                Value::Null
+            ],
+        ]
+    );
+
+    // Merging again finds nothing to do, in either order.
+    for pair in [[&a, &b], [&b, &a]] {
+        let report = merge_report(&ok(concord([
+            OsStr::new("merge"),
+            pair[0].as_os_str(),
+            pair[1].as_os_str(),
+            OsStr::new("--json"),
+        ])));
+        for r in report.as_array().unwrap() {
+            assert_eq!(r["applied"], 0, "{report}");
+        }
+    }
+}
+
+#[test]
+fn conflicts_json_lists_a_concurrent_edit_with_both_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let b = new_db(dir.path(), "b.db");
+    track(&a);
+    track(&b);
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'original', 0)", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    assert_eq!(
+        ok(concord([OsStr::new("conflicts"), a.as_os_str()])),
+        "no conflicts\n"
+    );
+
+    app(&a)
+        .execute("UPDATE t SET v = 'edit in a' WHERE id = 1", [])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    app(&b)
+        .execute("UPDATE t SET v = 'edit in b' WHERE id = 1", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    assert_eq!(dump(&a, "t"), dump(&b, "t"));
+
+    let mut listed = Vec::new();
+    for path in [&a, &b] {
+        let out = ok(concord([
+            OsStr::new("conflicts"),
+            path.as_os_str(),
+            OsStr::new("--json"),
+        ]));
+        listed.extend(json(&out).as_array().expect("a JSON array").clone());
+    }
+    let found = listed.iter().find(|c| {
+        let values = format!("{} {}", c["local_value"], c["remote_value"]);
+        c["table"] == "t"
+            && c["kind"] == "column"
+            && c["column"] == "v"
+            && values.contains("edit in a")
+            && values.contains("edit in b")
+    });
+    let conflict = found.unwrap_or_else(|| {
+        panic!(
+            "the concurrent edit is not listed: {}",
+            serde_json::to_string_pretty(&listed).unwrap()
+        )
+    });
+    for field in ["key", "local_version", "remote_version", "winner"] {
+        assert!(
+            conflict[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field} missing: {conflict}"
+        );
+    }
+
+    // The table view shows both sides too.
+    let mut text = ok(concord([OsStr::new("conflicts"), a.as_os_str()]));
+    text.push_str(&ok(concord([OsStr::new("conflicts"), b.as_os_str()])));
+    assert!(
+        text.contains("edit in a") && text.contains("edit in b"),
+        "{text}"
+    );
+}
+
+#[test]
+fn untrack_removes_every_concord_object_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let b = new_db(dir.path(), "b.db");
+    track(&a);
+    track(&b);
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'x', 1)", [])
+        .unwrap();
+    app(&b)
+        .execute("INSERT INTO t VALUES (2, 'y', 2)", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    // Leave a write pending too.
+    app(&a)
+        .execute("UPDATE t SET v = 'pending' WHERE id = 1", [])
+        .unwrap();
+    assert!(!concord_objects(&a).is_empty());
+    let before = dump(&a, "t");
+
+    let out = ok(concord([OsStr::new("untrack"), a.as_os_str()]));
+    assert!(out.contains("removed"), "{out}");
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    assert_eq!(dump(&a, "t"), before, "untrack touched user rows");
+    // The application keeps writing without Concord's triggers.
+    app(&a)
+        .execute_batch(
+            "INSERT INTO t VALUES (3, 'after', 3); UPDATE t SET n = 9; DELETE FROM t WHERE id = 2;",
+        )
+        .unwrap();
+    fails_mentioning(
+        concord([OsStr::new("info"), a.as_os_str()]),
+        &[&s(&a), "not tracked"],
+    );
+    // And it can be tracked again from scratch.
+    track(&a);
+}
+
+#[test]
+fn merge_of_an_untracked_file_fails_naming_it_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let u = new_db(dir.path(), "untracked.db");
+    track(&a);
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'x', 1)", [])
+        .unwrap();
+    let err = fails_mentioning(
+        concord([OsStr::new("merge"), a.as_os_str(), u.as_os_str()]),
+        &[&s(&u), "not tracked", "concord track"],
+    );
+    assert!(!err.contains(&format!("{} is not tracked", s(&a))), "{err}");
+    assert_eq!(concord_objects(&u), Vec::<String>::new());
+    assert_eq!(dump(&u, "t"), Vec::<Vec<Value>>::new());
+    for sub in ["info", "conflicts", "untrack"] {
+        fails_mentioning(
+            concord([OsStr::new(sub), u.as_os_str()]),
+            &[&s(&u), "not tracked"],
+        );
+    }
+}
+
+#[test]
+fn tracking_a_table_without_primary_key_fails_naming_the_table_and_installs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    fails_mentioning(
+        concord([OsStr::new("track"), a.as_os_str(), OsStr::new("nopk")]),
+        &["\"nopk\"", "primary key"],
+    );
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    // Together with a good table: all or nothing.
+    fails_mentioning(
+        concord([
+            OsStr::new("track"),
+            a.as_os_str(),
+            OsStr::new("t"),
+            OsStr::new("nopk"),
+        ]),
+        &["\"nopk\"", "primary key"],
+    );
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'x', 1)", [])
+        .unwrap();
+}
+
+#[test]
+fn tracking_a_missing_table_fails_naming_it_and_installs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    fails_mentioning(
+        concord([
+            OsStr::new("track"),
+            a.as_os_str(),
+            OsStr::new("no_such_table"),
+        ]),
+        &["\"no_such_table\"", "does not exist"],
+    );
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    // Also when the file is already tracked: the tracked table stays as it was.
+    track(&a);
+    let tables_before = json(&ok(concord([
+        OsStr::new("info"),
+        a.as_os_str(),
+        OsStr::new("--json"),
+    ])))["tables"]
+        .clone();
+    fails_mentioning(
+        concord([
+            OsStr::new("track"),
+            a.as_os_str(),
+            OsStr::new("no_such_table"),
+        ]),
+        &["\"no_such_table\"", "does not exist"],
+    );
+    let tables_after = json(&ok(concord([
+        OsStr::new("info"),
+        a.as_os_str(),
+        OsStr::new("--json"),
+    ])))["tables"]
+        .clone();
+    assert_eq!(tables_after, tables_before);
+}
+
+#[test]
+fn merge_with_a_missing_file_fails_naming_the_path_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    track(&a);
+    let missing = dir.path().join("missing.db");
+    fails_mentioning(
+        concord([OsStr::new("merge"), a.as_os_str(), missing.as_os_str()]),
+        &[&s(&missing)],
+    );
+    assert!(!missing.exists(), "merge created the missing file");
+}
+
+#[test]
+fn merge_with_a_missing_file_says_the_file_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    track(&a);
+    let missing = dir.path().join("missing.db");
+    let err = fails_mentioning(
+        concord([OsStr::new("merge"), a.as_os_str(), missing.as_os_str()]),
+        &[&s(&missing)],
+    );
+    let lower = err.to_lowercase();
+    assert!(
+        ["does not exist", "no such file", "not found"]
+            .iter()
+            .any(|m| lower.contains(m)),
+        "the message does not say the file is missing: {err}"
+    );
+}
+
+#[test]
+fn tracking_a_missing_file_fails_and_creates_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    let err = fails_mentioning(
+        concord([OsStr::new("track"), missing.as_os_str(), OsStr::new("t")]),
+        &[&s(&missing)],
+    );
+    assert!(!missing.exists(), "track created {}: {err}", s(&missing));
+}
+
+#[test]
+fn bad_usage_exits_non_zero_with_usage_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    track(&a);
+    for args in [
+        vec![OsStr::new("merge"), a.as_os_str()],
+        vec![OsStr::new("track"), a.as_os_str()],
+        vec![OsStr::new("frobnicate")],
+        vec![OsStr::new("info")],
+        vec![],
+    ] {
+        let out = concord(&args);
+        let err = fails_mentioning(out, &["Usage"]);
+        assert!(err.len() < 4000, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn demo_runs_and_ends_with_identical_files() {
+    let out = ok(concord(["demo"]));
+    assert!(out.contains("identical"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(concord([
+        OsStr::new("demo"),
+        OsStr::new("--dir"),
+        dir.path().as_os_str(),
+    ]));
+    assert!(out.contains("The two files are identical"), "{out}");
+    let shop = dir.path().join("shop.db");
+    let office = dir.path().join("office.db");
+    assert!(!dump(&shop, "customers").is_empty());
+    assert_eq!(dump(&shop, "customers"), dump(&office, "customers"));
+    let conflicts = json(&ok(concord([
+        OsStr::new("conflicts"),
+        shop.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    assert!(!conflicts.as_array().unwrap().is_empty(), "{conflicts}");
+    // Running it again in the same folder starts over and still succeeds.
+    ok(concord([
+        OsStr::new("demo"),
+        OsStr::new("--dir"),
+        dir.path().as_os_str(),
+    ]));
+}
