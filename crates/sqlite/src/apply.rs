@@ -25,7 +25,7 @@ use rusqlite::types::ToSql;
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::error::{ApplyError, RowError, RowFailure, StoreError};
-use crate::schema::{Affinity, TableInfo, quote};
+use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 
 /// Counts from applying changes.
@@ -43,6 +43,8 @@ pub struct ApplyReport {
     pub captured: u64,
     /// Transactions committed.
     pub commits: u64,
+    /// Changes set aside (not applied, recorded as failures).
+    pub set_aside: u64,
 }
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
@@ -81,6 +83,20 @@ impl SqliteStore {
         let mut session = self.begin_apply()?;
         for change in changes {
             session.apply(change)?;
+        }
+        session.commit()
+    }
+
+    /// Sets aside a whole source transaction that could not be applied (see
+    /// [`ApplySession::set_aside`]), in one transaction.
+    pub fn set_aside(
+        &mut self,
+        changes: &[Change],
+        reason: &str,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            session.set_aside(change, reason)?;
         }
         session.commit()
     }
@@ -229,6 +245,13 @@ impl ApplySession<'_> {
             .max()
             .unwrap_or(change.hlc);
         store.clock.check(newest, now)?;
+        if store.relay {
+            change.key.decode()?;
+            store.clock.observe(newest, now)?;
+            self.log_verbatim(change).map_err(store_error)?;
+            self.report.applied += 1;
+            return Ok(true);
+        }
         let table: Arc<TableInfo> = store
             .table_index(&change.table)
             .map(|i| store.tables[i].clone())
@@ -441,6 +464,81 @@ impl ApplySession<'_> {
         self.in_txn += 1;
         self.report.applied += 1;
         Ok(true)
+    }
+
+    /// Logs a change as received, without applying it, and records it as held.
+    fn log_verbatim(&mut self, change: &Change) -> Result<(), rusqlite::Error> {
+        let store = &mut *self.store;
+        let origin = store.origin_index(change.origin)?;
+        store
+            .conn
+            .prepare_cached(
+                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(rusqlite::params![
+                origin,
+                change.seq as i64,
+                change.hlc.as_u64() as i64,
+                VERBATIM_TABLE,
+                change.key.as_bytes(),
+                change.causal_length.0 as i64,
+                codec::encode(change),
+                change.last_in_txn
+            ])?;
+        // The caller checked the sequence follows what is held.
+        let _ = store.origins.held.advance(change.origin, change.seq);
+        self.dirty_origins.insert(origin);
+        self.in_txn += 1;
+        Ok(())
+    }
+
+    /// Sets a change aside: it is not applied, but recorded in `__concord_failures` with
+    /// `reason` and kept in the log (so it is still relayed), and its sequence counts as
+    /// held so the stream from its origin keeps flowing. Used for a source transaction
+    /// that cannot be applied here, so one bad row never blocks a whole channel.
+    pub fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        let gap = self.store.origins.held.classify(&change.origin, change.seq);
+        let result = match gap {
+            Ok(Advance::Duplicate) => return Ok(()),
+            Ok(Advance::Next) => (|| -> Result<(), rusqlite::Error> {
+                self.log_verbatim(change)?;
+                self.store
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO __concord_failures(origin, seq, tbl, key_text, error, at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(rusqlite::params![
+                        change.origin.to_string(),
+                        change.seq as i64,
+                        change.table,
+                        change.key.to_string(),
+                        reason,
+                        now_ms() as i64
+                    ])?;
+                Ok(())
+            })()
+            .map_err(ApplyError::from),
+            Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
+                origin: change.origin.short(),
+                seq: change.seq,
+                table: change.table.clone(),
+                key: change.key.to_string(),
+                error: gap.into(),
+            }))),
+        };
+        match result {
+            Ok(()) => {
+                self.at_boundary = change.last_in_txn;
+                self.report.set_aside += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
     }
 }
 

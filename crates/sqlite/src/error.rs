@@ -55,6 +55,16 @@ pub enum StoreError {
         /// Newest format supported.
         supported: i64,
     },
+    /// A change a peer needs is no longer in the log (it was pruned).
+    #[error(
+        "change {origin}/{seq} is no longer in the change log (pruned); the peer needs a snapshot"
+    )]
+    Pruned {
+        /// Origin of the missing change.
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+    },
     /// A metadata row could not be decoded.
     #[error("corrupt metadata in {table}: {detail}")]
     Corrupt {

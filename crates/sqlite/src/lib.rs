@@ -38,7 +38,7 @@ mod sync;
 
 pub use apply::{ApplyReport, ApplySession};
 pub use error::{ApplyError, RowError, RowFailure, StoreError, TrackError};
-pub use log::ChangeCursor;
+pub use log::{ChangeCursor, LogPage, LogReader};
 pub use schema::{TRIGGER_PREFIX, TableInfo};
-pub use store::{ConflictRecord, SqliteStore, StoreOptions};
+pub use store::{ConflictRecord, FailureRecord, SqliteStore, StoreOptions};
 pub use sync::{merge_all, pull};

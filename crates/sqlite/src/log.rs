@@ -2,113 +2,222 @@
 //!
 //! The log holds every change this replica has, local and relayed, in the order it
 //! applied them (`pos`). That order is causal: a change is logged after every change it
-//! could have seen. A [`ChangeCursor`] walks it from the first position the target lacks
-//! and yields, in that order, exactly the changes the target's version vector does not
-//! hold, a page at a time, so memory stays flat whatever the log's length.
+//! could have seen. A [`LogReader`] has its own connection, so a sync session reads while
+//! the store captures and applies (WAL lets both proceed), and it reads a page at a time,
+//! so memory stays flat whatever the log's length. It yields, in log order, exactly the
+//! changes a target's version vector does not hold.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 
-use concord_core::{CausalLength, Change, ColumnChange, Hlc, PrimaryKey, VersionVector};
+use concord_core::{
+    CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::codec::{self, LogBody};
+use crate::codec::{self, LogBody, StoredVersion};
 use crate::error::StoreError;
+use crate::schema::VERBATIM_TABLE;
 use crate::store::SqliteStore;
 
-const PAGE: i64 = 1_000;
+const PAGE: usize = 1_000;
 
 struct TableNames {
     name: String,
     columns: Vec<String>,
 }
 
-/// Iterates over the changes a target lacks, in causal (log) order.
-pub struct ChangeCursor<'s> {
-    store: &'s SqliteStore,
-    target: VersionVector,
+/// A read-only view of a store's change log.
+pub struct LogReader {
+    conn: Connection,
+    node_of: HashMap<u32, NodeId>,
+    index_of: HashMap<NodeId, u32>,
     tables: HashMap<i64, TableNames>,
-    next_pos: i64,
-    buffer: VecDeque<Change>,
-    done: bool,
 }
 
-impl SqliteStore {
-    /// The changes a replica holding `target` lacks, in an order it can apply.
-    pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor<'_>, StoreError> {
-        let mut tables = HashMap::new();
-        let mut stmt = self.conn.prepare("SELECT id, name FROM __concord_tables")?;
-        let rows: Vec<(i64, String)> = stmt
+/// A page of log entries read for a target.
+#[derive(Debug, Default)]
+pub struct LogPage {
+    /// The changes the target lacks, in log order.
+    pub changes: Vec<Change>,
+    /// The last log position examined; the next read starts after it.
+    pub last_pos: i64,
+}
+
+impl LogReader {
+    /// Opens a reader on a tracked database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NoSuchFile(path.display().to_string()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let mut reader = Self {
+            conn,
+            node_of: HashMap::new(),
+            index_of: HashMap::new(),
+            tables: HashMap::new(),
+        };
+        reader.refresh()?;
+        Ok(reader)
+    }
+
+    /// Re-reads origins and table names (new ones appear as the store learns them).
+    fn refresh(&mut self) -> Result<(), StoreError> {
+        let origins: Vec<(u32, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT id, node_id FROM __concord_origins")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        for (id, name) in rows {
+        for (index, bytes) in origins {
+            let node = NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                table: "__concord_origins",
+                detail: e.to_string(),
+            })?;
+            self.node_of.insert(index, node);
+            self.index_of.insert(node, index);
+        }
+        let tables: Vec<(i64, String)> = self
+            .conn
+            .prepare("SELECT id, name FROM __concord_tables")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, name) in tables {
             let columns: Vec<String> = self
                 .conn
                 .prepare("SELECT name FROM __concord_columns WHERE tbl = ?1 ORDER BY position")?
                 .query_map([id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            tables.insert(id, TableNames { name, columns });
+            self.tables.insert(id, TableNames { name, columns });
         }
-        // Start at the earliest entry the target lacks, found through the (origin, seq)
-        // index, instead of scanning the whole log.
-        let mut start: Option<i64> = None;
-        let mut done = true;
-        for (origin, &held) in self.origins.held.iter() {
+        Ok(())
+    }
+
+    /// What the store holds now, from each origin.
+    pub fn held(&mut self) -> Result<VersionVector, StoreError> {
+        let mut held = VersionVector::new();
+        let rows: Vec<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached("SELECT node_id, seq FROM __concord_origins WHERE seq > 0")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (bytes, seq) in rows {
+            let node = NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                table: "__concord_origins",
+                detail: e.to_string(),
+            })?;
+            held.set(node, seq as u64);
+        }
+        Ok(held)
+    }
+
+    /// The last position in the log (0 if empty).
+    pub fn last_position(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(pos), 0) FROM __concord_log", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The position just before the first entry a replica holding `target` lacks, so
+    /// that reading after it yields everything the target needs. Found through the
+    /// `(origin, seq)` index instead of scanning. An entry the target needs that is no
+    /// longer in the log (pruned) is an error naming it.
+    pub fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
+        let held = self.held()?;
+        if held.iter().any(|(n, _)| !self.index_of.contains_key(n)) {
+            self.refresh()?;
+        }
+        let mut start = self.last_position()?;
+        for (origin, &have) in held.iter() {
             let wanted = target.get(origin);
-            if held <= wanted {
+            if have <= wanted {
                 continue;
             }
-            done = false;
-            let index = self.origins.index_of[origin];
+            let index = self.index_of.get(origin).copied().unwrap_or_default();
             let pos: Option<i64> = self
                 .conn
-                .query_row(
-                    "SELECT pos FROM __concord_log WHERE origin = ?1 AND seq = ?2",
-                    rusqlite::params![index, wanted as i64 + 1],
-                    |r| r.get(0),
-                )
-                .ok();
-            let pos = pos.unwrap_or(0);
-            start = Some(start.map_or(pos, |s| s.min(pos)));
+                .prepare_cached("SELECT pos FROM __concord_log WHERE origin = ?1 AND seq = ?2")?
+                .query_row(rusqlite::params![index, wanted as i64 + 1], |r| r.get(0))
+                .optional()?;
+            match pos {
+                Some(pos) => start = start.min(pos - 1),
+                None => {
+                    return Err(StoreError::Pruned {
+                        origin: origin.to_string(),
+                        seq: wanted + 1,
+                    });
+                }
+            }
         }
-        Ok(ChangeCursor {
-            store: self,
-            target: target.clone(),
-            tables,
-            next_pos: start.unwrap_or(0),
-            buffer: VecDeque::new(),
-            done,
-        })
+        Ok(start)
     }
-}
 
-impl ChangeCursor<'_> {
-    fn fill(&mut self) -> Result<(), StoreError> {
-        let mut stmt = self.store.conn.prepare_cached(
-            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM __concord_log WHERE pos >= ?1 ORDER BY pos LIMIT ?2",
+    /// Reads up to `limit` changes after position `after` that `target` lacks.
+    pub fn read(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        match self.read_once(after, target, limit) {
+            Err(StoreError::Corrupt { .. }) => {
+                // An origin or table the reader has not seen yet: learn it and retry.
+                self.refresh()?;
+                self.read_once(after, target, limit)
+            }
+            other => other,
+        }
+    }
+
+    fn read_once(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM __concord_log \
+             WHERE pos > ?1 ORDER BY pos LIMIT ?2",
         )?;
-        let mut rows = stmt.query(rusqlite::params![self.next_pos, PAGE])?;
-        let mut count = 0;
+        let mut rows = stmt.query(rusqlite::params![after, PAGE.max(limit) as i64])?;
+        let mut page = LogPage {
+            changes: Vec::new(),
+            last_pos: after,
+        };
         let corrupt = |detail: String| StoreError::Corrupt {
             table: "__concord_log",
             detail,
         };
         while let Some(r) = rows.next()? {
-            count += 1;
+            if page.changes.len() >= limit {
+                break;
+            }
             let pos: i64 = r.get(0)?;
-            self.next_pos = pos + 1;
             let origin_index: u32 = r.get(1)?;
-            let origin = *self
-                .store
-                .origins
-                .node_of
-                .get(&origin_index)
-                .ok_or_else(|| {
-                    corrupt(format!("entry {pos}: unknown origin index {origin_index}"))
-                })?;
+            let origin = *self.node_of.get(&origin_index).ok_or_else(|| {
+                corrupt(format!("entry {pos}: unknown origin index {origin_index}"))
+            })?;
             let seq = r.get::<_, i64>(2)? as u64;
-            if self.target.contains(&origin, seq) {
+            page.last_pos = pos;
+            if target.contains(&origin, seq) {
                 continue;
             }
             let table_id: i64 = r.get(4)?;
+            if table_id == VERBATIM_TABLE {
+                let blob = r
+                    .get_ref(7)?
+                    .as_blob()
+                    .map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
+                let change: Change =
+                    codec::decode(blob).map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
+                page.changes.push(change);
+                continue;
+            }
             let table = self
                 .tables
                 .get(&table_id)
@@ -119,10 +228,15 @@ impl ChangeCursor<'_> {
                     .map_err(|e| corrupt(format!("entry {pos}: {e}")))?,
             )
             .map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
-            let version = |v| {
-                self.store
-                    .version(v)
-                    .map_err(|e| corrupt(format!("entry {pos}: {e}")))
+            let version = |v: StoredVersion| -> Result<Version, StoreError> {
+                let origin = self
+                    .node_of
+                    .get(&v.1)
+                    .ok_or_else(|| corrupt(format!("entry {pos}: unknown origin index {}", v.1)))?;
+                Ok(Version {
+                    hlc: Hlc::from_u64(v.0),
+                    origin: *origin,
+                })
             };
             let mut columns = Vec::with_capacity(body.columns.len());
             for c in body.columns {
@@ -136,7 +250,7 @@ impl ChangeCursor<'_> {
                     replaced: c.replaced.map(version).transpose()?,
                 });
             }
-            self.buffer.push_back(Change {
+            page.changes.push(Change {
                 origin,
                 seq,
                 hlc: Hlc::from_u64(r.get::<_, i64>(3)? as u64),
@@ -148,14 +262,36 @@ impl ChangeCursor<'_> {
                 last_in_txn: r.get(8)?,
             });
         }
-        if count < PAGE {
-            self.done = true;
-        }
-        Ok(())
+        Ok(page)
     }
 }
 
-impl Iterator for ChangeCursor<'_> {
+/// Iterates over the changes a target lacks, in causal (log) order.
+pub struct ChangeCursor {
+    reader: LogReader,
+    target: VersionVector,
+    after: i64,
+    buffer: VecDeque<Change>,
+    done: bool,
+}
+
+impl SqliteStore {
+    /// The changes a replica holding `target` lacks, in an order it can apply. The
+    /// cursor reads through its own connection.
+    pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {
+        let mut reader = LogReader::open(&self.path)?;
+        let after = reader.start_for(target)?;
+        Ok(ChangeCursor {
+            reader,
+            target: target.clone(),
+            after,
+            buffer: VecDeque::new(),
+            done: false,
+        })
+    }
+}
+
+impl Iterator for ChangeCursor {
     type Item = Result<Change, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -166,9 +302,18 @@ impl Iterator for ChangeCursor<'_> {
             if self.done {
                 return None;
             }
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
+            match self.reader.read(self.after, &self.target, PAGE) {
+                Ok(page) => {
+                    if page.last_pos == self.after {
+                        self.done = true;
+                    }
+                    self.after = page.last_pos;
+                    self.buffer.extend(page.changes);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             }
         }
     }

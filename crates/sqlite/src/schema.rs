@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS __concord_log(
     txn_end INTEGER NOT NULL,
     UNIQUE (origin, seq)
 );
+CREATE TABLE IF NOT EXISTS __concord_failures(
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    key_text TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS __concord_conflicts(
     id INTEGER PRIMARY KEY,
     tbl TEXT NOT NULL,
@@ -82,6 +91,11 @@ CREATE TABLE IF NOT EXISTS __concord_conflicts(
     winner TEXT NOT NULL
 );
 ";
+
+/// `__concord_log.tbl` of an entry kept verbatim: its body is the postcard encoding of
+/// the whole [`concord_core::Change`]. Relays keep every change so, and so does a node
+/// for a change it set aside because it could not apply it.
+pub(crate) const VERBATIM_TABLE: i64 = 0;
 
 /// Operation codes written by the triggers into `__concord_pending.op`.
 pub(crate) const OP_INSERT: i64 = 1;

@@ -63,6 +63,23 @@ pub struct ConflictRecord {
     pub winner: String,
 }
 
+/// A change that was set aside because it could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// Origin node id.
+    pub origin: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Table named by the change.
+    pub table: String,
+    /// Printable key.
+    pub key: String,
+    /// Why it could not be applied.
+    pub error: String,
+    /// When, in ms since the epoch.
+    pub at_ms: u64,
+}
+
 /// Origin ids and what is held from each.
 #[derive(Default, Debug)]
 pub(crate) struct Origins {
@@ -84,6 +101,8 @@ pub struct SqliteStore {
     schema_version: i64,
     /// Set when a transaction rolled back: in-memory state must be reloaded.
     pub(crate) stale: bool,
+    /// A relay keeps and forwards changes without a user database.
+    pub(crate) relay: bool,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -143,9 +162,55 @@ impl SqliteStore {
             origins: Origins::default(),
             schema_version: -1,
             stale: true,
+            relay: false,
         };
         store.reload()?;
         Ok(store)
+    }
+
+    /// Creates (or opens) a relay store: a SQLite file holding only Concord's metadata and
+    /// change log, for a hub or relay node that has no user database. A relay logs every
+    /// change it receives, whatever its table, and forwards it unchanged.
+    pub fn open_relay(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, TrackError> {
+        let path = path.as_ref();
+        if !path.exists() {
+            Connection::open(path)?;
+        }
+        let conn = connect(path, &options)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| -> Result<(), TrackError> {
+            conn.execute_batch(METADATA_DDL)?;
+            let format: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM __concord_meta WHERE key = 'format'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if format.is_none() {
+                init_identity(&conn)?;
+                conn.execute(
+                    "INSERT INTO __concord_meta(key, value) VALUES ('relay', 1)",
+                    [],
+                )?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        use_wal(&conn)?;
+        drop(conn);
+        Ok(Self::open_with(path, options)?)
+    }
+
+    /// Whether this is a relay store (no user tables; changes are kept verbatim).
+    pub fn is_relay(&self) -> bool {
+        self.relay
     }
 
     /// Installs capture on `tables` (creating Concord's metadata on first use) and
@@ -177,23 +242,7 @@ impl SqliteStore {
                     .into());
                 }
             } else {
-                let node = NodeId::from_bytes(rand::random());
-                conn.execute(
-                    "INSERT INTO __concord_meta(key, value) VALUES ('format', ?1)",
-                    [FORMAT_VERSION],
-                )?;
-                conn.execute(
-                    "INSERT INTO __concord_meta(key, value) VALUES ('node_id', ?1)",
-                    [node.as_bytes().as_slice()],
-                )?;
-                conn.execute(
-                    "INSERT INTO __concord_meta(key, value) VALUES ('hlc', 0)",
-                    [],
-                )?;
-                conn.execute(
-                    "INSERT INTO __concord_origins(node_id, seq) VALUES (?1, 0)",
-                    [node.as_bytes().as_slice()],
-                )?;
+                init_identity(&conn)?;
             }
             for &name in tables {
                 let existing: Option<(i64, bool)> = conn
@@ -310,6 +359,14 @@ impl SqliteStore {
                 supported: FORMAT_VERSION,
             });
         }
+        self.relay = conn
+            .query_row(
+                "SELECT value FROM __concord_meta WHERE key = 'relay'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v == 1);
         let node_bytes: Vec<u8> = conn.query_row(
             "SELECT value FROM __concord_meta WHERE key = 'node_id'",
             [],
@@ -455,6 +512,33 @@ impl SqliteStore {
             .query_row("SELECT count(*) FROM __concord_pending", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
+    }
+
+    /// Number of recorded conflicts.
+    pub fn conflict_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM __concord_conflicts", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Changes set aside because they could not be applied, oldest first.
+    pub fn failures(&self) -> Result<Vec<FailureRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT origin, seq, tbl, key_text, error, at FROM __concord_failures ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FailureRecord {
+                origin: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                table: r.get(2)?,
+                key: r.get(3)?,
+                error: r.get(4)?,
+                at_ms: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Recorded conflicts, oldest first.
@@ -632,6 +716,28 @@ impl From<rusqlite::Error> for LoadClockError {
     fn from(e: rusqlite::Error) -> Self {
         LoadClockError::Sqlite(e)
     }
+}
+
+/// Writes a new replica's format, random node id and clock.
+fn init_identity(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let node = NodeId::from_bytes(rand::random());
+    conn.execute(
+        "INSERT INTO __concord_meta(key, value) VALUES ('format', ?1)",
+        [FORMAT_VERSION],
+    )?;
+    conn.execute(
+        "INSERT INTO __concord_meta(key, value) VALUES ('node_id', ?1)",
+        [node.as_bytes().as_slice()],
+    )?;
+    conn.execute(
+        "INSERT INTO __concord_meta(key, value) VALUES ('hlc', 0)",
+        [],
+    )?;
+    conn.execute(
+        "INSERT INTO __concord_origins(node_id, seq) VALUES (?1, 0)",
+        [node.as_bytes().as_slice()],
+    )?;
+    Ok(())
 }
 
 fn load_origins(conn: &Connection) -> Result<Origins, StoreError> {
