@@ -276,6 +276,26 @@ pub struct ChangeCursor {
 }
 
 impl SqliteStore {
+    /// Deletes the oldest change-log entries so that at most `keep` remain; returns how
+    /// many were deleted. The version vector is unaffected: it says what this replica
+    /// holds, not what it can still send. A peer that needs a deleted entry is told it
+    /// is behind the retention limit ([`StoreError::Pruned`]).
+    pub fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
+        let cutoff: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT pos FROM __concord_log ORDER BY pos DESC LIMIT 1 OFFSET ?1",
+                [keep as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let deleted = self
+            .conn
+            .execute("DELETE FROM __concord_log WHERE pos <= ?1", [cutoff])?;
+        Ok(deleted as u64)
+    }
+
     /// The changes a replica holding `target` lacks, in an order it can apply. The
     /// cursor reads through its own connection.
     pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {

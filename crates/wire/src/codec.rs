@@ -126,11 +126,12 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<&Frame> for FrameCodec {
+impl Encoder<Frame> for FrameCodec {
     type Error = WireError;
 
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let body =
+            postcard::to_allocvec(&frame).map_err(|e| WireError::Malformed(e.to_string()))?;
         if body.len() > self.max as usize {
             return Err(WireError::FrameTooLarge {
                 len: body.len(),
@@ -214,7 +215,7 @@ mod tests {
         let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
         let mut buf = BytesMut::new();
         for frame in all_messages() {
-            codec.encode(&frame, &mut buf).unwrap();
+            codec.encode(frame, &mut buf).unwrap();
         }
         for frame in all_messages() {
             assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame));

@@ -1,0 +1,296 @@
+//! The node's configuration file, `concord.toml` in the data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Fingerprint;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong, with line and column.
+        source: toml::de::Error,
+    },
+    /// The values are inconsistent.
+    #[error("{path}: {detail}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Everything a node needs to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeSection,
+    /// The database this node keeps in sync.
+    pub store: StoreSection,
+    /// Sync tunables.
+    #[serde(default)]
+    pub sync: SyncSection,
+    /// Configured peers.
+    #[serde(default, rename = "peers")]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[node]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// A name for logs and status.
+    pub name: String,
+    /// Where peers connect; none to accept no connections.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Where `/metrics`, `/health` and `/v1/status` are served; none to disable.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+}
+
+/// `[store]`: a tracked SQLite file, or a relay store in the data directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The SQLite file to keep in sync (relative paths are relative to the data directory).
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+    /// Tables of `sqlite` to track.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Run as a hub or relay with only Concord's own store (`relay.db` in the data
+    /// directory), forwarding every change.
+    #[serde(default)]
+    pub relay: bool,
+}
+
+/// `[sync]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// Remote timestamps further ahead of local time than this are refused.
+    pub max_clock_drift_ms: u64,
+    /// Changes per batch sent to a peer.
+    pub batch_changes: usize,
+    /// Batches sent to a peer and not yet acknowledged, at most.
+    pub window: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_bytes: u32,
+    /// Seconds between liveness pings.
+    pub ping_interval_s: u64,
+    /// A peer that neither reads nor writes for this long is disconnected.
+    pub stall_timeout_s: u64,
+    /// Change-log entries kept once every peer acknowledged them; beyond it, the oldest
+    /// acknowledged entries are pruned. A peer missing a pruned entry is reported as
+    /// behind retention.
+    pub retention_changes: u64,
+    /// Safety-net capture interval, in milliseconds. Capture normally runs the moment
+    /// the database file changes; this only bounds how long a missed file event delays it.
+    pub capture_fallback_ms: u64,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        Self {
+            max_clock_drift_ms: 5 * 60 * 1000,
+            batch_changes: 1_000,
+            window: 4,
+            max_frame_bytes: concord_wire::DEFAULT_MAX_FRAME,
+            ping_interval_s: 10,
+            stall_timeout_s: 30,
+            retention_changes: 1_000_000,
+            capture_fallback_ms: 1_000,
+        }
+    }
+}
+
+impl SyncSection {
+    /// `stall_timeout_s` as a duration.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.stall_timeout_s.max(1))
+    }
+}
+
+/// `[[peers]]`: another node this one syncs with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// A name for logs and status.
+    pub name: String,
+    /// Where to dial the peer; without it, the peer is expected to dial this node.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The peer's certificate fingerprint (printed by its `concord init`).
+    pub fingerprint: Fingerprint,
+}
+
+impl NodeConfig {
+    /// The file name inside the data directory.
+    pub const FILE: &'static str = "concord.toml";
+
+    /// Reads and checks `dir/concord.toml`.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        config
+            .check()
+            .map_err(|detail| ConfigError::Invalid { path, detail })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match (&self.store.sqlite, self.store.relay) {
+            (None, false) => {
+                return Err("[store] needs `sqlite = \"file.db\"` or `relay = true`".into());
+            }
+            (Some(_), true) => {
+                return Err("[store] cannot have both `sqlite` and `relay = true`".into());
+            }
+            (Some(_), false) if self.store.tables.is_empty() => {
+                return Err("[store] `tables` must name at least one table to track".into());
+            }
+            _ => {}
+        }
+        let mut names = std::collections::HashSet::new();
+        for peer in &self.peers {
+            if !names.insert(&peer.name) {
+                return Err(format!("two peers are named {:?}", peer.name));
+            }
+        }
+        if self.sync.batch_changes == 0 || self.sync.batch_changes > concord_wire::MAX_BATCH_CHANGES
+        {
+            return Err(format!(
+                "[sync] batch_changes must be between 1 and {}",
+                concord_wire::MAX_BATCH_CHANGES
+            ));
+        }
+        if self.sync.window == 0 {
+            return Err("[sync] window must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The commented configuration `concord init` writes.
+    pub fn template(
+        name: &str,
+        sqlite: Option<&str>,
+        tables: &[String],
+        listen: &str,
+        http: &str,
+    ) -> String {
+        let store = match sqlite {
+            Some(db) => format!(
+                "# The SQLite file to keep in sync (relative to this directory) and the tables to\n\
+                 # track. Every write to them, by any program, is captured.\n\
+                 sqlite = {db:?}\ntables = [{}]\n",
+                tables
+                    .iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => {
+                "# A hub or relay: no user database, only Concord's own store (relay.db here),\n\
+                     # forwarding every change between its peers.\nrelay = true\n"
+                    .to_owned()
+            }
+        };
+        format!(
+            "# Concord node configuration. `concord serve --dir <this directory>` runs it.\n\
+             \n\
+             [node]\n\
+             # A name for logs and status.\n\
+             name = {name:?}\n\
+             # Where peers connect (mutual TLS). Remove to accept no connections.\n\
+             listen = {listen:?}\n\
+             # /metrics (Prometheus), /health and /v1/status. Remove to disable.\n\
+             http = {http:?}\n\
+             \n\
+             [store]\n\
+             {store}\
+             \n\
+             [sync]\n\
+             # Remote timestamps further ahead of local time than this are refused.\n\
+             max_clock_drift_ms = 300000\n\
+             # Changes per batch, and unacknowledged batches in flight per peer.\n\
+             batch_changes = 1000\n\
+             window = 4\n\
+             # A peer that stops reading or writing for this long is disconnected.\n\
+             stall_timeout_s = 30\n\
+             # Change-log entries kept after every peer acknowledged them.\n\
+             retention_changes = 1000000\n\
+             \n\
+             # One [[peers]] table per node this one syncs with. Give `address` to dial the\n\
+             # peer; leave it out if the peer dials this node. The fingerprint is printed by\n\
+             # the peer's `concord init` and `concord status`.\n\
+             #\n\
+             # [[peers]]\n\
+             # name = \"hub\"\n\
+             # address = \"127.0.0.1:7400\"\n\
+             # fingerprint = \"sha256:...\"\n"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_and_passes_its_own_checks() {
+        let text = NodeConfig::template(
+            "shop",
+            Some("shop.db"),
+            &["customers".into()],
+            "127.0.0.1:7400",
+            "127.0.0.1:7401",
+        );
+        let config: NodeConfig = toml::from_str(&text).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.store.tables, vec!["customers".to_string()]);
+        let relay: NodeConfig = toml::from_str(&NodeConfig::template(
+            "hub",
+            None,
+            &[],
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+        ))
+        .unwrap();
+        relay.check().unwrap();
+        assert!(relay.store.relay);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name_and_line() {
+        let text = "[node]\nname = \"x\"\nlisten_on = \"1.2.3.4:5\"\n[store]\nrelay = true\n";
+        let err = toml::from_str::<NodeConfig>(text).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+}

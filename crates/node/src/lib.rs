@@ -1,0 +1,36 @@
+//! # concord-node: the running node
+//!
+//! A node sits beside one database (a tracked SQLite file) or, as a hub or relay, beside
+//! only its own embedded store. It keeps that store in sync with its configured peers:
+//!
+//! - **Identity and transport.** Each node has a key pair and self-signed certificate
+//!   ([`identity`]); peers are configured by certificate fingerprint and talk over mutual
+//!   TLS 1.3 ([`tls`]). A connection from an unconfigured identity fails the handshake.
+//! - **Sessions.** Over each connection, both sides send a `Hello` with their version
+//!   vector, then each streams exactly the changes the other lacks, in bounded batches
+//!   with acknowledgements and a window of unacknowledged batches, then keeps streaming
+//!   new changes the moment they are logged ([`session`]). A session that fails is
+//!   retried with backoff and resumes from the version vectors, so nothing is lost or
+//!   sent twice.
+//! - **Capture.** A file watcher runs capture as soon as the database file changes, so
+//!   no polling interval sits in the latency path; a slow fallback timer only covers
+//!   missed file events.
+//! - **Observability.** `/metrics` (Prometheus), `/health` and `/v1/status` over HTTP,
+//!   and structured logs through `tracing`.
+//!
+//! **Architecture Invariant:** the node never decides a merge and never writes user
+//! data itself; it moves changes between the network and [`concord_sqlite`], whose apply
+//! path calls the pure merge rules.
+
+pub mod config;
+mod http;
+pub mod identity;
+mod node;
+mod session;
+pub mod status;
+pub mod tls;
+
+pub use config::{ConfigError, NodeConfig, PeerConfig};
+pub use identity::{Fingerprint, Identity, IdentityError};
+pub use node::{Node, NodeError, init};
+pub use status::{NodeStatus, PeerStatus};

@@ -1,0 +1,758 @@
+//! The node: its store, peers, listeners and background tasks.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use concord_core::{Change, NodeId, VersionVector};
+use concord_sqlite::{LogReader, SqliteStore, StoreError, StoreOptions, TrackError};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{ConfigError, NodeConfig, PeerConfig};
+use crate::identity::{Fingerprint, Identity, IdentityError};
+use crate::session::{self, SessionError, lock};
+use crate::status::{NodeCounters, NodeStatus, OriginHeld, PeerCounters, PeerStatus};
+use crate::tls::{self, TlsError};
+
+/// Why a node could not be set up or started.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The identity is missing or invalid.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened or tracked.
+    #[error("store: {0}")]
+    Track(#[from] TrackError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The data directory already holds a node.
+    #[error("{0} already holds a node configuration; remove it or choose another directory")]
+    AlreadyInitialized(PathBuf),
+    /// Watching the database file failed.
+    #[error("watching {path}: {detail}")]
+    Watch {
+        /// The watched path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// Writes a commented `concord.toml` and a new identity into `dir`, and returns the
+/// identity's fingerprint (what peers pin).
+pub fn init(
+    dir: &Path,
+    name: &str,
+    sqlite: Option<&str>,
+    tables: &[String],
+    listen: &str,
+    http: &str,
+) -> Result<Fingerprint, NodeError> {
+    let config_path = dir.join(NodeConfig::FILE);
+    if config_path.exists() {
+        return Err(NodeError::AlreadyInitialized(dir.to_path_buf()));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let identity = Identity::generate(name)?;
+    identity.save(&dir.join("identity"))?;
+    let text = NodeConfig::template(name, sqlite, tables, listen, http);
+    std::fs::write(&config_path, text).map_err(|source| ConfigError::Io {
+        path: config_path,
+        source,
+    })?;
+    Ok(identity.fingerprint())
+}
+
+/// Connection state of a peer.
+#[derive(Clone, Debug)]
+enum Link {
+    Waiting,
+    Connecting,
+    Connected,
+    Retrying,
+}
+
+#[derive(Debug)]
+struct PeerRuntime {
+    link: Link,
+    active: bool,
+    last_error: Option<String>,
+    /// What the peer is known to hold: its Hello, its acknowledgements, and the changes
+    /// it sent (it holds what it sends).
+    holds: Option<VersionVector>,
+    node: Option<NodeId>,
+    last_seen: Option<Instant>,
+}
+
+/// A configured peer and what is known of it.
+pub(crate) struct Peer {
+    pub(crate) config: PeerConfig,
+    pub(crate) counters: PeerCounters,
+    runtime: Mutex<PeerRuntime>,
+}
+
+impl Peer {
+    fn runtime(&self) -> std::sync::MutexGuard<'_, PeerRuntime> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims the peer for a new session; false if one is already running.
+    fn try_activate(&self) -> bool {
+        let mut rt = self.runtime();
+        if rt.active {
+            return false;
+        }
+        rt.active = true;
+        true
+    }
+
+    fn finished(&self, result: &Result<(), SessionError>, dials: bool) {
+        let mut rt = self.runtime();
+        rt.active = false;
+        rt.link = if dials { Link::Retrying } else { Link::Waiting };
+        self.counters.connected.set(0.0);
+        if let Err(e) = result {
+            rt.last_error = Some(e.to_string());
+            self.counters.errors.add(1);
+        }
+    }
+
+    pub(crate) fn connected(&self, node: NodeId, holds: VersionVector) {
+        let mut rt = self.runtime();
+        if let Some(previous) = rt.node {
+            if previous != node {
+                tracing::warn!(peer = %self.config.name, %previous, now = %node, "peer presents a different store node id than before");
+            }
+        }
+        rt.node = Some(node);
+        rt.link = Link::Connected;
+        rt.last_error = None;
+        rt.last_seen = Some(Instant::now());
+        rt.holds = Some(holds);
+        self.counters.connected.set(1.0);
+    }
+
+    pub(crate) fn seen(&self) {
+        self.runtime().last_seen = Some(Instant::now());
+    }
+
+    pub(crate) fn known_holds(&self) -> VersionVector {
+        self.runtime().holds.clone().unwrap_or_default()
+    }
+
+    pub(crate) fn acknowledged(&self, holds: &VersionVector) {
+        let mut rt = self.runtime();
+        rt.holds.get_or_insert_with(VersionVector::new).join(holds);
+    }
+
+    pub(crate) fn learn_held(&self, changes: &[Change]) {
+        let mut rt = self.runtime();
+        let holds = rt.holds.get_or_insert_with(VersionVector::new);
+        for c in changes {
+            if c.seq > holds.get(&c.origin) {
+                holds.set(c.origin, c.seq);
+            }
+        }
+    }
+}
+
+/// What the tasks of a node share.
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) store: Arc<Mutex<SqliteStore>>,
+    pub(crate) store_path: PathBuf,
+    pub(crate) node_id: NodeId,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) peers: Vec<Arc<Peer>>,
+    pub(crate) counters: NodeCounters,
+    pub(crate) recorder: PrometheusRecorder,
+    /// Bumped after every capture or apply that logged something.
+    pub(crate) log_changed: watch::Sender<u64>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    refused: Mutex<VecDeque<String>>,
+    started: Instant,
+    listen: Option<SocketAddr>,
+}
+
+impl Shared {
+    fn refuse(&self, what: String) {
+        tracing::warn!(%what, "refused a connection");
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() >= 20 {
+            refused.pop_front();
+        }
+        refused.push_back(what);
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Starts the node configured in `dir` (`concord.toml` and `identity/`).
+    pub async fn start(dir: &Path) -> Result<Node, NodeError> {
+        let config = NodeConfig::load(dir)?;
+        let identity = Identity::load(&dir.join("identity"))?;
+        Self::start_with(dir, config, identity).await
+    }
+
+    /// Starts a node from an explicit configuration and identity; `dir` resolves
+    /// relative paths and holds a relay's store.
+    pub async fn start_with(
+        dir: &Path,
+        config: NodeConfig,
+        identity: Identity,
+    ) -> Result<Node, NodeError> {
+        let options = StoreOptions {
+            max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
+            ..StoreOptions::default()
+        };
+        let (store, store_path) = if config.store.relay {
+            let path = dir.join("relay.db");
+            (SqliteStore::open_relay(&path, options)?, path)
+        } else {
+            let db = config.store.sqlite.clone().unwrap_or_default();
+            let path = if db.is_absolute() { db } else { dir.join(db) };
+            let tables: Vec<&str> = config.store.tables.iter().map(String::as_str).collect();
+            (SqliteStore::track(&path, &tables, options)?, path)
+        };
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Arc::new(Peer {
+                    counters: PeerCounters::new(&recorder, &p.name),
+                    config: p.clone(),
+                    runtime: Mutex::new(PeerRuntime {
+                        link: if p.address.is_some() {
+                            Link::Connecting
+                        } else {
+                            Link::Waiting
+                        },
+                        active: false,
+                        last_error: None,
+                        holds: None,
+                        node: None,
+                        last_seen: None,
+                    }),
+                })
+            })
+            .collect();
+
+        let listener = match config.node.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let listen = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let http_listener = match config.node.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let shared = Arc::new(Shared {
+            node_id: store.node_id(),
+            store: Arc::new(Mutex::new(store)),
+            store_path,
+            fingerprint: identity.fingerprint(),
+            peers,
+            counters: NodeCounters::new(&recorder),
+            recorder,
+            log_changed: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            refused: Mutex::new(VecDeque::new()),
+            started: Instant::now(),
+            listen,
+            config,
+        });
+
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            let allowed: Vec<Fingerprint> =
+                shared.peers.iter().map(|p| p.config.fingerprint).collect();
+            let acceptor = TlsAcceptor::from(tls::server_config(&identity, allowed)?);
+            tasks.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                listener,
+                acceptor,
+            )));
+        }
+        for peer in &shared.peers {
+            if let Some(address) = peer.config.address.clone() {
+                let connector =
+                    TlsConnector::from(tls::client_config(&identity, peer.config.fingerprint)?);
+                tasks.push(tokio::spawn(dial_loop(
+                    shared.clone(),
+                    peer.clone(),
+                    address,
+                    connector,
+                )));
+            }
+        }
+        if !shared.config.store.relay {
+            tasks.push(tokio::spawn(capture_loop(
+                shared.clone(),
+                start_watcher(&shared)?,
+            )));
+        }
+        tasks.push(tokio::spawn(prune_loop(shared.clone())));
+        if let Some(listener) = http_listener {
+            tasks.push(tokio::spawn(crate::http::serve(shared.clone(), listener)));
+        }
+        tracing::info!(name = %shared.config.node.name, node = %shared.node_id.short(), fingerprint = %shared.fingerprint, listen = ?listen, http = ?http, "node started");
+        Ok(Node {
+            shared,
+            tasks,
+            listen,
+            http,
+        })
+    }
+
+    /// The address peers connect to, if the node listens.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen
+    }
+
+    /// The HTTP address, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// This node's certificate fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.shared.fingerprint
+    }
+
+    /// The store's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// Captures pending local writes now (normally the file watcher does this).
+    pub async fn capture_now(&self) -> Result<u64, NodeError> {
+        Ok(capture(&self.shared).await?)
+    }
+
+    /// The node's status, as `/v1/status` serves it.
+    pub async fn status(&self) -> NodeStatus {
+        status(&self.shared).await
+    }
+
+    /// Prometheus text exposition of the node's metrics.
+    pub async fn metrics(&self) -> String {
+        metrics_text(&self.shared).await
+    }
+
+    /// Stops every task and closes sessions.
+    pub async fn shutdown(self) {
+        let _ = self.shared.shutdown.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return shared.refuse(format!("{addr}: TLS handshake failed: {e}")),
+                Err(_) => return shared.refuse(format!("{addr}: TLS handshake timed out")),
+            };
+            let fingerprint = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Fingerprint::of(c));
+            let Some(peer) = fingerprint
+                .and_then(|f| shared.peers.iter().find(|p| p.config.fingerprint == f))
+                .cloned()
+            else {
+                return shared.refuse(format!("{addr}: no configured peer has this identity"));
+            };
+            if !peer.try_activate() {
+                return shared.refuse(format!(
+                    "{addr}: peer {} is already connected",
+                    peer.config.name
+                ));
+            }
+            let result = session::run(tls, peer.clone(), shared.clone()).await;
+            log_end(&peer, &result);
+            peer.finished(&result, peer.config.address.is_some());
+        });
+    }
+}
+
+fn log_end(peer: &Peer, result: &Result<(), SessionError>) {
+    match result {
+        Ok(()) => tracing::info!(peer = %peer.config.name, "session closed"),
+        Err(SessionError::Shutdown) => {
+            tracing::info!(peer = %peer.config.name, "session closed for shutdown")
+        }
+        Err(e) => tracing::warn!(peer = %peer.config.name, error = %e, "session ended"),
+    }
+}
+
+async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connector: TlsConnector) {
+    let mut backoff = Duration::from_millis(100);
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        if peer.try_activate() {
+            peer.runtime().link = Link::Connecting;
+            let result = dial_once(&shared, &peer, &address, &connector).await;
+            log_end(&peer, &result);
+            peer.finished(&result, true);
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+        }
+        // Jitter keeps two nodes that lost each other from retrying in lockstep.
+        let jitter = Duration::from_millis(wall_ms() % 100);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.wait_for(|&stop| stop) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn dial_once(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    address: &str,
+    connector: &TlsConnector,
+) -> Result<(), SessionError> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+        .await
+        .map_err(|_| {
+            SessionError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {address} timed out"),
+            ))
+        })??;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)
+        .map_err(|e| SessionError::Internal(e.to_string()))?;
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| {
+            SessionError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })??;
+    session::run(tls, peer.clone(), shared.clone()).await
+}
+
+async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
+    let store = shared.store.clone();
+    let n = tokio::task::spawn_blocking(move || lock(&store).capture())
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            table: "capture",
+            detail: e.to_string(),
+        })??;
+    if n > 0 {
+        shared.counters.captured.add(n);
+        shared.log_changed.send_modify(|v| *v += 1);
+    }
+    Ok(n)
+}
+
+/// Watches the database file and its WAL; any modification wakes the capture loop.
+fn start_watcher(
+    shared: &Arc<Shared>,
+) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>), NodeError> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let db = shared.store_path.clone();
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let watched = [db.clone(), wal];
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+                && event.paths.iter().any(|p| {
+                    watched
+                        .iter()
+                        .any(|w| p.ends_with(w.file_name().unwrap_or_default()))
+                })
+            {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| NodeError::Watch {
+        path: db.clone(),
+        detail: e.to_string(),
+    })?;
+    let dir = db
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| NodeError::Watch {
+            path: dir,
+            detail: e.to_string(),
+        })?;
+    Ok((watcher, rx))
+}
+
+async fn capture_loop(
+    shared: Arc<Shared>,
+    watch: (notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>),
+) {
+    let (_watcher, mut events) = watch;
+    let mut fallback = tokio::time::interval(Duration::from_millis(
+        shared.config.sync.capture_fallback_ms.max(10),
+    ));
+    loop {
+        tokio::select! {
+            _ = events.recv() => {}
+            _ = fallback.tick() => {}
+        }
+        if let Err(e) = capture(&shared).await {
+            tracing::warn!(error = %e, "capture failed; will retry");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Keeps the change log within the retention limit.
+async fn prune_loop(shared: Arc<Shared>) {
+    let keep = shared.config.sync.retention_changes;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let store = shared.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || lock(&store).prune_log(keep)).await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, keep, "pruned the change log"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the change log failed"),
+            _ => {}
+        }
+    }
+}
+
+struct Lag {
+    changes: u64,
+    seconds: f64,
+    behind: bool,
+}
+
+fn lag_of(reader: &mut Option<LogReader>, held: &VersionVector, peer_holds: &VersionVector) -> Lag {
+    let changes = held.count_missing_in(peer_holds);
+    if changes == 0 {
+        return Lag {
+            changes,
+            seconds: 0.0,
+            behind: false,
+        };
+    }
+    let Some(reader) = reader.as_mut() else {
+        return Lag {
+            changes,
+            seconds: 0.0,
+            behind: false,
+        };
+    };
+    match reader
+        .start_for(peer_holds)
+        .and_then(|after| reader.read(after, peer_holds, 1))
+    {
+        Ok(page) => {
+            let seconds = page
+                .changes
+                .first()
+                .map(|c| (wall_ms().saturating_sub(c.hlc.millis())) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            Lag {
+                changes,
+                seconds,
+                behind: false,
+            }
+        }
+        Err(StoreError::Pruned { .. }) => Lag {
+            changes,
+            seconds: 0.0,
+            behind: true,
+        },
+        Err(_) => Lag {
+            changes,
+            seconds: 0.0,
+            behind: false,
+        },
+    }
+}
+
+pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let (held, log_entries, conflicts, failures) = {
+            let store = lock(&s.store);
+            (
+                store.version_vector().clone(),
+                store.log_len().unwrap_or(0),
+                store.conflict_count().unwrap_or(0),
+                store.failures().map(|f| f.len() as u64).unwrap_or(0),
+            )
+        };
+        let mut reader = LogReader::open(&s.store_path).ok();
+        let peers: Vec<PeerStatus> = s
+            .peers
+            .iter()
+            .map(|p| {
+                let (link, last_error, holds) = {
+                    let rt = p.runtime();
+                    (rt.link.clone(), rt.last_error.clone(), rt.holds.clone())
+                };
+                let lag = match &holds {
+                    Some(h) => lag_of(&mut reader, &held, h),
+                    None => Lag { changes: held.count_missing_in(&VersionVector::new()), seconds: 0.0, behind: false },
+                };
+                if lag.behind {
+                    tracing::warn!(peer = %p.config.name, "peer is behind the retention limit and needs a snapshot");
+                }
+                p.counters.lag_changes.set(lag.changes as f64);
+                p.counters.lag_seconds.set(lag.seconds);
+                PeerStatus {
+                    name: p.config.name.clone(),
+                    fingerprint: p.config.fingerprint.to_string(),
+                    address: p.config.address.clone(),
+                    state: match link {
+                        Link::Waiting => "waiting",
+                        Link::Connecting => "connecting",
+                        Link::Connected => "connected",
+                        Link::Retrying => "retrying",
+                    }
+                    .to_owned(),
+                    last_error,
+                    lag_changes: lag.changes,
+                    lag_seconds: lag.seconds,
+                    behind_retention: lag.behind,
+                    sent: p.counters.sent.get(),
+                    received: p.counters.received.get(),
+                    applied: p.counters.applied.get(),
+                    set_aside: p.counters.set_aside.get(),
+                    conflicts: p.counters.conflicts.get(),
+                    bytes_sent: p.counters.bytes_sent.get(),
+                    bytes_received: p.counters.bytes_received.get(),
+                    errors: p.counters.errors.get(),
+                }
+            })
+            .collect();
+        NodeStatus {
+            name: s.config.node.name.clone(),
+            node_id: s.node_id.to_string(),
+            fingerprint: s.fingerprint.to_string(),
+            listen: s.listen.map(|a| a.to_string()),
+            store: if s.config.store.relay { "relay".into() } else { s.store_path.display().to_string() },
+            holds: held.iter().map(|(o, &seq)| OriginHeld { origin: o.to_string(), seq }).collect(),
+            log_entries,
+            captured: s.counters.captured.get(),
+            conflicts,
+            failures,
+            uptime_s: s.started.elapsed().as_secs(),
+            peers,
+            refused: s.refused.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+        }
+    })
+    .await;
+    result.unwrap_or_else(|e| NodeStatus {
+        name: shared.config.node.name.clone(),
+        node_id: shared.node_id.to_string(),
+        fingerprint: shared.fingerprint.to_string(),
+        listen: None,
+        store: format!("status failed: {e}"),
+        holds: Vec::new(),
+        log_entries: 0,
+        captured: 0,
+        conflicts: 0,
+        failures: 0,
+        uptime_s: 0,
+        peers: Vec::new(),
+        refused: Vec::new(),
+    })
+}
+
+pub(crate) async fn metrics_text(shared: &Arc<Shared>) -> String {
+    // Lag gauges are computed on demand.
+    let _ = status(shared).await;
+    shared.recorder.handle().render()
+}

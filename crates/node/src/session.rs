@@ -1,0 +1,519 @@
+//! One sync session with one peer, over one TLS connection.
+//!
+//! 1. Both sides send `Hello` (protocol versions, node id, version vector) and check the
+//!    other's. A peer with no protocol version in common gets an `Error` and is closed.
+//! 2. Three tasks then run until one fails: the **writer** owns the socket's write half
+//!    and gives up if the peer stops reading for the stall timeout; the **sender** reads
+//!    this node's log for what the peer lacks and sends it in numbered batches, at most
+//!    `window` unacknowledged, then waits for new log entries (a watch channel signals
+//!    every capture and apply); the **receiver** applies incoming batches, whole source
+//!    transactions at a time, and acknowledges each.
+//! 3. Anything unexpected (a malformed or oversized frame, an unknown message, a batch
+//!    out of order or replayed, an acknowledgement for a batch never sent) ends the
+//!    session with an error that is logged and shown in status. Nothing of an incomplete
+//!    source transaction is applied. The node retries with backoff and the next session
+//!    resumes from the version vectors.
+//!
+//! A source transaction that cannot be applied here (a constraint, a type the column
+//! would convert, a timestamp beyond the clock bound) is set aside and recorded, so one
+//! bad row never blocks the changes after it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use concord_core::{Change, VersionVector};
+use concord_sqlite::{ApplyError, ApplyReport, LogReader, SqliteStore, StoreError};
+use concord_wire::{
+    Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello, Message, PROTOCOL_VERSION,
+    WireError,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::codec::Framed;
+
+use crate::node::{Peer, Shared};
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("peer speaks protocol versions {min}..={max}, this node speaks {PROTOCOL_VERSION}")]
+    Version { min: u16, max: u16 },
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("peer reported {code:?}: {message}")]
+    Peer { code: ErrorCode, message: String },
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("peer stopped reading for {0:?}")]
+    StoppedReading(Duration),
+    #[error("peer sent nothing for {0:?}")]
+    Silent(Duration),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("apply: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("peer is behind the retention limit: {0}")]
+    BehindRetention(StoreError),
+    #[error("node is shutting down")]
+    Shutdown,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl SessionError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SessionError::Version { .. } => ErrorCode::UnsupportedVersion,
+            SessionError::Wire(_) => ErrorCode::Malformed,
+            SessionError::Unexpected(_) => ErrorCode::Unexpected,
+            SessionError::Apply(_) => ErrorCode::Rejected,
+            SessionError::Shutdown => ErrorCode::ShuttingDown,
+            _ => ErrorCode::Rejected,
+        }
+    }
+}
+
+/// Counts bytes through a stream into the peer's counters.
+pub(crate) struct Counted<S> {
+    inner: S,
+    peer: Arc<Peer>,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S, peer: Arc<Peer>) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.peer.counters.bytes_received.add(read as u64);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.peer.counters.bytes_sent.add(*n as u64);
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// State shared by the three tasks of one session.
+struct Flow {
+    /// Highest batch number sent.
+    sent: AtomicU64,
+    /// Highest batch number acknowledged.
+    acked: AtomicU64,
+    /// Wakes the sender when an acknowledgement opens the window.
+    ack: Notify,
+}
+
+/// Runs a session until it fails or the node shuts down.
+pub(crate) async fn run<S>(
+    stream: S,
+    peer: Arc<Peer>,
+    shared: Arc<Shared>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sync = &shared.config.sync;
+    let stall = sync.stall_timeout();
+    let framed = Framed::new(
+        Counted::new(stream, peer.clone()),
+        FrameCodec::new(sync.max_frame_bytes),
+    );
+    let (mut sink, mut source) = framed.split();
+
+    // Handshake.
+    let holds = store_holds(&shared).await?;
+    let hello = Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        node: shared.node_id,
+        holds,
+        max_frame: sync.max_frame_bytes,
+        agent: format!("concord/{}", env!("CARGO_PKG_VERSION")),
+    };
+    tokio::time::timeout(stall, sink.send(Frame::V1(Message::Hello(hello))))
+        .await
+        .map_err(|_| SessionError::StoppedReading(stall))??;
+    let theirs = match tokio::time::timeout(stall, source.next()).await {
+        Err(_) => return Err(SessionError::Silent(stall)),
+        Ok(None) => return Err(SessionError::Closed),
+        Ok(Some(Err(e))) => return Err(refuse(&mut sink, e.into()).await),
+        Ok(Some(Ok(Frame::V1(Message::Hello(h))))) => h,
+        Ok(Some(Ok(Frame::V1(Message::Error(e))))) => {
+            return Err(SessionError::Peer {
+                code: e.code,
+                message: e.message,
+            });
+        }
+        Ok(Some(Ok(Frame::V1(other)))) => {
+            let err = SessionError::Unexpected(format!("{} before Hello", name(&other)));
+            return Err(refuse(&mut sink, err).await);
+        }
+    };
+    if theirs.min_version > PROTOCOL_VERSION || theirs.max_version < PROTOCOL_VERSION {
+        let err = SessionError::Version {
+            min: theirs.min_version,
+            max: theirs.max_version,
+        };
+        return Err(refuse(&mut sink, err).await);
+    }
+    peer.connected(theirs.node, theirs.holds.clone());
+    tracing::info!(peer = %peer.config.name, node = %theirs.node.short(), "session established");
+
+    let (tx, mut rx) = mpsc::channel::<Frame>(sync.window * 2 + 8);
+    let flow = Arc::new(Flow {
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        ack: Notify::new(),
+    });
+
+    let writer = async move {
+        while let Some(frame) = rx.recv().await {
+            let is_error = matches!(frame, Frame::V1(Message::Error(_)));
+            tokio::time::timeout(stall, sink.send(frame))
+                .await
+                .map_err(|_| SessionError::StoppedReading(stall))??;
+            if is_error {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+        Ok::<(), SessionError>(())
+    };
+    let sender = send_loop(
+        shared.clone(),
+        peer.clone(),
+        tx.clone(),
+        flow.clone(),
+        theirs.holds,
+    );
+    let pinger = {
+        let tx = tx.clone();
+        let every = Duration::from_secs(sync.ping_interval_s.max(1));
+        async move {
+            let mut n = 0u64;
+            loop {
+                tokio::time::sleep(every).await;
+                n += 1;
+                if tx.send(Frame::V1(Message::Ping(n))).await.is_err() {
+                    return Ok::<(), SessionError>(());
+                }
+            }
+        }
+    };
+    let receiver = receive_loop(
+        &mut source,
+        shared.clone(),
+        peer.clone(),
+        tx.clone(),
+        flow.clone(),
+        stall,
+    );
+    let mut shutdown = shared.shutdown.subscribe();
+
+    let mut writer = tokio::spawn(writer);
+    let result = tokio::select! {
+        r = receiver => r,
+        r = sender => r,
+        r = pinger => r,
+        r = &mut writer => r.unwrap_or_else(|e| Err(SessionError::Internal(e.to_string()))),
+        _ = shutdown.wait_for(|&stop| stop) => Err(SessionError::Shutdown),
+    };
+    if let Err(err) = &result {
+        // Tell the peer why, if the socket still takes it; never wait long for that.
+        let _ = tx.try_send(Frame::V1(Message::Error(ErrorMessage {
+            code: err.code(),
+            message: err.to_string(),
+        })));
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
+    }
+    writer.abort();
+    result
+}
+
+async fn refuse<K>(sink: &mut K, err: SessionError) -> SessionError
+where
+    K: futures::Sink<Frame, Error = WireError> + Unpin,
+{
+    let message = ErrorMessage {
+        code: err.code(),
+        message: err.to_string(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        sink.send(Frame::V1(Message::Error(message))),
+    )
+    .await;
+    err
+}
+
+fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Changes(_) => "Changes",
+        Message::Ack(_) => "Ack",
+        Message::Ping(_) => "Ping",
+        Message::Pong(_) => "Pong",
+        Message::Error(_) => "Error",
+    }
+}
+
+async fn store_holds(shared: &Arc<Shared>) -> Result<VersionVector, SessionError> {
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || lock(&store).version_vector().clone())
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))
+}
+
+pub(crate) fn lock(
+    store: &std::sync::Mutex<SqliteStore>,
+) -> std::sync::MutexGuard<'_, SqliteStore> {
+    // A panic while holding the lock cannot leave the store inconsistent (every write
+    // is a transaction), so a poisoned lock is still usable.
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Streams what the peer lacks: first the backlog, then new log entries as they appear.
+async fn send_loop(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    tx: mpsc::Sender<Frame>,
+    flow: Arc<Flow>,
+    peer_holds: VersionVector,
+) -> Result<(), SessionError> {
+    let sync = &shared.config.sync;
+    let path = shared.store_path.clone();
+    let mut sent_holds = peer_holds;
+    let holds = sent_holds.clone();
+    let (mut reader, start) = blocking(move || {
+        let mut reader = LogReader::open(&path)?;
+        let start = reader.start_for(&holds);
+        Ok::<_, StoreError>((reader, start))
+    })
+    .await??;
+    let mut after = start.map_err(|e| match e {
+        e @ StoreError::Pruned { .. } => SessionError::BehindRetention(e),
+        other => SessionError::Store(other),
+    })?;
+    let mut log_changed = shared.log_changed.subscribe();
+    let mut batch = 0u64;
+    loop {
+        while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
+            let notified = flow.ack.notified();
+            if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
+                break;
+            }
+            notified.await;
+        }
+        log_changed.borrow_and_update();
+        sent_holds.join(&peer.known_holds());
+        let holds = sent_holds.clone();
+        let limit = sync.batch_changes;
+        let (r, page) = blocking(move || {
+            let page = reader.read(after, &holds, limit);
+            (reader, page)
+        })
+        .await?;
+        reader = r;
+        let page = page?;
+        after = page.last_pos;
+        if page.changes.is_empty() {
+            if log_changed.changed().await.is_err() {
+                return Err(SessionError::Shutdown);
+            }
+            continue;
+        }
+        for change in &page.changes {
+            if change.seq > sent_holds.get(&change.origin) {
+                sent_holds.set(change.origin, change.seq);
+            }
+        }
+        batch += 1;
+        peer.counters.sent.add(page.changes.len() as u64);
+        flow.sent.store(batch, Ordering::Release);
+        let frame = Frame::V1(Message::Changes(ChangeBatch {
+            batch,
+            changes: page.changes,
+        }));
+        if tx.send(frame).await.is_err() {
+            return Err(SessionError::Closed);
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SessionError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))
+}
+
+/// Applies incoming batches and answers acknowledgements and pings.
+async fn receive_loop<R>(
+    source: &mut R,
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    tx: mpsc::Sender<Frame>,
+    flow: Arc<Flow>,
+    stall: Duration,
+) -> Result<(), SessionError>
+where
+    R: futures::Stream<Item = Result<Frame, WireError>> + Unpin,
+{
+    let mut expected = 1u64;
+    let mut open_group: Vec<Change> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(stall, source.next()).await {
+            Err(_) => return Err(SessionError::Silent(stall)),
+            Ok(None) => return Err(SessionError::Closed),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(Frame::V1(message)))) => message,
+        };
+        peer.seen();
+        match frame {
+            Message::Changes(batch) => {
+                if batch.batch != expected {
+                    return Err(SessionError::Unexpected(format!(
+                        "batch {} out of order or replayed (expected {expected})",
+                        batch.batch
+                    )));
+                }
+                expected += 1;
+                peer.counters.received.add(batch.changes.len() as u64);
+                peer.learn_held(&batch.changes);
+                open_group.extend(batch.changes);
+                let complete = open_group
+                    .iter()
+                    .rposition(|c| c.last_in_txn)
+                    .map_or(0, |i| i + 1);
+                if complete > 0 {
+                    let ready: Vec<Change> = open_group.drain(..complete).collect();
+                    let report = apply(&shared, &peer, ready).await?;
+                    peer.counters.applied.add(report.applied);
+                    peer.counters.set_aside.add(report.set_aside);
+                    peer.counters.conflicts.add(report.conflicts);
+                    shared.counters.conflicts.add(report.conflicts);
+                    if report.applied + report.set_aside > 0 {
+                        shared.log_changed.send_modify(|v| *v += 1);
+                    }
+                }
+                let holds = store_holds(&shared).await?;
+                let ack = Frame::V1(Message::Ack(Ack {
+                    batch: batch.batch,
+                    holds,
+                }));
+                if tx.send(ack).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            Message::Ack(ack) => {
+                if ack.batch > flow.sent.load(Ordering::Acquire) {
+                    return Err(SessionError::Unexpected(format!(
+                        "acknowledgement for batch {} never sent",
+                        ack.batch
+                    )));
+                }
+                flow.acked.fetch_max(ack.batch, Ordering::AcqRel);
+                flow.ack.notify_waiters();
+                peer.acknowledged(&ack.holds);
+            }
+            Message::Ping(n) => {
+                if tx.send(Frame::V1(Message::Pong(n))).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            Message::Pong(_) => {}
+            Message::Hello(_) => return Err(SessionError::Unexpected("a second Hello".into())),
+            Message::Error(e) => {
+                return Err(SessionError::Peer {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+        }
+    }
+}
+
+/// Applies whole source transactions. If the batch is refused because of one change,
+/// each transaction is retried alone and the ones that still fail are set aside.
+async fn apply(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    changes: Vec<Change>,
+) -> Result<ApplyReport, SessionError> {
+    let store = shared.store.clone();
+    let peer_name = peer.config.name.clone();
+    blocking(move || {
+        let mut store = lock(&store);
+        match store.apply_batch(&changes) {
+            Ok(report) => Ok(report),
+            Err(ApplyError::Row(_)) => {
+                let mut total = ApplyReport::default();
+                let mut start = 0;
+                for (i, change) in changes.iter().enumerate() {
+                    if !change.last_in_txn {
+                        continue;
+                    }
+                    let group = &changes[start..=i];
+                    start = i + 1;
+                    let report = match store.apply_batch(group) {
+                        Ok(r) => r,
+                        Err(ApplyError::Row(failure)) if !matches!(failure.error, concord_sqlite::RowError::Gap(_)) => {
+                            tracing::warn!(peer = %peer_name, error = %failure, changes = group.len(), "setting aside a source transaction that cannot be applied");
+                            store.set_aside(group, &failure.to_string())?
+                        }
+                        Err(other) => return Err(SessionError::Apply(other)),
+                    };
+                    total.applied += report.applied;
+                    total.duplicates += report.duplicates;
+                    total.conflicts += report.conflicts;
+                    total.set_aside += report.set_aside;
+                }
+                Ok(total)
+            }
+            Err(other) => Err(SessionError::Apply(other)),
+        }
+    })
+    .await?
+}
