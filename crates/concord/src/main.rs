@@ -11,9 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Concord keeps SQLite, PostgreSQL and MySQL databases in sync, both ways.
 ///
-/// Track tables in each database, then merge the files (or, later, run nodes that sync
-/// over the network). Every write by any program is captured; concurrent edits are
-/// merged per column and conflicts are recorded where you can list them.
+/// Run a node beside each database (`init`, then `serve`) and nodes sync over mutual
+/// TLS, live; or merge SQLite files directly with `merge`. Every write by any program
+/// is captured; concurrent edits are merged per column and recorded as conflicts.
 #[derive(Parser)]
 #[command(name = "concord", version, propagate_version = true)]
 struct Cli {
@@ -32,6 +32,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    Init(cmd::init::Args),
+    Serve(cmd::serve::Args),
+    Status(cmd::status::Args),
     Track(cmd::track::Args),
     Untrack(cmd::untrack::Args),
     Merge(cmd::merge::Args),
@@ -40,10 +43,20 @@ enum Command {
     Demo(cmd::demo::Args),
 }
 
+impl Command {
+    /// A running node logs its sessions; one-shot commands only warnings.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.command.default_log_level()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -52,6 +65,9 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     let result = match cli.command {
+        Command::Init(args) => cmd::init::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Status(args) => cmd::status::run(args),
         Command::Track(args) => cmd::track::run(args),
         Command::Untrack(args) => cmd::untrack::run(args),
         Command::Merge(args) => cmd::merge::run(args),

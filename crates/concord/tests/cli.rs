@@ -173,7 +173,7 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
         ("merge", &["agreement", "<DBS>", "--json"]),
         ("conflicts", &["conflicts", "concurrent", "<DB>", "--json"]),
         ("info", &["node id", "version vector", "<DB>", "--json"]),
-        ("demo", &["two SQLite files", "--dir"]),
+        ("demo", &["hub and two nodes", "SQLite", "--dir"]),
     ];
     for (sub, phrases) in explains {
         for help in [ok(concord([sub, "--help"])), ok(concord(["help", sub]))] {
@@ -561,9 +561,9 @@ fn demo_runs_and_ends_with_identical_files() {
         OsStr::new("--dir"),
         dir.path().as_os_str(),
     ]));
-    assert!(out.contains("The two files are identical"), "{out}");
-    let shop = dir.path().join("shop.db");
-    let office = dir.path().join("office.db");
+    assert!(out.contains("files are identical"), "{out}");
+    let shop = dir.path().join("shop").join("shop.db");
+    let office = dir.path().join("office").join("office.db");
     assert!(!dump(&shop, "customers").is_empty());
     assert_eq!(dump(&shop, "customers"), dump(&office, "customers"));
     let conflicts = json(&ok(concord([

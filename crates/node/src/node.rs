@@ -139,7 +139,9 @@ impl Peer {
         self.counters.connected.set(0.0);
         if let Err(e) = result {
             rt.last_error = Some(e.to_string());
-            self.counters.errors.add(1);
+            if !e.is_orderly() {
+                self.counters.errors.add(1);
+            }
         }
     }
 

@@ -69,6 +69,18 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// Whether the session ended by a shutdown on either side rather than a fault.
+    pub(crate) fn is_orderly(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Shutdown
+                | SessionError::Peer {
+                    code: ErrorCode::ShuttingDown,
+                    ..
+                }
+        )
+    }
+
     fn code(&self) -> ErrorCode {
         match self {
             SessionError::Version { .. } => ErrorCode::UnsupportedVersion,

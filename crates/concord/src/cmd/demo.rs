@@ -1,17 +1,21 @@
-//! `concord demo`: a guided run on two embedded SQLite files.
+//! `concord demo`: a hub and two nodes on loopback, in one process, in a temporary folder.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use concord_sqlite::{SqliteStore, StoreOptions, merge_all};
+use concord_node::config::{NodeSection, StoreSection, SyncSection};
+use concord_node::{Fingerprint, Identity, Node, NodeConfig, PeerConfig};
+use concord_sqlite::SqliteStore;
 use rusqlite::Connection;
 
-/// Show Concord keeping two SQLite files in sync, in a temporary folder.
+/// Show Concord at work: a hub and two nodes on loopback, syncing SQLite files live.
 ///
-/// Two "stores" write customer records through ordinary SQLite connections (no Concord
-/// code involved in the writes), Concord merges them both ways, then both edit the same
-/// field at once and the conflict is resolved and listed. Exits non-zero if the files do
-/// not end identical.
+/// The shop and the office each keep a SQLite file; a hub (with no user database)
+/// relays between them over mutual TLS. Writes go through ordinary SQLite connections;
+/// the demo shows changes flowing both ways, the office going offline and catching up,
+/// a field edited on both sides resolved and listed as a conflict, and the status of
+/// every node. Exits non-zero if the files do not end identical.
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// Keep the files in this folder instead of a temporary one.
@@ -26,77 +30,219 @@ const SCHEMA: &str = "CREATE TABLE customers(
     balance NUMERIC NOT NULL DEFAULT 0
 )";
 
-pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let temp = tempfile::tempdir()?;
-    let dir = args.dir.unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
-    let shop = dir.join("shop.db");
-    let office = dir.join("office.db");
-    println!("Concord demo in {}\n", dir.display());
+struct Site {
+    name: &'static str,
+    dir: PathBuf,
+    db: Option<PathBuf>,
+    identity: Option<Identity>,
+    fingerprint: Fingerprint,
+}
 
-    step("1. Two SQLite files with the same table; the shop already has customers.");
-    for path in [&shop, &office] {
-        let _ = std::fs::remove_file(path);
-        Connection::open(path)?.execute_batch(SCHEMA)?;
+impl Site {
+    fn new(root: &Path, name: &'static str, with_db: bool) -> anyhow::Result<Self> {
+        let dir = root.join(name);
+        // Start over: a previous run's store would replay its history into this one.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let db = if with_db {
+            let path = dir.join(format!("{name}.db"));
+            Connection::open(&path)?.execute_batch(SCHEMA)?;
+            Some(path)
+        } else {
+            None
+        };
+        let identity = Identity::generate(name)?;
+        Ok(Self {
+            name,
+            dir,
+            db,
+            fingerprint: identity.fingerprint(),
+            identity: Some(identity),
+        })
     }
-    app(&shop)?.execute_batch(
+
+    fn config(&self, peers: Vec<PeerConfig>) -> NodeConfig {
+        NodeConfig {
+            node: NodeSection {
+                name: self.name.into(),
+                listen: Some(([127, 0, 0, 1], 0).into()),
+                http: None,
+            },
+            store: StoreSection {
+                sqlite: self.db.clone(),
+                tables: if self.db.is_some() {
+                    vec!["customers".into()]
+                } else {
+                    Vec::new()
+                },
+                relay: self.db.is_none(),
+            },
+            sync: SyncSection {
+                ping_interval_s: 2,
+                stall_timeout_s: 10,
+                ..SyncSection::default()
+            },
+            peers,
+        }
+    }
+
+    async fn start(&mut self, peers: Vec<PeerConfig>) -> anyhow::Result<Node> {
+        let identity = match self.identity.take() {
+            Some(identity) => identity,
+            None => {
+                let identity_dir = self.dir.join("identity");
+                Identity::load(&identity_dir)?
+            }
+        };
+        identity.save(&self.dir.join("identity"))?;
+        Node::start_with(&self.dir, self.config(peers), identity)
+            .await
+            .with_context(|| format!("starting {}", self.name))
+    }
+
+    fn db(&self) -> anyhow::Result<&Path> {
+        self.db.as_deref().context("this site has no database")
+    }
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(demo(args))
+}
+
+async fn demo(args: Args) -> anyhow::Result<()> {
+    let begun = Instant::now();
+    let temp = tempfile::tempdir()?;
+    let root = args.dir.unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    println!("Concord demo in {}", root.display());
+
+    step(
+        "1. A hub (no user database) and two sites, the shop and the office, each with a SQLite file.",
+    );
+    let mut hub = Site::new(&root, "hub", false)?;
+    let mut shop = Site::new(&root, "shop", true)?;
+    let mut office = Site::new(&root, "office", true)?;
+    app(shop.db()?)?.execute_batch(
         "INSERT INTO customers VALUES (1, 'Ada Lovelace', 'ada@example.org', 120.50);
          INSERT INTO customers VALUES (2, 'Alan Turing', 'alan@example.org', 80);",
     )?;
-
-    step("2. `concord track` both files: triggers capture every write from any program.");
-    for path in [&shop, &office] {
-        let store = SqliteStore::track(path, &["customers"], StoreOptions::default())?;
-        println!("   {} is node {}", name(path), store.node_id().short());
+    let pin = |site: &Site, address: Option<String>| PeerConfig {
+        name: site.name.into(),
+        address,
+        fingerprint: site.fingerprint,
+    };
+    let hub_node = hub
+        .start(vec![pin(&shop, None), pin(&office, None)])
+        .await?;
+    let hub_addr = hub_node.listen_addr().context("hub listens")?.to_string();
+    let shop_node = shop.start(vec![pin(&hub, Some(hub_addr.clone()))]).await?;
+    let mut office_node = Some(
+        office
+            .start(vec![pin(&hub, Some(hub_addr.clone()))])
+            .await?,
+    );
+    for (site, node) in [(&hub, &hub_node), (&shop, &shop_node)] {
+        println!("   {:<6} fingerprint {}", site.name, node.fingerprint());
     }
+    println!("   Every link is mutual TLS; each node accepts only the fingerprints it was given.");
 
-    step("3. Each side writes through its own ordinary SQLite connection.");
-    app(&shop)?.execute(
+    step("2. The shop's existing customers reach the office through the hub.");
+    let took = wait_until(
+        || Ok(rows(office.db()?)?.len() == 2),
+        "the shop's rows at the office",
+    )
+    .await?;
+    println!("   arrived in {took:?}");
+    show(&office)?;
+
+    step("3. Both sides write through ordinary SQLite connections; changes flow both ways, live.");
+    app(shop.db()?)?.execute(
         "INSERT INTO customers VALUES (3, 'Grace Hopper', 'grace@example.org', 0)",
         [],
     )?;
-    app(&office)?.execute_batch(
+    app(office.db()?)?.execute_batch(
         "BEGIN;
          INSERT INTO customers VALUES (10, 'Edsger Dijkstra', 'ewd@example.org', 42);
          INSERT INTO customers VALUES (11, 'Barbara Liskov', 'liskov@example.org', 7);
          COMMIT;",
     )?;
+    let took = wait_until(|| same(&shop, &office), "both writes on both sides").await?;
+    println!("   both sides agree after {took:?}");
     show(&shop)?;
-    show(&office)?;
-
-    step("4. `concord merge`: each file receives exactly what it lacks.");
-    merge(&shop, &office)?;
-    show(&shop)?;
-    same(&shop, &office)?;
 
     step(
-        "5. Both edit customer 1's email at once, and the office deletes customer 2 while the shop updates it.",
+        "4. The office goes offline; the shop keeps writing; the office catches up when it returns.",
     );
-    app(&shop)?.execute(
-        "UPDATE customers SET email = 'ada@shop.example' WHERE id = 1",
-        [],
-    )?;
-    app(&shop)?.execute("UPDATE customers SET balance = 99 WHERE id = 2", [])?;
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    app(&office)?.execute(
+    if let Some(node) = office_node.take() {
+        node.shutdown().await;
+    }
+    let shop_app = app(shop.db()?)?;
+    for i in 0..50 {
+        shop_app.execute(
+            "INSERT INTO customers VALUES (?1, ?2, NULL, 0)",
+            rusqlite::params![100 + i, format!("walk-in customer {i}")],
+        )?;
+    }
+    shop_app.execute("UPDATE customers SET balance = 99 WHERE id = 2", [])?;
+    println!("   the shop wrote 51 changes while the office was offline");
+    let office_app = app(office.db()?)?;
+    office_app.execute(
         "UPDATE customers SET email = 'ada@office.example' WHERE id = 1",
         [],
     )?;
-    app(&office)?.execute("DELETE FROM customers WHERE id = 2", [])?;
-    merge(&shop, &office)?;
-    println!("   The later write wins the email; the delete wins over the concurrent update:");
-    show(&shop)?;
-    same(&shop, &office)?;
+    println!("   meanwhile the office, offline, changed Ada's email");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    shop_app.execute(
+        "UPDATE customers SET email = 'ada@shop.example' WHERE id = 1",
+        [],
+    )?;
+    println!("   and then the shop changed Ada's email too");
+    office_node = Some(
+        office
+            .start(vec![pin(&hub, Some(hub_addr.clone()))])
+            .await?,
+    );
+    let took = wait_until(|| same(&shop, &office), "the office to catch up").await?;
+    println!(
+        "   the office is back and caught up in {took:?}: {} customers on both sides",
+        rows(office.db()?)?.len()
+    );
 
-    step("6. Nothing vanished silently: the conflicts are recorded (`concord conflicts`).");
-    let mut conflicts = SqliteStore::open(&shop)?.conflicts()?;
-    conflicts.extend(SqliteStore::open(&office)?.conflicts()?);
+    step(
+        "5. The concurrent edit of Ada's email: the later write wins everywhere, and the conflict is listed.",
+    );
+    show_where(&office, "id = 1")?;
+    let mut conflicts = SqliteStore::open(shop.db()?)?.conflicts()?;
+    conflicts.extend(SqliteStore::open(office.db()?)?.conflicts()?);
     if conflicts.is_empty() {
-        bail!("the concurrent edits were not recorded as conflicts");
+        bail!("the concurrent edit was not recorded as a conflict");
     }
     print!("{}", indent(&super::conflicts::render(&conflicts)));
 
-    println!("\nThe two files are identical. Done.");
+    step("6. Status of every node (`concord status`).");
+    for node in [Some(&hub_node), Some(&shop_node), office_node.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        print!("{}", indent(&super::status::render(&node.status().await)));
+        println!();
+    }
+
+    same(&shop, &office)?
+        .then_some(())
+        .context("the shop and the office differ")?;
+    println!(
+        "The shop's and the office's files are identical. Done in {:.1?}.",
+        begun.elapsed()
+    );
+    if let Some(node) = office_node {
+        node.shutdown().await;
+    }
+    shop_node.shutdown().await;
+    hub_node.shutdown().await;
     Ok(())
 }
 
@@ -104,37 +250,38 @@ fn step(text: &str) {
     println!("\n{text}");
 }
 
-fn name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// A connection like any application's: plain rusqlite, no Concord code.
 fn app(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
 }
 
-fn merge(a: &Path, b: &Path) -> anyhow::Result<()> {
-    let mut stores = vec![SqliteStore::open(a)?, SqliteStore::open(b)?];
-    let reports = merge_all(&mut stores).context("merging")?;
-    for (path, r) in [a, b].iter().zip(reports) {
-        println!(
-            "   {}: applied {} changes, {} conflicts",
-            name(path),
-            r.applied,
-            r.conflicts
-        );
+async fn wait_until(
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if done()? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
 }
 
 fn rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
+    rows_where(path, "1")
+}
+
+fn rows_where(path: &Path, filter: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let conn = app(path)?;
-    let mut stmt =
-        conn.prepare("SELECT id, name, coalesce(email, ''), balance FROM customers ORDER BY id")?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, name, coalesce(email, ''), balance FROM customers WHERE {filter} ORDER BY id"
+    ))?;
     let rows = stmt
         .query_map([], |r| {
             Ok(vec![
@@ -152,23 +299,23 @@ fn rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     Ok(rows)
 }
 
-fn show(path: &Path) -> anyhow::Result<()> {
+fn same(a: &Site, b: &Site) -> anyhow::Result<bool> {
+    Ok(rows(a.db()?)? == rows(b.db()?)?)
+}
+
+fn show(site: &Site) -> anyhow::Result<()> {
+    show_where(site, "id < 100")
+}
+
+fn show_where(site: &Site, filter: &str) -> anyhow::Result<()> {
     let mut table = vec![
         ["ID", "NAME", "EMAIL", "BALANCE"]
             .map(String::from)
             .to_vec(),
     ];
-    table.extend(rows(path)?);
-    println!("   {}:", name(path));
+    table.extend(rows_where(site.db()?, filter)?);
+    println!("   {}.db:", site.name);
     print!("{}", indent(&super::info::table(&table)));
-    Ok(())
-}
-
-fn same(a: &Path, b: &Path) -> anyhow::Result<()> {
-    if rows(a)? != rows(b)? {
-        bail!("{} and {} differ after merging", a.display(), b.display());
-    }
-    println!("   {} and {} are identical.", name(a), name(b));
     Ok(())
 }
 
