@@ -299,3 +299,77 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod documented_examples {
+    use concord_core::{
+        CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Value, Version, VersionVector,
+    };
+
+    use super::*;
+    use crate::message::{Ack, ChangeBatch, Hello};
+
+    /// The worked examples in docs/protocol.md; if this test changes, so must the doc.
+    pub(super) fn examples() -> Vec<(&'static str, Frame)> {
+        let a = NodeId::from_bytes([0xaa; 16]);
+        let b = NodeId::from_bytes([0xbb; 16]);
+        let mut holds = VersionVector::new();
+        holds.set(a, 5);
+        let version = Version {
+            hlc: Hlc::new(1_000, 2),
+            origin: a,
+        };
+        vec![
+            ("ping", Frame::V1(Message::Ping(300))),
+            (
+                "hello",
+                Frame::V1(Message::Hello(Hello {
+                    min_version: 1,
+                    max_version: 1,
+                    node: b,
+                    holds: holds.clone(),
+                    max_frame: 65_536,
+                    agent: "x".into(),
+                })),
+            ),
+            (
+                "changes",
+                Frame::V1(Message::Changes(ChangeBatch {
+                    batch: 1,
+                    changes: vec![Change {
+                        origin: a,
+                        seq: 6,
+                        hlc: version.hlc,
+                        table: "t".into(),
+                        key: PrimaryKey::encode(&[Value::Integer(7)]).unwrap(),
+                        causal_length: CausalLength(1),
+                        columns: vec![ColumnChange {
+                            column: "v".into(),
+                            value: Value::Text("hi".into()),
+                            version,
+                            replaced: None,
+                        }],
+                        delete_seen: None,
+                        last_in_txn: true,
+                    }],
+                })),
+            ),
+            ("ack", Frame::V1(Message::Ack(Ack { batch: 1, holds }))),
+        ]
+    }
+
+    #[test]
+    fn worked_examples_match_the_protocol_document() {
+        let doc = include_str!("../../../docs/protocol.md");
+        for (name, frame) in examples() {
+            let bytes = FrameCodec::encode_to_vec(&frame).unwrap();
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let line = hex.join(" ");
+            assert!(
+                doc.contains(&line),
+                "docs/protocol.md lacks the {name} example:\n{line}"
+            );
+            assert_eq!(FrameCodec::decode_body(&bytes[4..]).unwrap(), frame);
+        }
+    }
+}
