@@ -415,6 +415,8 @@ where
 {
     let mut expected = 1u64;
     let mut open_group: Vec<Change> = Vec::new();
+    let mut big: Option<LargeTransaction> = None;
+    let mut last_holds = VersionVector::new();
     loop {
         let frame = match tokio::time::timeout(stall, source.next()).await {
             Err(_) => return Err(SessionError::Silent(stall)),
@@ -434,7 +436,25 @@ where
                 expected += 1;
                 peer.counters.received.add(batch.changes.len() as u64);
                 peer.learn_held(&batch.changes);
-                open_group.extend(batch.changes);
+                let mut changes = batch.changes;
+                if let Some(mut open) = big.take() {
+                    // Everything up to the first transaction end belongs to the large
+                    // transaction being streamed into the store.
+                    match changes.iter().position(|c| c.last_in_txn) {
+                        None => {
+                            open.send(std::mem::take(&mut changes)).await?;
+                            big = Some(open);
+                        }
+                        Some(end) => {
+                            let rest = changes.split_off(end + 1);
+                            open.send(changes).await?;
+                            let report = open.finish().await?;
+                            account(&shared, &peer, &report);
+                            changes = rest;
+                        }
+                    }
+                }
+                open_group.extend(changes);
                 let complete = open_group
                     .iter()
                     .rposition(|c| c.last_in_txn)
@@ -442,18 +462,23 @@ where
                 if complete > 0 {
                     let ready: Vec<Change> = open_group.drain(..complete).collect();
                     let report = apply(&shared, &peer, ready).await?;
-                    peer.counters.applied.add(report.applied);
-                    peer.counters.set_aside.add(report.set_aside);
-                    peer.counters.conflicts.add(report.conflicts);
-                    shared.counters.conflicts.add(report.conflicts);
-                    if report.applied + report.set_aside > 0 {
-                        shared.log_changed.send_modify(|v| *v += 1);
-                    }
+                    account(&shared, &peer, &report);
                 }
-                let holds = store_holds(&shared).await?;
+                if open_group.len() >= BUFFERED_TRANSACTION_LIMIT {
+                    // A source transaction too large to hold in memory: stream it into one
+                    // store transaction instead, as its batches arrive.
+                    let mut open = LargeTransaction::begin(shared.store.clone());
+                    open.send(std::mem::take(&mut open_group)).await?;
+                    big = Some(open);
+                }
+                // While a large transaction holds the store, acknowledge with what was
+                // held before it; the window only needs the batch number.
+                if big.is_none() {
+                    last_holds = store_holds(&shared).await?;
+                }
                 let ack = Frame::V1(Message::Ack(Ack {
                     batch: batch.batch,
-                    holds,
+                    holds: last_holds.clone(),
                 }));
                 if tx.send(ack).await.is_err() {
                     return Err(SessionError::Closed);
@@ -484,6 +509,75 @@ where
                 });
             }
         }
+    }
+}
+
+/// Changes of one incomplete source transaction held in memory before it is streamed
+/// into the store instead.
+const BUFFERED_TRANSACTION_LIMIT: usize = 20_000;
+
+fn account(shared: &Shared, peer: &Peer, report: &ApplyReport) {
+    peer.counters.applied.add(report.applied);
+    peer.counters.set_aside.add(report.set_aside);
+    peer.counters.conflicts.add(report.conflicts);
+    shared.counters.conflicts.add(report.conflicts);
+    if report.applied + report.set_aside > 0 {
+        shared.log_changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// A source transaction streamed into one store transaction on a dedicated thread,
+/// which holds the store until the transaction's last change arrives. If the session
+/// ends first, the thread's channel closes and the store transaction rolls back: a
+/// source transaction is applied whole or not at all. Unlike smaller transactions, one
+/// this large that cannot be applied is not set aside (its changes are not kept in
+/// memory); the session fails with the error and the failure shows in status.
+struct LargeTransaction {
+    chunks: std::sync::mpsc::Sender<Vec<Change>>,
+    done: tokio::sync::oneshot::Receiver<Result<ApplyReport, SessionError>>,
+}
+
+impl LargeTransaction {
+    fn begin(store: Arc<std::sync::Mutex<SqliteStore>>) -> Self {
+        let (chunks, incoming) = std::sync::mpsc::channel::<Vec<Change>>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = (|| {
+                let mut store = lock(&store);
+                let mut session = store.begin_apply()?;
+                while let Ok(chunk) = incoming.recv() {
+                    for change in &chunk {
+                        session.apply(change)?;
+                    }
+                    if chunk.last().is_some_and(|c| c.last_in_txn) {
+                        return Ok(session.commit()?);
+                    }
+                }
+                Err(SessionError::Closed)
+            })();
+            let _ = finished.send(result);
+        });
+        Self { chunks, done }
+    }
+
+    /// Hands a chunk to the thread; if it already failed, returns its error.
+    async fn send(&mut self, chunk: Vec<Change>) -> Result<(), SessionError> {
+        if self.chunks.send(chunk).is_err() {
+            // The writer stopped early: report why.
+            return Err(match (&mut self.done).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => SessionError::Internal("the large transaction ended early".into()),
+                Err(e) => SessionError::Internal(e.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<ApplyReport, SessionError> {
+        drop(self.chunks);
+        self.done
+            .await
+            .map_err(|e| SessionError::Internal(e.to_string()))?
     }
 }
 
