@@ -693,6 +693,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                 }
                 p.counters.lag_changes.set(lag.changes as f64);
                 p.counters.lag_seconds.set(lag.seconds);
+                p.counters.behind_retention.set(if lag.behind { 1.0 } else { 0.0 });
                 PeerStatus {
                     name: p.config.name.clone(),
                     fingerprint: p.config.fingerprint.to_string(),

@@ -145,6 +145,7 @@ pub(crate) struct PeerCounters {
     pub(crate) connected: Gauge,
     pub(crate) lag_changes: Gauge,
     pub(crate) lag_seconds: Gauge,
+    pub(crate) behind_retention: Gauge,
 }
 
 impl PeerCounters {
@@ -162,6 +163,7 @@ impl PeerCounters {
             connected: gauge(recorder, "concord_peer_connected", l()),
             lag_changes: gauge(recorder, "concord_peer_lag_changes", l()),
             lag_seconds: gauge(recorder, "concord_peer_lag_seconds", l()),
+            behind_retention: gauge(recorder, "concord_peer_behind_retention", l()),
         }
     }
 }
