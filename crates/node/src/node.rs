@@ -590,25 +590,33 @@ async fn capture_loop(
             _ = events.recv() => {}
             _ = fallback.tick() => {}
         }
-        if let Err(e) = capture(&shared).await {
-            tracing::warn!(error = %e, "capture failed; will retry");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match capture(&shared).await {
+            Ok(0) => {}
+            Ok(_) => prune(&shared).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "capture failed; will retry");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
 
-/// Keeps the change log within the retention limit.
+/// Keeps the change log within the retention limit: after every capture that logged
+/// something, and every few seconds for what sessions apply.
 async fn prune_loop(shared: Arc<Shared>) {
-    let keep = shared.config.sync.retention_changes;
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let store = shared.store.clone();
-        let pruned = tokio::task::spawn_blocking(move || lock(&store).prune_log(keep)).await;
-        match pruned {
-            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, keep, "pruned the change log"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the change log failed"),
-            _ => {}
-        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        prune(&shared).await;
+    }
+}
+
+async fn prune(shared: &Arc<Shared>) {
+    let keep = shared.config.sync.retention_changes;
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || lock(&store).prune_log(keep)).await {
+        Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, keep, "pruned the change log"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "pruning the change log failed"),
+        _ => {}
     }
 }
 
