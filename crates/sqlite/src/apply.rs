@@ -19,7 +19,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
-use concord_core::{Advance, Change, Value, Version};
+use concord_core::{Advance, Change, NodeId, Value, Version};
 use rusqlite::params_from_iter;
 use rusqlite::types::ToSql;
 
@@ -55,7 +55,7 @@ pub struct ApplySession<'s> {
     at_boundary: bool,
     in_txn: usize,
     dirty_origins: BTreeSet<u32>,
-    last: Option<(String, u64)>,
+    last: Option<(NodeId, u64)>,
     report: ApplyReport,
 }
 
@@ -172,7 +172,7 @@ impl ApplySession<'_> {
             ));
         }
         if !self.at_boundary {
-            let (origin, seq) = self.last.clone().unwrap_or_default();
+            let (origin, seq) = self.last.map(|(o, s)| (o.short(), s)).unwrap_or_default();
             self.poisoned = true;
             return Err(ApplyError::IncompleteTransaction { origin, seq });
         }
@@ -204,7 +204,7 @@ impl ApplySession<'_> {
             ));
         }
         self.report.received += 1;
-        self.last = Some((change.origin.short(), change.seq));
+        self.last = Some((change.origin, change.seq));
         match self.apply_inner(change) {
             Ok(applied) => {
                 // A duplicate leaves the boundary as it was: what it belongs to is held.
@@ -267,6 +267,9 @@ impl ApplySession<'_> {
         for (&index, value) in table.key_columns.iter().zip(&key_values) {
             check_type(&table, index, value)?;
         }
+        if change.causal_length.0 == 0 {
+            return Err(RowError::Invalid("causal length 0 (a row that never existed)".into()).into());
+        }
         if change.is_delete() != change.columns.is_empty() {
             return Err(RowError::Invalid(if change.is_delete() {
                 "a delete carries column values".into()
@@ -300,6 +303,7 @@ impl ApplySession<'_> {
                 LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
             })?;
         let was_alive = clock.causal_length.is_alive();
+        let existed = clock.causal_length.0 > 0;
         let change_version = Version {
             hlc: change.hlc,
             origin: change.origin,
@@ -322,98 +326,41 @@ impl ApplySession<'_> {
             Ok(())
         };
         let key_params: Vec<Sql<'_>> = key_values.iter().map(Sql).collect();
-        let winners: Vec<(usize, &Value)> = decision
+        let mut winners: Vec<(usize, &Value)> = decision
             .winners
             .iter()
             .map(|&pos| (incoming[pos].index, &change.columns[pos].value))
             .filter(|(index, _)| !table.key_columns.contains(index))
             .collect();
+        // Ascending column order, so one cached statement serves every change that
+        // writes the same columns.
+        winners.sort_unstable_by_key(|(index, _)| *index);
+        let winner_columns: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
+        let key_refs: Vec<&dyn ToSql> = key_params.iter().map(|p| p as &dyn ToSql).collect();
         match decision.effect {
             RowEffect::None => {}
-            RowEffect::Delete => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE {}",
-                    quote(&table.name),
-                    table.key_predicate(1)
-                );
-                write(
-                    &sql,
-                    &key_params
-                        .iter()
-                        .map(|p| p as &dyn ToSql)
-                        .collect::<Vec<_>>(),
-                )?;
-            }
+            RowEffect::Delete => write(&table.delete_sql(), &key_refs)?,
             RowEffect::Update => {
                 if !winners.is_empty() {
-                    let sets = winners
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (index, _))| {
-                            format!("{} = ?{}", quote(&table.columns[*index].name), i + 1)
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let sql = format!(
-                        "UPDATE {} SET {sets} WHERE {}",
-                        quote(&table.name),
-                        table.key_predicate(winners.len() + 1)
-                    );
                     let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
-                    let params: Vec<&dyn ToSql> = values
-                        .iter()
-                        .chain(key_params.iter())
-                        .map(|p| p as &dyn ToSql)
-                        .collect();
-                    write(&sql, &params)?;
+                    let params: Vec<&dyn ToSql> =
+                        values.iter().map(|p| p as &dyn ToSql).chain(key_refs.iter().copied()).collect();
+                    write(&table.update_sql(&winner_columns), &params)?;
                 }
             }
             RowEffect::Recreate => {
                 if was_alive {
-                    let sql = format!(
-                        "DELETE FROM {} WHERE {}",
-                        quote(&table.name),
-                        table.key_predicate(1)
-                    );
-                    write(
-                        &sql,
-                        &key_params
-                            .iter()
-                            .map(|p| p as &dyn ToSql)
-                            .collect::<Vec<_>>(),
-                    )?;
+                    write(&table.delete_sql(), &key_refs)?;
                 }
-                let columns: Vec<usize> = table
-                    .key_columns
-                    .iter()
-                    .copied()
-                    .chain(winners.iter().map(|(i, _)| *i))
-                    .collect();
-                let names = columns
-                    .iter()
-                    .map(|&i| quote(&table.columns[i].name))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let marks = (1..=columns.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "INSERT INTO {} ({names}) VALUES ({marks})",
-                    quote(&table.name)
-                );
                 let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
-                let params: Vec<&dyn ToSql> = key_params
-                    .iter()
-                    .chain(values.iter())
-                    .map(|p| p as &dyn ToSql)
-                    .collect();
-                write(&sql, &params)?;
+                let params: Vec<&dyn ToSql> =
+                    key_refs.iter().copied().chain(values.iter().map(|p| p as &dyn ToSql)).collect();
+                write(&table.insert_sql(&winner_columns), &params)?;
             }
         }
         if decision.clock_changed {
             store
-                .save_clock(table.id, &change.key, &clock)
+                .save_clock(table.id, &change.key, &clock, existed)
                 .map_err(store_error)?;
         }
         store.clock.observe(newest, now)?;

@@ -208,6 +208,7 @@ impl SqliteStore {
             LoadClockError::Sqlite(e) => StoreError::Sqlite(e),
             LoadClockError::Corrupt(d) => capture_error(format!("corrupt row metadata: {d}"), &key),
         })?;
+        let existed = clock.causal_length.0 > 0;
         let hlc = self.clock.tick(pending.at.max(0) as u64);
         let version = Version {
             hlc,
@@ -247,7 +248,7 @@ impl SqliteStore {
                 codec::encode(&body)
             ])?;
         let pos = self.conn.last_insert_rowid();
-        self.save_clock(table.id, &key, &clock)?;
+        self.save_clock(table.id, &key, &clock, existed)?;
         Ok(Some(pos))
     }
 }

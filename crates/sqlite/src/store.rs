@@ -86,6 +86,8 @@ pub(crate) struct Origins {
     pub(crate) index_of: HashMap<NodeId, u32>,
     pub(crate) node_of: HashMap<u32, NodeId>,
     pub(crate) held: VersionVector,
+    /// The origin most recently looked up.
+    pub(crate) last: Option<(NodeId, u32)>,
 }
 
 /// A SQLite database tracked by Concord.
@@ -576,7 +578,18 @@ impl SqliteStore {
 
     /// The local index of `node`, registering it if new.
     pub(crate) fn origin_index(&mut self, node: NodeId) -> Result<u32, rusqlite::Error> {
+        // Most versions are this node's own (capture) or the last origin seen (a batch
+        // from one peer): answer those without hashing.
+        if node == self.node {
+            return Ok(self.local_index);
+        }
+        if let Some((last, i)) = self.origins.last {
+            if last == node {
+                return Ok(i);
+            }
+        }
         if let Some(&i) = self.origins.index_of.get(&node) {
+            self.origins.last = Some((node, i));
             return Ok(i);
         }
         self.conn.execute(
@@ -653,11 +666,14 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a row clock; `existed` says whether the row already had one (so one index
+    /// seek suffices: an UPDATE or an INSERT, not an upsert).
     pub(crate) fn save_clock(
         &mut self,
         table: i64,
         key: &PrimaryKey,
         clock: &RowClock,
+        existed: bool,
     ) -> Result<(), rusqlite::Error> {
         let mut stored = StoredClock {
             columns: Vec::with_capacity(clock.columns.len()),
@@ -679,10 +695,11 @@ impl SqliteStore {
             ));
         }
         let blob = codec::encode(&stored);
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO __concord_rows(tbl, pk, cl, clock) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(tbl, pk) DO UPDATE SET cl = excluded.cl, clock = excluded.clock",
-        )?;
+        let mut stmt = self.conn.prepare_cached(if existed {
+            "UPDATE __concord_rows SET cl = ?3, clock = ?4 WHERE tbl = ?1 AND pk = ?2"
+        } else {
+            "INSERT INTO __concord_rows(tbl, pk, cl, clock) VALUES (?1, ?2, ?3, ?4)"
+        })?;
         stmt.execute(params![
             table,
             key.as_bytes(),
