@@ -17,7 +17,7 @@ use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::error::StoreError;
-use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_UPDATE};
+use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_REKEY, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
 
 const PAGE: i64 = 2_000;
@@ -30,6 +30,8 @@ struct Pending {
     at: i64,
     masks: Vec<i64>,
     key: Vec<Value>,
+    /// For a key change: the old key.
+    old_key: Vec<Value>,
 }
 
 impl SqliteStore {
@@ -69,10 +71,18 @@ impl SqliteStore {
             let Some(last) = page.last() else { break };
             after = last.id;
             for pending in &page {
-                if let Some(pos) = self.capture_one(pending, seq + 1)? {
-                    seq += 1;
-                    logged += 1;
-                    last_pos = Some(pos);
+                // A key change is a delete of the old key, then an insert of the new.
+                let steps: Vec<(i64, &[Value])> = if pending.op == OP_REKEY {
+                    vec![(OP_DELETE, &pending.old_key), (OP_INSERT, &pending.key)]
+                } else {
+                    vec![(pending.op, &pending.key)]
+                };
+                for (op, key) in steps {
+                    if let Some(pos) = self.capture_one(pending, op, key, seq + 1)? {
+                        seq += 1;
+                        logged += 1;
+                        last_pos = Some(pos);
+                    }
                 }
             }
         }
@@ -102,24 +112,32 @@ impl SqliteStore {
         let key_cols: Vec<usize> = (0..)
             .map_while(|i| names.iter().position(|n| *n == format!("k{i}")))
             .collect();
+        let old_key_cols: Vec<usize> = (0..)
+            .map_while(|i| names.iter().position(|n| *n == format!("o{i}")))
+            .collect();
         let mut rows = stmt.query(rusqlite::params![after, PAGE])?;
         let mut page = Vec::new();
         while let Some(r) = rows.next()? {
             let table: i64 = r.get(1)?;
+            let op: i64 = r.get(2)?;
             let key_len = self.table_by_id(table).map_or(0, |t| t.key_columns.len());
-            let mut key = Vec::with_capacity(key_len);
-            for &c in key_cols.iter().take(key_len) {
-                key.push(
-                    codec::from_sql(r.get_ref(c)?).map_err(|detail| StoreError::Corrupt {
-                        table: "__concord_pending",
-                        detail,
-                    })?,
-                );
-            }
+            let read_key = |cols: &[usize]| -> Result<Vec<Value>, StoreError> {
+                cols.iter()
+                    .take(key_len)
+                    .map(|&c| {
+                        codec::from_sql(r.get_ref(c)?).map_err(|detail| StoreError::Corrupt {
+                            table: "__concord_pending",
+                            detail,
+                        })
+                    })
+                    .collect()
+            };
+            let key = read_key(&key_cols)?;
+            let old_key = if op == OP_REKEY { read_key(&old_key_cols)? } else { Vec::new() };
             page.push(Pending {
                 id: r.get(0)?,
                 table,
-                op: r.get(2)?,
+                op,
                 ncols: r.get(3)?,
                 at: r.get(4)?,
                 masks: mask_cols
@@ -127,6 +145,7 @@ impl SqliteStore {
                     .map(|&c| r.get::<_, Option<i64>>(c).map(Option::unwrap_or_default))
                     .collect::<Result<_, _>>()?,
                 key,
+                old_key,
             });
         }
         Ok(page)
@@ -134,7 +153,13 @@ impl SqliteStore {
 
     /// Logs one pending write as change number `seq`; returns its log position, or
     /// `None` if the write left nothing to send.
-    fn capture_one(&mut self, pending: &Pending, seq: u64) -> Result<Option<i64>, StoreError> {
+    fn capture_one(
+        &mut self,
+        pending: &Pending,
+        op: i64,
+        key_values: &[Value],
+        seq: u64,
+    ) -> Result<Option<i64>, StoreError> {
         let Some(table) = self.table_by_id(pending.table).cloned() else {
             // The table was untracked or can no longer be read; its writes are dropped.
             return Ok(None);
@@ -144,18 +169,18 @@ impl SqliteStore {
             key: key.to_string(),
             detail,
         };
-        let key = PrimaryKey::encode(&pending.key).map_err(|e| StoreError::Capture {
+        let key = PrimaryKey::encode(key_values).map_err(|e| StoreError::Capture {
             table: table.name.clone(),
-            key: format!("{:?}", pending.key),
+            key: format!("{key_values:?}"),
             detail: e.to_string(),
         })?;
         let ncols = table.columns.len();
-        let values = if pending.op == OP_DELETE {
+        let values = if op == OP_DELETE {
             None
         } else {
             let mut stmt = self.conn.prepare_cached(&table.select_sql)?;
             let row = stmt
-                .query_row(params_from_iter(pending.key.iter().map(Sql)), |r| {
+                .query_row(params_from_iter(key_values.iter().map(Sql)), |r| {
                     (0..ncols)
                         .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
                         .collect::<Result<Vec<_>, _>>()
@@ -163,9 +188,9 @@ impl SqliteStore {
                 .optional()?;
             match row {
                 // A row that a REPLACE collided with but that still exists was not removed.
-                Some(_) if pending.op == OP_EVICT => return Ok(None),
+                Some(_) if op == OP_EVICT => return Ok(None),
                 // It was removed without a delete trigger: log the delete.
-                None if pending.op == OP_EVICT => None,
+                None if op == OP_EVICT => None,
                 // The row is gone: a later pending delete records that.
                 None => return Ok(None),
                 Some(values) => Some(
@@ -177,7 +202,7 @@ impl SqliteStore {
             }
         };
         let changed: Vec<usize>;
-        let op = match pending.op {
+        let op = match op {
             OP_INSERT => LocalOp::Insert,
             OP_DELETE | OP_EVICT => LocalOp::Delete,
             OP_UPDATE if pending.ncols as usize != ncols => LocalOp::Insert,

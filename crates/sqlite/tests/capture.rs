@@ -487,7 +487,7 @@ fn columns_added_after_tracking_reach_the_other_replica() {
         &Value::Text("new row note".into())
     );
     let triggers = trigger_sql(&app_a, "t");
-    assert_eq!(triggers.len(), 4, "{triggers:?}");
+    assert_eq!(triggers.len(), 3, "{triggers:?}");
     assert!(
         triggers
             .iter()
