@@ -43,8 +43,9 @@ pub(crate) struct LogBody {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs into a Vec cannot fail.
-    postcard::to_allocvec(value).unwrap_or_default()
+    // Serializing these plain structs into a Vec cannot fail. Starting with room for a
+    // typical clock or log body avoids growing the buffer byte by byte.
+    postcard::to_extend(value, Vec::with_capacity(128)).unwrap_or_default()
 }
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
