@@ -85,6 +85,16 @@ pub struct IncomingColumn {
     pub replaced: Option<Version>,
 }
 
+impl IncomingColumn {
+    /// The clock the column takes if this write wins.
+    fn clock(&self) -> ColumnClock {
+        ColumnClock {
+            version: self.version,
+            replaced: self.replaced,
+        }
+    }
+}
+
 /// What the store must do to the user's row.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum RowEffect {
@@ -204,13 +214,7 @@ pub fn merge_remote(
                     .column(incoming.index)
                     .is_none_or(|c| incoming.version > c.version)
                 {
-                    clock.set_column(
-                        incoming.index,
-                        ColumnClock {
-                            version: incoming.version,
-                            replaced: incoming.replaced,
-                        },
-                    );
+                    clock.set_column(incoming.index, incoming.clock());
                 }
                 decision.winners.push(pos);
             }
@@ -264,13 +268,7 @@ pub fn merge_remote(
     for (pos, incoming) in columns.iter().enumerate() {
         match clock.column(incoming.index) {
             None => {
-                clock.set_column(
-                    incoming.index,
-                    ColumnClock {
-                        version: incoming.version,
-                        replaced: incoming.replaced,
-                    },
-                );
+                clock.set_column(incoming.index, incoming.clock());
                 decision.winners.push(pos);
             }
             Some(local) => {
@@ -288,13 +286,7 @@ pub fn merge_remote(
                     });
                 }
                 if wins {
-                    clock.set_column(
-                        incoming.index,
-                        ColumnClock {
-                            version: incoming.version,
-                            replaced: incoming.replaced,
-                        },
-                    );
+                    clock.set_column(incoming.index, incoming.clock());
                     decision.winners.push(pos);
                 }
             }

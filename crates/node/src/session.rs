@@ -27,8 +27,8 @@ use std::time::Duration;
 use concord_core::{Change, VersionVector};
 use concord_sqlite::{ApplyError, ApplyReport, LogReader, SqliteStore, StoreError};
 use concord_wire::{
-    Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello, Message, PROTOCOL_VERSION,
-    WireError,
+    Ack, BATCH_OVERHEAD, ChangeBatch, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello, Message,
+    PROTOCOL_VERSION, WireError, encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -235,6 +235,7 @@ where
         tx.clone(),
         flow.clone(),
         theirs.holds,
+        theirs.max_frame,
     );
     let pinger = {
         let tx = tx.clone();
@@ -261,14 +262,20 @@ where
     let mut shutdown = shared.shutdown.subscribe();
 
     let mut writer = tokio::spawn(writer);
+    let mut writer_done = false;
     let result = tokio::select! {
         r = receiver => r,
         r = sender => r,
         r = pinger => r,
-        r = &mut writer => r.unwrap_or_else(|e| Err(SessionError::Internal(e.to_string()))),
+        r = &mut writer => {
+            writer_done = true;
+            r.unwrap_or_else(|e| Err(SessionError::Internal(e.to_string())))
+        }
         _ = shutdown.wait_for(|&stop| stop) => Err(SessionError::Shutdown),
     };
-    if let Err(err) = &result {
+    // A finished task must not be polled again; only a live writer can still deliver
+    // the closing error.
+    if let (Err(err), false) = (&result, writer_done) {
         // Tell the peer why, if the socket still takes it; never wait long for that.
         let _ = tx.try_send(Frame::V1(Message::Error(ErrorMessage {
             code: err.code(),
@@ -332,6 +339,7 @@ async fn send_loop(
     tx: mpsc::Sender<Frame>,
     flow: Arc<Flow>,
     peer_holds: VersionVector,
+    peer_max_frame: u32,
 ) -> Result<(), SessionError> {
     let sync = &shared.config.sync;
     let path = shared.store_path.clone();
@@ -349,20 +357,16 @@ async fn send_loop(
     })?;
     let mut log_changed = shared.log_changed.subscribe();
     let mut batch = 0u64;
+    // Every frame must fit the smaller of the two frame limits.
+    let budget = (sync.max_frame_bytes.min(peer_max_frame) as usize).saturating_sub(BATCH_OVERHEAD);
     loop {
-        while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
-            let notified = flow.ack.notified();
-            if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
-                break;
-            }
-            notified.await;
-        }
         log_changed.borrow_and_update();
         sent_holds.join(&peer.known_holds());
         let holds = sent_holds.clone();
         let limit = sync.batch_changes;
+        let from = after;
         let (r, page) = blocking(move || {
-            let page = reader.read(after, &holds, limit);
+            let page = reader.read(from, &holds, limit);
             (reader, page)
         })
         .await?;
@@ -370,7 +374,9 @@ async fn send_loop(
         let page = page?;
         after = page.last_pos;
         if page.changes.is_empty() {
-            if log_changed.changed().await.is_err() {
+            // Nothing new was found. If the page only held what the peer already has,
+            // read on; wait for new log entries only at the end of the log.
+            if page.last_pos == from && log_changed.changed().await.is_err() {
                 return Err(SessionError::Shutdown);
             }
             continue;
@@ -380,17 +386,51 @@ async fn send_loop(
                 sent_holds.set(change.origin, change.seq);
             }
         }
-        batch += 1;
-        peer.counters.sent.add(page.changes.len() as u64);
-        flow.sent.store(batch, Ordering::Release);
-        let frame = Frame::V1(Message::Changes(ChangeBatch {
-            batch,
-            changes: page.changes,
-        }));
-        if tx.send(frame).await.is_err() {
-            return Err(SessionError::Closed);
+        for changes in split_by_size(page.changes, budget)? {
+            while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
+                let notified = flow.ack.notified();
+                if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
+                    break;
+                }
+                notified.await;
+            }
+            batch += 1;
+            peer.counters.sent.add(changes.len() as u64);
+            flow.sent.store(batch, Ordering::Release);
+            let frame = Frame::V1(Message::Changes(ChangeBatch { batch, changes }));
+            if tx.send(frame).await.is_err() {
+                return Err(SessionError::Closed);
+            }
         }
     }
+}
+
+/// Cuts changes into batches whose encoding fits `budget` bytes.
+fn split_by_size(changes: Vec<Change>, budget: usize) -> Result<Vec<Vec<Change>>, SessionError> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for change in changes {
+        let n = encoded_size(&change);
+        if n > budget {
+            return Err(SessionError::Unexpected(format!(
+                "change {}/{} to table {:?} encodes to {n} bytes, more than a frame may hold ({budget})",
+                change.origin.short(),
+                change.seq,
+                change.table
+            )));
+        }
+        if size + n > budget && !current.is_empty() {
+            batches.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += n;
+        current.push(change);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    Ok(batches)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -467,7 +507,7 @@ where
                 if open_group.len() >= BUFFERED_TRANSACTION_LIMIT {
                     // A source transaction too large to hold in memory: stream it into one
                     // store transaction instead, as its batches arrive.
-                    let mut open = LargeTransaction::begin(shared.store.clone());
+                    let mut open = LargeTransaction::begin(shared.store.clone(), stall);
                     open.send(std::mem::take(&mut open_group)).await?;
                     big = Some(open);
                 }
@@ -538,14 +578,25 @@ struct LargeTransaction {
 }
 
 impl LargeTransaction {
-    fn begin(store: Arc<std::sync::Mutex<SqliteStore>>) -> Self {
+    fn begin(store: Arc<std::sync::Mutex<SqliteStore>>, stall: Duration) -> Self {
         let (chunks, incoming) = std::sync::mpsc::channel::<Vec<Change>>();
         let (finished, done) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let result = (|| {
                 let mut store = lock(&store);
                 let mut session = store.begin_apply()?;
-                while let Ok(chunk) = incoming.recv() {
+                // Never hold the store longer than the stall timeout waiting for the
+                // peer: an idle peer inside a huge transaction must not freeze the node.
+                loop {
+                    let chunk = match incoming.recv_timeout(stall) {
+                        Ok(chunk) => chunk,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            return Err(SessionError::Silent(stall));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            return Err(SessionError::Closed);
+                        }
+                    };
                     for change in &chunk {
                         session.apply(change)?;
                     }
@@ -553,7 +604,6 @@ impl LargeTransaction {
                         return Ok(session.commit()?);
                     }
                 }
-                Err(SessionError::Closed)
             })();
             let _ = finished.send(result);
         });

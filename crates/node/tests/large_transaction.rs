@@ -124,9 +124,21 @@ async fn a_transaction_too_large_to_buffer_arrives_whole_and_the_stream_continue
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = b.status().await;
-    assert_eq!(status.peers[0].applied as i64, ROWS + 1, "{status:?}");
-    assert_eq!(status.peers[0].last_error, None);
+    // The rows are visible when the store commits; the counters follow just after.
+    let start = Instant::now();
+    loop {
+        let status = b.status().await;
+        if status.peers[0].applied as i64 == ROWS + 1 {
+            assert_eq!(status.peers[0].last_error, None);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "applied count never reached {}: {status:?}",
+            ROWS + 1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

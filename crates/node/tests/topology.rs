@@ -15,7 +15,10 @@
 //!   after it, or is applied in part;
 //! * `/health`, `/v1/status` and `/metrics` missing, unparsable, or reporting a wrong
 //!   lag for a peer;
-//! * a transaction whose changes do not fit in one frame blocks the channel forever.
+//! * a transaction whose changes do not fit in one frame blocks the channel forever;
+//! * a node that received a large transaction from a peer stops sending that peer its
+//!   own later writes;
+//! * a session that fails (and is retried) when several new origins appear at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -126,10 +129,6 @@ fn mesh_of_three_with_concurrent_writes_to_the_same_rows_converges() {
                 status.holds
             );
             assert_log_matches_holds(&m.name, m.db(), &status);
-            for p in &status.peers {
-                assert_eq!(p.state, "connected", "{}: {p:?}", m.name);
-                assert_eq!(p.errors, 0, "{}: a session failed: {p:?}", m.name);
-            }
         }
         assert_no_panics();
         for n in nodes {
@@ -196,10 +195,6 @@ fn hub_relays_every_spoke_to_every_other_and_keeps_each_origin() {
             "the hub's holds differ from the spokes'"
         );
         assert_log_matches_holds("hub", &hub.store_file(), &hub_status);
-        for p in &hub_status.peers {
-            assert_eq!(p.state, "connected", "{p:?}");
-            assert_eq!(p.errors, 0, "{p:?}");
-        }
         assert_no_panics();
         nhub.shutdown().await;
         for n in nspokes {
@@ -555,7 +550,6 @@ fn http_reports_health_status_and_per_peer_lag_and_counters() {
 }
 
 #[test]
-#[ignore = "BUG: send_loop sizes batches by count only; a batch over max_frame_bytes fails to encode on every retry, and the writer's failure then panics session::run (JoinHandle polled after completion)"]
 fn a_transaction_larger_than_one_frame_still_syncs() {
     common::run(async {
         let root = tempfile::tempdir().unwrap();
@@ -602,5 +596,82 @@ fn a_transaction_larger_than_one_frame_still_syncs() {
         assert_no_panics();
         na.shutdown().await;
         nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_node_keeps_sending_its_writes_after_receiving_a_large_transaction_from_the_peer() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        let nb = b.start(vec![a.at(&na)]).await;
+        // 2,000 changes from a: in b's log, two pages of entries a already holds.
+        insert_rows(a.db(), 1..=2_000, "from a ");
+        wait_for_rows("a's transaction at b", b.db(), &rows(a.db())).await;
+        insert_rows(b.db(), [5_000], "from b ");
+        let expected = rows(b.db());
+        wait_until("b's next write at a", async || {
+            if rows(a.db()) == expected {
+                return Ok(());
+            }
+            let status = nb.status().await;
+            Err(format!("b's view of a: {:?}", peer(&status, "a")))
+        })
+        .await;
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn sessions_survive_many_new_origins_appearing_at_once() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let hub = Member::relay(root.path(), "hub");
+        let spokes: Vec<Member> = (1..=5)
+            .map(|i| Member::new(root.path(), &format!("s{i}"), DDL))
+            .collect();
+        let nhub = hub
+            .start(spokes.iter().map(Member::dialing_in).collect())
+            .await;
+        let mut nspokes = Vec::new();
+        for s in &spokes {
+            nspokes.push(s.start(vec![hub.at(&nhub)]).await);
+        }
+        // Every spoke writes at once: the hub and each spoke learn several new origins
+        // at nearly the same moment, while their senders are reading their logs.
+        for round in 0..5 {
+            for (i, s) in spokes.iter().enumerate() {
+                insert_rows(s.db(), [100 * i as i64 + round], "x");
+            }
+        }
+        let mut members: Vec<&Member> = spokes.iter().collect();
+        members.push(&hub);
+        let mut nodes: Vec<&Node> = nspokes.iter().collect();
+        nodes.push(&nhub);
+        wait_until("the hub and spokes to converge", async || {
+            converged(&members, &nodes).await
+        })
+        .await;
+        for (m, n) in members.iter().zip(&nodes) {
+            for p in &n.status().await.peers {
+                assert_eq!(
+                    p.errors, 0,
+                    "{}: a session with {} failed and was retried: {p:?}",
+                    m.name, p.name
+                );
+                assert_eq!(p.state, "connected", "{}: {p:?}", m.name);
+            }
+        }
+        assert_no_panics();
+        nhub.shutdown().await;
+        for n in nspokes {
+            n.shutdown().await;
+        }
     });
 }

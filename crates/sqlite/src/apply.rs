@@ -268,7 +268,9 @@ impl ApplySession<'_> {
             check_type(&table, index, value)?;
         }
         if change.causal_length.0 == 0 {
-            return Err(RowError::Invalid("causal length 0 (a row that never existed)".into()).into());
+            return Err(
+                RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
+            );
         }
         if change.is_delete() != change.columns.is_empty() {
             return Err(RowError::Invalid(if change.is_delete() {
@@ -343,8 +345,11 @@ impl ApplySession<'_> {
             RowEffect::Update => {
                 if !winners.is_empty() {
                     let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
-                    let params: Vec<&dyn ToSql> =
-                        values.iter().map(|p| p as &dyn ToSql).chain(key_refs.iter().copied()).collect();
+                    let params: Vec<&dyn ToSql> = values
+                        .iter()
+                        .map(|p| p as &dyn ToSql)
+                        .chain(key_refs.iter().copied())
+                        .collect();
                     write(&table.update_sql(&winner_columns), &params)?;
                 }
             }
@@ -353,8 +358,11 @@ impl ApplySession<'_> {
                     write(&table.delete_sql(), &key_refs)?;
                 }
                 let values: Vec<Sql<'_>> = winners.iter().map(|(_, v)| Sql(v)).collect();
-                let params: Vec<&dyn ToSql> =
-                    key_refs.iter().copied().chain(values.iter().map(|p| p as &dyn ToSql)).collect();
+                let params: Vec<&dyn ToSql> = key_refs
+                    .iter()
+                    .copied()
+                    .chain(values.iter().map(|p| p as &dyn ToSql))
+                    .collect();
                 write(&table.insert_sql(&winner_columns), &params)?;
             }
         }

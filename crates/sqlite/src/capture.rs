@@ -133,7 +133,11 @@ impl SqliteStore {
                     .collect()
             };
             let key = read_key(&key_cols)?;
-            let old_key = if op == OP_REKEY { read_key(&old_key_cols)? } else { Vec::new() };
+            let old_key = if op == OP_REKEY {
+                read_key(&old_key_cols)?
+            } else {
+                Vec::new()
+            };
             page.push(Pending {
                 id: r.get(0)?,
                 table,

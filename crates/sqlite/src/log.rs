@@ -164,13 +164,19 @@ impl LogReader {
         target: &VersionVector,
         limit: usize,
     ) -> Result<LogPage, StoreError> {
-        match self.read_once(after, target, limit) {
-            Err(StoreError::Corrupt { .. }) => {
-                // An origin or table the reader has not seen yet: learn it and retry.
-                self.refresh()?;
-                self.read_once(after, target, limit)
+        loop {
+            match self.read_once(after, target, limit) {
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // An origin or table the reader has not seen yet: learn it and retry,
+                    // as long as learning finds something new (more may appear meanwhile).
+                    let known = (self.node_of.len(), self.tables.len());
+                    self.refresh()?;
+                    if (self.node_of.len(), self.tables.len()) == known {
+                        return Err(e);
+                    }
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 

@@ -311,13 +311,25 @@ impl TableInfo {
             return build().into();
         }
         let mask = columns.iter().fold(0u64, |m, &c| m | (1 << c));
-        let mut cache = self.sql_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.entry((kind, mask)).or_insert_with(|| build().into()).clone()
+        let mut cache = self
+            .sql_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry((kind, mask))
+            .or_insert_with(|| build().into())
+            .clone()
     }
 
     /// `DELETE FROM t WHERE <key>`, key parameters from 1.
     pub(crate) fn delete_sql(&self) -> Arc<str> {
-        self.cached_sql(0, &[], || format!("DELETE FROM {} WHERE {}", quote(&self.name), self.key_predicate(1)))
+        self.cached_sql(0, &[], || {
+            format!(
+                "DELETE FROM {} WHERE {}",
+                quote(&self.name),
+                self.key_predicate(1)
+            )
+        })
     }
 
     /// `UPDATE t SET c1 = ?1, … WHERE <key>`, columns in the given (ascending) order,
@@ -330,17 +342,36 @@ impl TableInfo {
                 .map(|(i, &c)| format!("{} = ?{}", quote(&self.columns[c].name), i + 1))
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("UPDATE {} SET {sets} WHERE {}", quote(&self.name), self.key_predicate(columns.len() + 1))
+            format!(
+                "UPDATE {} SET {sets} WHERE {}",
+                quote(&self.name),
+                self.key_predicate(columns.len() + 1)
+            )
         })
     }
 
     /// `INSERT INTO t (<key columns>, c1, …) VALUES (…)`: the key first, then `columns`.
     pub(crate) fn insert_sql(&self, columns: &[usize]) -> Arc<str> {
         self.cached_sql(2, columns, || {
-            let all: Vec<usize> = self.key_columns.iter().copied().chain(columns.iter().copied()).collect();
-            let names = all.iter().map(|&i| quote(&self.columns[i].name)).collect::<Vec<_>>().join(", ");
-            let marks = (1..=all.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-            format!("INSERT INTO {} ({names}) VALUES ({marks})", quote(&self.name))
+            let all: Vec<usize> = self
+                .key_columns
+                .iter()
+                .copied()
+                .chain(columns.iter().copied())
+                .collect();
+            let names = all
+                .iter()
+                .map(|&i| quote(&self.columns[i].name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let marks = (1..=all.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT INTO {} ({names}) VALUES ({marks})",
+                quote(&self.name)
+            )
         })
     }
 
@@ -399,7 +430,12 @@ impl TableInfo {
         let old_vals = self
             .key_columns
             .iter()
-            .map(|&p| format!("CASE WHEN {same_key} THEN NULL ELSE OLD.{} END", quote(&self.columns[p].name)))
+            .map(|&p| {
+                format!(
+                    "CASE WHEN {same_key} THEN NULL ELSE OLD.{} END",
+                    quote(&self.columns[p].name)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let pending = format!("INSERT INTO __concord_pending(tbl, op, ncols, at, {key_cols}");

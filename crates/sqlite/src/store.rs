@@ -498,31 +498,24 @@ impl SqliteStore {
         &self.conn
     }
 
+    fn count(&self, table: &str) -> Result<u64, StoreError> {
+        let sql = format!("SELECT count(*) FROM {table}");
+        Ok(self.conn.query_row(&sql, [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// Number of entries in the change log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM __concord_log", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.count("__concord_log")
     }
 
     /// Number of captured writes not yet folded into the change log.
     pub fn pending_len(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM __concord_pending", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.count("__concord_pending")
     }
 
     /// Number of recorded conflicts.
     pub fn conflict_count(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM __concord_conflicts", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.count("__concord_conflicts")
     }
 
     /// Changes set aside because they could not be applied, oldest first.

@@ -8,6 +8,16 @@ use crate::message::{Frame, MAX_BATCH_CHANGES, Message};
 /// Default largest frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 
+/// Bytes a `Changes` frame needs beyond its changes: length prefix, version and message
+/// tags, batch number and change count (varints of at most 10 bytes each).
+pub const BATCH_OVERHEAD: usize = 4 + 1 + 1 + 10 + 10;
+
+/// The encoded size of one change inside a `Changes` message, so a sender can keep each
+/// batch within the receiver's frame limit.
+pub fn encoded_size(change: &concord_core::Change) -> usize {
+    postcard::experimental::serialized_size(change).unwrap_or(usize::MAX)
+}
+
 /// What was wrong with bytes received or a message to send.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -18,7 +18,7 @@
 mod codec;
 mod message;
 
-pub use codec::{DEFAULT_MAX_FRAME, FrameCodec, WireError};
+pub use codec::{BATCH_OVERHEAD, DEFAULT_MAX_FRAME, FrameCodec, WireError, encoded_size};
 pub use message::{
     Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, Hello, MAX_BATCH_CHANGES, Message,
     PROTOCOL_VERSION,
