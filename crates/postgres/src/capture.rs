@@ -1,0 +1,312 @@
+//! Folding captured writes into the change log.
+//!
+//! The trigger leaves one `concord.pending` row per written row: the writing
+//! transaction's id (`xid`), the operation, the changed columns, the key and the values
+//! the transaction wrote, as canonical text. Capture turns each into a
+//! [`concord_core::Change`] in the log: it parses the text back to typed values (in SQL,
+//! with the column's own type, so PostgreSQL's parser decides), asks
+//! [`concord_core::merge::local_write`] for the new causal length and replaced versions,
+//! and stamps a sequence number and HLC.
+//!
+//! ## Whole source transactions, in commit order
+//! Capture reads pending rows through one cursor, so it sees exactly the transactions
+//! that had committed when the cursor opened, each one whole (MVCC never shows part of a
+//! committed transaction, nor any of an uncommitted one); their rows are deleted by id,
+//! so a transaction that commits meanwhile stays pending for the next capture. Rows are
+//! grouped by `xid`, and the last change logged for each source transaction carries
+//! `last_in_txn`, so every destination applies it whole.
+//!
+//! PostgreSQL does not expose commit order without `track_commit_timestamp`, so
+//! transactions are ordered by the id of their *last* pending row (ids come from a
+//! sequence, allocated at write time). That order agrees with every dependency that
+//! matters for replication: a transaction that writes a row another one wrote must wait
+//! for that one's commit (row lock) before writing, and one that references a row
+//! another inserted must wait for it too, so its last write comes after all of the
+//! other's writes. Two transactions with no such dependency may be logged in either
+//! order; both orders are valid histories. A long transaction that commits after a
+//! capture simply appears in a later one, after transactions that committed before it.
+
+use std::collections::HashMap;
+
+use concord_core::merge::{LocalOp, local_write};
+use concord_core::{PrimaryKey, Value, Version};
+
+use crate::codec::{self, LogBody, LogColumn};
+use crate::error::StoreError;
+use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
+use crate::store::{LoadClockError, PgStore};
+use crate::types::{Raw, decode};
+
+const PAGE: usize = 2_000;
+
+struct Pending {
+    id: i64,
+    table: i32,
+    op: i16,
+    cols: Option<Vec<i32>>,
+    at: i64,
+    /// Id of the last pending row of the same source transaction.
+    last: i64,
+}
+
+/// A pending row's text parsed back to values.
+#[derive(Default)]
+struct Decoded {
+    key: Vec<Value>,
+    old_key: Vec<Value>,
+    values: Vec<Value>,
+}
+
+impl PgStore {
+    /// Folds every captured local write of committed transactions into the change log,
+    /// in one transaction. Returns how many changes were logged.
+    pub fn capture(&mut self) -> Result<u64, StoreError> {
+        self.ensure_fresh()?;
+        self.begin_locked()?;
+        match self.capture_in_txn() {
+            Ok(n) => {
+                if let Err(e) = self.client.batch_execute("COMMIT") {
+                    let _ = self.client.batch_execute("ROLLBACK");
+                    self.stale = true;
+                    return Err(e.into());
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK");
+                if self.reload().is_err() {
+                    self.stale = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`PgStore::capture`], inside the caller's locked transaction.
+    pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
+        self.client.batch_execute(
+            "DECLARE concord_pending NO SCROLL CURSOR FOR
+             SELECT p.id, p.tbl, p.op, p.cols, p.at, g.last
+             FROM concord.pending p
+             JOIN (SELECT xid, max(id) AS last FROM concord.pending GROUP BY xid) g
+               ON g.xid = p.xid
+             ORDER BY g.last, p.id",
+        )?;
+        let mut logged = 0u64;
+        let mut seq = self.origins.held.get(&self.node);
+        let mut group = -1i64;
+        let mut group_last_pos: Option<i64> = None;
+        let mut group_marked = false;
+        let fetch = format!("FETCH {PAGE} FROM concord_pending");
+        loop {
+            let page: Vec<Pending> = self
+                .client
+                .query(&fetch, &[])?
+                .into_iter()
+                .map(|r| Pending {
+                    id: r.get(0),
+                    table: r.get(1),
+                    op: r.get(2),
+                    cols: r.get(3),
+                    at: r.get(4),
+                    last: r.get(5),
+                })
+                .collect();
+            if page.is_empty() {
+                break;
+            }
+            let mut decoded = self.decode_page(&page)?;
+            for pending in &page {
+                if pending.last != group {
+                    group = pending.last;
+                    group_last_pos = None;
+                    group_marked = false;
+                }
+                let is_last_row = pending.id == pending.last;
+                let Some(table) = self.table_by_id(pending.table).cloned() else {
+                    // The table was untracked or can no longer be read; its writes are
+                    // dropped.
+                    continue;
+                };
+                let row = decoded.remove(&pending.id).unwrap_or_default();
+                let steps: Vec<(i16, &[Value])> = if pending.op == OP_REKEY {
+                    // A key change is a delete of the old key, then an insert of the new.
+                    vec![(OP_DELETE, &row.old_key), (OP_INSERT, &row.key)]
+                } else {
+                    vec![(pending.op, &row.key)]
+                };
+                let count = steps.len();
+                for (i, (op, key)) in steps.into_iter().enumerate() {
+                    let end = is_last_row && i + 1 == count;
+                    if let Some(pos) =
+                        self.capture_one(&table, pending, op, key, &row.values, seq + 1, end)?
+                    {
+                        seq += 1;
+                        logged += 1;
+                        group_last_pos = Some(pos);
+                        group_marked = end;
+                    }
+                }
+                if is_last_row && !group_marked {
+                    if let Some(pos) = group_last_pos {
+                        let stmt =
+                            self.statement("UPDATE concord.log SET txn_end = true WHERE pos = $1")?;
+                        self.client.execute(&stmt, &[&pos])?;
+                        group_marked = true;
+                    }
+                }
+            }
+            let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
+            let stmt = self.statement("DELETE FROM concord.pending WHERE id = ANY($1)")?;
+            self.client.execute(&stmt, &[&ids])?;
+        }
+        self.client.batch_execute("CLOSE concord_pending")?;
+        if logged > 0 {
+            self.origins.held.set(self.node, seq);
+            self.save_progress(self.local_index, seq)?;
+        }
+        Ok(logged)
+    }
+
+    /// Parses the text of a page's pending rows back to values, one query per table.
+    fn decode_page(&mut self, page: &[Pending]) -> Result<HashMap<i64, Decoded>, StoreError> {
+        let mut by_table: HashMap<i32, Vec<i64>> = HashMap::new();
+        for p in page {
+            by_table.entry(p.table).or_default().push(p.id);
+        }
+        let mut out = HashMap::with_capacity(page.len());
+        for (table_id, ids) in by_table {
+            let Some(table) = self.table_by_id(table_id).cloned() else {
+                continue;
+            };
+            let stmt = self.statement(&table.decode_pending_sql())?;
+            let nk = table.key_columns.len();
+            for row in self.client.query(&stmt, &[&ids])? {
+                let id: i64 = row.get(0);
+                let corrupt = |column: &str, detail: String| StoreError::Capture {
+                    table: table.name.clone(),
+                    key: format!("(pending write {id})"),
+                    detail: format!("column {column:?}: {detail}"),
+                };
+                let read = |index: usize, position: usize| -> Result<Value, StoreError> {
+                    let column = &table.columns[position];
+                    let raw: Raw<'_> = row
+                        .try_get(index)
+                        .map_err(|e| corrupt(&column.name, e.to_string()))?;
+                    decode(column.kind, raw.0).map_err(|d| corrupt(&column.name, d))
+                };
+                let mut d = Decoded::default();
+                for (i, &p) in table.key_columns.iter().enumerate() {
+                    d.key.push(read(1 + i, p)?);
+                    d.old_key.push(read(1 + nk + i, p)?);
+                }
+                for p in 0..table.columns.len() {
+                    d.values.push(read(1 + 2 * nk + p, p)?);
+                }
+                out.insert(id, d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Logs one pending write as change number `seq`; returns its log position, or
+    /// `None` if the write left nothing to send.
+    #[allow(clippy::too_many_arguments)]
+    fn capture_one(
+        &mut self,
+        table: &TableInfo,
+        pending: &Pending,
+        op: i16,
+        key_values: &[Value],
+        values: &[Value],
+        seq: u64,
+        txn_end: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let capture_error = |detail: String, key: &str| StoreError::Capture {
+            table: table.name.clone(),
+            key: key.to_owned(),
+            detail,
+        };
+        let key = PrimaryKey::encode(key_values)
+            .map_err(|e| capture_error(e.to_string(), &format!("{key_values:?}")))?;
+        let ncols = table.columns.len();
+        let changed: Vec<usize>;
+        let local_op = match op {
+            OP_INSERT => LocalOp::Insert,
+            OP_DELETE => LocalOp::Delete,
+            OP_UPDATE => {
+                changed = pending
+                    .cols
+                    .iter()
+                    .flatten()
+                    .filter_map(|&c| usize::try_from(c).ok())
+                    .filter(|&c| c < ncols)
+                    .collect();
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                LocalOp::Update(&changed)
+            }
+            other => {
+                return Err(capture_error(
+                    format!("unknown pending operation {other}"),
+                    &key.to_string(),
+                ));
+            }
+        };
+        if local_op != LocalOp::Delete && values.len() != ncols {
+            return Err(capture_error(
+                "the pending write carries no values".into(),
+                &key.to_string(),
+            ));
+        }
+        let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
+            LoadClockError::Postgres(e) => StoreError::Postgres(e),
+            LoadClockError::Corrupt(d) => {
+                capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
+            }
+        })?;
+        let hlc = self.clock.tick(pending.at.max(0) as u64);
+        let version = Version {
+            hlc,
+            origin: self.node,
+        };
+        let write = local_write(&mut clock, local_op, version, ncols);
+        let stored_version = self.stored(version)?;
+        let mut body = LogBody {
+            columns: Vec::with_capacity(write.columns.len()),
+            delete_seen: None,
+        };
+        for (index, replaced) in write.columns {
+            body.columns.push(LogColumn {
+                index: index as u32,
+                value: values.get(index).cloned().unwrap_or(Value::Null),
+                version: stored_version,
+                replaced: replaced.map(|v| self.stored(v)).transpose()?,
+            });
+        }
+        body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
+        let stmt = self.statement(
+            "INSERT INTO concord.log(origin, seq, hlc, tbl, pk, cl, body, txn_end)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING pos",
+        )?;
+        let pos: i64 = self
+            .client
+            .query_one(
+                &stmt,
+                &[
+                    &self.local_index,
+                    &(seq as i64),
+                    &(hlc.as_u64() as i64),
+                    &table.id,
+                    &key.as_bytes(),
+                    &(write.causal_length.0 as i64),
+                    &codec::encode(&body),
+                    &txn_end,
+                ],
+            )?
+            .get(0);
+        self.save_clock(table.id, &key, &clock)?;
+        Ok(Some(pos))
+    }
+}

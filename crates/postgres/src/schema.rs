@@ -1,0 +1,442 @@
+//! Metadata tables, table introspection and capture triggers.
+//!
+//! Everything Concord adds to a user's database lives in the `concord` schema (tables,
+//! the capture functions) plus one trigger, `concord_capture`, on each tracked table, so
+//! `untrack` can find and remove every trace with `DROP SCHEMA concord CASCADE`.
+//!
+//! The capture trigger is plpgsql and runs for every client's writes. It records the
+//! row's key and values as *text*, inside a function whose `SET` clauses fix the output
+//! settings that text depends on (`DateStyle`, `TimeZone`, `extra_float_digits`,
+//! `bytea_output`), so whatever the writing session's settings, the text parses back to
+//! the exact value. Recording the values a transaction wrote (rather than reading the
+//! row later) is what lets capture log each source transaction with its own values,
+//! even when a later transaction changed the row again before capture ran.
+
+use std::collections::HashMap;
+
+use postgres::Client;
+
+use crate::error::TrackError;
+use crate::types::ColumnKind;
+
+/// Version of the metadata layout written by this build.
+pub(crate) const FORMAT_VERSION: i64 = 1;
+
+/// Name of the capture trigger on every tracked table.
+pub const TRIGGER_NAME: &str = "concord_capture";
+
+/// `concord.log.tbl` of an entry kept verbatim: its body is the postcard encoding of the
+/// whole [`concord_core::Change`] (a change set aside because it could not be applied).
+pub(crate) const VERBATIM_TABLE: i32 = 0;
+
+/// Operation codes written by the trigger into `concord.pending.op`.
+pub(crate) const OP_INSERT: i16 = 1;
+pub(crate) const OP_UPDATE: i16 = 2;
+pub(crate) const OP_DELETE: i16 = 3;
+/// An UPDATE that changed the primary key: new key in `k`, old key in `o`.
+pub(crate) const OP_REKEY: i16 = 5;
+
+/// Session settings every Concord connection and every capture function uses, so that
+/// value text is canonical and parses back exactly.
+pub(crate) const CANONICAL_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+];
+
+/// Milliseconds since the epoch, as the trigger computes the write's wall time.
+const AT_EXPR: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+pub(crate) const METADATA_DDL: &str = "
+CREATE SCHEMA IF NOT EXISTS concord;
+CREATE TABLE IF NOT EXISTS concord.meta(key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS concord.tables(
+    id serial PRIMARY KEY,
+    schema_name text NOT NULL,
+    name text NOT NULL,
+    tracked boolean NOT NULL DEFAULT true,
+    UNIQUE (schema_name, name)
+);
+CREATE TABLE IF NOT EXISTS concord.columns(
+    tbl integer NOT NULL,
+    position integer NOT NULL,
+    name text NOT NULL,
+    type_name text NOT NULL,
+    key_position integer,
+    PRIMARY KEY (tbl, position)
+);
+CREATE TABLE IF NOT EXISTS concord.origins(
+    id serial PRIMARY KEY,
+    node_id bytea NOT NULL UNIQUE,
+    seq bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS concord.pending(
+    id bigserial PRIMARY KEY,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    tbl integer NOT NULL,
+    op smallint NOT NULL,
+    at bigint NOT NULL,
+    cols integer[],
+    k text[] NOT NULL,
+    o text[],
+    v text[]
+);
+CREATE TABLE IF NOT EXISTS concord.rows(
+    tbl integer NOT NULL,
+    pk bytea NOT NULL,
+    cl bigint NOT NULL,
+    clock bytea NOT NULL,
+    PRIMARY KEY (tbl, pk)
+);
+CREATE TABLE IF NOT EXISTS concord.log(
+    pos bigserial PRIMARY KEY,
+    origin integer NOT NULL,
+    seq bigint NOT NULL,
+    hlc bigint NOT NULL,
+    tbl integer NOT NULL,
+    pk bytea NOT NULL,
+    cl bigint NOT NULL,
+    body bytea NOT NULL,
+    txn_end boolean NOT NULL,
+    UNIQUE (origin, seq)
+);
+CREATE TABLE IF NOT EXISTS concord.failures(
+    id bigserial PRIMARY KEY,
+    origin text NOT NULL,
+    seq bigint NOT NULL,
+    tbl text NOT NULL,
+    key_text text NOT NULL,
+    error text NOT NULL,
+    at bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS concord.conflicts(
+    id bigserial PRIMARY KEY,
+    tbl text NOT NULL,
+    pk bytea NOT NULL,
+    key_text text NOT NULL,
+    kind text NOT NULL,
+    column_name text,
+    local_value bytea NOT NULL,
+    local_version text NOT NULL,
+    remote_value bytea NOT NULL,
+    remote_version text NOT NULL,
+    winner text NOT NULL
+);
+";
+
+/// Quotes an SQL identifier.
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// One replicated column.
+#[derive(Clone, Debug)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Its type as PostgreSQL prints it, e.g. `numeric(12,2)`.
+    pub type_name: String,
+    pub(crate) kind: ColumnKind,
+}
+
+/// A tracked table as Concord sees it.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub(crate) id: i32,
+    /// The name changes carry: `name` for a table in `public`, else `schema.name`.
+    pub name: String,
+    pub(crate) schema: String,
+    pub(crate) relname: String,
+    /// Replicated columns (generated columns are left out), in table order.
+    pub columns: Vec<ColumnInfo>,
+    /// Positions (into `columns`) of the primary-key columns, in key order.
+    pub key_columns: Vec<usize>,
+    pub(crate) position_of: HashMap<String, usize>,
+}
+
+impl TableInfo {
+    /// Reads a table's columns and primary key. `name` may be schema-qualified.
+    pub(crate) fn introspect(client: &mut Client, name: &str) -> Result<Self, TrackError> {
+        let row = client.query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)::oid",
+            &[&name],
+        )?;
+        let Some(row) = row else {
+            return Err(TrackError::NoSuchTable(name.to_owned()));
+        };
+        let oid: u32 = row.get(0);
+        let schema: String = row.get(1);
+        let relname: String = row.get(2);
+        let relkind: String = row.get(3);
+        if relkind != "r" && relkind != "p" {
+            return Err(TrackError::Unsupported(
+                name.to_owned(),
+                "only ordinary and partitioned tables can be tracked",
+            ));
+        }
+        if schema == "concord" {
+            return Err(TrackError::Unsupported(
+                name.to_owned(),
+                "Concord's own tables are not replicated",
+            ));
+        }
+        let display = if schema == "public" {
+            relname.clone()
+        } else {
+            format!("{schema}.{relname}")
+        };
+        let mut columns = Vec::new();
+        let mut position_by_attnum = HashMap::new();
+        for r in client.query(
+            "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
+                    format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&oid],
+        )? {
+            let attnum: i16 = r.get(0);
+            let column: String = r.get(1);
+            let type_oid: u32 = r.get(2);
+            let typmod: i32 = r.get(3);
+            let type_name: String = r.get(4);
+            let kind =
+                ColumnKind::of(type_oid, typmod).ok_or_else(|| TrackError::UnsupportedType {
+                    table: display.clone(),
+                    column: column.clone(),
+                    type_name: type_name.clone(),
+                })?;
+            position_by_attnum.insert(attnum, columns.len());
+            columns.push(ColumnInfo {
+                name: column,
+                type_name,
+                kind,
+            });
+        }
+        let mut key_columns = Vec::new();
+        for r in client.query(
+            "SELECT k.attnum FROM pg_index i,
+                    unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )? {
+            let attnum: i16 = r.get(0);
+            let position = position_by_attnum
+                .get(&attnum)
+                .copied()
+                .ok_or_else(|| TrackError::Unsupported(display.clone(), "generated key column"))?;
+            key_columns.push(position);
+        }
+        if key_columns.is_empty() {
+            return Err(TrackError::NoPrimaryKey(display));
+        }
+        let position_of = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        Ok(TableInfo {
+            id: 0,
+            name: display,
+            schema,
+            relname,
+            columns,
+            key_columns,
+            position_of,
+        })
+    }
+
+    /// The table's quoted, schema-qualified name.
+    pub(crate) fn qualified(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.relname))
+    }
+
+    pub(crate) fn function_name(id: i32) -> String {
+        format!("concord.capture_{id}")
+    }
+
+    fn text_array(&self, record: &str, positions: impl Iterator<Item = usize>) -> String {
+        let items: Vec<String> = positions
+            .map(|p| format!("{record}.{}::text", quote(&self.columns[p].name)))
+            .collect();
+        format!("ARRAY[{}]::text[]", items.join(", "))
+    }
+
+    fn key_array(&self, record: &str) -> String {
+        self.text_array(record, self.key_columns.iter().copied())
+    }
+
+    fn values_array(&self, record: &str) -> String {
+        self.text_array(record, 0..self.columns.len())
+    }
+
+    /// SQL creating the capture function and trigger.
+    pub(crate) fn trigger_sql(&self) -> String {
+        let id = self.id;
+        let settings: String = CANONICAL_SETTINGS
+            .iter()
+            .map(|(k, v)| format!(" SET {} = {}", quote(k), literal(v)))
+            .collect();
+        let changed: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let c = quote(&c.name);
+                format!("CASE WHEN NEW.{c}::text IS DISTINCT FROM OLD.{c}::text THEN {i} END")
+            })
+            .collect();
+        let (new_key, old_key, new_values) = (
+            self.key_array("NEW"),
+            self.key_array("OLD"),
+            self.values_array("NEW"),
+        );
+        let function = Self::function_name(id);
+        let table = self.qualified();
+        let trigger = quote(TRIGGER_NAME);
+        format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp{settings}
+AS $concord$
+DECLARE changed integer[];
+BEGIN
+  IF current_setting('concord.applying', true) = 'on' THEN RETURN NULL; END IF;
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO concord.pending(tbl, op, at, k, v)
+    VALUES ({id}, {OP_INSERT}, {AT_EXPR}, {new_key}, {new_values});
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF {new_key} IS DISTINCT FROM {old_key} THEN
+      INSERT INTO concord.pending(tbl, op, at, k, o, v)
+      VALUES ({id}, {OP_REKEY}, {AT_EXPR}, {new_key}, {old_key}, {new_values});
+    ELSE
+      changed := array_remove(ARRAY[{changed}]::integer[], NULL);
+      IF cardinality(changed) > 0 THEN
+        INSERT INTO concord.pending(tbl, op, at, cols, k, v)
+        VALUES ({id}, {OP_UPDATE}, {AT_EXPR}, changed, {new_key}, {new_values});
+      END IF;
+    END IF;
+  ELSE
+    INSERT INTO concord.pending(tbl, op, at, k)
+    VALUES ({id}, {OP_DELETE}, {AT_EXPR}, {old_key});
+  END IF;
+  RETURN NULL;
+END
+$concord$;
+DROP TRIGGER IF EXISTS {trigger} ON {table};
+CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {table}
+FOR EACH ROW EXECUTE FUNCTION {function}();",
+            changed = changed.join(", "),
+        )
+    }
+
+    /// SQL dropping the capture trigger and function.
+    pub(crate) fn drop_trigger_sql(&self) -> String {
+        format!(
+            "DROP TRIGGER IF EXISTS {} ON {}; DROP FUNCTION IF EXISTS {}();",
+            quote(TRIGGER_NAME),
+            self.qualified(),
+            Self::function_name(self.id)
+        )
+    }
+
+    /// SQL queuing every existing row as a pending insert (run with the canonical
+    /// settings, like the trigger).
+    pub(crate) fn backfill_sql(&self) -> String {
+        format!(
+            "INSERT INTO concord.pending(tbl, op, at, k, v) SELECT {}, {OP_INSERT}, {AT_EXPR}, {}, {} FROM {} AS t",
+            self.id,
+            self.key_array("t"),
+            self.values_array("t"),
+            self.qualified()
+        )
+    }
+
+    /// SQL decoding pending rows of this table: `id`, then the key, the old key and the
+    /// values, each parsed back to the column type and read as [`ColumnKind::read_expr`].
+    pub(crate) fn decode_pending_sql(&self) -> String {
+        let mut exprs = vec!["p.id".to_owned()];
+        let parse = |array: &str, i: usize, p: usize| {
+            let c = &self.columns[p];
+            c.kind
+                .read_expr(&format!("(p.{array}[{}])::{}", i + 1, c.type_name))
+        };
+        for (i, &p) in self.key_columns.iter().enumerate() {
+            exprs.push(parse("k", i, p));
+        }
+        for (i, &p) in self.key_columns.iter().enumerate() {
+            exprs.push(parse("o", i, p));
+        }
+        for p in 0..self.columns.len() {
+            exprs.push(parse("v", p, p));
+        }
+        format!(
+            "SELECT {} FROM concord.pending p WHERE p.id = ANY($1)",
+            exprs.join(", ")
+        )
+    }
+
+    /// `"k1" = $first AND "k2" = $first+1 ...`
+    pub(crate) fn key_predicate(&self, first: usize) -> String {
+        self.key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| format!("{} = ${}", quote(&self.columns[p].name), first + i))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    pub(crate) fn select_column_sql(&self, position: usize) -> String {
+        let c = &self.columns[position];
+        format!(
+            "SELECT {} FROM {} WHERE {}",
+            c.kind.read_expr(&quote(&c.name)),
+            self.qualified(),
+            self.key_predicate(1)
+        )
+    }
+
+    pub(crate) fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.qualified(),
+            self.key_predicate(1)
+        )
+    }
+
+    /// UPDATE of `columns` (params first), keyed by the params after them.
+    pub(crate) fn update_sql(&self, columns: &[usize]) -> String {
+        let sets: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| format!("{} = ${}", quote(&self.columns[p].name), i + 1))
+            .collect();
+        format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.qualified(),
+            sets.join(", "),
+            self.key_predicate(columns.len() + 1)
+        )
+    }
+
+    /// INSERT of the key columns (params first), then `columns`.
+    pub(crate) fn insert_sql(&self, columns: &[usize]) -> String {
+        let all: Vec<usize> = self.key_columns.iter().chain(columns).copied().collect();
+        let names: Vec<String> = all.iter().map(|&p| quote(&self.columns[p].name)).collect();
+        let params: Vec<String> = (1..=all.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.qualified(),
+            names.join(", "),
+            params.join(", ")
+        )
+    }
+}
