@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p concord-node --example netbench -- throughput [--rows N] [--txn ROWS] [--reps R]
-//! cargo run --release -p concord-node --example netbench -- latency [--writes N] [--gap-ms G] [--reps R]
+//! cargo run --release -p concord-node --example netbench -- latency [--writes N] [--gap-ms G] [--reps R] [--prefill N]
 //! cargo build --release -p concord   # idle runs the real binary, target/release/concord
 //! cargo run --release -p concord-node --example netbench -- idle [--secs S] [--concord PATH]
 //! ```
@@ -26,7 +26,9 @@
 //!   each timed from just before the write until the row is visible in the matching
 //!   B's file (polled every 0.2 ms), with the moments A captured it and the hub held it
 //!   recorded on the way. Writes are spaced by `--gap-ms` after the previous one was
-//!   seen. The first 20 of each are a warm-up and not counted.
+//!   seen. The first 20 of each are a warm-up and not counted. `--prefill N` first
+//!   writes N rows on each A (10k-row transactions) and waits for them in B, so the
+//!   change logs are as long as a long-running node's (up to `retention_changes`).
 //! - **idle**: four `concord serve` processes made with `concord init`: X, and A, B, C,
 //!   which each dial X. After each site's 1,000 rows have reached every other site, the
 //!   benchmark waits 5 s and then samples X's `/proc/<pid>/stat` (utime + stime) and
@@ -1009,10 +1011,11 @@ fn latency(args: &Args) {
     let writes: usize = args.get("--writes", 1_000);
     let gap_ms: u64 = args.get("--gap-ms", 5);
     let reps: usize = args.get("--reps", 3);
+    let prefill: i64 = args.get("--prefill", 0);
     let warmup = 20;
     let base = tmp_root(args);
     println!(
-        "# latency: {writes} single-row autocommit inserts per path (after {warmup} warm-up), {gap_ms} ms apart, {reps} repetitions; poll every 0.2 ms"
+        "# latency: {writes} single-row autocommit inserts per path (after {warmup} warm-up), {gap_ms} ms apart, {reps} repetitions; poll every 0.2 ms; change logs prefilled with {prefill} changes"
     );
     println!(
         "# command   netbench {}",
@@ -1027,6 +1030,31 @@ fn latency(args: &Args) {
             .unwrap();
         let (a, b, db_a, db_b) = start_pair(root.path());
         let (hub, ha, hb, db_ha, db_hb, relay) = start_hub_trio(root.path());
+        if prefill > 0 {
+            // A long-running node's log holds up to `retention_changes` entries.
+            let first = 100_000_001;
+            let last = first + prefill - 1;
+            for (from, to) in [(&db_a, &db_b), (&db_ha, &db_hb)] {
+                let started = Instant::now();
+                write_rows(
+                    &mut app_connection(from),
+                    first,
+                    last,
+                    10_000,
+                    false,
+                    &AtomicU64::new(0),
+                );
+                let poll = watcher(to);
+                while b_at(&poll, last).is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                println!(
+                    "prefilled {prefill} rows in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(6));
+        }
         let mut paths = [
             Path3::new("direct", &db_a, None, &db_b),
             Path3::new("via hub", &db_ha, Some(&relay), &db_hb),
@@ -1301,7 +1329,7 @@ fn idle(args: &Args) {
             })
             .collect();
         println!(
-            "rep {rep}: initial sync of {all} rows to all four sites took {synced:.2} s; X's peers: {}",
+            "rep {rep}: every site held all {all} rows {synced:.2} s after all peers were connected; X's peers: {}",
             states.join(" ")
         );
         std::thread::sleep(Duration::from_secs(5));
