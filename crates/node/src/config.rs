@@ -99,9 +99,10 @@ pub struct SyncSection {
     pub ping_interval_s: u64,
     /// A peer that neither reads nor writes for this long is disconnected.
     pub stall_timeout_s: u64,
-    /// Change-log entries kept once every peer acknowledged them; beyond it, the oldest
-    /// acknowledged entries are pruned. A peer missing a pruned entry is reported as
-    /// behind retention.
+    /// The change log keeps at most this many entries (the newest); older ones are
+    /// pruned. Entries no peer has acknowledged yet are pruned too once the limit is
+    /// reached, and a peer that still needs them is reported as behind retention: it
+    /// needs a snapshot.
     pub retention_changes: u64,
     /// Safety-net capture interval, in milliseconds. Capture normally runs the moment
     /// the database file changes; this only bounds how long a missed file event delays it.
@@ -243,7 +244,8 @@ impl NodeConfig {
              window = 4\n\
              # A peer that stops reading or writing for this long is disconnected.\n\
              stall_timeout_s = 30\n\
-             # Change-log entries kept after every peer acknowledged them.\n\
+             # The change log keeps at most this many entries; a peer that needs older ones is\n\
+             # reported behind retention.\n\
              retention_changes = 1000000\n\
              \n\
              # One [[peers]] table per node this one syncs with. Give `address` to dial the\n\

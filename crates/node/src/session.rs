@@ -573,14 +573,18 @@ fn account(shared: &Shared, peer: &Peer, report: &ApplyReport) {
 /// this large that cannot be applied is not set aside (its changes are not kept in
 /// memory); the session fails with the error and the failure shows in status.
 struct LargeTransaction {
-    chunks: std::sync::mpsc::Sender<Vec<Change>>,
+    chunks: mpsc::Sender<Vec<Change>>,
     done: tokio::sync::oneshot::Receiver<Result<ApplyReport, SessionError>>,
 }
 
 impl LargeTransaction {
     fn begin(store: Arc<std::sync::Mutex<SqliteStore>>, stall: Duration) -> Self {
-        let (chunks, incoming) = std::sync::mpsc::channel::<Vec<Change>>();
+        // Bounded: while the store is busy with queued chunks, the receive loop waits,
+        // acknowledgements wait, and the sender's window throttles the peer, so memory
+        // stays bounded however large the transaction.
+        let (chunks, mut incoming) = mpsc::channel::<Vec<Change>>(2);
         let (finished, done) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             let result = (|| {
                 let mut store = lock(&store);
@@ -588,14 +592,13 @@ impl LargeTransaction {
                 // Never hold the store longer than the stall timeout waiting for the
                 // peer: an idle peer inside a huge transaction must not freeze the node.
                 loop {
-                    let chunk = match incoming.recv_timeout(stall) {
-                        Ok(chunk) => chunk,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            return Err(SessionError::Silent(stall));
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            return Err(SessionError::Closed);
-                        }
+                    // The timer must be created inside the runtime's context.
+                    let next = runtime
+                        .block_on(async { tokio::time::timeout(stall, incoming.recv()).await });
+                    let chunk = match next {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => return Err(SessionError::Closed),
+                        Err(_) => return Err(SessionError::Silent(stall)),
                     };
                     for change in &chunk {
                         session.apply(change)?;
@@ -612,7 +615,7 @@ impl LargeTransaction {
 
     /// Hands a chunk to the thread; if it already failed, returns its error.
     async fn send(&mut self, chunk: Vec<Change>) -> Result<(), SessionError> {
-        if self.chunks.send(chunk).is_err() {
+        if self.chunks.send(chunk).await.is_err() {
             // The writer stopped early: report why.
             return Err(match (&mut self.done).await {
                 Ok(Err(e)) => e,

@@ -23,8 +23,6 @@ pub struct StoreOptions {
     /// Changes applied per local transaction before committing at the next source
     /// transaction boundary. Bounds how long local writers wait.
     pub apply_batch_changes: usize,
-    /// How long to wait for another writer's lock before giving up.
-    pub busy_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -32,7 +30,6 @@ impl Default for StoreOptions {
         Self {
             max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
             apply_batch_changes: 10_000,
-            busy_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -116,18 +113,50 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Opens an existing database file (never creates one: a typo must not leave an empty
 /// file behind).
-fn connect(path: &Path, options: &StoreOptions) -> Result<Connection, StoreError> {
+fn connect(path: &Path) -> Result<Connection, StoreError> {
     if !path.is_file() {
         return Err(StoreError::NoSuchFile(path.display().to_string()));
     }
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(options.busy_timeout)?;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    wait_briefly_when_busy(&mut conn)?;
     conn.set_prepared_statement_cache_capacity(256);
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
+    // A 16 MiB page cache (SQLite's default is 2 MiB) keeps a large apply or capture
+    // from spilling pages to the file in the middle of its transaction.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -16384;",
+    )?;
     Ok(conn)
 }
+
+/// Waits for another writer's lock: every 100 µs for the first 10 ms, then every
+/// millisecond, up to [`BUSY_LIMIT`]. SQLite's default busy handler sleeps at least a
+/// millisecond from the first retry, and capture usually starts while the writer that
+/// woke it is still committing: that sleep was most of a change's end-to-end latency.
+fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    fn handler(attempt: i32) -> bool {
+        const FAST: i32 = 100;
+        let waited = if attempt < FAST {
+            Duration::from_micros(100 * attempt as u64)
+        } else {
+            Duration::from_millis(10 + (attempt - FAST) as u64)
+        };
+        if waited >= BUSY_LIMIT {
+            return false;
+        }
+        std::thread::sleep(if attempt < FAST {
+            Duration::from_micros(100)
+        } else {
+            Duration::from_millis(1)
+        });
+        true
+    }
+    conn.busy_handler(Some(handler))
+}
+
+/// How long a store waits for another writer's lock before giving up.
+pub(crate) const BUSY_LIMIT: Duration = Duration::from_secs(30);
 
 /// WAL lets readers (and Concord's log reader) run while others write. It is a property
 /// of the file, set once tracking succeeded and kept from then on.
@@ -144,7 +173,7 @@ impl SqliteStore {
     /// Opens a tracked database.
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let conn = connect(&path, &options)?;
+        let conn = connect(&path)?;
         let tracked: bool = conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__concord_meta'",
             [],
@@ -178,7 +207,7 @@ impl SqliteStore {
         if !path.exists() {
             Connection::open(path)?;
         }
-        let conn = connect(path, &options)?;
+        let conn = connect(path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| -> Result<(), TrackError> {
             conn.execute_batch(METADATA_DDL)?;
@@ -224,7 +253,7 @@ impl SqliteStore {
         options: StoreOptions,
     ) -> Result<Self, TrackError> {
         let path = path.as_ref();
-        let conn = connect(path, &options)?;
+        let conn = connect(path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| -> Result<(), TrackError> {
             conn.execute_batch(METADATA_DDL)?;
