@@ -1,0 +1,611 @@
+//! Applying remote changes.
+//!
+//! An [`ApplySession`] is one open InnoDB transaction on Concord's connection. Opening
+//! it takes Concord's named lock, sets the session variable `@concord_applying` (the
+//! capture triggers return at once while it is set, and only this connection has it;
+//! it is cleared at commit or rollback), then takes a locking read of every
+//! `concord_pending` row, *before* any consistent read. That read waits for local
+//! transactions that have written a tracked table and not committed yet, and its
+//! next-key locks hold back new local writers (their trigger's insert into
+//! `concord_pending` waits) until the session commits. Only then does it fold pending
+//! local writes into the log, so no local write can slip between capture and the rows
+//! the session writes (SQLite gets this from its single writer, PostgreSQL from a table
+//! lock). A local writer that already locked a row the session must write can deadlock
+//! with it; InnoDB then rolls one of them back, and the apply fails with an error and
+//! can be retried.
+//!
+//! Each change is then checked (known table and columns, well-formed key, values the
+//! destination column holds exactly, clock bound, sequence continuity), merged by
+//! [`concord_core::merge::merge_remote`], and its decision written: the user's row, the
+//! row clock, any conflicts, and the change itself appended to the log so this node can
+//! relay it. The version vector advance is written before commit, in the same
+//! transaction. If anything fails, dropping the session rolls back: nothing since the
+//! last commit is applied, which is always a source-transaction boundary, and the store
+//! reloads its in-memory state.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::sync::Arc;
+
+use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
+use concord_core::{Advance, Change, NodeId, Value, Version};
+use mysql::Value as My;
+use mysql::prelude::Queryable;
+
+use crate::codec::{self, LogBody, LogColumn};
+use crate::error::{ApplyError, RowError, RowFailure, StoreError};
+use crate::schema::{TableInfo, VERBATIM_TABLE};
+use crate::store::{LoadClockError, MyStore, now_ms};
+use crate::types::{parse, to_param};
+
+/// Counts from applying changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes received.
+    pub received: u64,
+    /// Changes merged (new to this replica).
+    pub applied: u64,
+    /// Changes already held, skipped.
+    pub duplicates: u64,
+    /// Conflicts recorded.
+    pub conflicts: u64,
+    /// Local writes captured before applying.
+    pub captured: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Changes set aside (not applied, recorded as failures).
+    pub set_aside: u64,
+}
+
+/// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
+pub struct ApplySession<'s> {
+    store: &'s mut MyStore,
+    open: bool,
+    poisoned: bool,
+    at_boundary: bool,
+    in_txn: usize,
+    dirty_origins: BTreeSet<i32>,
+    last: Option<(NodeId, u64)>,
+    report: ApplyReport,
+}
+
+impl MyStore {
+    /// Opens an apply transaction.
+    pub fn begin_apply(&mut self) -> Result<ApplySession<'_>, ApplyError> {
+        self.ensure_fresh()?;
+        let mut session = ApplySession {
+            store: self,
+            open: false,
+            poisoned: false,
+            at_boundary: true,
+            in_txn: 0,
+            dirty_origins: BTreeSet::new(),
+            last: None,
+            report: ApplyReport::default(),
+        };
+        session.begin()?;
+        Ok(session)
+    }
+
+    /// Applies `changes` in one transaction: all of them, or none if any is bad. The
+    /// last change must end a source transaction.
+    pub fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            session.apply(change)?;
+        }
+        session.commit()
+    }
+
+    /// Sets aside a whole source transaction that could not be applied (see
+    /// [`ApplySession::set_aside`]), in one transaction.
+    pub fn set_aside(
+        &mut self,
+        changes: &[Change],
+        reason: &str,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            session.set_aside(change, reason)?;
+        }
+        session.commit()
+    }
+
+    /// Applies a stream of changes, committing at source-transaction boundaries once
+    /// [`crate::StoreOptions::apply_batch_changes`] changes are in the transaction.
+    /// Memory use does not grow with the length of the stream. On error, everything
+    /// since the last commit is rolled back; what was committed before stays (the
+    /// version vector says what that was).
+    pub fn apply_changes<I, E>(&mut self, changes: I) -> Result<ApplyReport, ApplyError>
+    where
+        I: IntoIterator<Item = Result<Change, E>>,
+        E: Display,
+    {
+        let batch = self.options.apply_batch_changes.max(1);
+        let mut session = self.begin_apply()?;
+        for change in changes {
+            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
+            session.apply(&change)?;
+            if session.at_boundary() && session.in_transaction() >= batch {
+                session.checkpoint()?;
+            }
+        }
+        session.commit()
+    }
+}
+
+impl ApplySession<'_> {
+    fn begin(&mut self) -> Result<(), ApplyError> {
+        self.store.begin_locked()?;
+        self.open = true;
+        self.in_txn = 0;
+        let store = &mut *self.store;
+        let result = store
+            .conn
+            .query_drop("SET @concord_applying = 1")
+            .and_then(|()| {
+                store
+                    .conn
+                    .query_drop("SELECT id FROM concord_pending FOR UPDATE")
+            })
+            .map_err(StoreError::from)
+            .and_then(|()| store.capture_in_txn());
+        match result {
+            Ok(n) => {
+                self.report.captured += n;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the changes applied so far end on a source-transaction boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary
+    }
+
+    /// Changes applied in the current transaction.
+    pub fn in_transaction(&self) -> usize {
+        self.in_txn
+    }
+
+    /// Commits what was applied and opens a new transaction.
+    pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        self.commit_current()?;
+        self.begin()
+    }
+
+    /// Commits and closes the session.
+    pub fn commit(mut self) -> Result<ApplyReport, ApplyError> {
+        self.commit_current()?;
+        Ok(std::mem::take(&mut self.report))
+    }
+
+    fn commit_current(&mut self) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Source(
+                "the session failed earlier and was rolled back".into(),
+            ));
+        }
+        if !self.at_boundary {
+            let (origin, seq) = self.last.map(|(o, s)| (o.short(), s)).unwrap_or_default();
+            self.poisoned = true;
+            return Err(ApplyError::IncompleteTransaction { origin, seq });
+        }
+        let result = (|| -> Result<(), mysql::Error> {
+            for &index in &self.dirty_origins {
+                let seq = self
+                    .store
+                    .origins
+                    .node_of
+                    .get(&index)
+                    .map_or(0, |node| self.store.origins.held.get(node));
+                self.store.save_progress(index, seq)?;
+            }
+            self.store.commit()
+        })();
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.open = false;
+        self.dirty_origins.clear();
+        self.report.commits += 1;
+        Ok(())
+    }
+
+    /// Applies one change inside the transaction.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Source(
+                "the session failed earlier and was rolled back".into(),
+            ));
+        }
+        self.report.received += 1;
+        self.last = Some((change.origin, change.seq));
+        match self.apply_inner(change) {
+            Ok(applied) => {
+                // A duplicate leaves the boundary as it was: what it belongs to is held.
+                if applied {
+                    self.at_boundary = change.last_in_txn;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(match error {
+                    Failure::Row(error) => ApplyError::Row(Box::new(RowFailure {
+                        origin: change.origin.short(),
+                        seq: change.seq,
+                        table: change.table.clone(),
+                        key: change.key.to_string(),
+                        error,
+                    })),
+                    Failure::Store(e) => ApplyError::Store(e),
+                })
+            }
+        }
+    }
+
+    /// Returns whether the change was new (false: already held, skipped).
+    fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
+        let store = &mut *self.store;
+        if store.origins.held.classify(&change.origin, change.seq)? == Advance::Duplicate {
+            self.report.duplicates += 1;
+            return Ok(false);
+        }
+        let now = now_ms();
+        let newest = change
+            .columns
+            .iter()
+            .map(|c| c.version.hlc)
+            .chain([change.hlc])
+            .max()
+            .unwrap_or(change.hlc);
+        store.clock.check(newest, now)?;
+        let table: Arc<TableInfo> = store
+            .table_named(&change.table)
+            .ok_or(RowError::UnknownTable)?;
+        let key_values = change.key.decode()?;
+        if key_values.len() != table.key_columns.len() {
+            return Err(RowError::KeyArity {
+                expected: table.key_columns.len(),
+                found: key_values.len(),
+            }
+            .into());
+        }
+        let key_params: Vec<My> = table
+            .key_columns
+            .iter()
+            .zip(&key_values)
+            .map(|(&index, value)| param(&table, index, value))
+            .collect::<Result<_, _>>()?;
+        if change.causal_length.0 == 0 {
+            return Err(
+                RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
+            );
+        }
+        if change.is_delete() != change.columns.is_empty() {
+            return Err(RowError::Invalid(if change.is_delete() {
+                "a delete carries column values".into()
+            } else {
+                "an insert or update carries no columns".into()
+            })
+            .into());
+        }
+        let mut incoming = Vec::with_capacity(change.columns.len());
+        let mut params = Vec::with_capacity(change.columns.len());
+        for c in &change.columns {
+            let index = *table
+                .position_of
+                .get(&c.column)
+                .ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
+            if incoming.iter().any(|i: &IncomingColumn| i.index == index) {
+                return Err(
+                    RowError::Invalid(format!("column {:?} is written twice", c.column)).into(),
+                );
+            }
+            params.push(param(&table, index, &c.value)?);
+            incoming.push(IncomingColumn {
+                index,
+                version: c.version,
+                replaced: c.replaced,
+            });
+        }
+        let mut clock = store
+            .load_clock(table.id, &change.key)
+            .map_err(|e| match e {
+                LoadClockError::MySql(e) => Failure::Store(e.into()),
+                LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
+            })?;
+        let was_alive = clock.causal_length.is_alive();
+        let change_version = Version {
+            hlc: change.hlc,
+            origin: change.origin,
+        };
+        let decision = merge_remote(
+            &mut clock,
+            change.causal_length,
+            change_version,
+            change.delete_seen,
+            &incoming,
+        );
+
+        for conflict in &decision.conflicts {
+            self.report.conflicts += 1;
+            record_conflict(store, &table, change, &key_params, &incoming, conflict)?;
+        }
+        let mut winners: Vec<(usize, &My)> = decision
+            .winners
+            .iter()
+            .map(|&pos| (incoming[pos].index, &params[pos]))
+            .filter(|(index, _)| !table.key_columns.contains(index))
+            .collect();
+        winners.sort_unstable_by_key(|(index, _)| *index);
+        let winner_columns: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
+        let values: Vec<My> = winners.iter().map(|(_, p)| (*p).clone()).collect();
+        let mut write = |sql: &str, params: Vec<My>| -> Result<(), Failure> {
+            store
+                .conn
+                .exec_drop(sql, mysql::Params::Positional(params))
+                .map_err(RowError::Refused)?;
+            Ok(())
+        };
+        match decision.effect {
+            RowEffect::None => {}
+            RowEffect::Delete => write(&table.delete_sql(), key_params.clone())?,
+            RowEffect::Update => {
+                if !winners.is_empty() {
+                    let all: Vec<My> = values.iter().chain(&key_params).cloned().collect();
+                    write(&table.update_sql(&winner_columns), all)?;
+                }
+            }
+            RowEffect::Recreate => {
+                if was_alive {
+                    write(&table.delete_sql(), key_params.clone())?;
+                }
+                let all: Vec<My> = key_params.iter().chain(&values).cloned().collect();
+                write(&table.insert_sql(&winner_columns), all)?;
+            }
+        }
+        if decision.clock_changed {
+            store
+                .save_clock(table.id, &change.key, &clock)
+                .map_err(store_error)?;
+        }
+        store.clock.observe(newest, now)?;
+
+        // Log the change as received, so this node can relay it unchanged.
+        let mut body = LogBody {
+            columns: Vec::with_capacity(change.columns.len()),
+            delete_seen: None,
+        };
+        for (c, inc) in change.columns.iter().zip(&incoming) {
+            body.columns.push(LogColumn {
+                index: inc.index as u32,
+                value: c.value.clone(),
+                version: store.stored(c.version).map_err(store_error)?,
+                replaced: c
+                    .replaced
+                    .map(|v| store.stored(v))
+                    .transpose()
+                    .map_err(store_error)?,
+            });
+        }
+        body.delete_seen = change
+            .delete_seen
+            .map(|v| store.stored(v))
+            .transpose()
+            .map_err(store_error)?;
+        let origin = store.origin_index(change.origin).map_err(store_error)?;
+        insert_log(store, origin, change, table.id, &codec::encode(&body)).map_err(store_error)?;
+        store.origins.held.advance(change.origin, change.seq)?;
+        self.dirty_origins.insert(origin);
+        self.in_txn += 1;
+        self.report.applied += 1;
+        Ok(true)
+    }
+
+    /// Sets a change aside: it is not applied, but recorded in `concord_failures` with
+    /// `reason` and kept in the log verbatim (so it is still relayed), and its sequence
+    /// counts as held so the stream from its origin keeps flowing. Used for a source
+    /// transaction that cannot be applied here, so one bad row never blocks a channel.
+    pub fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        let result = match self.store.origins.held.classify(&change.origin, change.seq) {
+            Ok(Advance::Duplicate) => return Ok(()),
+            Ok(Advance::Next) => (|| -> Result<(), mysql::Error> {
+                let store = &mut *self.store;
+                let origin = store.origin_index(change.origin)?;
+                insert_log(
+                    store,
+                    origin,
+                    change,
+                    VERBATIM_TABLE,
+                    &codec::encode(change),
+                )?;
+                // Classified as next above.
+                let _ = store.origins.held.advance(change.origin, change.seq);
+                self.dirty_origins.insert(origin);
+                self.in_txn += 1;
+                store.conn.exec_drop(
+                    "INSERT INTO concord_failures(origin, seq, tbl, key_text, error, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        change.origin.to_string(),
+                        change.seq as i64,
+                        &change.table,
+                        change.key.to_string(),
+                        reason,
+                        now_ms() as i64,
+                    ),
+                )?;
+                Ok(())
+            })()
+            .map_err(ApplyError::from),
+            Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
+                origin: change.origin.short(),
+                seq: change.seq,
+                table: change.table.clone(),
+                key: change.key.to_string(),
+                error: gap.into(),
+            }))),
+        };
+        match result {
+            Ok(()) => {
+                self.at_boundary = change.last_in_txn;
+                self.report.set_aside += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for ApplySession<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.store.rollback();
+            // The in-memory version vector, origins and clock may hold what was rolled
+            // back: reload them now so the store answers truthfully at once.
+            if self.store.reload().is_err() {
+                self.store.stale = true;
+            }
+        }
+    }
+}
+
+enum Failure {
+    Row(RowError),
+    Store(StoreError),
+}
+
+impl<E: Into<RowError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Row(e.into())
+    }
+}
+
+fn store_error(e: mysql::Error) -> Failure {
+    Failure::Store(StoreError::MySql(e))
+}
+
+/// Checks a value against its column, naming the column if it does not fit.
+fn param(table: &TableInfo, index: usize, value: &Value) -> Result<My, RowError> {
+    let column = &table.columns[index];
+    to_param(column.kind, value).map_err(|m| RowError::WrongType {
+        column: column.name.clone(),
+        declared: column.type_name.clone(),
+        found: value.kind(),
+        detail: m.0,
+    })
+}
+
+fn insert_log(
+    store: &mut MyStore,
+    origin: i32,
+    change: &Change,
+    table: i32,
+    body: &[u8],
+) -> Result<(), mysql::Error> {
+    store.conn.exec_drop(
+        "INSERT INTO concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            origin,
+            change.seq as i64,
+            change.hlc.as_u64() as i64,
+            table,
+            change.key.as_bytes(),
+            change.causal_length.0 as i64,
+            body,
+            change.last_in_txn,
+        ),
+    )
+}
+
+fn record_conflict(
+    store: &mut MyStore,
+    table: &TableInfo,
+    change: &Change,
+    key_params: &[My],
+    incoming: &[IncomingColumn],
+    conflict: &Conflict,
+) -> Result<(), Failure> {
+    let (kind, column, local_value, local_version, remote_value, remote_version, winner) =
+        match *conflict {
+            Conflict::Column {
+                incoming: pos,
+                local,
+                incoming_won,
+            } => {
+                let index = incoming[pos].index;
+                let text: Option<Option<String>> = store
+                    .conn
+                    .exec_first(
+                        table.select_column_sql(index),
+                        mysql::Params::Positional(key_params.to_vec()),
+                    )
+                    .map_err(store_error)?;
+                let local_value = match text {
+                    Some(t) => {
+                        parse(table.columns[index].kind, t.as_deref()).unwrap_or(Value::Null)
+                    }
+                    None => Value::Null,
+                };
+                (
+                    "column",
+                    Some(table.columns[index].name.clone()),
+                    local_value,
+                    local.version,
+                    change.columns[pos].value.clone(),
+                    change.columns[pos].version,
+                    if incoming_won { "remote" } else { "local" },
+                )
+            }
+            Conflict::UpdateLostToDelete {
+                delete,
+                update,
+                delete_incoming,
+            } => {
+                let (local, remote, winner) = if delete_incoming {
+                    (update, delete, "remote")
+                } else {
+                    (delete, update, "local")
+                };
+                (
+                    "update-vs-delete",
+                    None,
+                    Value::Null,
+                    local,
+                    Value::Null,
+                    remote,
+                    winner,
+                )
+            }
+        };
+    store
+        .conn
+        .exec_drop(
+            "INSERT INTO concord_conflicts(tbl, pk, key_text, kind, column_name, local_value,
+                 local_version, remote_value, remote_version, winner)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            mysql::Params::Positional(vec![
+                table.name.clone().into(),
+                change.key.as_bytes().to_vec().into(),
+                change.key.to_string().into(),
+                kind.into(),
+                column.into(),
+                codec::encode(&local_value).into(),
+                local_version.to_string().into(),
+                codec::encode(&remote_value).into(),
+                remote_version.to_string().into(),
+                winner.into(),
+            ]),
+        )
+        .map_err(store_error)?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Folding captured writes into the change log.
+//!
+//! The triggers leave one `concord_pending` row per written row: the operation, the
+//! changed columns, the key and the values the transaction wrote, as canonical text,
+//! and (system versioning's `ROW START`) the id of the writing transaction. Capture
+//! reads them in one consistent snapshot, which shows exactly the transactions that had
+//! committed when it was taken, each one whole; it groups rows by transaction, orders
+//! the groups by `mysql.transaction_registry.commit_id` (MariaDB's commit order), and
+//! turns each row into a [`concord_core::Change`] with
+//! [`concord_core::merge::local_write`]. The last change of each source transaction
+//! carries `last_in_txn`. Rows are deleted by id, so a transaction committing meanwhile
+//! stays pending for the next capture; deleted rows are then purged from the table's
+//! history (`DELETE HISTORY`).
+//!
+//! Limit: one capture reads every pending row into memory (a page-wise read would need
+//! a second connection sharing the snapshot); capture often, as the node does.
+
+use concord_core::merge::{LocalOp, local_write};
+use concord_core::{PrimaryKey, Value, Version};
+use mysql::prelude::Queryable;
+
+use crate::codec::{self, LogBody, LogColumn};
+use crate::error::StoreError;
+use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
+use crate::store::{LoadClockError, MyStore};
+use crate::types::parse;
+
+type PendingRow = (
+    i64,
+    i32,
+    i16,
+    Option<String>,
+    i64,
+    u64,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+impl MyStore {
+    /// Folds every captured local write of committed transactions into the change log,
+    /// in one transaction. Returns how many changes were logged.
+    pub fn capture(&mut self) -> Result<u64, StoreError> {
+        self.ensure_fresh()?;
+        self.begin_locked()?;
+        match self.capture_in_txn() {
+            Ok(n) => {
+                if let Err(e) = self.commit() {
+                    self.stale = true;
+                    return Err(e.into());
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.rollback();
+                if self.reload().is_err() {
+                    self.stale = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`MyStore::capture`], inside the caller's locked transaction.
+    pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
+        let rows: Vec<PendingRow> = self.conn.query(
+            "SELECT p.id, p.tbl, p.op, p.cols, p.at, p.trx, p.k, p.o, p.v
+             FROM concord_pending p
+             LEFT JOIN mysql.transaction_registry r ON r.transaction_id = p.trx
+             ORDER BY COALESCE(r.commit_id, p.trx), p.trx, p.id",
+        )?;
+        let mut logged = 0u64;
+        let mut seq = self.origins.held.get(&self.node);
+        let mut group_last_pos: Option<i64> = None;
+        let mut group_marked = false;
+        for (i, row) in rows.iter().enumerate() {
+            let (id, tbl, op, cols, at, trx, k, o, v) = row;
+            let is_last_row = rows.get(i + 1).is_none_or(|next| next.5 != *trx);
+            let Some(table) = self.table_by_id(*tbl).cloned() else {
+                continue;
+            };
+            let capture_error = |detail: String| StoreError::Capture {
+                table: table.name.clone(),
+                key: format!("(pending write {id})"),
+                detail,
+            };
+            let key = decode_values(&table, k, true).map_err(capture_error)?;
+            let old_key = match o {
+                Some(o) => decode_values(&table, o, true).map_err(capture_error)?,
+                None => Vec::new(),
+            };
+            let values = match v {
+                Some(v) => decode_values(&table, v, false).map_err(capture_error)?,
+                None => Vec::new(),
+            };
+            let steps: Vec<(i16, &[Value])> = if *op == OP_REKEY {
+                vec![(OP_DELETE, &old_key), (OP_INSERT, &key)]
+            } else {
+                vec![(*op, &key)]
+            };
+            let count = steps.len();
+            for (s, (op, key)) in steps.into_iter().enumerate() {
+                let end = is_last_row && s + 1 == count;
+                if let Some(pos) =
+                    self.capture_one(&table, op, cols.as_deref(), *at, key, &values, seq + 1, end)?
+                {
+                    seq += 1;
+                    logged += 1;
+                    group_last_pos = Some(pos);
+                    group_marked = end;
+                }
+            }
+            if is_last_row {
+                if !group_marked {
+                    if let Some(pos) = group_last_pos {
+                        self.conn.exec_drop(
+                            "UPDATE concord_log SET txn_end = 1 WHERE pos = ?",
+                            (pos,),
+                        )?;
+                    }
+                }
+                group_last_pos = None;
+                group_marked = false;
+            }
+        }
+        // One exact primary-key lookup per row: the versioned table's key is
+        // (id, trx_end), and a range over `id` alone would take a next-key lock on the
+        // row of a transaction still running and wait for it.
+        self.conn.exec_batch(
+            "DELETE FROM concord_pending WHERE id = ? AND trx_end = 18446744073709551615",
+            rows.iter().map(|r| (r.0,)),
+        )?;
+        if !rows.is_empty() {
+            // Best effort: the purge scans the table and would wait on rows of
+            // transactions still running; a lock-wait timeout only ends the statement,
+            // and a later capture purges what is left.
+            self.conn
+                .query_drop("SET SESSION innodb_lock_wait_timeout = 1")?;
+            let purged = self.conn.query_drop("DELETE HISTORY FROM concord_pending");
+            self.conn
+                .query_drop("SET SESSION innodb_lock_wait_timeout = DEFAULT")?;
+            if let Err(e) = purged {
+                tracing::debug!(error = %e, "pending history not purged this time");
+            }
+        }
+        if logged > 0 {
+            self.origins.held.set(self.node, seq);
+            self.save_progress(self.local_index, seq)?;
+        }
+        Ok(logged)
+    }
+
+    /// Logs one pending write as change number `seq`; returns its log position, or
+    /// `None` if the write left nothing to send.
+    #[allow(clippy::too_many_arguments)]
+    fn capture_one(
+        &mut self,
+        table: &TableInfo,
+        op: i16,
+        cols: Option<&str>,
+        at: i64,
+        key_values: &[Value],
+        values: &[Value],
+        seq: u64,
+        txn_end: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let capture_error = |detail: String, key: &str| StoreError::Capture {
+            table: table.name.clone(),
+            key: key.to_owned(),
+            detail,
+        };
+        let key = PrimaryKey::encode(key_values)
+            .map_err(|e| capture_error(e.to_string(), &format!("{key_values:?}")))?;
+        let ncols = table.columns.len();
+        let changed: Vec<usize>;
+        let local_op = match op {
+            OP_INSERT => LocalOp::Insert,
+            OP_DELETE => LocalOp::Delete,
+            OP_UPDATE => {
+                changed = cols
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|c| c.parse::<usize>().ok())
+                    .filter(|&c| c < ncols)
+                    .collect();
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                LocalOp::Update(&changed)
+            }
+            other => {
+                return Err(capture_error(
+                    format!("unknown pending operation {other}"),
+                    &key.to_string(),
+                ));
+            }
+        };
+        if local_op != LocalOp::Delete && values.len() != ncols {
+            return Err(capture_error(
+                "the pending write carries no values".into(),
+                &key.to_string(),
+            ));
+        }
+        let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
+            LoadClockError::MySql(e) => StoreError::MySql(e),
+            LoadClockError::Corrupt(d) => {
+                capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
+            }
+        })?;
+        let hlc = self.clock.tick(at.max(0) as u64);
+        let version = Version {
+            hlc,
+            origin: self.node,
+        };
+        let write = local_write(&mut clock, local_op, version, ncols);
+        let stored_version = self.stored(version)?;
+        let mut body = LogBody {
+            columns: Vec::with_capacity(write.columns.len()),
+            delete_seen: None,
+        };
+        for (index, replaced) in write.columns {
+            body.columns.push(LogColumn {
+                index: index as u32,
+                value: values.get(index).cloned().unwrap_or(Value::Null),
+                version: stored_version,
+                replaced: replaced.map(|v| self.stored(v)).transpose()?,
+            });
+        }
+        body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
+        self.conn.exec_drop(
+            "INSERT INTO concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.local_index,
+                seq as i64,
+                hlc.as_u64() as i64,
+                table.id,
+                key.as_bytes(),
+                write.causal_length.0 as i64,
+                codec::encode(&body),
+                txn_end,
+            ),
+        )?;
+        let pos = self.conn.last_insert_id() as i64;
+        self.save_clock(table.id, &key, &clock)?;
+        Ok(Some(pos))
+    }
+}
+
+/// Parses a pending row's JSON array of canonical text: the key columns or all columns.
+fn decode_values(table: &TableInfo, json: &str, key: bool) -> Result<Vec<Value>, String> {
+    let items: Vec<Option<String>> =
+        serde_json::from_str(json).map_err(|e| format!("pending JSON: {e}"))?;
+    let positions: Vec<usize> = if key {
+        table.key_columns.clone()
+    } else {
+        (0..table.columns.len()).collect()
+    };
+    if items.len() != positions.len() {
+        return Err(format!(
+            "pending row has {} values, expected {}",
+            items.len(),
+            positions.len()
+        ));
+    }
+    positions
+        .iter()
+        .zip(items)
+        .map(|(&p, text)| {
+            let c = &table.columns[p];
+            parse(c.kind, text.as_deref()).map_err(|e| format!("column {:?}: {e}", c.name))
+        })
+        .collect()
+}

@@ -1,0 +1,45 @@
+//! # concord-mysql: the MySQL/MariaDB store
+//!
+//! The same guarantees as `concord-sqlite` and `concord-postgres`, for a MySQL/MariaDB
+//! database: everything Concord needs (the change log, per-row replication metadata,
+//! the version vector, conflicts and failures) lives in `concord_*` InnoDB tables of the
+//! user's own database, so applied data, its metadata and the version-vector advance
+//! commit in one transaction, and a crash leaves all of a batch or none of it.
+//!
+//! ## Capture without the application's help
+//! [`MyStore::track`] installs `AFTER INSERT/UPDATE/DELETE` row triggers on each tracked
+//! table, so the `mariadb` client and every other program are captured. They append
+//! the row's key, values and changed columns to `concord_pending`, a
+//! transaction-precise system-versioned table, which is how MariaDB tells us the
+//! writing transaction and its commit order (see `schema.rs` for why not
+//! `information_schema.innodb_trx`). [`MyStore::capture`] folds pending rows of
+//! committed transactions into the change log, one source transaction at a time.
+//!
+//! ## Applying without echo
+//! [`ApplySession`] sets `@concord_applying` on Concord's own connection; the triggers
+//! return at once while it is set, so Concord's writes are not captured again while
+//! every other session's are. Merge decisions come from [`concord_core::merge`]: this
+//! crate never decides a merge.
+//!
+//! ## Values
+//! `types.rs` maps MariaDB types to [`concord_core::Value`] exactly (decimals as text,
+//! timestamps normalised to UTC) and refuses a value a destination column could only
+//! hold by rounding or truncating it; Concord's sessions run in a strict `sql_mode`.
+//! The layout and the type table are in `docs/mysql-store.md`.
+
+mod apply;
+mod capture;
+mod codec;
+mod error;
+mod log;
+mod schema;
+mod store;
+mod sync;
+mod types;
+
+pub use apply::{ApplyReport, ApplySession};
+pub use error::{ApplyError, RowError, RowFailure, StoreError, TrackError};
+pub use log::ChangeCursor;
+pub use schema::{ColumnInfo, TRIGGER_PREFIX, TableInfo};
+pub use store::{ConflictRecord, FailureRecord, MyStore, StoreOptions};
+pub use sync::pull;

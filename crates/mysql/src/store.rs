@@ -1,0 +1,768 @@
+//! The store handle: connecting, tracking, untracking, and the state kept in memory.
+//!
+//! Every transaction that writes Concord's metadata (capture, apply, track, untrack)
+//! first takes a named lock (`GET_LOCK('concord:<database>')`), so Concord's own writers
+//! are serialized per database even across processes and log positions are allocated
+//! in commit order. After taking it, the store re-reads sequence numbers and clock, so
+//! two handles on one database never issue the same sequence number.
+//!
+//! Every Concord connection sets a strict `sql_mode` (MariaDB otherwise truncates
+//! silently), `time_zone = '+00:00'` (so `TIMESTAMP` values are read and written in
+//! UTC) and `utf8mb4`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use concord_core::merge::{ColumnClock, RowClock, Tombstone};
+use concord_core::{
+    CausalLength, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
+};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts};
+
+use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
+use crate::error::{StoreError, TrackError};
+use crate::schema::{FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote};
+
+/// Seconds to wait for Concord's lock on a database.
+const LOCK_WAIT_S: i64 = 60;
+
+/// Tunables of a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How far ahead of local time a remote timestamp may be before it is refused.
+    pub max_clock_drift: Duration,
+    /// Changes applied per local transaction before committing at the next source
+    /// transaction boundary. Bounds how long local writers wait.
+    pub apply_batch_changes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
+            apply_batch_changes: 10_000,
+        }
+    }
+}
+
+/// A conflict recorded while applying: two concurrent writes, or an update overridden by
+/// a concurrent delete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    /// Row id of the record.
+    pub id: i64,
+    /// Table name.
+    pub table: String,
+    /// Printable key.
+    pub key: String,
+    /// `column` or `update-vs-delete`.
+    pub kind: String,
+    /// The column, for column conflicts.
+    pub column: Option<String>,
+    /// The value held locally when the pair met.
+    pub local_value: Value,
+    /// Its version.
+    pub local_version: String,
+    /// The incoming value.
+    pub remote_value: Value,
+    /// Its version.
+    pub remote_version: String,
+    /// `local` or `remote`: which one the merge rules kept.
+    pub winner: String,
+}
+
+/// A change that was set aside because it could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// Origin node id.
+    pub origin: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Table named by the change.
+    pub table: String,
+    /// Printable key.
+    pub key: String,
+    /// Why it could not be applied.
+    pub error: String,
+    /// When, in ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// Origin ids and what is held from each.
+#[derive(Default, Debug)]
+pub(crate) struct Origins {
+    pub(crate) index_of: HashMap<NodeId, i32>,
+    pub(crate) node_of: HashMap<i32, NodeId>,
+    pub(crate) held: VersionVector,
+}
+
+/// A MySQL/MariaDB database tracked by Concord.
+pub struct MyStore {
+    pub(crate) conn: Conn,
+    pub(crate) url: String,
+    pub(crate) node: NodeId,
+    pub(crate) local_index: i32,
+    pub(crate) options: StoreOptions,
+    pub(crate) clock: HlcClock,
+    pub(crate) tables: Vec<Arc<TableInfo>>,
+    pub(crate) origins: Origins,
+    /// Set when a transaction rolled back: in-memory state must be reloaded.
+    pub(crate) stale: bool,
+    lenient: bool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Connects and fixes the session settings values depend on.
+pub(crate) fn connect(url: &str) -> Result<Conn, StoreError> {
+    let opts = Opts::from_url(url).map_err(|e| StoreError::MySql(mysql::Error::UrlError(e)))?;
+    let mut conn = Conn::new(opts)?;
+    conn.query_drop(format!(
+        "SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = '{SQL_MODE}'"
+    ))?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
+    Ok(conn)
+}
+
+/// Takes Concord's lock on the connection's database.
+pub(crate) fn lock(conn: &mut Conn) -> Result<(), StoreError> {
+    let got: Option<Option<i64>> = conn.exec_first(
+        "SELECT GET_LOCK(CONCAT('concord:', DATABASE()), ?)",
+        (LOCK_WAIT_S,),
+    )?;
+    match got.flatten() {
+        Some(1) => Ok(()),
+        _ => Err(StoreError::Locked),
+    }
+}
+
+pub(crate) fn unlock(conn: &mut Conn) {
+    let _ = conn.query_drop("DO RELEASE_LOCK(CONCAT('concord:', DATABASE()))");
+}
+
+fn in_transaction<T, E: From<StoreError> + From<mysql::Error>>(
+    conn: &mut Conn,
+    body: impl FnOnce(&mut Conn) -> Result<T, E>,
+) -> Result<T, E> {
+    lock(conn)?;
+    let result = conn
+        .query_drop("START TRANSACTION")
+        .map_err(E::from)
+        .and_then(|()| body(conn));
+    let result = match result {
+        Ok(v) => conn.query_drop("COMMIT").map(|()| v).map_err(E::from),
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK");
+            Err(e)
+        }
+    };
+    unlock(conn);
+    result
+}
+
+impl MyStore {
+    /// Opens a tracked database with default options.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, StoreOptions::default())
+    }
+
+    /// Opens a tracked database.
+    pub fn open_with(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        Self::open_inner(url, options, false)
+    }
+
+    fn open_inner(url: &str, options: StoreOptions, lenient: bool) -> Result<Self, StoreError> {
+        let mut conn = connect(url)?;
+        let tracked: Option<i64> = conn.query_first(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'concord_meta'",
+        )?;
+        if tracked.is_none() {
+            return Err(StoreError::NotTracked(redact(url)));
+        }
+        let mut store = MyStore {
+            conn,
+            url: url.to_owned(),
+            node: NodeId::from_bytes([0; 16]),
+            local_index: 0,
+            clock: HlcClock::new(Hlc::ZERO, options.max_clock_drift.as_millis() as u64),
+            options,
+            tables: Vec::new(),
+            origins: Origins::default(),
+            stale: true,
+            lenient,
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Installs capture on `tables` (creating Concord's metadata on first use) and
+    /// returns the opened store. Existing rows are queued as inserts so replicas receive
+    /// them. MySQL commits DDL implicitly, so tracking is not one transaction: it is
+    /// idempotent instead, and tracking again after a failure completes it.
+    pub fn track(url: &str, tables: &[&str], options: StoreOptions) -> Result<Self, TrackError> {
+        let mut conn = connect(url)?;
+        for ddl in METADATA_DDL {
+            conn.query_drop(*ddl)?;
+        }
+        let format: Option<String> =
+            conn.query_first("SELECT v FROM concord_meta WHERE k = 'format'")?;
+        match format {
+            Some(found) => {
+                let found = found.parse::<i64>().map_err(|e| StoreError::Corrupt {
+                    table: "concord_meta",
+                    detail: format!("format: {e}"),
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    }
+                    .into());
+                }
+            }
+            None => in_transaction(&mut conn, |c| -> Result<(), TrackError> {
+                Ok(init_identity(c)?)
+            })?,
+        }
+        for &name in tables {
+            let mut info = TableInfo::introspect(&mut conn, name)?;
+            for c in &info.columns {
+                if c.name.contains('\0') {
+                    return Err(TrackError::BadName(
+                        name.to_owned(),
+                        "a column name holds NUL".into(),
+                    ));
+                }
+            }
+            let existing: Option<(i32, bool)> = conn.exec_first(
+                "SELECT id, tracked FROM concord_tables WHERE name = ?",
+                (name,),
+            )?;
+            let backfill = match existing {
+                Some((id, tracked)) => {
+                    info.id = id;
+                    !tracked
+                }
+                None => {
+                    conn.exec_drop(
+                        "INSERT INTO concord_tables(name, tracked) VALUES (?, 0)",
+                        (name,),
+                    )?;
+                    info.id = conn.last_insert_id() as i32;
+                    true
+                }
+            };
+            // Triggers first (DDL commits), then the columns, backfill and the tracked
+            // flag in one transaction: the backfill and the trigger cannot both miss or
+            // both record a row, because the backfill's snapshot follows the trigger.
+            for sql in info.trigger_sql() {
+                conn.query_drop(sql)?;
+            }
+            in_transaction(&mut conn, |c| -> Result<(), TrackError> {
+                c.exec_drop("DELETE FROM concord_columns WHERE tbl = ?", (info.id,))?;
+                for (position, col) in info.columns.iter().enumerate() {
+                    let key_position = info
+                        .key_columns
+                        .iter()
+                        .position(|&k| k == position)
+                        .map(|k| k as i32);
+                    c.exec_drop(
+                        "INSERT INTO concord_columns(tbl, position, name, type_name, key_position) VALUES (?, ?, ?, ?, ?)",
+                        (info.id, position as i32, &col.name, &col.type_name, key_position),
+                    )?;
+                }
+                if backfill {
+                    c.exec_drop("DELETE FROM concord_pending WHERE tbl = ?", (info.id,))?;
+                    c.query_drop(info.backfill_sql())?;
+                }
+                c.exec_drop(
+                    "UPDATE concord_tables SET tracked = 1 WHERE id = ?",
+                    (info.id,),
+                )?;
+                Ok(())
+            })?;
+        }
+        drop(conn);
+        Ok(Self::open_with(url, options)?)
+    }
+
+    /// Removes capture from `tables`, or every trace of Concord (every `concord_*`
+    /// table and trigger) if `tables` is empty or no tracked table remains.
+    pub fn untrack(url: &str, tables: &[&str]) -> Result<(), TrackError> {
+        let store = Self::open_inner(url, StoreOptions::default(), true)?;
+        let known = store.tables.clone();
+        let mut conn = store.conn;
+        for &name in tables {
+            let info = known
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| TrackError::NotTracked(name.to_owned()))?;
+            for sql in info.drop_trigger_sql() {
+                conn.query_drop(sql)?;
+            }
+            in_transaction(&mut conn, |c| -> Result<(), TrackError> {
+                c.exec_drop("DELETE FROM concord_rows WHERE tbl = ?", (info.id,))?;
+                c.exec_drop("DELETE FROM concord_pending WHERE tbl = ?", (info.id,))?;
+                c.exec_drop(
+                    "UPDATE concord_tables SET tracked = 0 WHERE id = ?",
+                    (info.id,),
+                )?;
+                Ok(())
+            })?;
+        }
+        let remaining: Option<i64> =
+            conn.query_first("SELECT count(*) FROM concord_tables WHERE tracked")?;
+        if tables.is_empty() || remaining.unwrap_or(0) == 0 {
+            // Every trigger with Concord's prefix, also of tables renamed or untracked.
+            let triggers: Vec<String> = conn.query(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS
+                 WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'concord\\_%'",
+            )?;
+            for t in triggers {
+                conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", quote(&t)))?;
+            }
+            for t in METADATA_TABLES {
+                conn.query_drop(format!("DROP TABLE IF EXISTS {t}"))?;
+            }
+        }
+        Ok(())
+    }
+    /// Reloads identity, tables, origins and clock from the database.
+    pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
+        let meta: HashMap<String, String> = self
+            .conn
+            .query::<(String, String), _>("SELECT k, v FROM concord_meta")?
+            .into_iter()
+            .collect();
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "concord_meta",
+            detail,
+        };
+        let format: i64 = meta
+            .get("format")
+            .ok_or_else(|| corrupt("no format".into()))?
+            .parse()
+            .map_err(|e| corrupt(format!("format: {e}")))?;
+        if format > FORMAT_VERSION {
+            return Err(StoreError::UnsupportedFormat {
+                found: format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        self.node = meta
+            .get("node_id")
+            .ok_or_else(|| corrupt("no node_id".into()))?
+            .parse()
+            .map_err(|e| corrupt(format!("node_id: {e}")))?;
+        self.load_progress()?;
+        self.local_index = *self
+            .origins
+            .index_of
+            .get(&self.node)
+            .ok_or(StoreError::Corrupt {
+                table: "concord_origins",
+                detail: "the local node has no origin row".into(),
+            })?;
+        let mut tables = Vec::new();
+        let rows: Vec<(i32, String)> = self
+            .conn
+            .query("SELECT id, name FROM concord_tables WHERE tracked ORDER BY id")?;
+        for (id, name) in rows {
+            let mut info = match TableInfo::introspect(&mut self.conn, &name) {
+                Ok(info) => info,
+                Err(TrackError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e, "tracked table cannot be read; it is skipped until fixed");
+                    continue;
+                }
+            };
+            info.id = id;
+            let stored: Vec<(String, String)> = self.conn.exec(
+                "SELECT name, type_name FROM concord_columns WHERE tbl = ? ORDER BY position",
+                (id,),
+            )?;
+            let same = stored.len() == info.columns.len()
+                && stored
+                    .iter()
+                    .zip(&info.columns)
+                    .all(|(s, c)| s.0 == c.name && s.1 == c.type_name);
+            if !same && !self.lenient {
+                return Err(StoreError::Corrupt {
+                    table: "concord_columns",
+                    detail: format!(
+                        "table {} changed shape since it was tracked; schema changes are not supported yet (untrack and track it again)",
+                        info.name
+                    ),
+                });
+            }
+            tables.push(Arc::new(info));
+        }
+        self.tables = tables;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Re-reads origins, sequence numbers and the clock. Called under Concord's lock
+    /// before every metadata write.
+    pub(crate) fn load_progress(&mut self) -> Result<(), StoreError> {
+        let hlc: Option<String> = self
+            .conn
+            .query_first("SELECT v FROM concord_meta WHERE k = 'hlc'")?;
+        let hlc: u64 = hlc
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| StoreError::Corrupt {
+                table: "concord_meta",
+                detail: format!("hlc: {e}"),
+            })?;
+        let drift = self.clock.max_drift_ms();
+        self.clock = HlcClock::new(Hlc::from_u64(hlc), drift);
+        let mut origins = Origins::default();
+        let rows: Vec<(i32, Vec<u8>, i64)> = self
+            .conn
+            .query("SELECT id, node_id, seq FROM concord_origins")?;
+        for (id, bytes, seq) in rows {
+            let node = NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                table: "concord_origins",
+                detail: e.to_string(),
+            })?;
+            origins.index_of.insert(node, id);
+            origins.node_of.insert(id, node);
+            if seq > 0 {
+                origins.held.set(node, seq as u64);
+            }
+        }
+        self.origins = origins;
+        Ok(())
+    }
+
+    pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
+        if self.stale {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Takes Concord's lock and opens a transaction, with fresh progress.
+    pub(crate) fn begin_locked(&mut self) -> Result<(), StoreError> {
+        lock(&mut self.conn)?;
+        let r = self
+            .conn
+            .query_drop("START TRANSACTION")
+            .map_err(StoreError::from)
+            .and_then(|()| self.load_progress());
+        if let Err(e) = r {
+            self.rollback();
+            self.stale = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Commits and releases Concord's lock.
+    pub(crate) fn commit(&mut self) -> Result<(), mysql::Error> {
+        let r = self.conn.query_drop("COMMIT");
+        if r.is_err() {
+            let _ = self.conn.query_drop("ROLLBACK");
+        }
+        let _ = self.conn.query_drop("SET @concord_applying = NULL");
+        unlock(&mut self.conn);
+        r
+    }
+
+    /// Rolls back and releases Concord's lock.
+    pub(crate) fn rollback(&mut self) {
+        let _ = self.conn.query_drop("ROLLBACK");
+        let _ = self.conn.query_drop("SET @concord_applying = NULL");
+        unlock(&mut self.conn);
+    }
+
+    /// This replica's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// Tracked tables.
+    pub fn tables(&self) -> &[Arc<TableInfo>] {
+        &self.tables
+    }
+
+    /// What this replica holds from each origin.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.origins.held
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The underlying connection, for reading user tables. Writes made through it
+    /// outside an apply session are captured like any client's.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn count(&mut self, table: &str) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_first(format!("SELECT count(*) FROM {table}"))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Number of entries in the change log.
+    pub fn log_len(&mut self) -> Result<u64, StoreError> {
+        self.count("concord_log")
+    }
+
+    /// Number of captured writes not yet folded into the change log.
+    pub fn pending_len(&mut self) -> Result<u64, StoreError> {
+        self.count("concord_pending")
+    }
+
+    /// Changes set aside because they could not be applied, oldest first.
+    pub fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
+        let rows: Vec<(String, i64, String, String, String, i64)> = self.conn.query(
+            "SELECT origin, seq, tbl, key_text, error, at FROM concord_failures ORDER BY id",
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(origin, seq, table, key, error, at)| FailureRecord {
+                origin,
+                seq: seq as u64,
+                table,
+                key,
+                error,
+                at_ms: at as u64,
+            })
+            .collect())
+    }
+
+    /// Recorded conflicts, oldest first.
+    pub fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
+        type R = (
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Vec<u8>,
+            String,
+            Vec<u8>,
+            String,
+            String,
+        );
+        let rows: Vec<R> = self.conn.query(
+            "SELECT id, tbl, key_text, kind, column_name, local_value, local_version,
+                    remote_value, remote_version, winner
+             FROM concord_conflicts ORDER BY id",
+        )?;
+        let value = |bytes: &[u8]| codec::decode::<Value>(bytes).unwrap_or(Value::Null);
+        Ok(rows
+            .into_iter()
+            .map(|r| ConflictRecord {
+                id: r.0,
+                table: r.1,
+                key: r.2,
+                kind: r.3,
+                column: r.4,
+                local_value: value(&r.5),
+                local_version: r.6,
+                remote_value: value(&r.7),
+                remote_version: r.8,
+                winner: r.9,
+            })
+            .collect())
+    }
+
+    pub(crate) fn table_by_id(&self, id: i32) -> Option<&Arc<TableInfo>> {
+        self.tables.iter().find(|t| t.id == id)
+    }
+
+    pub(crate) fn table_named(&self, name: &str) -> Option<Arc<TableInfo>> {
+        self.tables.iter().find(|t| t.name == name).cloned()
+    }
+
+    /// The local index of `node`, registering it if new.
+    pub(crate) fn origin_index(&mut self, node: NodeId) -> Result<i32, mysql::Error> {
+        if node == self.node {
+            return Ok(self.local_index);
+        }
+        if let Some(&i) = self.origins.index_of.get(&node) {
+            return Ok(i);
+        }
+        self.conn.exec_drop(
+            "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
+            (node.as_bytes().to_vec(),),
+        )?;
+        let i = self.conn.last_insert_id() as i32;
+        self.origins.index_of.insert(node, i);
+        self.origins.node_of.insert(i, node);
+        Ok(i)
+    }
+
+    pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, mysql::Error> {
+        Ok(StoredVersion(
+            v.hlc.as_u64(),
+            self.origin_index(v.origin)? as u32,
+        ))
+    }
+
+    pub(crate) fn version(&self, v: StoredVersion) -> Result<Version, String> {
+        let origin = self
+            .origins
+            .node_of
+            .get(&(v.1 as i32))
+            .ok_or_else(|| format!("unknown origin index {}", v.1))?;
+        Ok(Version {
+            hlc: Hlc::from_u64(v.0),
+            origin: *origin,
+        })
+    }
+
+    /// Loads a row's clock; a row never seen has the default clock.
+    pub(crate) fn load_clock(
+        &mut self,
+        table: i32,
+        key: &PrimaryKey,
+    ) -> Result<RowClock, LoadClockError> {
+        let row: Option<(i64, Vec<u8>)> = self.conn.exec_first(
+            "SELECT cl, clock FROM concord_rows WHERE tbl = ? AND pk = ?",
+            (table, key.as_bytes()),
+        )?;
+        let Some((cl, blob)) = row else {
+            return Ok(RowClock::default());
+        };
+        let stored: StoredClock = codec::decode(&blob).map_err(LoadClockError::Corrupt)?;
+        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
+        let mut columns = Vec::with_capacity(stored.columns.len());
+        for c in stored.columns {
+            columns.push(match c {
+                None => None,
+                Some(c) => Some(ColumnClock {
+                    version: conv(c.version)?,
+                    replaced: c.replaced.map(conv).transpose()?,
+                }),
+            });
+        }
+        let tombstone = match stored.tombstone {
+            None => None,
+            Some((v, seen)) => Some(Tombstone {
+                version: conv(v)?,
+                seen: seen.map(conv).transpose()?,
+            }),
+        };
+        if cl < 0 {
+            return Err(LoadClockError::Corrupt(format!(
+                "negative causal length {cl}"
+            )));
+        }
+        Ok(RowClock {
+            causal_length: CausalLength(cl as u64),
+            columns,
+            tombstone,
+        })
+    }
+
+    /// Writes a row clock.
+    pub(crate) fn save_clock(
+        &mut self,
+        table: i32,
+        key: &PrimaryKey,
+        clock: &RowClock,
+    ) -> Result<(), mysql::Error> {
+        let mut stored = StoredClock {
+            columns: Vec::with_capacity(clock.columns.len()),
+            tombstone: None,
+        };
+        for c in &clock.columns {
+            stored.columns.push(match c {
+                None => None,
+                Some(c) => Some(StoredColumnClock {
+                    version: self.stored(c.version)?,
+                    replaced: c.replaced.map(|v| self.stored(v)).transpose()?,
+                }),
+            });
+        }
+        if let Some(t) = clock.tombstone {
+            stored.tombstone = Some((
+                self.stored(t.version)?,
+                t.seen.map(|v| self.stored(v)).transpose()?,
+            ));
+        }
+        self.conn.exec_drop(
+            "INSERT INTO concord_rows(tbl, pk, cl, clock) VALUES (?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE cl = VALUES(cl), clock = VALUES(clock)",
+            (
+                table,
+                key.as_bytes(),
+                clock.causal_length.0 as i64,
+                codec::encode(&stored),
+            ),
+        )
+    }
+
+    /// Persists the clock and the held sequence of `origin` (inside the caller's
+    /// transaction).
+    pub(crate) fn save_progress(
+        &mut self,
+        origin_index: i32,
+        seq: u64,
+    ) -> Result<(), mysql::Error> {
+        self.conn.exec_drop(
+            "UPDATE concord_origins SET seq = ? WHERE id = ?",
+            (seq as i64, origin_index),
+        )?;
+        self.conn.exec_drop(
+            "UPDATE concord_meta SET v = ? WHERE k = 'hlc'",
+            (self.clock.last().as_u64().to_string(),),
+        )
+    }
+}
+
+/// Loading a row clock failed.
+#[derive(Debug)]
+pub(crate) enum LoadClockError {
+    MySql(mysql::Error),
+    Corrupt(String),
+}
+
+impl From<mysql::Error> for LoadClockError {
+    fn from(e: mysql::Error) -> Self {
+        LoadClockError::MySql(e)
+    }
+}
+
+/// A connection URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Writes a new replica's format, random node id and clock.
+fn init_identity(conn: &mut Conn) -> Result<(), mysql::Error> {
+    let node = NodeId::from_bytes(rand::random());
+    conn.exec_drop(
+        "INSERT INTO concord_meta(k, v) VALUES ('format', ?), ('node_id', ?), ('hlc', '0')",
+        (FORMAT_VERSION.to_string(), node.to_string()),
+    )?;
+    conn.exec_drop(
+        "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
+        (node.as_bytes().to_vec(),),
+    )
+}

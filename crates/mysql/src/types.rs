@@ -1,0 +1,451 @@
+//! Mapping between MySQL/MariaDB column types and [`concord_core::Value`].
+//!
+//! Values leave MariaDB as *text* computed by the same SQL expression everywhere (the
+//! capture triggers, the initial queueing of existing rows, the reads of a local value
+//! for a conflict record), so they never depend on the writing session's settings:
+//! strings and blobs as `HEX()` of their bytes (exact, no character-set or escaping
+//! question), decimals and integers as `CAST(.. AS CHAR)` (a decimal keeps its scale,
+//! `12.50`, and never passes through a float), `DATETIME` with `DATE_FORMAT`, and
+//! `TIMESTAMP` as `UNIX_TIMESTAMP(col)`, which reads the stored UTC instant whatever the
+//! session `time_zone` is. [`parse`] turns that text back into a value.
+//!
+//! Values enter MariaDB as bound parameters on Concord's own connection, whose session
+//! has `time_zone = '+00:00'` and a strict `sql_mode`. [`to_param`] checks each value
+//! against the column *before* the server sees it, because MariaDB rounds extra decimal
+//! and fractional-second digits silently even in strict mode: a value the column could
+//! only hold by rounding or truncating is refused with the reason, and the caller names
+//! table, key and column. The table of the mapping is in `docs/mysql-store.md`.
+
+use concord_core::Value;
+use mysql::Value as My;
+
+/// The kind of a column, with the bounds of what it can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColumnKind {
+    /// Integer types with their range.
+    Int { min: i64, max: i64 },
+    /// `tinyint(1)` / `BOOLEAN`.
+    Bool,
+    /// `decimal(p,s)`.
+    Decimal {
+        precision: u32,
+        scale: u32,
+        unsigned: bool,
+    },
+    /// `char`, `varchar` (limit in characters) and the `text` types (limit in bytes).
+    Text {
+        max_chars: Option<usize>,
+        max_bytes: Option<usize>,
+    },
+    /// `binary`, `varbinary`, the `blob` types (limit in bytes).
+    Blob { max_bytes: Option<usize> },
+    /// `datetime(fsp)`: wall time without a zone, read as if UTC.
+    DateTime { fsp: u32 },
+    /// `timestamp(fsp)`: an instant, stored in UTC.
+    Timestamp { fsp: u32 },
+    /// `date`.
+    Date,
+    /// MariaDB `JSON` (`longtext` with a `json_valid` check) or MySQL `json`.
+    Json,
+}
+
+impl ColumnKind {
+    /// The kind of a column from `information_schema.COLUMNS`, if supported.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn of(
+        data_type: &str,
+        column_type: &str,
+        max_chars: Option<u64>,
+        max_bytes: Option<u64>,
+        precision: Option<u64>,
+        scale: Option<u64>,
+        fsp: Option<u64>,
+        json: bool,
+    ) -> Option<Self> {
+        let unsigned = column_type.contains("unsigned");
+        let int = |bits: u32| -> ColumnKind {
+            if unsigned {
+                ColumnKind::Int {
+                    min: 0,
+                    max: ((1u64 << bits) - 1) as i64,
+                }
+            } else {
+                ColumnKind::Int {
+                    min: -(1i64 << (bits - 1)),
+                    max: (1i64 << (bits - 1)) - 1,
+                }
+            }
+        };
+        let size = |v: Option<u64>| v.and_then(|v| usize::try_from(v).ok());
+        Some(match data_type {
+            "tinyint" if column_type.starts_with("tinyint(1)") => ColumnKind::Bool,
+            "tinyint" => int(8),
+            "smallint" => int(16),
+            "mediumint" => int(24),
+            "int" => int(32),
+            // bigint unsigned above i64::MAX has no exact Concord integer.
+            "bigint" if unsigned => return None,
+            "bigint" => ColumnKind::Int {
+                min: i64::MIN,
+                max: i64::MAX,
+            },
+            "decimal" => ColumnKind::Decimal {
+                precision: u32::try_from(precision?).ok()?,
+                scale: u32::try_from(scale.unwrap_or(0)).ok()?,
+                unsigned,
+            },
+            "char" | "varchar" => ColumnKind::Text {
+                max_chars: size(max_chars),
+                max_bytes: None,
+            },
+            "longtext" if json => ColumnKind::Json,
+            "json" => ColumnKind::Json,
+            "tinytext" | "text" | "mediumtext" | "longtext" => ColumnKind::Text {
+                max_chars: None,
+                max_bytes: size(max_bytes),
+            },
+            "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnKind::Blob {
+                max_bytes: size(max_bytes),
+            },
+            "datetime" => ColumnKind::DateTime {
+                fsp: u32::try_from(fsp.unwrap_or(0)).ok()?,
+            },
+            "timestamp" => ColumnKind::Timestamp {
+                fsp: u32::try_from(fsp.unwrap_or(0)).ok()?,
+            },
+            "date" => ColumnKind::Date,
+            _ => return None,
+        })
+    }
+
+    /// SQL giving `r` (a column of this kind) as the text [`parse`] reads.
+    pub(crate) fn text_expr(self, r: &str) -> String {
+        match self {
+            ColumnKind::Int { .. } | ColumnKind::Bool | ColumnKind::Decimal { .. } => {
+                format!("CAST({r} AS CHAR)")
+            }
+            ColumnKind::Text { .. } | ColumnKind::Json => {
+                format!("HEX(CONVERT({r} USING utf8mb4))")
+            }
+            ColumnKind::Blob { .. } => format!("HEX({r})"),
+            ColumnKind::DateTime { .. } => format!("DATE_FORMAT({r}, '%Y-%m-%d %H:%i:%s.%f')"),
+            ColumnKind::Timestamp { .. } => format!("CAST(UNIX_TIMESTAMP({r}) AS CHAR)"),
+            ColumnKind::Date => format!("DATE_FORMAT({r}, '%Y-%m-%d')"),
+        }
+    }
+}
+
+/// Parses the text of [`ColumnKind::text_expr`] back into a value.
+pub(crate) fn parse(kind: ColumnKind, text: Option<&str>) -> Result<Value, String> {
+    let Some(s) = text else {
+        return Ok(Value::Null);
+    };
+    let int = |s: &str| s.parse::<i64>().map_err(|e| format!("integer {s:?}: {e}"));
+    Ok(match kind {
+        ColumnKind::Int { .. } => Value::Integer(int(s)?),
+        ColumnKind::Bool => match int(s)? {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            // tinyint(1) can hold other numbers; they stay exact as integers.
+            n => Value::Integer(n),
+        },
+        ColumnKind::Decimal { .. } => Value::Decimal(s.to_owned()),
+        ColumnKind::Text { .. } => Value::Text(utf8(unhex(s)?)?),
+        ColumnKind::Json => Value::Json(utf8(unhex(s)?)?),
+        ColumnKind::Blob { .. } => Value::Blob(unhex(s)?),
+        ColumnKind::DateTime { .. } => Value::Timestamp(parse_datetime(s)?),
+        ColumnKind::Timestamp { .. } => Value::Timestamp(parse_epoch_decimal(s)?),
+        ColumnKind::Date => Value::Date(parse_date(s)?),
+    })
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|_| "text is not valid UTF-8".to_owned())
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("odd hex length".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad hex at {i}"))
+        })
+        .collect()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number (inverse of [`days_from_civil`]).
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn parse_date(s: &str) -> Result<i32, String> {
+    let bad = || format!("date {s:?}");
+    let mut it = s.split('-');
+    let y: i64 = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let m: u32 = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let d: u32 = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(format!("{} (zero dates have no Concord value)", bad()));
+    }
+    i32::try_from(days_from_civil(y, m, d)).map_err(|_| bad())
+}
+
+fn parse_datetime(s: &str) -> Result<i64, String> {
+    let bad = || format!("datetime {s:?}");
+    let (date, time) = s.split_once(' ').ok_or_else(bad)?;
+    let days = i64::from(parse_date(date)?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut it = hms.split(':').map(|v| v.parse::<i64>().ok());
+    let (h, m, sec) = match (it.next(), it.next(), it.next()) {
+        (Some(Some(h)), Some(Some(m)), Some(Some(s))) => (h, m, s),
+        _ => return Err(bad()),
+    };
+    Ok(((days * 24 + h) * 60 + m) * 60_000_000 + sec * 1_000_000 + micros(frac).ok_or_else(bad)?)
+}
+
+/// Microseconds of up to six fractional digits.
+fn micros(frac: &str) -> Option<i64> {
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let padded = format!("{frac:0<6}");
+    padded.parse().ok()
+}
+
+fn parse_epoch_decimal(s: &str) -> Result<i64, String> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().map_err(|_| format!("timestamp {s:?}"))?;
+    Ok(secs * 1_000_000 + micros(frac).ok_or_else(|| format!("timestamp {s:?}"))?)
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` of µs since the epoch (UTC).
+pub(crate) fn format_micros(us: i64) -> String {
+    let days = us.div_euclid(86_400_000_000);
+    let rest = us.rem_euclid(86_400_000_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = rest / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        rest % 1_000_000
+    )
+}
+
+/// Why a value does not fit a column; the caller names table, key and column.
+pub(crate) struct Mismatch(pub(crate) String);
+
+/// Checks that a column of `kind` holds `value` exactly and converts it for binding.
+pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<My, Mismatch> {
+    let no = |why: &str| Err(Mismatch(why.to_owned()));
+    let text = |s: &str| My::Bytes(s.as_bytes().to_vec());
+    match (kind, value) {
+        (_, Value::Null) => Ok(My::NULL),
+        (ColumnKind::Int { min, max }, Value::Integer(i)) => {
+            if (min..=max).contains(i) {
+                Ok(My::Int(*i))
+            } else {
+                no(&format!("out of the column's range {min}..={max}"))
+            }
+        }
+        (ColumnKind::Int { min, max }, Value::Bool(b)) if min <= 0 && max >= 1 => {
+            Ok(My::Int(i64::from(*b)))
+        }
+        (ColumnKind::Bool, Value::Bool(b)) => Ok(My::Int(i64::from(*b))),
+        (ColumnKind::Bool, Value::Integer(i)) if (-128..=127).contains(i) => Ok(My::Int(*i)),
+        (
+            ColumnKind::Decimal {
+                precision,
+                scale,
+                unsigned,
+            },
+            Value::Decimal(s) | Value::Text(s),
+        ) => check_decimal(s, precision, scale, unsigned).map(|()| text(s)),
+        (
+            ColumnKind::Decimal {
+                precision,
+                scale,
+                unsigned,
+            },
+            Value::Integer(i),
+        ) => {
+            let s = i.to_string();
+            check_decimal(&s, precision, scale, unsigned).map(|()| text(&s))
+        }
+        (
+            ColumnKind::Text {
+                max_chars,
+                max_bytes,
+            },
+            Value::Text(s),
+        ) => check_len(s, max_chars, max_bytes).map(|()| text(s)),
+        (
+            ColumnKind::Text {
+                max_chars,
+                max_bytes,
+            },
+            Value::Uuid(u),
+        ) => {
+            let s = format_uuid(u);
+            check_len(&s, max_chars, max_bytes).map(|()| text(&s))
+        }
+        (ColumnKind::Blob { max_bytes }, Value::Blob(b)) => match max_bytes {
+            Some(max) if b.len() > max => no(&format!("longer than {max} bytes")),
+            _ => Ok(My::Bytes(b.clone())),
+        },
+        (
+            ColumnKind::DateTime { fsp } | ColumnKind::Timestamp { fsp },
+            Value::Timestamp(us) | Value::Integer(us),
+        ) => {
+            let unit = 10i64.pow(6 - fsp.min(6));
+            if us.rem_euclid(unit) != 0 {
+                return no(&format!(
+                    "it has more than {fsp} fractional digits of seconds"
+                ));
+            }
+            if matches!(kind, ColumnKind::Timestamp { .. })
+                && !(1_000_000..=2_147_483_647_999_999).contains(us)
+            {
+                return no(
+                    "outside TIMESTAMP's range (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)",
+                );
+            }
+            let (y, ..) = civil_from_days(us.div_euclid(86_400_000_000));
+            if !(1000..=9999).contains(&y) {
+                return no("outside DATETIME's range (years 1000 to 9999)");
+            }
+            Ok(text(&format_micros(*us)))
+        }
+        (ColumnKind::Date, Value::Date(d)) => date_param(i64::from(*d)),
+        (ColumnKind::Date, Value::Integer(d)) => date_param(*d),
+        (ColumnKind::Json, Value::Json(s) | Value::Text(s)) => {
+            match serde_json::from_str::<serde::de::IgnoredAny>(s) {
+                Ok(_) => Ok(text(s)),
+                Err(e) => no(&format!("not a JSON document: {e}")),
+            }
+        }
+        _ => no("no exact conversion between these types"),
+    }
+}
+
+fn date_param(days: i64) -> Result<My, Mismatch> {
+    let (y, m, d) = civil_from_days(days);
+    if !(1000..=9999).contains(&y) {
+        return Err(Mismatch("outside DATE's range (years 1000 to 9999)".into()));
+    }
+    Ok(My::Bytes(format!("{y:04}-{m:02}-{d:02}").into_bytes()))
+}
+
+fn check_len(s: &str, max_chars: Option<usize>, max_bytes: Option<usize>) -> Result<(), Mismatch> {
+    if let Some(max) = max_chars {
+        if s.chars().count() > max {
+            return Err(Mismatch(format!("longer than {max} characters")));
+        }
+    }
+    if let Some(max) = max_bytes {
+        if s.len() > max {
+            return Err(Mismatch(format!("longer than {max} bytes")));
+        }
+    }
+    Ok(())
+}
+
+fn format_uuid(u: &[u8; 16]) -> String {
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Whether `s` is a decimal literal that `decimal(precision, scale)` holds exactly.
+fn check_decimal(s: &str, precision: u32, scale: u32, unsigned: bool) -> Result<(), Mismatch> {
+    let negative = s.starts_with('-');
+    let body = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return Err(Mismatch("not a decimal number".into()));
+    }
+    let kept = frac.trim_end_matches('0').len();
+    if kept > scale as usize {
+        return Err(Mismatch(format!(
+            "it has {kept} fractional digits, the column keeps {scale} (it would be rounded)"
+        )));
+    }
+    let int_digits = int.trim_start_matches('0').len();
+    let allowed = precision.saturating_sub(scale) as usize;
+    if int_digits > allowed {
+        return Err(Mismatch(format!(
+            "it has {int_digits} integer digits, the column allows {allowed}"
+        )));
+    }
+    if unsigned && negative && (int_digits > 0 || kept > 0) {
+        return Err(Mismatch("the column is unsigned".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_round_trip_through_text() {
+        for us in [
+            0i64,
+            1_704_164_645_123_456,
+            -1,
+            -86_400_000_001,
+            253_402_300_799_999_999,
+        ] {
+            assert_eq!(parse_datetime(&format_micros(us)).ok(), Some(us), "{us}");
+        }
+        assert_eq!(
+            parse_epoch_decimal("1704164645.123456").ok(),
+            Some(1_704_164_645_123_456)
+        );
+        assert_eq!(parse_date("1970-01-02").ok(), Some(1));
+    }
+
+    #[test]
+    fn decimals_that_would_be_rounded_are_refused() {
+        let k = ColumnKind::Decimal {
+            precision: 12,
+            scale: 2,
+            unsigned: false,
+        };
+        assert!(to_param(k, &Value::Decimal("1234567890.12".into())).is_ok());
+        assert!(to_param(k, &Value::Decimal("1.234".into())).is_err());
+        assert!(to_param(k, &Value::Decimal("12345678901".into())).is_err());
+        assert!(to_param(k, &Value::Real(1.5)).is_err());
+    }
+}
