@@ -70,8 +70,24 @@ fn seed() -> u64 {
             };
             parsed.unwrap_or_else(|e| panic!("CONCORD_HARNESS_SEED={s:?}: {e}"))
         }
+        // Long mode draws a fresh seed (printed, so a failure can be replayed); the
+        // short mode that `cargo test` runs always uses the same one.
+        Err(_) if minutes().is_some() => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(DEFAULT_SEED, |d| d.as_nanos() as u64),
         Err(_) => DEFAULT_SEED,
     }
+}
+
+/// Long mode: `CONCORD_HARNESS_MINUTES=N` repeats rounds of faults under the workload for
+/// N minutes instead of the single round of the short mode (libtest takes no options of
+/// its own, so the duration comes from the environment).
+fn minutes() -> Option<u64> {
+    std::env::var("CONCORD_HARNESS_MINUTES").ok().map(|m| {
+        m.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("CONCORD_HARNESS_MINUTES={m:?}: {e}"))
+    })
 }
 
 fn free_port() -> u16 {
@@ -551,6 +567,7 @@ enum Fault {
 /// Counts of what was injected, for the report.
 #[derive(Debug, Default)]
 struct Injected {
+    rounds: u32,
     drops: u32,
     delays: u32,
     black_holes: u32,
@@ -590,6 +607,32 @@ fn faults(
     injected: &mut Injected,
 ) {
     let _guard = StopOnExit(run);
+    let deadline = minutes().map(|m| Instant::now() + Duration::from_secs(m * 60));
+    loop {
+        fault_round(run, &mut rng, links, nodes, injected);
+        injected.rounds += 1;
+        match deadline {
+            Some(deadline) if Instant::now() < deadline && !run.stopped() => {
+                println!(
+                    "round {} done; faults so far: {injected:?}",
+                    injected.rounds
+                );
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One round: three dropped connections, a delay, a black hole, a partition followed by
+/// a crash of the partitioned node while it catches up, and two more crashes, in a
+/// shuffled order at seeded moments.
+fn fault_round(
+    run: &Run,
+    rng: &mut Rng,
+    links: &[(usize, usize, Proxy)],
+    nodes: &[Mutex<ServeProcess>],
+    injected: &mut Injected,
+) {
     let mut schedule = Vec::new();
     for _ in 0..3 {
         schedule.push(Fault::DropConnections {
@@ -614,7 +657,7 @@ fn faults(
     rng.shuffle(&mut schedule);
     println!("fault schedule: {schedule:?}");
     // Let some history build up before the first fault.
-    nap(run, ms(&mut rng, 1000, 2000));
+    nap(run, ms(rng, 1000, 2000));
     for fault in schedule {
         if run.stopped() {
             return;
@@ -625,15 +668,15 @@ fn faults(
                 injected.drops += 1;
             }
             Fault::Delay { link } => {
-                links[link].2.set_delay(ms(&mut rng, 50, 250));
-                nap(run, ms(&mut rng, 1500, 3000));
+                links[link].2.set_delay(ms(rng, 50, 250));
+                nap(run, ms(rng, 1500, 3000));
                 links[link].2.heal();
                 injected.delays += 1;
             }
             Fault::BlackHole { link } => {
                 links[link].2.black_hole();
                 // Longer than the stall timeout sometimes, shorter other times.
-                nap(run, ms(&mut rng, 1500, 2000 + STALL_TIMEOUT_S * 1000));
+                nap(run, ms(rng, 1500, 2000 + STALL_TIMEOUT_S * 1000));
                 links[link].2.heal();
                 injected.black_holes += 1;
             }
@@ -644,7 +687,7 @@ fn faults(
                     .map(|(_, _, p)| p)
                     .collect();
                 cut.iter().for_each(|p| p.partition());
-                nap(run, ms(&mut rng, 2000, 4000));
+                nap(run, ms(rng, 2000, 4000));
                 // The harness checks itself: a partition that let changes through
                 // would make the rest of this test prove less than it claims.
                 if !run.stopped() {
@@ -658,17 +701,17 @@ fn faults(
                 injected.partitions += 1;
                 // Crash the node while it catches up on what it missed: the moment a
                 // crash is most likely to land inside an apply.
-                nap(run, ms(&mut rng, 20, 300));
-                kill_and_restart(run, &nodes[node], ms(&mut rng, 100, 800));
+                nap(run, ms(rng, 20, 300));
+                kill_and_restart(run, &nodes[node], ms(rng, 100, 800));
                 injected.kills += 1;
                 injected.kills_while_catching_up += 1;
             }
             Fault::Kill { node } => {
-                kill_and_restart(run, &nodes[node], ms(&mut rng, 200, 2000));
+                kill_and_restart(run, &nodes[node], ms(rng, 200, 2000));
                 injected.kills += 1;
             }
         }
-        nap(run, ms(&mut rng, 300, 1200));
+        nap(run, ms(rng, 300, 1200));
     }
 }
 
@@ -910,7 +953,14 @@ fn committed_writes_survive_dropped_links_partitions_and_node_crashes() {
         started.elapsed(),
         table.len(),
     );
-    assert!(injected.kills == 3 && injected.partitions == 1 && injected.drops == 3);
+    let rounds = injected.rounds;
+    assert!(
+        rounds >= 1
+            && injected.kills == 3 * rounds
+            && injected.partitions == rounds
+            && injected.drops == 3 * rounds,
+        "{injected:?}"
+    );
     assert!(
         txns > 100,
         "too little workload to mean anything: {txns} transactions"
