@@ -45,6 +45,8 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The session stall timeout the nodes run with, so a black hole is noticed quickly.
 const STALL_TIMEOUT_S: u64 = 3;
+/// The nodes' default `retention_changes`: a long run logs more and prunes the oldest.
+const RETENTION_CHANGES: u64 = 1_000_000;
 
 const SHARED: Range<Key> = 1..21;
 
@@ -255,17 +257,22 @@ fn scalar(db: &Path, sql: &str) -> rusqlite::Result<i64> {
 
 /// Per origin: (log entries, highest sequence). Equal numbers mean no entry is missing
 /// or repeated (the log is never pruned in this test: retention is 1M entries).
-fn log_counts(db: &Path) -> rusqlite::Result<BTreeMap<String, (u64, u64)>> {
+/// Per origin: how many log entries, the lowest and the highest sequence number.
+fn log_counts(db: &Path) -> rusqlite::Result<BTreeMap<String, (u64, u64, u64)>> {
     let conn = open_reader(db)?;
     let mut stmt = conn.prepare(
-        "SELECT lower(hex(o.node_id)), count(*), max(l.seq)
+        "SELECT lower(hex(o.node_id)), count(*), min(l.seq), max(l.seq)
          FROM __concord_log l JOIN __concord_origins o ON o.id = l.origin
          GROUP BY o.node_id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+            (
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ),
         ))
     })?;
     rows.collect()
@@ -920,17 +927,28 @@ fn committed_writes_survive_dropped_links_partitions_and_node_crashes() {
         problems.join("\n"),
         logs(&nodes)
     );
-    // Every change is in every log exactly once: entries 1..=n per origin, n = held.
+    // Every change is in every log exactly once: per origin the entries are min..=max
+    // without holes or duplicates, and max is what the node holds. Below min they may
+    // have been pruned (a long run passes the retention limit), never before.
     for (i, db) in run.dbs.iter().enumerate() {
         let counts = log_counts(db).unwrap();
         let held = observed.holds[i].as_ref().unwrap();
-        for (origin, (count, max)) in &counts {
+        let total: u64 = counts.values().map(|(c, _, _)| c).sum();
+        for (origin, (count, min, max)) in &counts {
             assert_eq!(
-                count, max,
-                "seed {seed:#x}: n{i} logs {count} changes of origin {origin} but its highest sequence is {max}"
+                *count,
+                max - min + 1,
+                "seed {seed:#x}: n{i} logs {count} changes of origin {origin} for sequences {min}..={max}"
+            );
+            assert!(
+                *min == 1 || total >= RETENTION_CHANGES,
+                "seed {seed:#x}: n{i}'s log of origin {origin} starts at {min} although the log never reached the retention limit"
             );
         }
-        let logged: BTreeMap<String, u64> = counts.into_iter().map(|(o, (c, _))| (o, c)).collect();
+        let logged: BTreeMap<String, u64> = counts
+            .into_iter()
+            .map(|(o, (_, _, max))| (o, max))
+            .collect();
         assert_eq!(
             &logged, held,
             "seed {seed:#x}: n{i}'s log differs from its version vector"
