@@ -664,10 +664,7 @@ async fn apply(
                         }
                         Err(other) => return Err(SessionError::Apply(other)),
                     };
-                    total.applied += report.applied;
-                    total.duplicates += report.duplicates;
-                    total.conflicts += report.conflicts;
-                    total.set_aside += report.set_aside;
+                    total.absorb(&report);
                 }
                 Ok(total)
             }

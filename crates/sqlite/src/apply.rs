@@ -47,6 +47,19 @@ pub struct ApplyReport {
     pub set_aside: u64,
 }
 
+impl ApplyReport {
+    /// Adds another report's counts to this one.
+    pub fn absorb(&mut self, other: &ApplyReport) {
+        self.received += other.received;
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.conflicts += other.conflicts;
+        self.captured += other.captured;
+        self.commits += other.commits;
+        self.set_aside += other.set_aside;
+    }
+}
+
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
     store: &'s mut SqliteStore,

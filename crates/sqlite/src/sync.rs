@@ -31,20 +31,11 @@ pub fn merge_all(stores: &mut [SqliteStore]) -> Result<Vec<ApplyReport>, ApplyEr
     };
     for other in rest.iter_mut() {
         let r = pull(other, first)?;
-        add(&mut reports[0], &r);
+        reports[0].absorb(&r);
     }
     for (i, other) in rest.iter_mut().enumerate() {
         let r = pull(first, other)?;
-        add(&mut reports[i + 1], &r);
+        reports[i + 1].absorb(&r);
     }
     Ok(reports)
-}
-
-fn add(total: &mut ApplyReport, r: &ApplyReport) {
-    total.received += r.received;
-    total.applied += r.applied;
-    total.duplicates += r.duplicates;
-    total.conflicts += r.conflicts;
-    total.captured += r.captured;
-    total.commits += r.commits;
 }
