@@ -24,6 +24,9 @@
 //!   say exactly which changes one replica lacks.
 //! - [`merge`]: the rules. Row existence by causal length, each column a last-writer-wins
 //!   register ordered by `(hlc, origin)`, and conflict detection from replaced versions.
+//! - [`mapping`]: per-link schema mapping. Renames tables and columns, syncs a subset of
+//!   columns, casts values exactly between kinds and defaults columns a peer lacks, as
+//!   changes cross one peer link; never drops a change.
 //!
 //! See `docs/merge-semantics.md` in the repository for the rules in prose.
 
@@ -31,6 +34,7 @@ mod change;
 mod hlc;
 mod id;
 mod key;
+pub mod mapping;
 pub mod merge;
 mod value;
 mod vector;

@@ -24,7 +24,6 @@
 //! reloads its in-memory state.
 
 use std::collections::BTreeSet;
-use std::fmt::Display;
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
@@ -33,29 +32,11 @@ use mysql::Value as My;
 use mysql::prelude::Queryable;
 
 use crate::codec::{self, LogBody, LogColumn};
-use crate::error::{ApplyError, RowError, RowFailure, StoreError};
 use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, MyStore, now_ms};
 use crate::types::{parse, to_param};
-
-/// Counts from applying changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApplyReport {
-    /// Changes received.
-    pub received: u64,
-    /// Changes merged (new to this replica).
-    pub applied: u64,
-    /// Changes already held, skipped.
-    pub duplicates: u64,
-    /// Conflicts recorded.
-    pub conflicts: u64,
-    /// Local writes captured before applying.
-    pub captured: u64,
-    /// Transactions committed.
-    pub commits: u64,
-    /// Changes set aside (not applied, recorded as failures).
-    pub set_aside: u64,
-}
+use concord_store::{ApplyError, RowError, RowFailure, StoreError};
+use concord_store::{ApplyReport, ApplyTxn};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -85,52 +66,6 @@ impl MyStore {
         };
         session.begin()?;
         Ok(session)
-    }
-
-    /// Applies `changes` in one transaction: all of them, or none if any is bad. The
-    /// last change must end a source transaction.
-    pub fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            session.apply(change)?;
-        }
-        session.commit()
-    }
-
-    /// Sets aside a whole source transaction that could not be applied (see
-    /// [`ApplySession::set_aside`]), in one transaction.
-    pub fn set_aside(
-        &mut self,
-        changes: &[Change],
-        reason: &str,
-    ) -> Result<ApplyReport, ApplyError> {
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            session.set_aside(change, reason)?;
-        }
-        session.commit()
-    }
-
-    /// Applies a stream of changes, committing at source-transaction boundaries once
-    /// [`crate::StoreOptions::apply_batch_changes`] changes are in the transaction.
-    /// Memory use does not grow with the length of the stream. On error, everything
-    /// since the last commit is rolled back; what was committed before stays (the
-    /// version vector says what that was).
-    pub fn apply_changes<I, E>(&mut self, changes: I) -> Result<ApplyReport, ApplyError>
-    where
-        I: IntoIterator<Item = Result<Change, E>>,
-        E: Display,
-    {
-        let batch = self.options.apply_batch_changes.max(1);
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
-            session.apply(&change)?;
-            if session.at_boundary() && session.in_transaction() >= batch {
-                session.checkpoint()?;
-            }
-        }
-        session.commit()
     }
 }
 
@@ -288,13 +223,11 @@ impl ApplySession<'_> {
                 RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
             );
         }
-        if change.is_delete() != change.columns.is_empty() {
-            return Err(RowError::Invalid(if change.is_delete() {
-                "a delete carries column values".into()
-            } else {
-                "an insert or update carries no columns".into()
-            })
-            .into());
+        // An insert or update may carry no columns: a link's schema mapping drops the
+        // columns the destination does not keep, and the change must still be applied
+        // (and logged) so the origin's sequence stays contiguous.
+        if change.is_delete() && !change.columns.is_empty() {
+            return Err(RowError::Invalid("a delete carries column values".into()).into());
         }
         let mut incoming = Vec::with_capacity(change.columns.len());
         let mut params = Vec::with_capacity(change.columns.len());
@@ -351,7 +284,7 @@ impl ApplySession<'_> {
             store
                 .conn
                 .exec_drop(sql, mysql::Params::Positional(params))
-                .map_err(RowError::Refused)?;
+                .map_err(|e| RowError::Refused(e.into()))?;
             Ok(())
         };
         match decision.effect {
@@ -491,7 +424,7 @@ impl<E: Into<RowError>> From<E> for Failure {
 }
 
 fn store_error(e: mysql::Error) -> Failure {
-    Failure::Store(StoreError::MySql(e))
+    Failure::Store(e.into())
 }
 
 /// Checks a value against its column, naming the column if it does not fit.
@@ -608,4 +541,30 @@ fn record_conflict(
         )
         .map_err(store_error)?;
     Ok(())
+}
+
+impl ApplyTxn for ApplySession<'_> {
+    fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        ApplySession::apply(self, change)
+    }
+
+    fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        ApplySession::set_aside(self, change, reason)
+    }
+
+    fn at_boundary(&self) -> bool {
+        ApplySession::at_boundary(self)
+    }
+
+    fn in_transaction(&self) -> usize {
+        ApplySession::in_transaction(self)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        ApplySession::checkpoint(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError> {
+        ApplySession::commit(*self)
+    }
 }

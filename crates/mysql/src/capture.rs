@@ -20,10 +20,10 @@ use concord_core::{PrimaryKey, Value, Version};
 use mysql::prelude::Queryable;
 
 use crate::codec::{self, LogBody, LogColumn};
-use crate::error::StoreError;
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, MyStore};
 use crate::types::parse;
+use concord_store::StoreError;
 
 type PendingRow = (
     i64,
@@ -202,7 +202,7 @@ impl MyStore {
             ));
         }
         let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
-            LoadClockError::MySql(e) => StoreError::MySql(e),
+            LoadClockError::MySql(e) => e.into(),
             LoadClockError::Corrupt(d) => {
                 capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
             }

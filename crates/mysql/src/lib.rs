@@ -30,16 +30,15 @@
 mod apply;
 mod capture;
 mod codec;
-mod error;
 mod log;
 mod schema;
 mod store;
-mod sync;
 mod types;
 
-pub use apply::{ApplyReport, ApplySession};
-pub use error::{ApplyError, RowError, RowFailure, StoreError, TrackError};
-pub use log::ChangeCursor;
+pub use apply::ApplySession;
+pub use concord_store::{
+    ApplyError, ApplyReport, ApplyTxn, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
+    LogRead, RowError, RowFailure, Store, StoreError, StoreOptions, TrackError, pull,
+};
 pub use schema::{ColumnInfo, TRIGGER_PREFIX, TableInfo};
-pub use store::{ConflictRecord, FailureRecord, MyStore, StoreOptions};
-pub use sync::pull;
+pub use store::MyStore;

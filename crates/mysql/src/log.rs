@@ -8,7 +8,7 @@
 //! session reads while the store captures and applies, and it reads a page at a time,
 //! so memory stays flat whatever the log's length.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use concord_core::{
     CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
@@ -17,9 +17,9 @@ use mysql::Conn;
 use mysql::prelude::Queryable;
 
 use crate::codec::{self, LogBody, StoredVersion};
-use crate::error::StoreError;
 use crate::schema::VERBATIM_TABLE;
-use crate::store::{MyStore, connect};
+use crate::store::connect;
+use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: i64 = 1_000;
 
@@ -28,37 +28,25 @@ struct TableNames {
     columns: Vec<String>,
 }
 
-/// Iterates over the changes a target lacks, in causal (log) order.
-pub struct ChangeCursor {
+/// A read-only view of the change log through its own connection.
+pub(crate) struct LogReader {
     conn: Conn,
     node_of: HashMap<i32, NodeId>,
     tables: HashMap<i32, TableNames>,
-    target: VersionVector,
-    after: i64,
-    buffer: VecDeque<Change>,
-    done: bool,
 }
 
-impl MyStore {
-    /// The changes a replica holding `target` lacks, in an order it can apply. The
-    /// cursor reads through its own connection, a page at a time.
-    pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {
-        let mut cursor = ChangeCursor {
-            conn: connect(&self.url)?,
+impl LogReader {
+    /// Connects to the database at `url` and learns its origins and tables.
+    pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
+        let mut reader = LogReader {
+            conn: connect(url)?,
             node_of: HashMap::new(),
             tables: HashMap::new(),
-            target: target.clone(),
-            after: 0,
-            buffer: VecDeque::new(),
-            done: false,
         };
-        cursor.refresh()?;
-        cursor.after = cursor.start()?;
-        Ok(cursor)
+        reader.refresh()?;
+        Ok(reader)
     }
-}
 
-impl ChangeCursor {
     /// Re-reads origins and table names (new ones appear as the store learns them).
     fn refresh(&mut self) -> Result<(), StoreError> {
         let origins: Vec<(i32, Vec<u8>)> =
@@ -84,7 +72,7 @@ impl ChangeCursor {
     /// The position just before the first entry the target lacks, found through the
     /// `(origin, seq)` index. An entry the target needs that is no longer in the log
     /// (pruned) is an error naming it.
-    fn start(&mut self) -> Result<i64, StoreError> {
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
         let max: Option<i64> = self
             .conn
             .query_first("SELECT coalesce(max(pos), 0) FROM concord_log")?;
@@ -96,7 +84,7 @@ impl ChangeCursor {
             let Some(origin) = self.node_of.get(&index).copied() else {
                 continue;
             };
-            let wanted = self.target.get(&origin);
+            let wanted = target.get(&origin);
             if have as u64 <= wanted {
                 continue;
             }
@@ -117,17 +105,23 @@ impl ChangeCursor {
         Ok(start)
     }
 
-    fn read_page(&mut self) -> Result<(), StoreError> {
+    fn read_page(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        let mut page = LogPage {
+            changes: Vec::new(),
+            last_pos: after,
+        };
+        let page_len = PAGE.max(limit as i64);
         type Entry = (i64, i32, i64, i64, i32, Vec<u8>, i64, Vec<u8>, bool);
         let rows: Vec<Entry> = self.conn.exec(
             "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord_log
              WHERE pos > ? ORDER BY pos LIMIT ?",
-            (self.after, PAGE),
+            (after, page_len),
         )?;
-        if rows.is_empty() {
-            self.done = true;
-            return Ok(());
-        }
         for (pos, origin_index, seq, hlc, table_id, pk, cl, body, txn_end) in rows {
             let corrupt = |detail: String| StoreError::Corrupt {
                 table: "concord_log",
@@ -141,13 +135,13 @@ impl ChangeCursor {
                 .get(&origin_index)
                 .ok_or_else(|| corrupt(format!("unknown origin index {origin_index}")))?;
             let seq = seq as u64;
-            self.after = pos;
-            if self.target.contains(&origin, seq) {
+            page.last_pos = pos;
+            if target.contains(&origin, seq) {
                 continue;
             }
             if table_id == VERBATIM_TABLE {
                 let change: Change = codec::decode(&body).map_err(corrupt)?;
-                self.buffer.push_back(change);
+                page.changes.push(change);
                 continue;
             }
             if !self.tables.contains_key(&table_id) {
@@ -181,7 +175,7 @@ impl ChangeCursor {
                     replaced: c.replaced.map(version).transpose()?,
                 });
             }
-            self.buffer.push_back(Change {
+            page.changes.push(Change {
                 origin,
                 seq,
                 hlc: Hlc::from_u64(hlc as u64),
@@ -193,24 +187,36 @@ impl ChangeCursor {
                 last_in_txn: txn_end,
             });
         }
-        Ok(())
+        Ok(page)
     }
 }
-impl Iterator for ChangeCursor {
-    type Item = Result<Change, StoreError>;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(change) = self.buffer.pop_front() {
-                return Some(Ok(change));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.read_page() {
-                self.done = true;
-                return Some(Err(e));
-            }
+impl LogRead for LogReader {
+    fn held(&mut self) -> Result<VersionVector, StoreError> {
+        let mut held = VersionVector::new();
+        let rows: Vec<(Vec<u8>, i64)> = self
+            .conn
+            .query("SELECT node_id, seq FROM concord_origins WHERE seq > 0")?;
+        for (bytes, seq) in rows {
+            let node = NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                table: "concord_origins",
+                detail: e.to_string(),
+            })?;
+            held.set(node, seq as u64);
         }
+        Ok(held)
+    }
+
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
+        LogReader::start_for(self, target)
+    }
+
+    fn read(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read_page(after, target, limit)
     }
 }

@@ -35,8 +35,8 @@ use std::collections::HashMap;
 use mysql::Conn;
 use mysql::prelude::Queryable;
 
-use crate::error::TrackError;
 use crate::types::ColumnKind;
+use concord_store::TrackError;
 
 /// Version of the metadata layout written by this build.
 pub(crate) const FORMAT_VERSION: i64 = 1;

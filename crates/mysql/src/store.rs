@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::merge::{ColumnClock, RowClock, Tombstone};
 use concord_core::{
@@ -22,73 +22,15 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
 use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
-use crate::error::{StoreError, TrackError};
+use crate::log::LogReader;
 use crate::schema::{FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote};
+use concord_store::{
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
+};
+use concord_store::{StoreError, TrackError};
 
 /// Seconds to wait for Concord's lock on a database.
 const LOCK_WAIT_S: i64 = 60;
-
-/// Tunables of a store.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// How far ahead of local time a remote timestamp may be before it is refused.
-    pub max_clock_drift: Duration,
-    /// Changes applied per local transaction before committing at the next source
-    /// transaction boundary. Bounds how long local writers wait.
-    pub apply_batch_changes: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
-            apply_batch_changes: 10_000,
-        }
-    }
-}
-
-/// A conflict recorded while applying: two concurrent writes, or an update overridden by
-/// a concurrent delete.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConflictRecord {
-    /// Row id of the record.
-    pub id: i64,
-    /// Table name.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// `column` or `update-vs-delete`.
-    pub kind: String,
-    /// The column, for column conflicts.
-    pub column: Option<String>,
-    /// The value held locally when the pair met.
-    pub local_value: Value,
-    /// Its version.
-    pub local_version: String,
-    /// The incoming value.
-    pub remote_value: Value,
-    /// Its version.
-    pub remote_version: String,
-    /// `local` or `remote`: which one the merge rules kept.
-    pub winner: String,
-}
-
-/// A change that was set aside because it could not be applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailureRecord {
-    /// Origin node id.
-    pub origin: String,
-    /// Sequence number.
-    pub seq: u64,
-    /// Table named by the change.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// Why it could not be applied.
-    pub error: String,
-    /// When, in ms since the epoch.
-    pub at_ms: u64,
-}
 
 /// Origin ids and what is held from each.
 #[derive(Default, Debug)]
@@ -122,7 +64,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Connects and fixes the session settings values depend on.
 pub(crate) fn connect(url: &str) -> Result<Conn, StoreError> {
-    let opts = Opts::from_url(url).map_err(|e| StoreError::MySql(mysql::Error::UrlError(e)))?;
+    let opts = Opts::from_url(url).map_err(|e| StoreError::from(mysql::Error::UrlError(e)))?;
     let mut conn = Conn::new(opts)?;
     conn.query_drop(format!(
         "SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = '{SQL_MODE}'"
@@ -765,4 +707,72 @@ fn init_identity(conn: &mut Conn) -> Result<(), mysql::Error> {
         "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
         (node.as_bytes().to_vec(),),
     )
+}
+
+impl Store for MyStore {
+    fn system(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn location(&self) -> String {
+        concord_store::redact_url(&self.url)
+    }
+
+    fn node_id(&self) -> NodeId {
+        MyStore::node_id(self)
+    }
+
+    fn version_vector(&self) -> &VersionVector {
+        MyStore::version_vector(self)
+    }
+
+    fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    fn capture(&mut self) -> Result<u64, StoreError> {
+        MyStore::capture(self)
+    }
+
+    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(MyStore::begin_apply(self)?))
+    }
+
+    fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
+        Ok(Box::new(LogReader::open(&self.url)?))
+    }
+
+    fn log_len(&mut self) -> Result<u64, StoreError> {
+        MyStore::log_len(self)
+    }
+
+    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
+        // Positions only grow and entries are only removed from the front, so the
+        // cutoff follows from the last position.
+        let last: i64 = self
+            .conn
+            .query_first::<i64, _>("SELECT coalesce(max(pos), 0) FROM concord_log")?
+            .unwrap_or(0);
+        let cutoff = last.saturating_sub(keep.min(i64::MAX as u64) as i64);
+        if cutoff <= 0 {
+            return Ok(0);
+        }
+        Ok({
+            self.conn
+                .exec_drop("DELETE FROM concord_log WHERE pos <= ?", (cutoff,))?;
+            self.conn.affected_rows()
+        })
+    }
+
+    fn conflict_count(&mut self) -> Result<u64, StoreError> {
+        self.count("concord_conflicts")
+    }
+
+    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
+        MyStore::conflicts(self)
+    }
+
+    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
+        MyStore::failures(self)
+    }
 }

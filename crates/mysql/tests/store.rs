@@ -6,6 +6,7 @@
 //! without a primary key tracked; `untrack` leaving traces.
 
 use concord_core::Value;
+use concord_mysql::Store as _;
 use concord_mysql::{ApplyError, MyStore, StoreOptions, TrackError, pull};
 
 use mysql::prelude::Queryable;

@@ -310,6 +310,7 @@ fn config(name: &str, db: Option<PathBuf>, peers: Vec<PeerConfig>) -> NodeConfig
             relay: db.is_none(),
             sqlite: db,
             tables: vec!["t".into()],
+            ..StoreSection::default()
         },
         // Everything at its default, as `concord init` writes it.
         sync: SyncSection::default(),
@@ -322,6 +323,7 @@ fn peer(name: &str, address: Option<&Running>, fingerprint: Fingerprint) -> Peer
         name: name.into(),
         address: address.map(|r| r.node.listen_addr().unwrap().to_string()),
         fingerprint,
+        tables: Default::default(),
     }
 }
 

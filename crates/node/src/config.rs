@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use concord_core::mapping::LinkMapping;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Fingerprint;
@@ -67,14 +68,23 @@ pub struct NodeSection {
     pub http: Option<SocketAddr>,
 }
 
-/// `[store]`: a tracked SQLite file, or a relay store in the data directory.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `[store]`: the database to keep in sync (a SQLite file, a PostgreSQL or a
+/// MySQL/MariaDB database), or a relay store in the data directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// The SQLite file to keep in sync (relative paths are relative to the data directory).
     #[serde(default)]
     pub sqlite: Option<PathBuf>,
-    /// Tables of `sqlite` to track.
+    /// A PostgreSQL database to keep in sync, as a URL
+    /// (`postgres://user:password@host:5432/database`).
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// A MySQL or MariaDB database to keep in sync, as a URL
+    /// (`mysql://user:password@host:3306/database`).
+    #[serde(default)]
+    pub mysql: Option<String>,
+    /// Tables of the database to track.
     #[serde(default)]
     pub tables: Vec<String>,
     /// Run as a hub or relay with only Concord's own store (`relay.db` in the data
@@ -107,6 +117,9 @@ pub struct SyncSection {
     /// Safety-net capture interval, in milliseconds. Capture normally runs the moment
     /// the database file changes; this only bounds how long a missed file event delays it.
     pub capture_fallback_ms: u64,
+    /// Capture interval for PostgreSQL and MySQL stores, in milliseconds: a server has
+    /// no file to watch, so the node polls its change table.
+    pub capture_poll_ms: u64,
 }
 
 impl Default for SyncSection {
@@ -120,6 +133,7 @@ impl Default for SyncSection {
             stall_timeout_s: 30,
             retention_changes: 1_000_000,
             capture_fallback_ms: 1_000,
+            capture_poll_ms: 50,
         }
     }
 }
@@ -142,6 +156,11 @@ pub struct PeerConfig {
     pub address: Option<String>,
     /// The peer's certificate fingerprint (printed by its `concord init`).
     pub fingerprint: Fingerprint,
+    /// How the peer's tables and columns map onto this node's (`[[peers.tables]]`):
+    /// renames, a subset of columns, casts and defaults. Tables not listed keep their
+    /// names. See `docs/schema-mapping.md`.
+    #[serde(default, skip_serializing_if = "LinkMapping::is_empty")]
+    pub tables: LinkMapping,
 }
 
 impl NodeConfig {
@@ -166,23 +185,35 @@ impl NodeConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        match (&self.store.sqlite, self.store.relay) {
-            (None, false) => {
-                return Err("[store] needs `sqlite = \"file.db\"` or `relay = true`".into());
-            }
-            (Some(_), true) => {
-                return Err("[store] cannot have both `sqlite` and `relay = true`".into());
-            }
-            (Some(_), false) if self.store.tables.is_empty() => {
-                return Err("[store] `tables` must name at least one table to track".into());
-            }
-            _ => {}
+        let store = &self.store;
+        let chosen = [
+            store.sqlite.is_some(),
+            store.postgres.is_some(),
+            store.mysql.is_some(),
+            store.relay,
+        ]
+        .iter()
+        .filter(|&&set| set)
+        .count();
+        if chosen == 0 {
+            return Err("[store] needs one of `sqlite = \"file.db\"`, `postgres = \"postgres://...\"`, `mysql = \"mysql://...\"` or `relay = true`".into());
+        }
+        if chosen > 1 {
+            return Err(
+                "[store] takes only one of `sqlite`, `postgres`, `mysql` and `relay = true`".into(),
+            );
+        }
+        if !store.relay && store.tables.is_empty() {
+            return Err("[store] `tables` must name at least one table to track".into());
         }
         let mut names = std::collections::HashSet::new();
         for peer in &self.peers {
             if !names.insert(&peer.name) {
                 return Err(format!("two peers are named {:?}", peer.name));
             }
+            peer.tables
+                .validate()
+                .map_err(|e| format!("peer {:?}: [[peers.tables]]: {e}", peer.name))?;
         }
         if self.sync.batch_changes == 0 || self.sync.batch_changes > concord_wire::MAX_BATCH_CHANGES
         {

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_core::{Change, NodeId, VersionVector};
-use concord_sqlite::{LogReader, SqliteStore, StoreError, StoreOptions, TrackError};
+use concord_mysql::MyStore;
+use concord_postgres::PgStore;
+use concord_sqlite::SqliteStore;
+use concord_store::{LogRead, Store, StoreError, StoreOptions, TrackError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -49,6 +52,9 @@ pub enum NodeError {
     /// The data directory already holds a node.
     #[error("{0} already holds a node configuration; remove it or choose another directory")]
     AlreadyInitialized(PathBuf),
+    /// A task the node needed could not run.
+    #[error("internal: {0}")]
+    Internal(String),
     /// Watching the database file failed.
     #[error("watching {path}: {detail}")]
     Watch {
@@ -187,8 +193,14 @@ impl Peer {
 /// What the tasks of a node share.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
-    pub(crate) store: Arc<Mutex<SqliteStore>>,
-    pub(crate) store_path: PathBuf,
+    pub(crate) store: Arc<Mutex<Box<dyn Store>>>,
+    /// Where the store is, for status (a path, or a URL without its password).
+    pub(crate) store_location: String,
+    /// Files whose modification means local writes are waiting; empty for servers.
+    watch_paths: Vec<PathBuf>,
+    /// The log reader status uses for lag, kept between calls (for servers, it is a
+    /// connection).
+    status_reader: Mutex<Option<Box<dyn LogRead>>>,
     pub(crate) node_id: NodeId,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) peers: Vec<Arc<Peer>>,
@@ -250,15 +262,37 @@ impl Node {
             max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
             ..StoreOptions::default()
         };
-        let (store, store_path) = if config.store.relay {
-            let path = dir.join("relay.db");
-            (SqliteStore::open_relay(&path, options)?, path)
+        let tables: Vec<&str> = config.store.tables.iter().map(String::as_str).collect();
+        let store: Box<dyn Store> = if config.store.relay {
+            Box::new(SqliteStore::open_relay(dir.join("relay.db"), options)?)
+        } else if let Some(url) = &config.store.postgres {
+            let (url, tables, options) = (url.clone(), config.store.tables.clone(), options);
+            // The synchronous drivers must not run on the async runtime's threads.
+            Box::new(
+                tokio::task::spawn_blocking(move || {
+                    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+                    PgStore::track(&url, &tables, options)
+                })
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))??,
+            )
+        } else if let Some(url) = &config.store.mysql {
+            let (url, tables, options) = (url.clone(), config.store.tables.clone(), options);
+            Box::new(
+                tokio::task::spawn_blocking(move || {
+                    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+                    MyStore::track(&url, &tables, options)
+                })
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))??,
+            )
         } else {
             let db = config.store.sqlite.clone().unwrap_or_default();
             let path = if db.is_absolute() { db } else { dir.join(db) };
-            let tables: Vec<&str> = config.store.tables.iter().map(String::as_str).collect();
-            (SqliteStore::track(&path, &tables, options)?, path)
+            Box::new(SqliteStore::track(&path, &tables, options)?)
         };
+        let store_location = store.location();
+        let watch_paths = store.watch_paths();
         let recorder = PrometheusBuilder::new().build_recorder();
         let peers = config
             .peers
@@ -305,7 +339,9 @@ impl Node {
         let shared = Arc::new(Shared {
             node_id: store.node_id(),
             store: Arc::new(Mutex::new(store)),
-            store_path,
+            store_location,
+            watch_paths,
+            status_reader: Mutex::new(None),
             fingerprint: identity.fingerprint(),
             peers,
             counters: NodeCounters::new(&recorder),
@@ -533,23 +569,29 @@ async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-/// Watches the database file and its WAL; any modification wakes the capture loop.
+/// Watches the store's files (a SQLite database and its WAL); any modification wakes
+/// the capture loop. Stores on a server have no files: `None`, and the loop polls.
+#[allow(clippy::type_complexity)]
 fn start_watcher(
     shared: &Arc<Shared>,
-) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>), NodeError> {
+) -> Result<Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)>, NodeError> {
     use notify::{EventKind, RecursiveMode, Watcher};
+    let Some(db) = shared.watch_paths.first().cloned() else {
+        return Ok(None);
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let db = shared.store_path.clone();
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    let watched = [db.clone(), wal];
+    let names: Vec<std::ffi::OsString> = shared
+        .watch_paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             if matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
-                && event.paths.iter().any(|p| {
-                    watched
-                        .iter()
-                        .any(|w| p.ends_with(w.file_name().unwrap_or_default()))
-                })
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| names.iter().any(|n| p.ends_with(n)))
             {
                 let _ = tx.try_send(());
             }
@@ -574,21 +616,35 @@ fn start_watcher(
             path: dir,
             detail: e.to_string(),
         })?;
-    Ok((watcher, rx))
+    Ok(Some((watcher, rx)))
 }
 
 async fn capture_loop(
     shared: Arc<Shared>,
-    watch: (notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>),
+    watch: Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)>,
 ) {
-    let (_watcher, mut events) = watch;
-    let mut fallback = tokio::time::interval(Duration::from_millis(
-        shared.config.sync.capture_fallback_ms.max(10),
-    ));
+    let (_watcher, mut events) = match watch {
+        Some((watcher, events)) => (Some(watcher), Some(events)),
+        None => (None, None),
+    };
+    // With a file to watch, the timer is only a safety net; a server is polled.
+    let period = if events.is_some() {
+        shared.config.sync.capture_fallback_ms
+    } else {
+        shared.config.sync.capture_poll_ms
+    };
+    let mut timer = tokio::time::interval(Duration::from_millis(period.max(10)));
     loop {
-        tokio::select! {
-            _ = events.recv() => {}
-            _ = fallback.tick() => {}
+        match events.as_mut() {
+            Some(events) => {
+                tokio::select! {
+                    _ = events.recv() => {}
+                    _ = timer.tick() => {}
+                }
+            }
+            None => {
+                timer.tick().await;
+            }
         }
         match capture(&shared).await {
             Ok(0) => {}
@@ -626,7 +682,11 @@ struct Lag {
     behind: bool,
 }
 
-fn lag_of(reader: &mut Option<LogReader>, held: &VersionVector, peer_holds: &VersionVector) -> Lag {
+fn lag_of(
+    reader: &mut Option<Box<dyn LogRead>>,
+    held: &VersionVector,
+    peer_holds: &VersionVector,
+) -> Lag {
     let changes = held.count_missing_in(peer_holds);
     if changes == 0 {
         return Lag {
@@ -674,8 +734,12 @@ fn lag_of(reader: &mut Option<LogReader>, held: &VersionVector, peer_holds: &Ver
 pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
+        let mut status_reader = s.status_reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (held, log_entries, conflicts, failures) = {
-            let store = lock(&s.store);
+            let mut store = lock(&s.store);
+            if status_reader.is_none() {
+                *status_reader = store.log_reader().ok();
+            }
             (
                 store.version_vector().clone(),
                 store.log_len().unwrap_or(0),
@@ -683,7 +747,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                 store.failures().map(|f| f.len() as u64).unwrap_or(0),
             )
         };
-        let mut reader = LogReader::open(&s.store_path).ok();
+        let reader = &mut *status_reader;
         let peers: Vec<PeerStatus> = s
             .peers
             .iter()
@@ -693,7 +757,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     (rt.link.clone(), rt.last_error.clone(), rt.holds.clone())
                 };
                 let lag = match &holds {
-                    Some(h) => lag_of(&mut reader, &held, h),
+                    Some(h) => lag_of(reader, &held, h),
                     None => Lag { changes: held.count_missing_in(&VersionVector::new()), seconds: 0.0, behind: false },
                 };
                 if lag.behind {
@@ -733,7 +797,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             node_id: s.node_id.to_string(),
             fingerprint: s.fingerprint.to_string(),
             listen: s.listen.map(|a| a.to_string()),
-            store: if s.config.store.relay { "relay".into() } else { s.store_path.display().to_string() },
+            store: if s.config.store.relay { "relay".into() } else { s.store_location.clone() },
             holds: held.iter().map(|(o, &seq)| OriginHeld { origin: o.to_string(), seq }).collect(),
             log_entries,
             captured: s.counters.captured.get(),

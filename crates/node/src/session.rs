@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
-use concord_sqlite::{ApplyError, ApplyReport, LogReader, SqliteStore, StoreError};
+use concord_store::{ApplyError, ApplyReport, RowError, Store, StoreError};
 use concord_wire::{
     Ack, BATCH_OVERHEAD, ChangeBatch, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello, Message,
     PROTOCOL_VERSION, WireError, encoded_size,
@@ -66,6 +67,8 @@ pub(crate) enum SessionError {
     Shutdown,
     #[error("internal: {0}")]
     Internal(String),
+    #[error("schema mapping: {0}")]
+    Mapping(#[from] MappingError),
 }
 
 impl SessionError {
@@ -323,8 +326,8 @@ async fn store_holds(shared: &Arc<Shared>) -> Result<VersionVector, SessionError
 }
 
 pub(crate) fn lock(
-    store: &std::sync::Mutex<SqliteStore>,
-) -> std::sync::MutexGuard<'_, SqliteStore> {
+    store: &std::sync::Mutex<Box<dyn Store>>,
+) -> std::sync::MutexGuard<'_, Box<dyn Store>> {
     // A panic while holding the lock cannot leave the store inconsistent (every write
     // is a transaction), so a poisoned lock is still usable.
     store
@@ -342,11 +345,11 @@ async fn send_loop(
     peer_max_frame: u32,
 ) -> Result<(), SessionError> {
     let sync = &shared.config.sync;
-    let path = shared.store_path.clone();
+    let store = shared.store.clone();
     let mut sent_holds = peer_holds;
     let holds = sent_holds.clone();
     let (mut reader, start) = blocking(move || {
-        let mut reader = LogReader::open(&path)?;
+        let mut reader = lock(&store).log_reader()?;
         let start = reader.start_for(&holds);
         Ok::<_, StoreError>((reader, start))
     })
@@ -386,7 +389,11 @@ async fn send_loop(
                 sent_holds.set(change.origin, change.seq);
             }
         }
-        for changes in split_by_size(page.changes, budget)? {
+        // Into the peer's names. A change that cannot be mapped cannot be skipped (the
+        // peer holds each origin's changes contiguously): the session stops with the
+        // error, which status shows, until the data or the mapping is fixed.
+        let changes = outgoing(&peer.config.tables, page.changes)?;
+        for changes in split_by_size(changes, budget)? {
             while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
                 let notified = flow.ack.notified();
                 if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
@@ -403,6 +410,14 @@ async fn send_loop(
             }
         }
     }
+}
+
+/// Maps changes read from the log into the peer's schema.
+fn outgoing(mapping: &LinkMapping, changes: Vec<Change>) -> Result<Vec<Change>, MappingError> {
+    if mapping.is_empty() {
+        return Ok(changes);
+    }
+    changes.into_iter().map(|c| mapping.outgoing(c)).collect()
 }
 
 /// Cuts changes into batches whose encoding fits `budget` bytes.
@@ -507,7 +522,11 @@ where
                 if open_group.len() >= BUFFERED_TRANSACTION_LIMIT {
                     // A source transaction too large to hold in memory: stream it into one
                     // store transaction instead, as its batches arrive.
-                    let mut open = LargeTransaction::begin(shared.store.clone(), stall);
+                    let mut open = LargeTransaction::begin(
+                        shared.store.clone(),
+                        peer.config.tables.clone(),
+                        stall,
+                    );
                     open.send(std::mem::take(&mut open_group)).await?;
                     big = Some(open);
                 }
@@ -578,7 +597,11 @@ struct LargeTransaction {
 }
 
 impl LargeTransaction {
-    fn begin(store: Arc<std::sync::Mutex<SqliteStore>>, stall: Duration) -> Self {
+    fn begin(
+        store: Arc<std::sync::Mutex<Box<dyn Store>>>,
+        mapping: LinkMapping,
+        stall: Duration,
+    ) -> Self {
         // Bounded: while the store is busy with queued chunks, the receive loop waits,
         // acknowledgements wait, and the sender's window throttles the peer, so memory
         // stays bounded however large the transaction.
@@ -600,8 +623,12 @@ impl LargeTransaction {
                         Ok(None) => return Err(SessionError::Closed),
                         Err(_) => return Err(SessionError::Silent(stall)),
                     };
-                    for change in &chunk {
-                        session.apply(change)?;
+                    for change in chunk.iter() {
+                        if mapping.is_empty() {
+                            session.apply(change)?;
+                        } else {
+                            session.apply(&mapping.incoming(change.clone())?)?;
+                        }
                     }
                     if chunk.last().is_some_and(|c| c.last_in_txn) {
                         return Ok(session.commit()?);
@@ -634,20 +661,31 @@ impl LargeTransaction {
     }
 }
 
-/// Applies whole source transactions. If the batch is refused because of one change,
-/// each transaction is retried alone and the ones that still fail are set aside.
+/// Applies whole source transactions, mapped into this node's schema. If the batch is
+/// refused because of one change, each transaction is retried alone and the ones that
+/// still fail (or cannot be mapped) are set aside, so one bad row never blocks the rest.
 async fn apply(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     changes: Vec<Change>,
 ) -> Result<ApplyReport, SessionError> {
     let store = shared.store.clone();
-    let peer_name = peer.config.name.clone();
+    let peer = peer.clone();
     blocking(move || {
+        let mapping = &peer.config.tables;
         let mut store = lock(&store);
-        match store.apply_batch(&changes) {
+        let whole = if mapping.is_empty() {
+            store.apply_batch(&changes)
+        } else {
+            match incoming(mapping, &changes) {
+                Ok(mapped) => store.apply_batch(&mapped),
+                // Found again, and set aside, below.
+                Err(failure) => Err(ApplyError::Source(failure.to_string())),
+            }
+        };
+        match whole {
             Ok(report) => Ok(report),
-            Err(ApplyError::Row(_)) => {
+            Err(ApplyError::Row(_) | ApplyError::Source(_)) => {
                 let mut total = ApplyReport::default();
                 let mut start = 0;
                 for (i, change) in changes.iter().enumerate() {
@@ -656,13 +694,13 @@ async fn apply(
                     }
                     let group = &changes[start..=i];
                     start = i + 1;
-                    let report = match store.apply_batch(group) {
+                    let report = match apply_group(&mut **store, mapping, group) {
                         Ok(r) => r,
-                        Err(ApplyError::Row(failure)) if !matches!(failure.error, concord_sqlite::RowError::Gap(_)) => {
-                            tracing::warn!(peer = %peer_name, error = %failure, changes = group.len(), "setting aside a source transaction that cannot be applied");
-                            store.set_aside(group, &failure.to_string())?
+                        Err(GroupFailure::Refused(reason)) => {
+                            tracing::warn!(peer = %peer.config.name, error = %reason, changes = group.len(), "setting aside a source transaction that cannot be applied");
+                            store.set_aside(group, &reason)?
                         }
-                        Err(other) => return Err(SessionError::Apply(other)),
+                        Err(GroupFailure::Apply(other)) => return Err(SessionError::Apply(other)),
                     };
                     total.absorb(&report);
                 }
@@ -672,4 +710,42 @@ async fn apply(
         }
     })
     .await?
+}
+
+/// Why one source transaction was not applied.
+enum GroupFailure {
+    /// It cannot be applied here (a bad row, or a value the mapping cannot convert):
+    /// set it aside.
+    Refused(String),
+    /// The store failed: end the session.
+    Apply(ApplyError),
+}
+
+fn apply_group(
+    store: &mut dyn Store,
+    mapping: &LinkMapping,
+    group: &[Change],
+) -> Result<ApplyReport, GroupFailure> {
+    let mapped;
+    let group = if mapping.is_empty() {
+        group
+    } else {
+        mapped = incoming(mapping, group).map_err(|e| GroupFailure::Refused(e.to_string()))?;
+        &mapped[..]
+    };
+    match store.apply_batch(group) {
+        Ok(report) => Ok(report),
+        Err(ApplyError::Row(failure)) if !matches!(failure.error, RowError::Gap(_)) => {
+            Err(GroupFailure::Refused(failure.to_string()))
+        }
+        Err(other) => Err(GroupFailure::Apply(other)),
+    }
+}
+
+/// Maps received changes into this node's schema.
+fn incoming(mapping: &LinkMapping, changes: &[Change]) -> Result<Vec<Change>, MappingError> {
+    changes
+        .iter()
+        .map(|c| mapping.incoming(c.clone()))
+        .collect()
 }

@@ -21,6 +21,7 @@
 
 mod common;
 
+use concord_sqlite::Store as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -275,6 +276,7 @@ impl Arena {
                 name: "rogue".into(),
                 address: None,
                 fingerprint: rogue.fingerprint(),
+                tables: Default::default(),
             },
         ]);
         config.sync.max_frame_bytes = MAX_FRAME;

@@ -32,10 +32,10 @@ use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 
 use crate::codec::{self, LogBody, LogColumn};
-use crate::error::StoreError;
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, PgStore};
 use crate::types::{Raw, decode};
+use concord_store::StoreError;
 
 const PAGE: usize = 2_000;
 
@@ -261,7 +261,7 @@ impl PgStore {
             ));
         }
         let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
-            LoadClockError::Postgres(e) => StoreError::Postgres(e),
+            LoadClockError::Postgres(e) => e.into(),
             LoadClockError::Corrupt(d) => {
                 capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
             }

@@ -8,17 +8,16 @@
 //! session reads while the store captures and applies, and it reads a page at a time,
 //! so memory stays flat whatever the log's length.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use concord_core::{
     CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
 };
-use postgres::Client;
 
 use crate::codec::{self, LogBody, StoredVersion};
-use crate::error::StoreError;
 use crate::schema::VERBATIM_TABLE;
-use crate::store::{PgStore, connect};
+use crate::store::{Connection, connect};
+use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: i64 = 1_000;
 
@@ -27,37 +26,25 @@ struct TableNames {
     columns: Vec<String>,
 }
 
-/// Iterates over the changes a target lacks, in causal (log) order.
-pub struct ChangeCursor {
-    client: Client,
+/// A read-only view of the change log through its own connection.
+pub(crate) struct LogReader {
+    client: Connection,
     node_of: HashMap<i32, NodeId>,
     tables: HashMap<i32, TableNames>,
-    target: VersionVector,
-    after: i64,
-    buffer: VecDeque<Change>,
-    done: bool,
 }
 
-impl PgStore {
-    /// The changes a replica holding `target` lacks, in an order it can apply. The
-    /// cursor reads through its own connection, a page at a time.
-    pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {
-        let mut cursor = ChangeCursor {
-            client: connect(&self.url)?,
+impl LogReader {
+    /// Connects to the database at `url` and learns its origins and tables.
+    pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
+        let mut reader = LogReader {
+            client: connect(url)?,
             node_of: HashMap::new(),
             tables: HashMap::new(),
-            target: target.clone(),
-            after: 0,
-            buffer: VecDeque::new(),
-            done: false,
         };
-        cursor.refresh()?;
-        cursor.after = cursor.start()?;
-        Ok(cursor)
+        reader.refresh()?;
+        Ok(reader)
     }
-}
 
-impl ChangeCursor {
     /// Re-reads origins and table names (new ones appear as the store learns them).
     fn refresh(&mut self) -> Result<(), StoreError> {
         for row in self
@@ -94,7 +81,7 @@ impl ChangeCursor {
     /// The position just before the first entry the target lacks, found through the
     /// `(origin, seq)` index. An entry the target needs that is no longer in the log
     /// (pruned) is an error naming it.
-    fn start(&mut self) -> Result<i64, StoreError> {
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
         let mut start: i64 = self
             .client
             .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
@@ -109,7 +96,7 @@ impl ChangeCursor {
             let Some(origin) = self.node_of.get(&index).copied() else {
                 continue;
             };
-            let wanted = self.target.get(&origin);
+            let wanted = target.get(&origin);
             if have as u64 <= wanted {
                 continue;
             }
@@ -130,16 +117,22 @@ impl ChangeCursor {
         Ok(start)
     }
 
-    fn read_page(&mut self) -> Result<(), StoreError> {
+    fn read_page(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        let mut page = LogPage {
+            changes: Vec::new(),
+            last_pos: after,
+        };
+        let page_len = PAGE.max(limit as i64);
         let rows = self.client.query(
             "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord.log
              WHERE pos > $1 ORDER BY pos LIMIT $2",
-            &[&self.after, &PAGE],
+            &[&after, &page_len],
         )?;
-        if rows.is_empty() {
-            self.done = true;
-            return Ok(());
-        }
         for r in rows {
             let pos: i64 = r.get(0);
             let corrupt = |detail: String| StoreError::Corrupt {
@@ -155,15 +148,15 @@ impl ChangeCursor {
                 .get(&origin_index)
                 .ok_or_else(|| corrupt(format!("unknown origin index {origin_index}")))?;
             let seq = r.get::<_, i64>(2) as u64;
-            self.after = pos;
-            if self.target.contains(&origin, seq) {
+            page.last_pos = pos;
+            if target.contains(&origin, seq) {
                 continue;
             }
             let table_id: i32 = r.get(4);
             let body: &[u8] = r.get(7);
             if table_id == VERBATIM_TABLE {
                 let change: Change = codec::decode(body).map_err(corrupt)?;
-                self.buffer.push_back(change);
+                page.changes.push(change);
                 continue;
             }
             if !self.tables.contains_key(&table_id) {
@@ -197,7 +190,7 @@ impl ChangeCursor {
                     replaced: c.replaced.map(version).transpose()?,
                 });
             }
-            self.buffer.push_back(Change {
+            page.changes.push(Change {
                 origin,
                 seq,
                 hlc: Hlc::from_u64(r.get::<_, i64>(3) as u64),
@@ -209,25 +202,37 @@ impl ChangeCursor {
                 last_in_txn: r.get(8),
             });
         }
-        Ok(())
+        Ok(page)
     }
 }
 
-impl Iterator for ChangeCursor {
-    type Item = Result<Change, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(change) = self.buffer.pop_front() {
-                return Some(Ok(change));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.read_page() {
-                self.done = true;
-                return Some(Err(e));
-            }
+impl LogRead for LogReader {
+    fn held(&mut self) -> Result<VersionVector, StoreError> {
+        let mut held = VersionVector::new();
+        for row in self.client.query(
+            "SELECT node_id, seq FROM concord.origins WHERE seq > 0",
+            &[],
+        )? {
+            let node =
+                NodeId::try_from(row.get::<_, &[u8]>(0)).map_err(|e| StoreError::Corrupt {
+                    table: "concord.origins",
+                    detail: e.to_string(),
+                })?;
+            held.set(node, row.get::<_, i64>(1) as u64);
         }
+        Ok(held)
+    }
+
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
+        LogReader::start_for(self, target)
+    }
+
+    fn read(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read_page(after, target, limit)
     }
 }

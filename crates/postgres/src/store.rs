@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::merge::{ColumnClock, RowClock, Tombstone};
 use concord_core::{
@@ -18,73 +18,15 @@ use concord_core::{
 use postgres::{Client, NoTls, Statement};
 
 use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
-use crate::error::{StoreError, TrackError};
+use crate::log::LogReader;
 use crate::schema::{CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote};
+use concord_store::{
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
+};
+use concord_store::{StoreError, TrackError};
 
 /// Key of the advisory lock serializing Concord's writers in one database ("concord").
 pub(crate) const LOCK_KEY: i64 = 0x0063_6f6e_636f_7264;
-
-/// Tunables of a store.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// How far ahead of local time a remote timestamp may be before it is refused.
-    pub max_clock_drift: Duration,
-    /// Changes applied per local transaction before committing at the next source
-    /// transaction boundary. Bounds how long local writers wait.
-    pub apply_batch_changes: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
-            apply_batch_changes: 10_000,
-        }
-    }
-}
-
-/// A conflict recorded while applying: two concurrent writes, or an update overridden by
-/// a concurrent delete.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConflictRecord {
-    /// Row id of the record.
-    pub id: i64,
-    /// Table name.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// `column` or `update-vs-delete`.
-    pub kind: String,
-    /// The column, for column conflicts.
-    pub column: Option<String>,
-    /// The value held locally when the pair met.
-    pub local_value: Value,
-    /// Its version.
-    pub local_version: String,
-    /// The incoming value.
-    pub remote_value: Value,
-    /// Its version.
-    pub remote_version: String,
-    /// `local` or `remote`: which one the merge rules kept.
-    pub winner: String,
-}
-
-/// A change that was set aside because it could not be applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailureRecord {
-    /// Origin node id.
-    pub origin: String,
-    /// Sequence number.
-    pub seq: u64,
-    /// Table named by the change.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// Why it could not be applied.
-    pub error: String,
-    /// When, in ms since the epoch.
-    pub at_ms: u64,
-}
 
 /// Origin ids and what is held from each.
 #[derive(Default, Debug)]
@@ -96,7 +38,7 @@ pub(crate) struct Origins {
 
 /// A PostgreSQL database tracked by Concord.
 pub struct PgStore {
-    pub(crate) client: Client,
+    pub(crate) client: Connection,
     pub(crate) url: String,
     pub(crate) node: NodeId,
     pub(crate) local_index: i32,
@@ -119,14 +61,50 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Connects and fixes the session settings value text depends on.
-pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
+pub(crate) fn connect(url: &str) -> Result<Connection, StoreError> {
     let mut client = Client::connect(url, NoTls)?;
     let settings: String = CANONICAL_SETTINGS
         .iter()
         .map(|(k, v)| format!("SET {} = {};", quote(k), literal(v)))
         .collect();
     client.batch_execute(&settings)?;
-    Ok(client)
+    Ok(Connection(Some(client)))
+}
+
+/// A blocking client that may be dropped anywhere.
+///
+/// The `postgres` crate's blocking `Client` runs a small tokio runtime of its own, and
+/// dropping it blocks on that runtime to close the connection, which panics on a
+/// thread that is driving another runtime's tasks (where the node may drop a store or
+/// a log reader when a session ends). Inside a tokio runtime the client is therefore
+/// closed on a thread of its own.
+pub(crate) struct Connection(Option<Client>);
+
+// The client is `Some` from construction until `drop` takes it.
+#[allow(clippy::expect_used)]
+impl std::ops::Deref for Connection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("the client is present until drop")
+    }
+}
+
+#[allow(clippy::expect_used)]
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("the client is present until drop")
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(client));
+            }
+        }
+    }
 }
 
 /// Runs `body` in a transaction holding Concord's lock; commits on success, rolls back
@@ -739,4 +717,70 @@ fn install_table(client: &mut Client, info: &TableInfo) -> Result<(), postgres::
         )?;
     }
     client.batch_execute(&info.trigger_sql())
+}
+
+impl Store for PgStore {
+    fn system(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn location(&self) -> String {
+        concord_store::redact_url(&self.url)
+    }
+
+    fn node_id(&self) -> NodeId {
+        PgStore::node_id(self)
+    }
+
+    fn version_vector(&self) -> &VersionVector {
+        PgStore::version_vector(self)
+    }
+
+    fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    fn capture(&mut self) -> Result<u64, StoreError> {
+        PgStore::capture(self)
+    }
+
+    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(PgStore::begin_apply(self)?))
+    }
+
+    fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
+        Ok(Box::new(LogReader::open(&self.url)?))
+    }
+
+    fn log_len(&mut self) -> Result<u64, StoreError> {
+        PgStore::log_len(self)
+    }
+
+    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
+        // Positions only grow and entries are only removed from the front, so the
+        // cutoff follows from the last position.
+        let last: i64 = self
+            .client
+            .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
+            .get(0);
+        let cutoff = last.saturating_sub(keep.min(i64::MAX as u64) as i64);
+        if cutoff <= 0 {
+            return Ok(0);
+        }
+        Ok(self
+            .client
+            .execute("DELETE FROM concord.log WHERE pos <= $1", &[&cutoff])?)
+    }
+
+    fn conflict_count(&mut self) -> Result<u64, StoreError> {
+        self.count("concord.conflicts")
+    }
+
+    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
+        PgStore::conflicts(self)
+    }
+
+    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
+        PgStore::failures(self)
+    }
 }

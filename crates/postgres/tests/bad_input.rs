@@ -14,6 +14,7 @@ mod common;
 
 use common::{TestDb, all_changes, server_or_skip};
 use concord_core::{Change, PrimaryKey, Value};
+use concord_postgres::Store as _;
 use concord_postgres::{ApplyError, PgStore, RowError, StoreOptions};
 
 const DDL: &str = "CREATE TABLE items(

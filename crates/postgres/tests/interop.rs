@@ -36,15 +36,11 @@ fn sqlite_rows(path: &std::path::Path) -> Vec<Row> {
 }
 
 fn pg_to_sqlite(pg: &mut PgStore, lite: &mut SqliteStore) {
-    pg.capture().unwrap();
-    let cursor = pg.changes_for(lite.version_vector()).unwrap();
-    lite.apply_changes(cursor).unwrap();
+    concord_postgres::pull(pg, lite).unwrap();
 }
 
 fn sqlite_to_pg(lite: &mut SqliteStore, pg: &mut PgStore) {
-    lite.capture().unwrap();
-    let cursor = lite.changes_for(pg.version_vector()).unwrap();
-    pg.apply_changes(cursor).unwrap();
+    concord_postgres::pull(lite, pg).unwrap();
 }
 
 #[test]

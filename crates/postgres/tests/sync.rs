@@ -13,6 +13,7 @@
 mod common;
 
 use common::{TestDb, all_changes, server_or_skip};
+use concord_postgres::Store as _;
 use concord_postgres::{PgStore, StoreOptions, pull};
 
 const DDL: &str = "CREATE TABLE items(id bigint PRIMARY KEY, name text NOT NULL, qty integer);";
@@ -145,7 +146,7 @@ fn a_source_transaction_is_committed_whole_at_the_destination() {
     a_db.psql("BEGIN; UPDATE items SET qty = -1 WHERE id <= 10; COMMIT;");
     a.capture().unwrap();
     let partial: Vec<_> = a.changes_for(b.version_vector()).unwrap().take(5).collect();
-    assert!(b.apply_changes(partial).is_err());
+    assert!(b.apply_changes(&mut partial.into_iter()).is_err());
     assert_eq!(b_db.count("SELECT count(*) FROM items WHERE qty = -1"), 0);
     pull(&mut a, &mut b).unwrap();
     assert_eq!(b_db.count("SELECT count(*) FROM items WHERE qty = -1"), 10);

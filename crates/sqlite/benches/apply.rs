@@ -22,7 +22,7 @@
 
 mod common;
 
-use std::convert::Infallible;
+use concord_sqlite::Store as _;
 use std::time::Duration;
 
 use common::{
@@ -152,9 +152,7 @@ fn apply(c: &mut Criterion) {
                     |p| (SqliteStore::open(p).unwrap(), Some(changes.clone())),
                     |(dst, batch)| {
                         let batch = batch.take().unwrap();
-                        let report = dst
-                            .apply_changes(batch.into_iter().map(Ok::<_, Infallible>))
-                            .unwrap();
+                        let report = dst.apply_changes(&mut batch.into_iter().map(Ok)).unwrap();
                         assert_eq!(report.applied, ROWS as u64);
                     },
                 )
@@ -190,7 +188,7 @@ fn apply(c: &mut Criterion) {
                             1,
                             |p| SqliteStore::open(p).unwrap(),
                             |dst| {
-                                let report = pull(&mut src.borrow_mut(), dst).unwrap();
+                                let report = pull(&mut *src.borrow_mut(), dst).unwrap();
                                 assert_eq!(report.applied, ROWS as u64);
                             },
                         )

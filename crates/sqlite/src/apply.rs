@@ -15,7 +15,6 @@
 //! never applied in part.
 
 use std::collections::BTreeSet;
-use std::fmt::Display;
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
@@ -24,41 +23,9 @@ use rusqlite::params_from_iter;
 use rusqlite::types::ToSql;
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
-use crate::error::{ApplyError, RowError, RowFailure, StoreError};
 use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
-
-/// Counts from applying changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApplyReport {
-    /// Changes received.
-    pub received: u64,
-    /// Changes merged (new to this replica).
-    pub applied: u64,
-    /// Changes already held, skipped.
-    pub duplicates: u64,
-    /// Conflicts recorded.
-    pub conflicts: u64,
-    /// Local writes captured before applying.
-    pub captured: u64,
-    /// Transactions committed.
-    pub commits: u64,
-    /// Changes set aside (not applied, recorded as failures).
-    pub set_aside: u64,
-}
-
-impl ApplyReport {
-    /// Adds another report's counts to this one.
-    pub fn absorb(&mut self, other: &ApplyReport) {
-        self.received += other.received;
-        self.applied += other.applied;
-        self.duplicates += other.duplicates;
-        self.conflicts += other.conflicts;
-        self.captured += other.captured;
-        self.commits += other.commits;
-        self.set_aside += other.set_aside;
-    }
-}
+use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure, StoreError};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -88,52 +55,6 @@ impl SqliteStore {
         };
         session.begin()?;
         Ok(session)
-    }
-
-    /// Applies `changes` in one transaction: all of them, or none if any is bad. The
-    /// last change must end a source transaction.
-    pub fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            session.apply(change)?;
-        }
-        session.commit()
-    }
-
-    /// Sets aside a whole source transaction that could not be applied (see
-    /// [`ApplySession::set_aside`]), in one transaction.
-    pub fn set_aside(
-        &mut self,
-        changes: &[Change],
-        reason: &str,
-    ) -> Result<ApplyReport, ApplyError> {
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            session.set_aside(change, reason)?;
-        }
-        session.commit()
-    }
-
-    /// Applies a stream of changes, committing at source-transaction boundaries once
-    /// [`crate::StoreOptions::apply_batch_changes`] changes are in the transaction, so
-    /// local writers never wait longer than one batch. Memory use does not grow with the
-    /// length of the stream. On error, everything since the last commit is rolled back;
-    /// what was committed before stays (the version vector says what that was).
-    pub fn apply_changes<I, E>(&mut self, changes: I) -> Result<ApplyReport, ApplyError>
-    where
-        I: IntoIterator<Item = Result<Change, E>>,
-        E: Display,
-    {
-        let batch = self.options.apply_batch_changes.max(1);
-        let mut session = self.begin_apply()?;
-        for change in changes {
-            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
-            session.apply(&change)?;
-            if session.at_boundary() && session.in_transaction() >= batch {
-                session.checkpoint()?;
-            }
-        }
-        session.commit()
     }
 }
 
@@ -285,13 +206,11 @@ impl ApplySession<'_> {
                 RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
             );
         }
-        if change.is_delete() != change.columns.is_empty() {
-            return Err(RowError::Invalid(if change.is_delete() {
-                "a delete carries column values".into()
-            } else {
-                "an insert or update carries no columns".into()
-            })
-            .into());
+        // An insert or update may carry no columns: a link's schema mapping drops the
+        // columns the destination does not keep, and the change must still be applied
+        // (and logged) so the origin's sequence stays contiguous.
+        if change.is_delete() && !change.columns.is_empty() {
+            return Err(RowError::Invalid("a delete carries column values".into()).into());
         }
         let mut incoming = Vec::with_capacity(change.columns.len());
         for c in &change.columns {
@@ -336,8 +255,12 @@ impl ApplySession<'_> {
             record_conflict(store, &table, change, &key_values, &incoming, conflict)?;
         }
         let write = |sql: &str, values: &[&dyn ToSql]| -> Result<(), Failure> {
-            let mut stmt = store.conn.prepare_cached(sql).map_err(RowError::Refused)?;
-            stmt.execute(values).map_err(RowError::Refused)?;
+            let mut stmt = store
+                .conn
+                .prepare_cached(sql)
+                .map_err(|e| RowError::Refused(e.into()))?;
+            stmt.execute(values)
+                .map_err(|e| RowError::Refused(e.into()))?;
             Ok(())
         };
         let key_params: Vec<Sql<'_>> = key_values.iter().map(Sql).collect();
@@ -535,7 +458,7 @@ impl<E: Into<RowError>> From<E> for Failure {
 }
 
 fn store_error(e: rusqlite::Error) -> Failure {
-    Failure::Store(StoreError::Sqlite(e))
+    Failure::Store(e.into())
 }
 
 /// Refuses a value the column would not hold as sent. SQLite's type affinity silently
@@ -564,6 +487,7 @@ fn check_type(table: &TableInfo, index: usize, value: &Value) -> Result<(), RowE
             column.declared_type.clone()
         },
         found: value.kind(),
+        detail: "SQLite would convert it as sent".into(),
     })
 }
 
@@ -663,4 +587,30 @@ fn record_conflict(
         })
         .map_err(store_error)?;
     Ok(())
+}
+
+impl ApplyTxn for ApplySession<'_> {
+    fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        ApplySession::apply(self, change)
+    }
+
+    fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        ApplySession::set_aside(self, change, reason)
+    }
+
+    fn at_boundary(&self) -> bool {
+        ApplySession::at_boundary(self)
+    }
+
+    fn in_transaction(&self) -> usize {
+        ApplySession::in_transaction(self)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        ApplySession::checkpoint(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError> {
+        ApplySession::commit(*self)
+    }
 }

@@ -16,9 +16,9 @@ use concord_core::{PrimaryKey, Value, Version};
 use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
-use crate::error::StoreError;
 use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_REKEY, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
+use concord_store::StoreError;
 
 const PAGE: i64 = 2_000;
 
@@ -234,7 +234,7 @@ impl SqliteStore {
             }
         };
         let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
-            LoadClockError::Sqlite(e) => StoreError::Sqlite(e),
+            LoadClockError::Sqlite(e) => e.into(),
             LoadClockError::Corrupt(d) => capture_error(format!("corrupt row metadata: {d}"), &key),
         })?;
         let existed = clock.causal_length.0 > 0;

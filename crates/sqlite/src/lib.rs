@@ -30,15 +30,15 @@
 mod apply;
 mod capture;
 mod codec;
-mod error;
 mod log;
 mod schema;
 mod store;
-mod sync;
 
-pub use apply::{ApplyReport, ApplySession};
-pub use error::{ApplyError, RowError, RowFailure, StoreError, TrackError};
-pub use log::{ChangeCursor, LogPage, LogReader};
+pub use apply::ApplySession;
+pub use concord_store::{
+    ApplyError, ApplyReport, ApplyTxn, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
+    LogRead, RowError, RowFailure, Store, StoreError, StoreOptions, TrackError, merge_all, pull,
+};
+pub use log::LogReader;
 pub use schema::{TRIGGER_PREFIX, TableInfo};
-pub use store::{ConflictRecord, FailureRecord, SqliteStore, StoreOptions};
-pub use sync::{merge_all, pull};
+pub use store::SqliteStore;

@@ -7,7 +7,7 @@
 //! so memory stays flat whatever the log's length. It yields, in log order, exactly the
 //! changes a target's version vector does not hold.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 
 use concord_core::{
@@ -16,9 +16,9 @@ use concord_core::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::codec::{self, LogBody, StoredVersion};
-use crate::error::StoreError;
 use crate::schema::VERBATIM_TABLE;
 use crate::store::SqliteStore;
+use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: usize = 1_000;
 
@@ -33,15 +33,6 @@ pub struct LogReader {
     node_of: HashMap<u32, NodeId>,
     index_of: HashMap<NodeId, u32>,
     tables: HashMap<i64, TableNames>,
-}
-
-/// A page of log entries read for a target.
-#[derive(Debug, Default)]
-pub struct LogPage {
-    /// The changes the target lacks, in log order.
-    pub changes: Vec<Change>,
-    /// The last log position examined; the next read starts after it.
-    pub last_pos: i64,
 }
 
 impl LogReader {
@@ -272,15 +263,6 @@ impl LogReader {
     }
 }
 
-/// Iterates over the changes a target lacks, in causal (log) order.
-pub struct ChangeCursor {
-    reader: LogReader,
-    target: VersionVector,
-    after: i64,
-    buffer: VecDeque<Change>,
-    done: bool,
-}
-
 impl SqliteStore {
     /// Deletes the oldest change-log entries so that at most `keep` remain; returns how
     /// many were deleted. The version vector is unaffected: it says what this replica
@@ -304,46 +286,23 @@ impl SqliteStore {
             .execute("DELETE FROM __concord_log WHERE pos <= ?1", [cutoff])?;
         Ok(deleted as u64)
     }
-
-    /// The changes a replica holding `target` lacks, in an order it can apply. The
-    /// cursor reads through its own connection.
-    pub fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {
-        let mut reader = LogReader::open(&self.path)?;
-        let after = reader.start_for(target)?;
-        Ok(ChangeCursor {
-            reader,
-            target: target.clone(),
-            after,
-            buffer: VecDeque::new(),
-            done: false,
-        })
-    }
 }
 
-impl Iterator for ChangeCursor {
-    type Item = Result<Change, StoreError>;
+impl LogRead for LogReader {
+    fn held(&mut self) -> Result<VersionVector, StoreError> {
+        LogReader::held(self)
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(change) = self.buffer.pop_front() {
-                return Some(Ok(change));
-            }
-            if self.done {
-                return None;
-            }
-            match self.reader.read(self.after, &self.target, PAGE) {
-                Ok(page) => {
-                    if page.last_pos == self.after {
-                        self.done = true;
-                    }
-                    self.after = page.last_pos;
-                    self.buffer.extend(page.changes);
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
+        LogReader::start_for(self, target)
+    }
+
+    fn read(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        LogReader::read(self, after, target, limit)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::error::TrackError;
+use concord_store::TrackError;
 
 /// Prefix of every trigger Concord installs.
 pub const TRIGGER_PREFIX: &str = "__concord_trg_";

@@ -12,70 +12,13 @@ use concord_core::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
-use crate::error::{StoreError, TrackError};
+use concord_store::{
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreError, StoreOptions,
+    TrackError,
+};
+
+use crate::log::LogReader;
 use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
-
-/// Tunables of a store.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// How far ahead of local time a remote timestamp may be before it is refused.
-    pub max_clock_drift: Duration,
-    /// Changes applied per local transaction before committing at the next source
-    /// transaction boundary. Bounds how long local writers wait.
-    pub apply_batch_changes: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
-            apply_batch_changes: 10_000,
-        }
-    }
-}
-
-/// A conflict recorded while applying: two concurrent writes, or an update overridden by
-/// a concurrent delete.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConflictRecord {
-    /// Row id of the record.
-    pub id: i64,
-    /// Table name.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// `column` or `update-vs-delete`.
-    pub kind: String,
-    /// The column, for column conflicts.
-    pub column: Option<String>,
-    /// The value held locally when the pair met.
-    pub local_value: Value,
-    /// Its version.
-    pub local_version: String,
-    /// The incoming value.
-    pub remote_value: Value,
-    /// Its version.
-    pub remote_version: String,
-    /// `local` or `remote`: which one the merge rules kept.
-    pub winner: String,
-}
-
-/// A change that was set aside because it could not be applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailureRecord {
-    /// Origin node id.
-    pub origin: String,
-    /// Sequence number.
-    pub seq: u64,
-    /// Table named by the change.
-    pub table: String,
-    /// Printable key.
-    pub key: String,
-    /// Why it could not be applied.
-    pub error: String,
-    /// When, in ms since the epoch.
-    pub at_ms: u64,
-}
 
 /// Origin ids and what is held from each.
 #[derive(Default, Debug)]
@@ -857,4 +800,68 @@ fn backfill(conn: &Connection, info: &TableInfo) -> Result<(), rusqlite::Error> 
         params![info.id, schema::OP_INSERT, info.columns.len() as i64, now_ms() as i64],
     )?;
     Ok(())
+}
+
+impl Store for SqliteStore {
+    fn system(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    fn version_vector(&self) -> &VersionVector {
+        SqliteStore::version_vector(self)
+    }
+
+    fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    fn is_relay(&self) -> bool {
+        SqliteStore::is_relay(self)
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        vec![self.path.clone(), PathBuf::from(wal)]
+    }
+
+    fn capture(&mut self) -> Result<u64, StoreError> {
+        SqliteStore::capture(self)
+    }
+
+    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(SqliteStore::begin_apply(self)?))
+    }
+
+    fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
+        Ok(Box::new(LogReader::open(&self.path)?))
+    }
+
+    fn log_len(&mut self) -> Result<u64, StoreError> {
+        SqliteStore::log_len(self)
+    }
+
+    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
+        SqliteStore::prune_log(self, keep)
+    }
+
+    fn conflict_count(&mut self) -> Result<u64, StoreError> {
+        SqliteStore::conflict_count(self)
+    }
+
+    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
+        SqliteStore::conflicts(self)
+    }
+
+    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
+        SqliteStore::failures(self)
+    }
 }

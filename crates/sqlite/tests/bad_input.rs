@@ -16,6 +16,7 @@
 
 mod common;
 
+use concord_sqlite::Store as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -314,7 +315,7 @@ fn a_key_component_of_the_wrong_type_is_refused_naming_the_column() {
 }
 
 #[test]
-fn a_delete_carrying_columns_or_a_write_without_columns_is_refused() {
+fn a_delete_carrying_columns_is_refused_but_a_write_whose_columns_were_mapped_away_applies() {
     let mut f = fixture();
     // A delete (even causal length) that still carries column values.
     let mut bad = f.last_good();
@@ -322,14 +323,18 @@ fn a_delete_carrying_columns_or_a_write_without_columns_is_refused() {
     let err = f.refuse(bad.clone());
     let error = row_failure(&err, "items", &bad.key);
     assert!(matches!(error, RowError::Invalid(_)), "{error:?}");
-
-    // An update that writes nothing.
-    let mut bad = f.last_good();
-    bad.columns.clear();
-    let err = f.refuse(bad.clone());
-    let error = row_failure(&err, "items", &bad.key);
-    assert!(matches!(error, RowError::Invalid(_)), "{error:?}");
     f.good_batch_still_applies();
+
+    // A write whose columns a link's schema mapping dropped still takes its place in
+    // the origin's sequence: refusing it would leave a gap that blocks every later
+    // change of that origin.
+    let mut f = fixture();
+    let mut empty = f.last_good();
+    empty.columns.clear();
+    let mut batch = f.good[..2].to_vec();
+    batch.push(empty.clone());
+    f.dst.apply_batch(&batch).unwrap();
+    assert_eq!(f.dst.version_vector().get(&empty.origin), empty.seq);
 }
 
 #[test]

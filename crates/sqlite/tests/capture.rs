@@ -19,6 +19,7 @@
 
 mod common;
 
+use concord_sqlite::Store as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -17,6 +17,7 @@
 //! `PROPTEST_CASES` overrides the number of cases.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use concord_sqlite::Store as _;
 use std::path::Path;
 
 use concord_core::{Value as CoreValue, VersionVector};
@@ -332,9 +333,9 @@ fn run_workload(ops: &[Op]) -> Result<(), TestCaseError> {
                 let (src, dst) = pair(&mut stores, *from, *to);
                 src.capture().unwrap();
                 let before = dst.version_vector().clone();
-                let cursor = src.changes_for(&VersionVector::new()).unwrap();
+                let mut cursor = src.changes_for(&VersionVector::new()).unwrap();
                 let report = dst
-                    .apply_changes(cursor)
+                    .apply_changes(&mut cursor)
                     .unwrap_or_else(|e| panic!("resend {from} -> {to}: {e}"));
                 // Everything `to` already held must be skipped as a duplicate.
                 let overlap: u64 = src

@@ -2,6 +2,7 @@
 //! unchanged, and a change a node cannot apply must not block what follows it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use concord_sqlite::Store as _;
 use concord_sqlite::{SqliteStore, StoreOptions, pull};
 use rusqlite::Connection;
 

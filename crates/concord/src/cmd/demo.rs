@@ -78,6 +78,7 @@ impl Site {
                     Vec::new()
                 },
                 relay: self.db.is_none(),
+                ..StoreSection::default()
             },
             sync: SyncSection {
                 ping_interval_s: 2,
@@ -133,6 +134,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         name: site.name.into(),
         address,
         fingerprint: site.fingerprint,
+        tables: Default::default(),
     };
     let hub_node = hub
         .start(vec![pin(&shop, None), pin(&office, None)])

@@ -76,6 +76,7 @@ impl Member {
             name: self.name.clone(),
             address: None,
             fingerprint: self.fingerprint,
+            tables: Default::default(),
         }
     }
 
@@ -85,6 +86,7 @@ impl Member {
             name: self.name.clone(),
             address: Some(node.listen_addr().expect("the node listens").to_string()),
             fingerprint: self.fingerprint,
+            tables: Default::default(),
         }
     }
 
@@ -105,6 +107,7 @@ impl Member {
                 } else {
                     vec![]
                 },
+                ..StoreSection::default()
             },
             sync: SyncSection {
                 stall_timeout_s: 10,

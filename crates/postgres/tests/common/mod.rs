@@ -2,6 +2,7 @@
 //! `CONCORD_TEST_POSTGRES_URL`, dropped when the test ends (pass or fail).
 #![allow(dead_code, unreachable_pub)]
 
+use concord_postgres::Store as _;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -2,6 +2,7 @@
 //! tables and Concord's metadata back out of them, and running the `sqlite3` shell.
 #![allow(dead_code)]
 
+use concord_sqlite::Store as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

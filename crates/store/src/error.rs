@@ -1,10 +1,27 @@
-//! Error types, one per flow: tracking, opening and capturing, applying.
+//! Error types, one per flow: tracking (installing capture), the store itself (opening,
+//! capturing, reading the log), and applying remote changes.
 //!
-//! They mirror `concord-sqlite`'s so callers (the node, the binary) can treat both
-//! stores alike: a bad incoming change is a [`RowFailure`] naming origin, sequence,
-//! table and key, and the batch it belonged to was rolled back.
+//! They are shared by every store so the node and the binary handle a bad change the
+//! same way whatever the database: a bad incoming change is a [`RowFailure`] naming
+//! origin, sequence, table and key, and the batch it belonged to was rolled back. The
+//! driver's own error is kept (as the source of a [`DbError`]) for callers that want to
+//! look deeper, and its message is printed with the database's error code when the
+//! server gave one.
 
 use concord_core::{ClockError, KeyError, SequenceGap};
+
+/// An error reported by the database or its driver.
+#[derive(Debug, thiserror::Error)]
+#[error("{system}: {message}")]
+pub struct DbError {
+    /// Which database: `sqlite`, `postgres` or `mysql`.
+    pub system: &'static str,
+    /// The message, with the server's error code and detail when it gave them.
+    pub message: String,
+    /// The driver's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
 
 /// Installing or removing capture failed. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +34,11 @@ pub enum TrackError {
         "table {0:?} has no primary key; Concord identifies rows by primary key, add one to track it"
     )]
     NoPrimaryKey(String),
+    /// A primary-key column may hold NULL, so two rows could share a key.
+    #[error(
+        "table {0:?}: primary key column {1:?} may hold NULL, so two rows could share a key; declare it NOT NULL to track the table"
+    )]
+    NullableKey(String, String),
     /// A column has a type this store cannot map to a Concord value.
     #[error(
         "table {table:?}: column {column:?} has type {type_name}, which Concord cannot replicate yet"
@@ -26,12 +48,15 @@ pub enum TrackError {
         table: String,
         /// Column name.
         column: String,
-        /// The column's type as PostgreSQL prints it.
+        /// The column's type as the database prints it.
         type_name: String,
     },
-    /// The relation cannot be tracked (a view, a partitioned table, ...).
+    /// The relation cannot be tracked (a view, a virtual table, ...).
     #[error("table {0:?} cannot be tracked: {1}")]
     Unsupported(String, &'static str),
+    /// A table or column name Concord cannot use in its triggers.
+    #[error("table {0:?}: {1}")]
+    BadName(String, String),
     /// The named table is not tracked.
     #[error("table {0:?} is not tracked")]
     NotTracked(String),
@@ -40,18 +65,15 @@ pub enum TrackError {
     Store(#[from] StoreError),
 }
 
-impl From<postgres::Error> for TrackError {
-    fn from(e: postgres::Error) -> Self {
-        TrackError::Store(StoreError::Postgres(e))
-    }
-}
-
 /// Opening the store, capturing local writes or reading the log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// PostgreSQL reported an error (or the connection failed).
-    #[error("postgres: {}", describe(.0))]
-    Postgres(#[from] postgres::Error),
+    /// The database reported an error (or the connection failed).
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The database file does not exist.
+    #[error("{0}: no such file")]
+    NoSuchFile(String),
     /// The database has no Concord metadata.
     #[error("{0} is not tracked by Concord (run `concord track` first)")]
     NotTracked(String),
@@ -91,22 +113,9 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
-}
-
-/// The server's message (with its detail) when there is one, else the client's.
-pub(crate) fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{}: {}", db.code().code(), db.message());
-            if let Some(detail) = db.detail() {
-                s.push_str(" (");
-                s.push_str(detail);
-                s.push(')');
-            }
-            s
-        }
-        None => e.to_string(),
-    }
+    /// Concord's lock on the database could not be taken in time.
+    #[error("another Concord process holds the lock on this database")]
+    Locked,
 }
 
 /// What was wrong with one incoming change.
@@ -123,7 +132,7 @@ pub enum RowError {
     WrongType {
         /// Column name.
         column: String,
-        /// The column's type as PostgreSQL prints it.
+        /// The column's type as the database prints it.
         declared: String,
         /// The value's kind.
         found: &'static str,
@@ -151,8 +160,8 @@ pub enum RowError {
     #[error("corrupt metadata for this row: {0}")]
     CorruptMetadata(String),
     /// The database refused the write (a constraint, say).
-    #[error("the database refused the write: {}", describe(.0))]
-    Refused(postgres::Error),
+    #[error("the database refused the write: {}", .0.message)]
+    Refused(DbError),
     /// A change that neither inserts nor deletes has no columns, or is otherwise invalid.
     #[error("invalid change: {0}")]
     Invalid(String),
@@ -201,8 +210,79 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-impl From<postgres::Error> for ApplyError {
-    fn from(e: postgres::Error) -> Self {
-        ApplyError::Store(StoreError::Postgres(e))
+impl ApplyError {
+    /// The failed change, when one change was to blame.
+    pub fn row_failure(&self) -> Option<&RowFailure> {
+        match self {
+            ApplyError::Row(failure) => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// `From` conversions for one driver's error type: into [`DbError`] and into every
+/// flow's error through [`StoreError::Database`].
+macro_rules! driver_error {
+    ($feature:literal, $error:ty, $system:literal, $describe:expr) => {
+        #[cfg(feature = $feature)]
+        impl From<$error> for DbError {
+            fn from(e: $error) -> Self {
+                let describe: fn(&$error) -> String = $describe;
+                DbError {
+                    system: $system,
+                    message: describe(&e),
+                    source: Box::new(e),
+                }
+            }
+        }
+        #[cfg(feature = $feature)]
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> Self {
+                StoreError::Database(e.into())
+            }
+        }
+        #[cfg(feature = $feature)]
+        impl From<$error> for TrackError {
+            fn from(e: $error) -> Self {
+                TrackError::Store(e.into())
+            }
+        }
+        #[cfg(feature = $feature)]
+        impl From<$error> for ApplyError {
+            fn from(e: $error) -> Self {
+                ApplyError::Store(e.into())
+            }
+        }
+    };
+}
+
+driver_error!("sqlite", rusqlite::Error, "sqlite", |e| e.to_string());
+driver_error!("postgres", postgres::Error, "postgres", describe_postgres);
+driver_error!("mysql", mysql::Error, "mysql", describe_mysql);
+
+/// The server's message (with its SQLSTATE and detail) when there is one, else the
+/// client's.
+#[cfg(feature = "postgres")]
+fn describe_postgres(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                s.push_str(" (");
+                s.push_str(detail);
+                s.push(')');
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+/// The server's message with its error code when there is one, else the client's.
+#[cfg(feature = "mysql")]
+fn describe_mysql(e: &mysql::Error) -> String {
+    match e {
+        mysql::Error::MySqlError(db) => format!("{} ({}): {}", db.code, db.state, db.message),
+        other => other.to_string(),
     }
 }

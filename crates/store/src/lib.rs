@@ -1,0 +1,62 @@
+//! # concord-store: what every Concord store shares
+//!
+//! Concord keeps SQLite, PostgreSQL and MySQL/MariaDB databases in sync. Each database
+//! has its own store crate (`concord-sqlite`, `concord-postgres`, `concord-mysql`)
+//! because capture, metadata layout and type mapping are specific to the database. What
+//! is *not* specific lives here, so that the node, the binary and the tests treat every
+//! store alike:
+//!
+//! - [`Store`], [`ApplyTxn`] and [`LogRead`]: the object-safe interface the node drives.
+//!   A node holds a `Box<dyn Store>` and never knows which database is behind it. Stores
+//!   apply the decisions of [`concord_core::merge`]; they never decide a merge.
+//! - The error types, one per flow ([`TrackError`], [`StoreError`], [`ApplyError`] with
+//!   [`RowFailure`] naming the bad change), with the driver's own error kept as a
+//!   [`DbError`]. The features `sqlite`, `postgres` and `mysql` add the conversions from
+//!   each driver's error type, so `?` works inside each store crate.
+//! - The records a store reports: [`ApplyReport`], [`ConflictRecord`],
+//!   [`FailureRecord`], and the tunables in [`StoreOptions`].
+//! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
+//!   [`LogRead`], reading a page at a time so memory stays flat.
+
+mod cursor;
+mod error;
+mod records;
+mod store;
+
+pub use cursor::ChangeCursor;
+pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
+pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
+pub use store::{ApplyTxn, LogRead, Store, merge_all, pull};
+
+/// A database URL fit to print: the password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn printed_urls_never_show_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/crm"),
+            "postgres://app:***@db:5432/crm"
+        );
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1:3306/test"),
+            "mysql://root@127.0.0.1:3306/test"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

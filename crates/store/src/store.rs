@@ -1,0 +1,200 @@
+//! The interface the node drives, implemented by every store.
+//!
+//! It is object-safe: a node holds a `Box<dyn Store>` chosen by its configuration and
+//! runs the same sessions over SQLite, PostgreSQL or MySQL. The division of labour is
+//! fixed here: a store captures local writes into its change log, reads the log for
+//! peers, and applies remote changes by writing what [`concord_core::merge`] decided;
+//! it never decides a merge itself.
+
+use std::path::PathBuf;
+
+use concord_core::{Change, NodeId, VersionVector};
+
+use crate::{
+    ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, StoreError,
+    StoreOptions,
+};
+
+/// A database tracked by Concord.
+pub trait Store: Send {
+    /// Which database: `sqlite`, `postgres` or `mysql`.
+    fn system(&self) -> &'static str;
+
+    /// Where the database is, for people: a file path, or a URL without its password.
+    fn location(&self) -> String;
+
+    /// This replica's identity.
+    fn node_id(&self) -> NodeId;
+
+    /// What this replica holds from each origin.
+    fn version_vector(&self) -> &VersionVector;
+
+    /// The store's tunables.
+    fn options(&self) -> &StoreOptions;
+
+    /// Whether the store keeps no user tables and only relays changes.
+    fn is_relay(&self) -> bool {
+        false
+    }
+
+    /// Files whose modification means local writes may be waiting to be captured, for
+    /// stores that live in files. Empty for servers, which the node polls instead.
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Moves local writes made since the last capture into the change log, one group
+    /// per source transaction where the database exposes transactions. Returns how many
+    /// changes were captured.
+    fn capture(&mut self) -> Result<u64, StoreError>;
+
+    /// Opens an apply transaction. Dropping it without [`ApplyTxn::commit`] rolls back.
+    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError>;
+
+    /// A reader of the change log with its own connection, so a sync session can read
+    /// while the store captures and applies.
+    fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError>;
+
+    /// Entries in the change log.
+    fn log_len(&mut self) -> Result<u64, StoreError>;
+
+    /// Deletes the oldest change-log entries so that at most `keep` remain; returns how
+    /// many were deleted. The version vector is unaffected: it says what this replica
+    /// holds, not what it can still send. A peer that needs a deleted entry is told it
+    /// is behind the retention limit ([`StoreError::Pruned`]).
+    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError>;
+
+    /// Conflicts recorded.
+    fn conflict_count(&mut self) -> Result<u64, StoreError>;
+
+    /// Every conflict recorded, oldest first.
+    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError>;
+
+    /// Every change set aside because it could not be applied, oldest first.
+    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError>;
+
+    /// Applies `changes` in one transaction: all of them, or none if any is bad. The
+    /// last change must end a source transaction.
+    fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
+        let mut txn = self.begin_apply()?;
+        for change in changes {
+            txn.apply(change)?;
+        }
+        txn.commit()
+    }
+
+    /// Sets aside a whole source transaction that could not be applied (see
+    /// [`ApplyTxn::set_aside`]), in one transaction.
+    fn set_aside(&mut self, changes: &[Change], reason: &str) -> Result<ApplyReport, ApplyError> {
+        let mut txn = self.begin_apply()?;
+        for change in changes {
+            txn.set_aside(change, reason)?;
+        }
+        txn.commit()
+    }
+
+    /// Applies a stream of changes, committing at source-transaction boundaries once
+    /// [`StoreOptions::apply_batch_changes`] changes are in the transaction. Memory use
+    /// does not grow with the length of the stream. On error, everything since the last
+    /// commit is rolled back; what was committed before stays (the version vector says
+    /// what that was).
+    fn apply_changes(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+    ) -> Result<ApplyReport, ApplyError> {
+        let batch = self.options().apply_batch_changes.max(1);
+        let mut txn = self.begin_apply()?;
+        for change in changes {
+            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
+            txn.apply(&change)?;
+            if txn.at_boundary() && txn.in_transaction() >= batch {
+                txn.checkpoint()?;
+            }
+        }
+        txn.commit()
+    }
+
+    /// The changes a replica holding `target` lacks, in an order it can apply.
+    fn changes_for(&self, target: &VersionVector) -> Result<ChangeCursor, StoreError> {
+        ChangeCursor::new(self.log_reader()?, target)
+    }
+}
+
+/// An open apply transaction of a [`Store`].
+///
+/// Changes are checked, merged and written one at a time; the transaction commits only
+/// at source-transaction boundaries, so a source transaction is never applied in part.
+/// If anything fails the transaction is poisoned and rolled back.
+pub trait ApplyTxn {
+    /// Applies one change inside the transaction.
+    fn apply(&mut self, change: &Change) -> Result<(), ApplyError>;
+
+    /// Records a change that could not be applied as a failure, advancing the version
+    /// vector past it and keeping it in the log verbatim so it is still relayed.
+    fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError>;
+
+    /// Whether the changes applied so far end on a source-transaction boundary.
+    fn at_boundary(&self) -> bool;
+
+    /// Changes applied in the current transaction.
+    fn in_transaction(&self) -> usize;
+
+    /// Commits what was applied and opens a new transaction.
+    fn checkpoint(&mut self) -> Result<(), ApplyError>;
+
+    /// Commits and closes the transaction.
+    fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError>;
+}
+
+/// A read-only view of a store's change log, through its own connection.
+pub trait LogRead: Send {
+    /// What the store holds now, from each origin.
+    fn held(&mut self) -> Result<VersionVector, StoreError>;
+
+    /// The position just before the first entry a replica holding `target` lacks, so
+    /// that reading after it yields everything the target needs. An entry the target
+    /// needs that is no longer in the log is [`StoreError::Pruned`], naming it.
+    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError>;
+
+    /// Reads up to `limit` changes after position `after` that `target` lacks.
+    fn read(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+        limit: usize,
+    ) -> Result<LogPage, StoreError>;
+}
+
+/// Applies to `destination` every change `source` holds that `destination` lacks,
+/// exactly as a network session would: the source's log, filtered by the destination's
+/// version vector, streamed into the destination's apply path. Pending local writes of
+/// the source are captured first (the destination captures its own when it opens its
+/// apply transaction). The two stores may be of different databases.
+pub fn pull(
+    source: &mut dyn Store,
+    destination: &mut dyn Store,
+) -> Result<ApplyReport, ApplyError> {
+    source.capture()?;
+    let wanted = destination.version_vector().clone();
+    let mut cursor = source.changes_for(&wanted)?;
+    destination.apply_changes(&mut cursor)
+}
+
+/// Merges every store with every other: first gathers everything into the first store,
+/// then hands it back to the others, so every store ends holding every change. Returns
+/// one report per store, in order, of what it received.
+pub fn merge_all<S: Store>(stores: &mut [S]) -> Result<Vec<ApplyReport>, ApplyError> {
+    let mut reports = vec![ApplyReport::default(); stores.len()];
+    let Some((first, rest)) = stores.split_first_mut() else {
+        return Ok(reports);
+    };
+    for other in rest.iter_mut() {
+        let r = pull(other, first)?;
+        reports[0].absorb(&r);
+    }
+    for (i, other) in rest.iter_mut().enumerate() {
+        let r = pull(first, other)?;
+        reports[i + 1].absorb(&r);
+    }
+    Ok(reports)
+}
