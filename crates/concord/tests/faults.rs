@@ -1009,7 +1009,7 @@ fn ms(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.range(lo, hi))
 }
 
-/// The nodes, the links between them and what the faults did.
+/// What the faults act on: the node processes, their directories and the links.
 struct Net<'a> {
     shape: Shape,
     links: &'a [Link],
