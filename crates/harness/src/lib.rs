@@ -8,11 +8,16 @@
 //! runs (`crates/concord/tests/faults.rs`) and a future long mode.
 //!
 //! * [`proxy`]: a TCP proxy placed on every link between two nodes, controlled at run
-//!   time: added delay, dropped connections, black hole, partition.
+//!   time: added delay, a bandwidth cap, dropped connections, black hole, partition.
+//! * [`topology`]: the links of a mesh or a hub, and partitions of the network into two
+//!   groups (every link crossing the cut is partitioned).
+//! * [`skew`]: one node's wall clock shifted with libfaketime, for its `concord serve`
+//!   and for the process that writes to its database.
 //! * [`process`]: a `concord serve` child process that is always killed when dropped,
 //!   and can be SIGKILLed and restarted on the same data directory.
 //! * [`model`]: the recorded history of committed writes and the pure checks run on
-//!   snapshots of every node's table.
+//!   snapshots of every node's table, including the exact last-writer check of the
+//!   shared rows against the versions the change log recorded.
 //! * [`rng`]: a tiny seeded generator, owned here so that a printed seed replays the
 //!   same schedule whatever version of an RNG crate the workspace moves to.
 
@@ -20,3 +25,5 @@ pub mod model;
 pub mod process;
 pub mod proxy;
 pub mod rng;
+pub mod skew;
+pub mod topology;

@@ -5,7 +5,13 @@
 //! its child when dropped, whatever the reason. It can also be killed with SIGKILL
 //! (no chance to clean up: the crash the store must survive) and restarted on the same
 //! data directory, with the output of every run appended to the same log files.
+//!
+//! Extra environment variables ([`ServeProcess::start_with_env`]) are given to every
+//! run, restarts included: that is how one node gets a skewed clock
+//! ([`crate::skew::ClockSkew`]) for the whole test, as a machine with a wrong clock keeps
+//! it across a crash.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,7 @@ pub const STDERR_FILE: &str = "serve.err";
 pub struct ServeProcess {
     binary: PathBuf,
     dir: PathBuf,
+    env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -29,9 +36,20 @@ impl ServeProcess {
     /// Starts `binary serve --dir dir`, appending its output to `dir/serve.out` and
     /// `dir/serve.err`.
     pub fn start(binary: &Path, dir: &Path) -> io::Result<Self> {
+        Self::start_with_env(binary, dir, Vec::new())
+    }
+
+    /// Like [`ServeProcess::start`], with `env` added to the environment of this run and
+    /// of every restart.
+    pub fn start_with_env(
+        binary: &Path,
+        dir: &Path,
+        env: Vec<(OsString, OsString)>,
+    ) -> io::Result<Self> {
         let mut process = Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
+            env,
             child: None,
             starts: 0,
         };
@@ -52,6 +70,7 @@ impl ServeProcess {
             .arg("--dir")
             .arg(&self.dir)
             .env_remove("CONCORD_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.log_file(STDOUT_FILE)?)
             .stderr(self.log_file(STDERR_FILE)?)

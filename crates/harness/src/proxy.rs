@@ -6,6 +6,9 @@
 //!
 //! * [`Proxy::set_delay`]: every chunk is delivered `delay` after it was read (latency,
 //!   not a bandwidth cap: chunks queue, so throughput is kept);
+//! * [`Proxy::set_rate`]: a bandwidth cap, in bytes per second and per direction,
+//!   shared by every connection of the link, as on a slow or congested line: the data
+//!   arrives, but late, and a large batch takes seconds to cross;
 //! * [`Proxy::drop_connections`]: every open connection is closed at once, as when a
 //!   NAT or a load balancer forgets them; new ones are accepted;
 //! * [`Proxy::black_hole`]: connections stay open (and new ones are accepted and
@@ -15,8 +18,8 @@
 //!   corruption, not a black hole;
 //! * [`Proxy::partition`]: open connections are closed and new ones are closed as soon
 //!   as they are accepted, so the dialer sees every attempt fail;
-//! * [`Proxy::heal`]: back to a clean link (no delay, no black hole, no partition),
-//!   closing connections that were black-holed.
+//! * [`Proxy::heal`]: back to a clean link (no delay, no rate cap, no black hole, no
+//!   partition), closing connections that were faulty.
 //!
 //! Control is synchronous (a `watch` channel), so a test thread drives it without being
 //! async; the forwarding runs on whatever tokio runtime [`Proxy::start`] was awaited on.
@@ -24,8 +27,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE_CHUNKS: usize = 256;
 /// Bytes read at once.
 const CHUNK_BYTES: usize = 16 * 1024;
+/// Under a rate cap, data is written in pieces of about this share of a second, so
+/// that the cap holds over short intervals too, not only on average.
+const PIECES_PER_SECOND: u64 = 50;
 
 /// What the proxy does with traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +61,8 @@ pub enum Mode {
 struct Control {
     mode: Mode,
     delay: Duration,
+    /// Bandwidth cap in bytes per second and per direction; `None` for none.
+    rate: Option<u64>,
     /// Bumped to close every open connection.
     epoch: u64,
     /// Set when the proxy is dropped.
@@ -95,6 +103,34 @@ pub struct Proxy {
     stats: Arc<ProxyStats>,
 }
 
+/// When each direction of a link may next send under a rate cap, shared by all of the
+/// link's connections so that opening more connections does not multiply the cap.
+#[derive(Debug)]
+struct Pacer {
+    next_free: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            next_free: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Reserves the link's next `bytes / rate` seconds and returns when they start.
+    fn reserve(&self, bytes: usize, rate: u64) -> Instant {
+        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*next).max(Instant::now());
+        *next = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        start
+    }
+}
+
+/// The size of the pieces written under a cap of `rate` bytes per second.
+fn piece_bytes(rate: u64) -> usize {
+    ((rate / PIECES_PER_SECOND) as usize).clamp(64, CHUNK_BYTES)
+}
+
 impl Proxy {
     /// Listens on a fresh loopback port and forwards to `target`. Must be awaited on
     /// the tokio runtime that will run the forwarding.
@@ -104,11 +140,14 @@ impl Proxy {
         let (control, rx) = watch::channel(Control {
             mode: Mode::Pass,
             delay: Duration::ZERO,
+            rate: None,
             epoch: 0,
             closed: false,
         });
         let stats = Arc::new(ProxyStats::default());
-        tokio::spawn(accept_loop(listener, target, rx, stats.clone()));
+        // One pacer per direction: to the listener (up) and back to the dialer (down).
+        let pacers = [Pacer::new(), Pacer::new()];
+        tokio::spawn(accept_loop(listener, target, rx, stats.clone(), pacers));
         Ok(Self {
             addr,
             target,
@@ -137,6 +176,20 @@ impl Proxy {
         self.control.send_modify(|c| c.delay = delay);
     }
 
+    /// Caps the link at `bytes_per_sec` bytes per second in each direction (at least
+    /// 1), for open and new connections, until [`Proxy::heal`]. Over any interval from
+    /// the moment the cap is set, at most `bytes_per_sec` × its length, plus one piece
+    /// of a fiftieth of a second's worth (at least 64 bytes), crosses in a direction.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.control
+            .send_modify(|c| c.rate = Some(bytes_per_sec.max(1)));
+    }
+
+    /// The current rate cap, if any.
+    pub fn rate(&self) -> Option<u64> {
+        self.control.borrow().rate
+    }
+
     /// Closes every open connection now; new connections are accepted as before.
     pub fn drop_connections(&self) {
         self.control.send_modify(|c| c.epoch += 1);
@@ -155,13 +208,14 @@ impl Proxy {
         });
     }
 
-    /// A clean link again: no delay, forwarding; connections that were black-holed or
-    /// delayed are closed so the nodes start fresh sessions.
+    /// A clean link again: no delay, no cap, forwarding; connections that were
+    /// black-holed, delayed or capped are closed so the nodes start fresh sessions.
     pub fn heal(&self) {
         self.control.send_modify(|c| {
-            let faulty = c.mode != Mode::Pass || !c.delay.is_zero();
+            let faulty = c.mode != Mode::Pass || !c.delay.is_zero() || c.rate.is_some();
             c.mode = Mode::Pass;
             c.delay = Duration::ZERO;
+            c.rate = None;
             if faulty {
                 c.epoch += 1;
             }
@@ -192,6 +246,7 @@ async fn accept_loop(
     target: SocketAddr,
     mut control: watch::Receiver<Control>,
     stats: Arc<ProxyStats>,
+    pacers: [Arc<Pacer>; 2],
 ) {
     loop {
         let accepted = tokio::select! {
@@ -216,7 +271,13 @@ async fn accept_loop(
             continue;
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(connection(client, target, control.clone(), stats.clone()));
+        tokio::spawn(connection(
+            client,
+            target,
+            control.clone(),
+            stats.clone(),
+            pacers.clone(),
+        ));
     }
 }
 
@@ -230,7 +291,9 @@ async fn connection(
     target: SocketAddr,
     mut control: watch::Receiver<Control>,
     stats: Arc<ProxyStats>,
+    pacers: [Arc<Pacer>; 2],
 ) {
+    let [up_pacer, down_pacer] = pacers;
     let epoch = control.borrow().epoch;
     let upstream = tokio::select! {
         upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)) => upstream,
@@ -254,9 +317,9 @@ async fn connection(
     let mut watcher = control.clone();
     tokio::select! {
         _ = read_side(client_read, up_tx, control.clone(), stats.clone()) => {}
-        _ = write_side(up_rx, server_write, stats.clone()) => {}
+        _ = write_side(up_rx, server_write, control.clone(), up_pacer, stats.clone()) => {}
         _ = read_side(server_read, down_tx, control.clone(), stats.clone()) => {}
-        _ = write_side(down_rx, client_write, stats.clone()) => {}
+        _ = write_side(down_rx, client_write, control.clone(), down_pacer, stats.clone()) => {}
         _ = cut(&mut watcher, epoch) => {}
     }
 }
@@ -289,18 +352,33 @@ async fn read_side(
     }
 }
 
+/// Delivers queued chunks when due, in pieces paced by the link's rate cap if one is set
+/// (looked up before every piece, so a cap set or lifted mid-connection applies at once).
 async fn write_side(
     mut from: mpsc::Receiver<(Instant, Vec<u8>)>,
     mut to: tokio::net::tcp::OwnedWriteHalf,
+    control: watch::Receiver<Control>,
+    pacer: Arc<Pacer>,
     stats: Arc<ProxyStats>,
 ) {
     while let Some((due, chunk)) = from.recv().await {
         tokio::time::sleep_until(due).await;
-        if to.write_all(&chunk).await.is_err() {
-            return;
+        let mut rest = chunk.as_slice();
+        while !rest.is_empty() {
+            let rate = control.borrow().rate;
+            let n = match rate {
+                Some(rate) => {
+                    let n = rest.len().min(piece_bytes(rate));
+                    tokio::time::sleep_until(pacer.reserve(n, rate)).await;
+                    n
+                }
+                None => rest.len(),
+            };
+            if to.write_all(&rest[..n]).await.is_err() {
+                return;
+            }
+            stats.forwarded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            rest = &rest[n..];
         }
-        stats
-            .forwarded_bytes
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! Risks covered: a fault that does not take effect (traffic still flowing through a
 //! black hole or a partition, connections surviving a drop), a fault that outlives
-//! `heal` (so the nodes could never converge and the harness would blame Concord), and
-//! a delay that is not applied.
+//! `heal` (so the nodes could never converge and the harness would blame Concord), a
+//! delay that is not applied, and a rate cap that lets data through much faster than
+//! the cap (a "slow link" that is not slow proves nothing) or that outlives `heal`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use concord_harness::proxy::Proxy;
@@ -37,6 +40,29 @@ async fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A server that reads and discards everything, counting the bytes it received.
+async fn sink_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, received)
 }
 
 /// Sends `msg` and reads the echo; `None` if nothing (or not all) came back in `wait`,
@@ -154,4 +180,58 @@ async fn faults_take_effect_and_heal_restores_a_clean_link() {
         closed(&mut g, WAIT).await,
         "a dropped proxy left a connection open"
     );
+}
+
+#[tokio::test]
+async fn a_rate_cap_keeps_throughput_near_the_cap_and_heal_lifts_it() {
+    const RATE: u64 = 40_000;
+    let (sink, received) = sink_server().await;
+    let proxy = Proxy::start(sink).await.unwrap();
+    proxy.set_rate(RATE);
+    assert_eq!(proxy.rate(), Some(RATE));
+
+    // Offer ten seconds' worth at the cap, as fast as the socket takes it.
+    let mut capped = TcpStream::connect(proxy.addr()).await.unwrap();
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        let _ = capped.write_all(&vec![7u8; 10 * RATE as usize]).await;
+        capped
+    });
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        samples.push((start.elapsed(), received.load(Ordering::Relaxed)));
+    }
+    // Generous bounds, not a timing test: never 1.5 times the cap (plus a chunk of
+    // slack), and still flowing (a quarter of the cap at least).
+    for (t, got) in &samples {
+        let allowed = 1.5 * RATE as f64 * t.as_secs_f64() + 16_384.0;
+        assert!(
+            (*got as f64) <= allowed,
+            "{got} bytes crossed a {RATE} B/s link in {t:?}: {samples:?}"
+        );
+    }
+    let (t, got) = *samples.last().unwrap();
+    assert!(
+        got as f64 >= 0.25 * RATE as f64 * t.as_secs_f64(),
+        "only {got} bytes crossed a {RATE} B/s link in {t:?}: {samples:?}"
+    );
+
+    // Heal lifts the cap: 2 MB (50 seconds at the cap) cross in well under 10 s.
+    proxy.heal();
+    assert_eq!(proxy.rate(), None);
+    sender.abort();
+    let before = received.load(Ordering::Relaxed);
+    let mut free = TcpStream::connect(proxy.addr()).await.unwrap();
+    let start = Instant::now();
+    free.write_all(&vec![9u8; 2_000_000]).await.unwrap();
+    while received.load(Ordering::Relaxed) < before + 2_000_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "heal left the link capped: {} of 2000000 bytes in {:?}",
+            received.load(Ordering::Relaxed) - before,
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
