@@ -764,6 +764,8 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     tracing::warn!(peer = %p.config.name, "peer is behind the retention limit and needs a snapshot");
                 }
                 p.counters.lag_changes.set(lag.changes as f64);
+                let incoming = holds.as_ref().map_or(0, |h| h.count_missing_in(&held));
+                p.counters.incoming_changes.set(incoming as f64);
                 p.counters.lag_seconds.set(lag.seconds);
                 p.counters.behind_retention.set(if lag.behind { 1.0 } else { 0.0 });
                 PeerStatus {
@@ -779,6 +781,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     .to_owned(),
                     last_error,
                     lag_changes: lag.changes,
+                    incoming_changes: incoming,
                     lag_seconds: lag.seconds,
                     behind_retention: lag.behind,
                     sent: p.counters.sent.get(),

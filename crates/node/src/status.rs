@@ -61,6 +61,10 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Changes this node holds that the peer is not known to hold.
     pub lag_changes: u64,
+    /// Changes the peer holds that this node does not, as of the peer's last report:
+    /// what remains of a catch-up or of an initial load from this peer.
+    #[serde(default)]
+    pub incoming_changes: u64,
     /// Age of the oldest change the peer lacks, in seconds.
     pub lag_seconds: f64,
     /// The peer needs changes no longer in the log (pruned past the retention limit).
@@ -144,6 +148,7 @@ pub(crate) struct PeerCounters {
     pub(crate) errors: Count,
     pub(crate) connected: Gauge,
     pub(crate) lag_changes: Gauge,
+    pub(crate) incoming_changes: Gauge,
     pub(crate) lag_seconds: Gauge,
     pub(crate) behind_retention: Gauge,
 }
@@ -162,6 +167,7 @@ impl PeerCounters {
             errors: Count::new(recorder, "concord_session_errors_total", l()),
             connected: gauge(recorder, "concord_peer_connected", l()),
             lag_changes: gauge(recorder, "concord_peer_lag_changes", l()),
+            incoming_changes: gauge(recorder, "concord_peer_incoming_changes", l()),
             lag_seconds: gauge(recorder, "concord_peer_lag_seconds", l()),
             behind_retention: gauge(recorder, "concord_peer_behind_retention", l()),
         }

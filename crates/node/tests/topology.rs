@@ -675,3 +675,52 @@ fn sessions_survive_many_new_origins_appearing_at_once() {
         }
     });
 }
+
+#[test]
+fn a_node_loading_from_a_peer_reports_what_is_left_to_receive() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let a = Member::new(root.path(), "a", common::DDL);
+        let b = Member::new(root.path(), "b", common::DDL);
+        insert_rows(a.db(), 1..=2000, "existing ");
+        // `a` sends one change per batch and waits for each acknowledgement, so the load
+        // takes thousands of round trips and b's status is sampled while it lasts.
+        let mut config = a.config(vec![b.dialing_in()]);
+        config.sync.batch_changes = 1;
+        config.sync.window = 1;
+        let na = a.start_with(config).await;
+        na.capture_now().await.unwrap();
+        let nb = b.start(vec![a.at(&na)]).await;
+        let mut seen = Vec::new();
+        wait_until("b to load every row and report nothing left", async || {
+            let status = nb.status().await;
+            let incoming = peer(&status, "a").incoming_changes;
+            seen.push(incoming);
+            let held = rows(b.db()).len();
+            if held == 2000 && incoming == 0 {
+                Ok(())
+            } else {
+                Err(format!("{held} rows, {incoming} changes left"))
+            }
+        })
+        .await;
+        let during: Vec<u64> = seen.iter().copied().filter(|&n| n > 0).collect();
+        assert!(
+            !during.is_empty(),
+            "status never showed changes left to receive while loading: {seen:?}"
+        );
+        assert!(
+            during.iter().all(|&n| n <= 2000),
+            "never more left than a holds: {during:?}"
+        );
+        let metrics = nb.metrics().await;
+        assert_eq!(
+            sample(&metrics, "concord_peer_incoming_changes", "a"),
+            Some(0.0),
+            "{metrics}"
+        );
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}

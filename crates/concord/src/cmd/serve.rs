@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use concord_node::Node;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Run the node configured in DIR until interrupted (Ctrl-C or SIGTERM).
 ///
@@ -33,11 +36,62 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         if let Some(addr) = node.http_addr() {
             println!("status at http://{addr}/v1/status, metrics at http://{addr}/metrics");
         }
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = show_catch_up(&node) => {}
+        }
         println!("shutting down");
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// Shows what is left to receive from peers (a catch-up after days offline, or the
+/// initial load of a new node): a progress bar when stderr is a terminal, a log line
+/// every few seconds otherwise. Never returns.
+async fn show_catch_up(node: &Node) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} changes ({per_sec}, {eta} left)",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    // The catch-up in progress: its bar, and how much had been received when it began.
+    let mut current: Option<(ProgressBar, u64)> = None;
+    let mut last_log = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let status = node.status().await;
+        let remaining: u64 = status.peers.iter().map(|p| p.incoming_changes).sum();
+        let received: u64 = status.peers.iter().map(|p| p.received).sum();
+        match (&current, remaining) {
+            (None, 0) => {}
+            (None, _) => {
+                let bar = if terminal {
+                    ProgressBar::new(remaining)
+                } else {
+                    ProgressBar::hidden()
+                };
+                bar.set_style(style.clone());
+                bar.set_message("catching up");
+                current = Some((bar, received));
+            }
+            (Some((bar, start)), _) => {
+                let done = received.saturating_sub(*start);
+                bar.set_length(done + remaining);
+                bar.set_position(done);
+                if remaining == 0 {
+                    bar.finish_with_message("caught up");
+                    tracing::info!(changes = done, "caught up with peers");
+                    current = None;
+                } else if !terminal && last_log.elapsed() >= Duration::from_secs(5) {
+                    tracing::info!(received = done, remaining, "catching up with peers");
+                    last_log = std::time::Instant::now();
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
