@@ -93,6 +93,19 @@ pub struct StoreSection {
     pub relay: bool,
 }
 
+/// Which store `concord init` configures.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreChoice<'a> {
+    /// A SQLite file.
+    Sqlite(&'a str),
+    /// A PostgreSQL database, by URL.
+    Postgres(&'a str),
+    /// A MySQL/MariaDB database, by URL.
+    Mysql(&'a str),
+    /// A hub or relay with only Concord's own store.
+    Relay,
+}
+
 /// `[sync]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -231,23 +244,33 @@ impl NodeConfig {
     /// The commented configuration `concord init` writes.
     pub fn template(
         name: &str,
-        sqlite: Option<&str>,
+        store: StoreChoice<'_>,
         tables: &[String],
         listen: &str,
         http: &str,
     ) -> String {
-        let store = match sqlite {
-            Some(db) => format!(
+        let tables = tables
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let store = match store {
+            StoreChoice::Sqlite(db) => format!(
                 "# The SQLite file to keep in sync (relative to this directory) and the tables to\n\
                  # track. Every write to them, by any program, is captured.\n\
-                 sqlite = {db:?}\ntables = [{}]\n",
-                tables
-                    .iter()
-                    .map(|t| format!("{t:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                 sqlite = {db:?}\ntables = [{tables}]\n"
             ),
-            None => {
+            StoreChoice::Postgres(url) => format!(
+                "# The PostgreSQL database to keep in sync and the tables to track. Capture\n\
+                 # triggers and Concord's metadata go in its `concord` schema.\n\
+                 postgres = {url:?}\ntables = [{tables}]\n"
+            ),
+            StoreChoice::Mysql(url) => format!(
+                "# The MySQL/MariaDB database to keep in sync and the tables to track. Capture\n\
+                 # triggers and Concord's metadata (concord_* tables) go in the same database.\n\
+                 mysql = {url:?}\ntables = [{tables}]\n"
+            ),
+            StoreChoice::Relay => {
                 "# A hub or relay: no user database, only Concord's own store (relay.db here),\n\
                      # forwarding every change between its peers.\nrelay = true\n"
                     .to_owned()
@@ -286,7 +309,21 @@ impl NodeConfig {
              # [[peers]]\n\
              # name = \"hub\"\n\
              # address = \"127.0.0.1:7400\"\n\
-             # fingerprint = \"sha256:...\"\n"
+             # fingerprint = \"sha256:...\"\n\
+             #\n\
+             # A peer whose tables differ from this node's gets a mapping per table (renames,\n\
+             # a subset of columns, casts, defaults; see docs/schema-mapping.md):\n\
+             #\n\
+             # [[peers.tables]]\n\
+             # local = \"customers\"\n\
+             # remote = \"crm_contacts\"\n\
+             # key = [\"id\"]\n\
+             # only_listed = true\n\
+             # columns = [\n\
+             #   {{ local = \"id\", remote = \"contact_id\", local_type = \"uuid\", remote_type = \"text\" }},\n\
+             #   {{ local = \"full_name\", remote = \"name\" }},\n\
+             #   {{ local = \"email\" }},\n\
+             # ]\n"
         )
     }
 }
@@ -299,7 +336,7 @@ mod tests {
     fn the_template_parses_and_passes_its_own_checks() {
         let text = NodeConfig::template(
             "shop",
-            Some("shop.db"),
+            StoreChoice::Sqlite("shop.db"),
             &["customers".into()],
             "127.0.0.1:7400",
             "127.0.0.1:7401",
@@ -307,9 +344,18 @@ mod tests {
         let config: NodeConfig = toml::from_str(&text).unwrap();
         config.check().unwrap();
         assert_eq!(config.store.tables, vec!["customers".to_string()]);
+        for store in [
+            StoreChoice::Postgres("postgres://app@db/crm"),
+            StoreChoice::Mysql("mysql://app@db/crm"),
+        ] {
+            let text =
+                NodeConfig::template("x", store, &["t".into()], "127.0.0.1:1", "127.0.0.1:2");
+            let config: NodeConfig = toml::from_str(&text).unwrap();
+            config.check().unwrap();
+        }
         let relay: NodeConfig = toml::from_str(&NodeConfig::template(
             "hub",
-            None,
+            StoreChoice::Relay,
             &[],
             "127.0.0.1:1",
             "127.0.0.1:2",

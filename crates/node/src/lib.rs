@@ -30,7 +30,7 @@ mod session;
 pub mod status;
 pub mod tls;
 
-pub use config::{ConfigError, NodeConfig, PeerConfig};
+pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 pub use identity::{Fingerprint, Identity, IdentityError};
 pub use node::{Node, NodeError, init};
 pub use status::{NodeStatus, PeerStatus};

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ConfigError, NodeConfig, PeerConfig};
+use crate::config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 use crate::identity::{Fingerprint, Identity, IdentityError};
 use crate::session::{self, SessionError, lock};
 use crate::status::{NodeCounters, NodeStatus, OriginHeld, PeerCounters, PeerStatus};
@@ -70,7 +70,7 @@ pub enum NodeError {
 pub fn init(
     dir: &Path,
     name: &str,
-    sqlite: Option<&str>,
+    store: StoreChoice<'_>,
     tables: &[String],
     listen: &str,
     http: &str,
@@ -85,7 +85,7 @@ pub fn init(
     })?;
     let identity = Identity::generate(name)?;
     identity.save(&dir.join("identity"))?;
-    let text = NodeConfig::template(name, sqlite, tables, listen, http);
+    let text = NodeConfig::template(name, store, tables, listen, http);
     std::fs::write(&config_path, text).map_err(|source| ConfigError::Io {
         path: config_path,
         source,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use concord_node::StoreChoice;
 
 /// Create a node: a commented concord.toml and a new identity (key pair and TLS
 /// certificate) in DIR.
@@ -10,6 +11,7 @@ use anyhow::Context;
 /// Prints the node's fingerprint; give it to each peer's `[[peers]]` entry, and put
 /// theirs in this node's concord.toml. Then run `concord serve --dir DIR`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("store").required(true).multiple(false))]
 pub(crate) struct Args {
     /// The data directory to create.
     #[arg(long)]
@@ -18,13 +20,21 @@ pub(crate) struct Args {
     #[arg(long)]
     name: Option<String>,
     /// The SQLite file this node keeps in sync.
-    #[arg(long, conflicts_with = "relay", required_unless_present = "relay")]
+    #[arg(long, group = "store")]
     sqlite: Option<String>,
-    /// Tables of the SQLite file to track (comma-separated or repeated).
-    #[arg(long, value_delimiter = ',', requires = "sqlite")]
+    /// The PostgreSQL database this node keeps in sync, as a URL
+    /// (postgres://user:password@host:5432/database).
+    #[arg(long, group = "store")]
+    postgres: Option<String>,
+    /// The MySQL/MariaDB database this node keeps in sync, as a URL
+    /// (mysql://user:password@host:3306/database).
+    #[arg(long, group = "store")]
+    mysql: Option<String>,
+    /// Tables of the database to track (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
     tables: Vec<String>,
     /// A hub or relay node: no user database, only Concord's own store.
-    #[arg(long)]
+    #[arg(long, group = "store")]
     relay: bool,
     /// Address peers connect to.
     #[arg(long, default_value = "127.0.0.1:7400")]
@@ -35,8 +45,21 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    if args.sqlite.is_some() && args.tables.is_empty() {
-        anyhow::bail!("--sqlite needs --tables naming at least one table to track");
+    let store = match (&args.sqlite, &args.postgres, &args.mysql) {
+        (Some(db), _, _) => StoreChoice::Sqlite(db),
+        (_, Some(url), _) => StoreChoice::Postgres(url),
+        (_, _, Some(url)) => StoreChoice::Mysql(url),
+        _ => StoreChoice::Relay,
+    };
+    match store {
+        StoreChoice::Relay if !args.tables.is_empty() => {
+            anyhow::bail!("--relay keeps no user tables; leave out --tables")
+        }
+        StoreChoice::Relay => {}
+        _ if args.tables.is_empty() => {
+            anyhow::bail!("--tables must name at least one table to track")
+        }
+        _ => {}
     }
     let name = args
         .name
@@ -50,7 +73,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let fingerprint = concord_node::init(
         &args.dir,
         &name,
-        args.sqlite.as_deref(),
+        store,
         &args.tables,
         &args.listen,
         &args.http,
