@@ -139,8 +139,8 @@ pub enum RowError {
         /// Why.
         detail: String,
     },
-    /// The key bytes do not decode.
-    #[error("malformed key: {0}")]
+    /// The key bytes do not decode (the message says "malformed key" and why).
+    #[error(transparent)]
     MalformedKey(#[from] KeyError),
     /// The key has the wrong number of components for the table.
     #[error("key has {found} components, the table's primary key has {expected}")]

@@ -1,0 +1,453 @@
+//! Bad incoming changes against a real MariaDB server: a batch holding one bad change is
+//! refused whole, the error names what was wrong and where, and the store keeps working.
+//!
+//! Risks covered, for each kind of bad change (unknown table, unknown column, a value of
+//! the wrong type, a decimal the column would round, text longer than `varchar(n)`, a
+//! malformed key, a key with the wrong number of components, a key of the wrong type, a
+//! CHECK violation, a NOT NULL violation and an InnoDB foreign-key violation at the
+//! destination, a timestamp beyond the clock bound):
+//! - the batch is applied in part (the good change before the bad one stays);
+//! - the version vector or the change log advance for changes that were rolled back;
+//! - the error does not name the origin/seq, the table, the key (and the column where
+//!   there is one);
+//! - the store is left unusable, so the next good batch fails too, or the destination
+//!   differs from the source once it applies;
+//! - a refused timestamp drags the local clock forward.
+//!
+//! Each test creates its own throwaway databases on the server named by
+//! `CONCORD_TEST_MYSQL_URL` and is skipped (with a message) without it.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use concord_core::{Change, Hlc, PrimaryKey, Value, VersionVector};
+use concord_mysql::Store as _;
+use concord_mysql::{ApplyError, MyStore, RowError, StoreOptions};
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The server URL, or `None` after printing that `test` is skipped.
+fn base_url(test: &str) -> Option<String> {
+    match std::env::var("CONCORD_TEST_MYSQL_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipping {test}: CONCORD_TEST_MYSQL_URL not set");
+            None
+        }
+    }
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{db}{query}", &base[..path_start])
+}
+
+/// A row of `items`: id, name, qty, price as text, parent_id.
+type Item = (i64, String, i32, Option<String>, Option<i64>);
+
+/// A database created for one test, dropped at the end (pass or fail).
+struct TestDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database and runs each statement of `ddl` in it.
+    fn new(base: &str, ddl: &[&str]) -> Self {
+        let name = format!(
+            "concord_bad_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = Conn::new(Opts::from_url(base).unwrap()).expect("connect to the server");
+        admin
+            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .unwrap();
+        admin
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .unwrap();
+        let db = TestDb {
+            admin: base.to_owned(),
+            url: with_database(base, &name),
+            name,
+        };
+        let mut conn = db.conn();
+        for statement in ddl {
+            conn.query_drop(statement).unwrap();
+        }
+        db
+    }
+
+    /// A fresh connection, as an ordinary application would open.
+    fn conn(&self) -> Conn {
+        Conn::new(Opts::from_url(&self.url).unwrap()).unwrap()
+    }
+
+    /// Runs `statements` in one transaction of an ordinary connection.
+    fn transaction(&self, statements: &[&str]) {
+        let mut conn = self.conn();
+        conn.query_drop("START TRANSACTION").unwrap();
+        for statement in statements {
+            conn.query_drop(statement).unwrap();
+        }
+        conn.query_drop("COMMIT").unwrap();
+    }
+
+    fn count_items(&self) -> i64 {
+        self.conn()
+            .query_first("SELECT count(*) FROM items")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Every row of `items`, exactly (the decimal as MariaDB prints it).
+    fn items(&self) -> Vec<Item> {
+        self.conn()
+            .query("SELECT id, name, qty, CAST(price AS CHAR), parent_id FROM items ORDER BY id")
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Opts::from_url(&self.admin)
+            .map_err(|_| ())
+            .and_then(|o| Conn::new(o).map_err(|_| ()))
+        {
+            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+        }
+    }
+}
+
+/// The same schema on both sides; InnoDB enforces the CHECK, the NOT NULL and the
+/// foreign key on every connection, Concord's included.
+const DDL: &[&str] = &[
+    "CREATE TABLE parents(id BIGINT PRIMARY KEY) ENGINE=InnoDB",
+    "CREATE TABLE items(
+        id BIGINT PRIMARY KEY,
+        name VARCHAR(8) NOT NULL,
+        qty INT NOT NULL,
+        price DECIMAL(12,2),
+        parent_id BIGINT,
+        CONSTRAINT items_qty_check CHECK (qty >= 0),
+        CONSTRAINT items_parent FOREIGN KEY (parent_id) REFERENCES parents(id)
+    ) ENGINE=InnoDB",
+];
+
+const TABLES: &[&str] = &["parents", "items"];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Every change in a store's log, in log order.
+fn all_changes(store: &MyStore) -> Vec<Change> {
+    store
+        .changes_for(&VersionVector::new())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// What a test may look at after the refusal and the good batch. Stores first, so their
+/// connections close before the databases are dropped.
+struct Fixture {
+    dst: MyStore,
+    _src: MyStore,
+    dst_db: TestDb,
+    _src_db: TestDb,
+}
+
+/// Runs `mutate` on the second change of a two-row source transaction and checks that
+/// the batch is refused whole, naming origin/seq, table and key, with a row error
+/// satisfying `check` (given the full message too); then that nothing was applied and
+/// that the good batch applies on the same store value. `None` when skipped.
+fn refused(
+    test: &str,
+    mutate: impl Fn(&mut Change),
+    check: impl Fn(&RowError, &str),
+) -> Option<Fixture> {
+    let base = base_url(test)?;
+    let src_db = TestDb::new(&base, DDL);
+    let dst_db = TestDb::new(&base, DDL);
+    let mut src = MyStore::track(&src_db.url, TABLES, StoreOptions::default()).unwrap();
+    let mut dst = MyStore::track(&dst_db.url, TABLES, StoreOptions::default()).unwrap();
+    src_db.transaction(&[
+        "INSERT INTO items VALUES (1, 'apple', 1, 1.50, NULL)",
+        "INSERT INTO items VALUES (2, 'banana', 2, 2.25, NULL)",
+    ]);
+    assert_eq!(src.capture().unwrap(), 2);
+    let good = all_changes(&src);
+    assert_eq!(good.len(), 2);
+    assert_eq!(
+        good.iter().map(|c| c.last_in_txn).collect::<Vec<_>>(),
+        [false, true],
+        "one source transaction"
+    );
+    let mut bad = good.clone();
+    mutate(&mut bad[1]);
+
+    let err = dst.apply_batch(&bad).expect_err("the batch is refused");
+    let message = err.to_string();
+    let failure = match &err {
+        ApplyError::Row(f) => f,
+        other => panic!("expected a row failure naming the change, got: {other}"),
+    };
+    let origin = src.node_id().short();
+    assert_eq!(
+        (failure.origin.as_str(), failure.seq),
+        (origin.as_str(), bad[1].seq),
+        "{message}"
+    );
+    assert_eq!(failure.table, bad[1].table, "{message}");
+    assert_eq!(failure.key, bad[1].key.to_string(), "{message}");
+    assert!(
+        message.contains(&format!(
+            "change {origin}/{} to table {:?}, key {}",
+            bad[1].seq, bad[1].table, bad[1].key
+        )),
+        "{message}"
+    );
+    check(&failure.error, &message);
+
+    // Nothing of the batch was applied, and nothing advanced.
+    assert_eq!(dst_db.count_items(), 0, "nothing applied: {message}");
+    assert!(
+        dst.version_vector().is_empty(),
+        "{:?}",
+        dst.version_vector()
+    );
+    assert_eq!(dst.log_len().unwrap(), 0);
+
+    // The store keeps working: the good batch applies on the same store value.
+    let report = dst.apply_batch(&good).unwrap();
+    assert_eq!(report.applied, 2);
+    assert_eq!(dst.version_vector().get(&src.node_id()), 2);
+    assert_eq!(dst.log_len().unwrap(), 2);
+    assert_eq!(src_db.items(), dst_db.items());
+    assert_eq!(dst_db.items().len(), 2);
+    Some(Fixture {
+        dst,
+        _src: src,
+        dst_db,
+        _src_db: src_db,
+    })
+}
+
+fn column_mut<'c>(change: &'c mut Change, name: &str) -> &'c mut Value {
+    &mut change
+        .columns
+        .iter_mut()
+        .find(|c| c.column == name)
+        .unwrap()
+        .value
+}
+
+fn wrong_type_of(error: &RowError, message: &str, name: &str) {
+    assert!(
+        matches!(error, RowError::WrongType { column, .. } if column == name),
+        "{message}"
+    );
+    assert!(message.contains(&format!("column {name:?}")), "{message}");
+}
+
+fn refused_by_the_database(error: &RowError, message: &str) {
+    assert!(matches!(error, RowError::Refused(_)), "{message}");
+}
+
+#[test]
+fn an_unknown_table_is_refused_by_name() {
+    refused(
+        "an_unknown_table_is_refused_by_name",
+        |c| c.table = "nope".into(),
+        |e, m| {
+            assert!(matches!(e, RowError::UnknownTable), "{m}");
+            assert!(m.contains("table \"nope\""), "{m}");
+        },
+    );
+}
+
+#[test]
+fn an_unknown_column_is_refused_by_name() {
+    refused(
+        "an_unknown_column_is_refused_by_name",
+        |c| {
+            c.columns
+                .iter_mut()
+                .find(|c| c.column == "name")
+                .unwrap()
+                .column = "colour".into();
+        },
+        |e, m| {
+            assert!(
+                matches!(e, RowError::UnknownColumn(c) if c == "colour"),
+                "{m}"
+            );
+            assert!(m.contains("\"colour\""), "{m}");
+        },
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_refused_naming_the_column() {
+    refused(
+        "a_value_of_the_wrong_type_is_refused_naming_the_column",
+        |c| *column_mut(c, "qty") = Value::Text("many".into()),
+        |e, m| wrong_type_of(e, m, "qty"),
+    );
+}
+
+#[test]
+fn a_decimal_the_column_would_round_is_refused_naming_the_column() {
+    refused(
+        "a_decimal_the_column_would_round_is_refused_naming_the_column",
+        |c| *column_mut(c, "price") = Value::Decimal("2.255".into()),
+        |e, m| {
+            wrong_type_of(e, m, "price");
+            assert!(m.contains("rounded"), "{m}");
+        },
+    );
+}
+
+#[test]
+fn text_longer_than_the_column_is_refused_not_truncated() {
+    refused(
+        "text_longer_than_the_column_is_refused_not_truncated",
+        |c| *column_mut(c, "name") = Value::Text("watermelon".into()),
+        |e, m| wrong_type_of(e, m, "name"),
+    );
+}
+
+#[test]
+fn a_malformed_key_is_refused_and_shown_in_hex() {
+    refused(
+        "a_malformed_key_is_refused_and_shown_in_hex",
+        |c| c.key = PrimaryKey::from_bytes_unchecked(vec![0xff, 0x00]),
+        |e, m| {
+            assert!(matches!(e, RowError::MalformedKey(_)), "{m}");
+            assert!(m.contains("ff00"), "{m}");
+        },
+    );
+}
+
+#[test]
+fn a_key_with_the_wrong_number_of_components_is_refused() {
+    refused(
+        "a_key_with_the_wrong_number_of_components_is_refused",
+        |c| c.key = PrimaryKey::encode(&[Value::Integer(2), Value::Text("extra".into())]).unwrap(),
+        |e, m| {
+            assert!(
+                matches!(
+                    e,
+                    RowError::KeyArity {
+                        expected: 1,
+                        found: 2
+                    }
+                ),
+                "{m}"
+            );
+        },
+    );
+}
+
+#[test]
+fn a_key_of_the_wrong_type_is_refused_naming_the_column() {
+    refused(
+        "a_key_of_the_wrong_type_is_refused_naming_the_column",
+        |c| c.key = PrimaryKey::encode(&[Value::Text("2".into())]).unwrap(),
+        |e, m| wrong_type_of(e, m, "id"),
+    );
+}
+
+#[test]
+fn a_check_violation_at_the_destination_is_refused_naming_the_row() {
+    refused(
+        "a_check_violation_at_the_destination_is_refused_naming_the_row",
+        |c| *column_mut(c, "qty") = Value::Integer(-5),
+        |e, m| {
+            refused_by_the_database(e, m);
+            assert!(m.contains("items_qty_check"), "{m}");
+        },
+    );
+}
+
+#[test]
+fn a_not_null_violation_at_the_destination_is_refused_naming_the_column() {
+    refused(
+        "a_not_null_violation_at_the_destination_is_refused_naming_the_column",
+        |c| *column_mut(c, "name") = Value::Null,
+        |e, m| {
+            refused_by_the_database(e, m);
+            assert!(m.contains("'name'"), "{m}");
+        },
+    );
+}
+
+#[test]
+fn a_foreign_key_violation_at_the_destination_is_refused_naming_the_row() {
+    refused(
+        "a_foreign_key_violation_at_the_destination_is_refused_naming_the_row",
+        |c| *column_mut(c, "parent_id") = Value::Integer(99),
+        |e, m| {
+            refused_by_the_database(e, m);
+            assert!(m.contains("items_parent"), "{m}");
+            assert!(m.contains("parent_id"), "{m}");
+        },
+    );
+}
+
+#[test]
+fn a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock() {
+    let Some(mut f) = refused(
+        "a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock",
+        |c| c.hlc = Hlc::new(now_ms() + 3_600_000, 0),
+        |e, m| {
+            assert!(matches!(e, RowError::Clock(_)), "{m}");
+            assert!(m.contains("ahead of local time"), "{m}");
+        },
+    ) else {
+        return;
+    };
+    // The local clock was not dragged forward by the refused timestamp: a local write
+    // captured now is stamped near wall time.
+    f.dst_db
+        .conn()
+        .query_drop("UPDATE items SET qty = 3 WHERE id = 1")
+        .unwrap();
+    assert_eq!(f.dst.capture().unwrap(), 1);
+    let local = all_changes(&f.dst).pop().unwrap();
+    assert_eq!(local.origin, f.dst.node_id());
+    assert!(
+        local.hlc.millis() < now_ms() + 60_000,
+        "local clock jumped to {}",
+        local.hlc
+    );
+}
+
+#[test]
+fn a_column_version_beyond_the_clock_bound_is_refused() {
+    refused(
+        "a_column_version_beyond_the_clock_bound_is_refused",
+        |c| c.columns[0].version.hlc = Hlc::new(now_ms() + 3_600_000, 0),
+        |e, m| {
+            assert!(matches!(e, RowError::Clock(_)), "{m}");
+            assert!(m.contains("ahead of local time"), "{m}");
+        },
+    );
+}
