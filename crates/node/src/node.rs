@@ -434,6 +434,12 @@ impl Node {
     /// Stops every task and closes sessions.
     pub async fn shutdown(self) {
         let _ = self.shared.shutdown.send(true);
+        // Give open sessions a moment to tell their peers this is a shutdown (an Error
+        // frame saying so), so the peers log an orderly close instead of a lost link.
+        let grace = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < grace && self.shared.peers.iter().any(|p| p.runtime().active) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -492,8 +498,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAc
 fn log_end(peer: &Peer, result: &Result<(), SessionError>) {
     match result {
         Ok(()) => tracing::info!(peer = %peer.config.name, "session closed"),
-        Err(SessionError::Shutdown) => {
-            tracing::info!(peer = %peer.config.name, "session closed for shutdown")
+        Err(e) if e.is_orderly() => {
+            tracing::info!(peer = %peer.config.name, reason = %e, "session closed for shutdown")
         }
         Err(e) => tracing::warn!(peer = %peer.config.name, error = %e, "session ended"),
     }
