@@ -288,7 +288,9 @@ impl TableInfo {
         ]
     }
 
-    /// Statements creating the three capture triggers (after dropping old ones).
+    /// Statements creating the three capture triggers, each replacing an old one in one
+    /// statement (`CREATE OR REPLACE`): dropping first would leave a moment in which a
+    /// write to an already tracked table is not captured.
     pub(crate) fn trigger_sql(&self) -> Vec<String> {
         let id = self.id;
         let [ins, upd, del] = self.trigger_names();
@@ -306,9 +308,9 @@ impl TableInfo {
                 )
             })
             .collect();
-        let mut out: Vec<String> = self.drop_trigger_sql();
+        let mut out: Vec<String> = Vec::with_capacity(3);
         out.push(format!(
-            "CREATE TRIGGER {} AFTER INSERT ON {table} FOR EACH ROW
+            "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {table} FOR EACH ROW
              IF @concord_applying IS NULL THEN
                INSERT INTO concord_pending(tbl, op, at, k, v)
                VALUES ({id}, {OP_INSERT}, {AT_EXPR}, {}, {});
@@ -318,7 +320,7 @@ impl TableInfo {
             self.values_json("NEW")
         ));
         out.push(format!(
-            "CREATE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW
+            "CREATE OR REPLACE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW
              IF @concord_applying IS NULL THEN
                IF NOT (BINARY {nk} <=> BINARY {ok}) THEN
                  INSERT INTO concord_pending(tbl, op, at, k, o, v)
@@ -335,7 +337,7 @@ impl TableInfo {
             changed = changed.join(", "),
         ));
         out.push(format!(
-            "CREATE TRIGGER {} AFTER DELETE ON {table} FOR EACH ROW
+            "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {table} FOR EACH ROW
              IF @concord_applying IS NULL THEN
                INSERT INTO concord_pending(tbl, op, at, k) VALUES ({id}, {OP_DELETE}, {AT_EXPR}, {});
              END IF",
@@ -350,6 +352,18 @@ impl TableInfo {
             .iter()
             .map(|t| format!("DROP TRIGGER IF EXISTS {}", quote(t)))
             .collect()
+    }
+
+    /// A locking read of the whole table (shared next-key locks on every primary-key
+    /// record and gap): it waits for every transaction still writing the table, and
+    /// keeps new writers out until the caller's transaction ends. Run before the
+    /// backfill touches `concord_pending`, so a writer never waits for the backfill while
+    /// the backfill waits for it.
+    pub(crate) fn lock_rows_sql(&self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {} FORCE INDEX (PRIMARY) LOCK IN SHARE MODE",
+            self.qualified()
+        )
     }
 
     /// SQL queuing every existing row as a pending insert.
@@ -414,5 +428,79 @@ impl TableInfo {
             self.qualified(),
             names.join(", ")
         )
+    }
+}
+
+/// The foreign keys among the tables of the store's database, as `(referencing table,
+/// referenced table)` names.
+pub(crate) fn foreign_keys(conn: &mut Conn) -> Result<Vec<(String, String)>, mysql::Error> {
+    conn.query(
+        "SELECT TABLE_NAME, REFERENCED_TABLE_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS
+         WHERE CONSTRAINT_SCHEMA = DATABASE() AND UNIQUE_CONSTRAINT_SCHEMA = DATABASE()",
+    )
+}
+
+/// The order in which to track `count` tables so that a table referenced by a foreign
+/// key of another comes first: parents before children, so their backfilled rows reach
+/// a replica before the rows that reference them. `references` holds `(child, parent)`
+/// index pairs. Tables that reference each other, directly or through others (a cycle),
+/// cannot all come first: among them the given order is kept, and so is the given order
+/// of tables unrelated to each other. A self-reference is ignored (one table's rows are
+/// backfilled in the order the table is read).
+pub(crate) fn parents_first(count: usize, references: &[(usize, usize)]) -> Vec<usize> {
+    // reach[a][b]: b can be reached from a by following references (child to parent).
+    let reach: Vec<Vec<bool>> = (0..count)
+        .map(|start| {
+            let mut seen = vec![false; count];
+            let mut stack = vec![start];
+            while let Some(t) = stack.pop() {
+                for &(child, parent) in references {
+                    if child == t && parent < count && !seen[parent] {
+                        seen[parent] = true;
+                        stack.push(parent);
+                    }
+                }
+            }
+            seen
+        })
+        .collect();
+    // A parent must come first unless it is in a cycle with the child.
+    let waits_for = |child: usize, parent: usize| {
+        child != parent && reach[child][parent] && !reach[parent][child]
+    };
+    let mut placed = vec![false; count];
+    let mut order = Vec::with_capacity(count);
+    while order.len() < count {
+        let next =
+            (0..count).find(|&t| !placed[t] && (0..count).all(|p| placed[p] || !waits_for(t, p)));
+        // Some table is always ready: "waits for" is a strict order (acyclic).
+        let Some(next) = next.or_else(|| (0..count).find(|&t| !placed[t])) else {
+            break;
+        };
+        placed[next] = true;
+        order.push(next);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_tracked_before_the_tables_referencing_them() {
+        // orders -> customers, lines -> orders, lines -> products; given child first.
+        let order = parents_first(4, &[(0, 1), (2, 0), (2, 3)]);
+        assert_eq!(order, vec![1, 0, 3, 2]);
+        // No references: the given order.
+        assert_eq!(parents_first(3, &[]), vec![0, 1, 2]);
+        // A self-reference is ignored.
+        assert_eq!(parents_first(2, &[(0, 0), (0, 1)]), vec![1, 0]);
+        // A cycle (0 <-> 1) keeps its given order; 2 references the cycle and follows
+        // it, 3 is referenced by the cycle and precedes it.
+        assert_eq!(
+            parents_first(4, &[(2, 0), (0, 1), (1, 0), (1, 3)]),
+            vec![3, 0, 1, 2]
+        );
     }
 }

@@ -23,7 +23,9 @@ use mysql::{Conn, Opts};
 
 use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
 use crate::log::LogReader;
-use crate::schema::{FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote};
+use crate::schema::{
+    self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
+};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
 };
@@ -148,6 +150,12 @@ impl MyStore {
     /// returns the opened store. Existing rows are queued as inserts so replicas receive
     /// them. MySQL commits DDL implicitly, so tracking is not one transaction: it is
     /// idempotent instead, and tracking again after a failure completes it.
+    ///
+    /// Tables are tracked parents first: a table referenced by a foreign key of another
+    /// table being tracked is backfilled before it, whatever order `tables` names them
+    /// in, so a replica enforcing the key receives every referenced row first (see
+    /// `schema::parents_first` for cycles). Tables already tracked are not
+    /// backfilled again.
     pub fn track(url: &str, tables: &[&str], options: StoreOptions) -> Result<Self, TrackError> {
         let mut conn = connect(url)?;
         for ddl in METADATA_DDL {
@@ -173,8 +181,14 @@ impl MyStore {
                 Ok(init_identity(c)?)
             })?,
         }
+        // Every table is read before anything is installed, so a bad name changes
+        // nothing.
+        let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
         for &name in tables {
-            let mut info = TableInfo::introspect(&mut conn, name)?;
+            if infos.iter().any(|t| t.name == name) {
+                continue;
+            }
+            let info = TableInfo::introspect(&mut conn, name)?;
             for c in &info.columns {
                 if c.name.contains('\0') {
                     return Err(TrackError::BadName(
@@ -183,53 +197,15 @@ impl MyStore {
                     ));
                 }
             }
-            let existing: Option<(i32, bool)> = conn.exec_first(
-                "SELECT id, tracked FROM concord_tables WHERE name = ?",
-                (name,),
-            )?;
-            let backfill = match existing {
-                Some((id, tracked)) => {
-                    info.id = id;
-                    !tracked
-                }
-                None => {
-                    conn.exec_drop(
-                        "INSERT INTO concord_tables(name, tracked) VALUES (?, 0)",
-                        (name,),
-                    )?;
-                    info.id = conn.last_insert_id() as i32;
-                    true
-                }
-            };
-            // Triggers first (DDL commits), then the columns, backfill and the tracked
-            // flag in one transaction: the backfill and the trigger cannot both miss or
-            // both record a row, because the backfill's snapshot follows the trigger.
-            for sql in info.trigger_sql() {
-                conn.query_drop(sql)?;
-            }
-            in_transaction(&mut conn, |c| -> Result<(), TrackError> {
-                c.exec_drop("DELETE FROM concord_columns WHERE tbl = ?", (info.id,))?;
-                for (position, col) in info.columns.iter().enumerate() {
-                    let key_position = info
-                        .key_columns
-                        .iter()
-                        .position(|&k| k == position)
-                        .map(|k| k as i32);
-                    c.exec_drop(
-                        "INSERT INTO concord_columns(tbl, position, name, type_name, key_position) VALUES (?, ?, ?, ?, ?)",
-                        (info.id, position as i32, &col.name, &col.type_name, key_position),
-                    )?;
-                }
-                if backfill {
-                    c.exec_drop("DELETE FROM concord_pending WHERE tbl = ?", (info.id,))?;
-                    c.query_drop(info.backfill_sql())?;
-                }
-                c.exec_drop(
-                    "UPDATE concord_tables SET tracked = 1 WHERE id = ?",
-                    (info.id,),
-                )?;
-                Ok(())
-            })?;
+            infos.push(info);
+        }
+        let order = tracking_order(&mut conn, &infos)?;
+        let mut backfill = Vec::with_capacity(order.len());
+        for &i in &order {
+            backfill.push(install_triggers(&mut conn, &mut infos[i])?);
+        }
+        for (&i, backfill) in order.iter().zip(backfill) {
+            record_and_backfill(&mut conn, &infos[i], backfill)?;
         }
         drop(conn);
         Ok(Self::open_with(url, options)?)
@@ -706,6 +682,139 @@ fn init_identity(conn: &mut Conn) -> Result<(), mysql::Error> {
     conn.exec_drop(
         "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
         (node.as_bytes().to_vec(),),
+    )
+}
+
+/// How many times tracking a table is attempted when InnoDB picks its transaction as
+/// a deadlock victim (a writer holding rows of the table in one order while the
+/// backfill's locking read takes them in another).
+const TRACK_ATTEMPTS: usize = 5;
+
+/// Indexes into `infos`, parents first, warning about referenced tables left untracked.
+fn tracking_order(conn: &mut Conn, infos: &[TableInfo]) -> Result<Vec<usize>, TrackError> {
+    let index = |name: &str| infos.iter().position(|t| t.name == name);
+    let mut references = Vec::new();
+    for (child, parent) in schema::foreign_keys(conn)? {
+        let Some(c) = index(&child) else { continue };
+        match index(&parent) {
+            Some(p) => references.push((c, p)),
+            None => {
+                let tracked: Option<bool> = conn.exec_first(
+                    "SELECT tracked FROM concord_tables WHERE name = ?",
+                    (&parent,),
+                )?;
+                if tracked != Some(true) {
+                    tracing::warn!(
+                        table = %child,
+                        references = %parent,
+                        "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
+                    );
+                }
+            }
+        }
+    }
+    Ok(schema::parents_first(infos.len(), &references))
+}
+
+/// Registers a table (keeping its id if it was ever tracked) and (re)creates its
+/// triggers; returns whether its rows must be backfilled (it is not tracked yet).
+///
+/// DDL commits, and waits for every transaction that used the table to end. Every
+/// table's triggers are created before any backfill: DDL then never runs while writers
+/// wait on a backfill's locks.
+fn install_triggers(conn: &mut Conn, info: &mut TableInfo) -> Result<bool, TrackError> {
+    let name = info.name.clone();
+    let existing: Option<(i32, bool)> = conn.exec_first(
+        "SELECT id, tracked FROM concord_tables WHERE name = ?",
+        (&name,),
+    )?;
+    let backfill = match existing {
+        Some((id, tracked)) => {
+            info.id = id;
+            !tracked
+        }
+        None => {
+            conn.exec_drop(
+                "INSERT INTO concord_tables(name, tracked) VALUES (?, 0)",
+                (&name,),
+            )?;
+            info.id = conn.last_insert_id() as i32;
+            true
+        }
+    };
+    for sql in info.trigger_sql() {
+        conn.query_drop(sql)?;
+    }
+    Ok(backfill)
+}
+
+/// Records a table's columns, queues its rows unless it was already tracked
+/// (`backfill`), and marks it tracked, in one transaction.
+///
+/// The triggers already record every write. The transaction first reads the whole
+/// table with shared locks, which waits for writers still running and holds new ones
+/// back until commit; then deletes the pending rows the triggers recorded meanwhile
+/// (their writes committed, so the backfill reads their result); then backfills. Every
+/// write is thus in exactly one of the two: committed before the locking read (the
+/// backfill has it, its pending row is gone) or after the commit (the trigger recorded
+/// it, and capture orders it after the backfill, by commit order).
+fn record_and_backfill(
+    conn: &mut Conn,
+    info: &TableInfo,
+    backfill: bool,
+) -> Result<(), TrackError> {
+    let mut attempt = 1;
+    loop {
+        let result = in_transaction(conn, |c| -> Result<(), TrackError> {
+            c.exec_drop("DELETE FROM concord_columns WHERE tbl = ?", (info.id,))?;
+            for (position, col) in info.columns.iter().enumerate() {
+                let key_position = info
+                    .key_columns
+                    .iter()
+                    .position(|&k| k == position)
+                    .map(|k| k as i32);
+                c.exec_drop(
+                    "INSERT INTO concord_columns(tbl, position, name, type_name, key_position) VALUES (?, ?, ?, ?, ?)",
+                    (info.id, position as i32, &col.name, &col.type_name, key_position),
+                )?;
+            }
+            if backfill {
+                c.query_drop(info.lock_rows_sql())?;
+                // Nobody writes the table now, so these rows are all committed: a
+                // consistent read lists them, and deleting each by its exact key locks
+                // no gap other writers' triggers would wait on.
+                let stale: Vec<i64> =
+                    c.exec("SELECT id FROM concord_pending WHERE tbl = ?", (info.id,))?;
+                c.exec_batch(
+                    "DELETE FROM concord_pending WHERE id = ? AND trx_end = 18446744073709551615",
+                    stale.iter().map(|id| (*id,)),
+                )?;
+                c.query_drop(info.backfill_sql())?;
+            }
+            c.exec_drop(
+                "UPDATE concord_tables SET tracked = 1 WHERE id = ?",
+                (info.id,),
+            )?;
+            Ok(())
+        });
+        match result {
+            Err(e) if attempt < TRACK_ATTEMPTS && deadlocked(&e) => {
+                tracing::info!(table = %info.name, attempt, "tracking was a deadlock victim; retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether InnoDB rolled the transaction back to break a deadlock (error 1213).
+fn deadlocked(e: &TrackError) -> bool {
+    let TrackError::Store(StoreError::Database(db)) = e else {
+        return false;
+    };
+    matches!(
+        db.source.downcast_ref::<mysql::Error>(),
+        Some(mysql::Error::MySqlError(server)) if server.code == 1213
     )
 }
 

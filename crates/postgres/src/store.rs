@@ -19,7 +19,9 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
 use crate::log::LogReader;
-use crate::schema::{CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote};
+use crate::schema::{
+    self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
+};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
 };
@@ -109,11 +111,18 @@ impl Drop for Connection {
 
 /// Runs `body` in a transaction holding Concord's lock; commits on success, rolls back
 /// on failure.
+///
+/// The transaction is `READ COMMITTED` whatever the database's default
+/// (`default_transaction_isolation`), so each statement reads what had committed when
+/// it started: tracking relies on it (see [`PgStore::track`]). Under `REPEATABLE READ`
+/// the backfill would read the snapshot taken by the transaction's first statement,
+/// before the trigger's lock waited for the table's writers, and miss what they
+/// committed meanwhile, which the trigger (created after) does not capture either.
 fn in_transaction<T, E: From<postgres::Error>>(
     client: &mut Client,
     body: impl FnOnce(&mut Client) -> Result<T, E>,
 ) -> Result<T, E> {
-    client.batch_execute("BEGIN")?;
+    client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
     let result = client
         .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .map_err(E::from)
@@ -169,62 +178,37 @@ impl PgStore {
     /// Installs capture on `tables` (creating Concord's metadata on first use) and
     /// returns the opened store. Existing rows are queued as inserts so that replicas
     /// receive them. Tracking an already tracked table refreshes its trigger.
+    ///
+    /// Everything happens in one transaction, so the rows of all the tables are one
+    /// source transaction, queued parents first: a table referenced by a foreign key of
+    /// another table being tracked comes before it, whatever order `tables` names them
+    /// in (see `schema::parents_first` for cycles). Tables already tracked are
+    /// not queued again.
+    ///
+    /// Nothing is lost or queued twice while other sessions keep writing: creating the
+    /// trigger locks the table in `SHARE ROW EXCLUSIVE` mode, which waits for every
+    /// transaction writing it to end and keeps new writers waiting until commit; the
+    /// backfill statement then starts, and (`READ COMMITTED`) reads everything committed
+    /// before it. A writer that waited writes after the commit, when the trigger is in
+    /// place; its pending rows get ids above the backfill's, so capture logs them
+    /// after it. If PostgreSQL breaks a deadlock with a writer (one holding another
+    /// tracked table while it waits for this one) by failing the transaction, it is run
+    /// again, a few times at most.
     pub fn track(url: &str, tables: &[&str], options: StoreOptions) -> Result<Self, TrackError> {
         let mut client = connect(url)?;
-        in_transaction(&mut client, |client| -> Result<(), TrackError> {
-            client.batch_execute(METADATA_DDL)?;
-            let format = client
-                .query_opt("SELECT value FROM concord.meta WHERE key = 'format'", &[])?
-                .map(|r| r.get::<_, String>(0));
-            match format {
-                Some(found) => {
-                    let found = found.parse::<i64>().map_err(|e| StoreError::Corrupt {
-                        table: "concord.meta",
-                        detail: format!("format: {e}"),
-                    })?;
-                    if found > FORMAT_VERSION {
-                        return Err(StoreError::UnsupportedFormat {
-                            found,
-                            supported: FORMAT_VERSION,
-                        }
-                        .into());
-                    }
+        let mut attempt = 1;
+        loop {
+            match in_transaction(&mut client, |client| track_in_txn(client, tables)) {
+                Err(e) if attempt < TRACK_ATTEMPTS && deadlocked(&e) => {
+                    tracing::info!(attempt, "tracking was a deadlock victim; retrying");
+                    attempt += 1;
                 }
-                None => init_identity(client)?,
-            }
-            for &name in tables {
-                let mut info = TableInfo::introspect(client, name)?;
-                let existing = client.query_opt(
-                    "SELECT id, tracked FROM concord.tables WHERE schema_name = $1 AND name = $2",
-                    &[&info.schema, &info.relname],
-                )?;
-                let backfill = match existing {
-                    Some(row) => {
-                        info.id = row.get(0);
-                        let tracked: bool = row.get(1);
-                        client.execute(
-                            "UPDATE concord.tables SET tracked = true WHERE id = $1",
-                            &[&info.id],
-                        )?;
-                        !tracked
-                    }
-                    None => {
-                        info.id = client
-                            .query_one(
-                                "INSERT INTO concord.tables(schema_name, name) VALUES ($1, $2) RETURNING id",
-                                &[&info.schema, &info.relname],
-                            )?
-                            .get(0);
-                        true
-                    }
-                };
-                install_table(client, &info)?;
-                if backfill {
-                    client.batch_execute(&info.backfill_sql())?;
+                other => {
+                    other?;
+                    break;
                 }
             }
-            Ok(())
-        })?;
+        }
         drop(client);
         Ok(Self::open_with(url, options)?)
     }
@@ -700,6 +684,112 @@ fn init_identity(client: &mut Client) -> Result<(), postgres::Error> {
         &[&node.as_bytes().as_slice()],
     )?;
     Ok(())
+}
+
+/// How many times tracking is attempted when PostgreSQL picks it as a deadlock victim.
+const TRACK_ATTEMPTS: usize = 5;
+
+/// The body of [`PgStore::track`], inside its transaction.
+fn track_in_txn(client: &mut Client, tables: &[&str]) -> Result<(), TrackError> {
+    client.batch_execute(METADATA_DDL)?;
+    let format = client
+        .query_opt("SELECT value FROM concord.meta WHERE key = 'format'", &[])?
+        .map(|r| r.get::<_, String>(0));
+    match format {
+        Some(found) => {
+            let found = found.parse::<i64>().map_err(|e| StoreError::Corrupt {
+                table: "concord.meta",
+                detail: format!("format: {e}"),
+            })?;
+            if found > FORMAT_VERSION {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                }
+                .into());
+            }
+        }
+        None => init_identity(client)?,
+    }
+    let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
+    for &name in tables {
+        let info = TableInfo::introspect(client, name)?;
+        if !infos.iter().any(|t| t.oid == info.oid) {
+            infos.push(info);
+        }
+    }
+    for i in tracking_order(client, &infos)? {
+        let info = &mut infos[i];
+        let existing = client.query_opt(
+            "SELECT id, tracked FROM concord.tables WHERE schema_name = $1 AND name = $2",
+            &[&info.schema, &info.relname],
+        )?;
+        let backfill = match existing {
+            Some(row) => {
+                info.id = row.get(0);
+                let tracked: bool = row.get(1);
+                client.execute(
+                    "UPDATE concord.tables SET tracked = true WHERE id = $1",
+                    &[&info.id],
+                )?;
+                !tracked
+            }
+            None => {
+                info.id = client
+                    .query_one(
+                        "INSERT INTO concord.tables(schema_name, name) VALUES ($1, $2) RETURNING id",
+                        &[&info.schema, &info.relname],
+                    )?
+                    .get(0);
+                true
+            }
+        };
+        install_table(client, info)?;
+        if backfill {
+            client.batch_execute(&info.backfill_sql())?;
+        }
+    }
+    Ok(())
+}
+
+/// Indexes into `infos`, parents first, warning about referenced tables left untracked.
+fn tracking_order(client: &mut Client, infos: &[TableInfo]) -> Result<Vec<usize>, TrackError> {
+    let oids: Vec<u32> = infos.iter().map(|t| t.oid).collect();
+    let index = |oid: u32| infos.iter().position(|t| t.oid == oid);
+    let mut references = Vec::new();
+    for (child, parent, schema, name) in schema::foreign_keys(client, &oids)? {
+        let Some(c) = index(child) else { continue };
+        match index(parent) {
+            Some(p) => references.push((c, p)),
+            None => {
+                let tracked = client
+                    .query_opt(
+                        "SELECT tracked FROM concord.tables WHERE schema_name = $1 AND name = $2",
+                        &[&schema, &name],
+                    )?
+                    .is_some_and(|r| r.get::<_, bool>(0));
+                if !tracked {
+                    tracing::warn!(
+                        table = %infos[c].name,
+                        references = %format!("{schema}.{name}"),
+                        "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
+                    );
+                }
+            }
+        }
+    }
+    Ok(schema::parents_first(infos.len(), &references))
+}
+
+/// Whether PostgreSQL failed the transaction to break a deadlock (SQLSTATE 40P01).
+fn deadlocked(e: &TrackError) -> bool {
+    let TrackError::Store(StoreError::Database(db)) = e else {
+        return false;
+    };
+    db.source
+        .downcast_ref::<postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|code| *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
 }
 
 /// Records a table's columns and (re)creates its trigger.

@@ -190,6 +190,14 @@ impl SqliteStore {
     /// Installs capture on `tables` (creating Concord's metadata on first use) and
     /// returns the opened store. Existing rows are queued as inserts so that replicas
     /// receive them. Tracking an already tracked table refreshes its triggers.
+    ///
+    /// Everything happens in one `BEGIN IMMEDIATE` transaction: SQLite has one writer at
+    /// a time, so every other connection's write commits either before it (the backfill
+    /// reads it) or after it (the triggers capture it). The rows are queued parents
+    /// first: a table referenced by a foreign key of another table being tracked comes
+    /// before it, whatever order `tables` names them in (see
+    /// `schema::parents_first` for cycles), so replicas enforcing the key
+    /// receive every referenced row first. Tables already tracked are not queued again.
     pub fn track(
         path: impl AsRef<Path>,
         tables: &[&str],
@@ -218,7 +226,15 @@ impl SqliteStore {
             } else {
                 init_identity(&conn)?;
             }
+            let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
             for &name in tables {
+                if !infos.iter().any(|t| t.name == name) {
+                    infos.push(TableInfo::introspect(&conn, name)?);
+                }
+            }
+            for i in tracking_order(&conn, &infos)? {
+                let info = &mut infos[i];
+                let name = info.name.as_str();
                 let existing: Option<(i64, bool)> = conn
                     .query_row(
                         "SELECT id, tracked FROM __concord_tables WHERE name = ?1",
@@ -226,24 +242,23 @@ impl SqliteStore {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                let mut info = TableInfo::introspect(&conn, name)?;
                 match existing {
                     Some((id, tracked)) => {
                         info.id = id;
-                        install_table(&conn, &info)?;
+                        install_table(&conn, info)?;
                         if !tracked {
                             conn.execute(
                                 "UPDATE __concord_tables SET tracked = 1 WHERE id = ?1",
                                 [id],
                             )?;
-                            backfill(&conn, &info)?;
+                            backfill(&conn, info)?;
                         }
                     }
                     None => {
                         conn.execute("INSERT INTO __concord_tables(name) VALUES (?1)", [name])?;
                         info.id = conn.last_insert_rowid();
-                        install_table(&conn, &info)?;
-                        backfill(&conn, &info)?;
+                        install_table(&conn, info)?;
+                        backfill(&conn, info)?;
                     }
                 }
             }
@@ -778,6 +793,36 @@ fn install_table(conn: &Connection, info: &TableInfo) -> Result<(), TrackError> 
         conn.execute_batch(&sql)?;
     }
     Ok(())
+}
+
+/// Indexes into `infos`, parents first, warning about referenced tables left untracked.
+fn tracking_order(conn: &Connection, infos: &[TableInfo]) -> Result<Vec<usize>, TrackError> {
+    let index = |name: &str| infos.iter().position(|t| t.name.eq_ignore_ascii_case(name));
+    let mut references = Vec::new();
+    for (child, info) in infos.iter().enumerate() {
+        for parent in schema::referenced_tables(conn, &info.name)? {
+            match index(&parent) {
+                Some(p) => references.push((child, p)),
+                None => {
+                    let tracked: bool = conn
+                        .query_row(
+                            "SELECT count(*) FROM __concord_tables WHERE name = ?1 COLLATE NOCASE AND tracked = 1",
+                            [&parent],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map(|n| n > 0)?;
+                    if !tracked {
+                        tracing::warn!(
+                            table = %info.name,
+                            references = %parent,
+                            "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(schema::parents_first(infos.len(), &references))
 }
 
 /// Queues every existing row as an insert, so it is captured like any other write.
