@@ -30,6 +30,7 @@ use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
 use concord_core::{Advance, Change, NodeId, Value, Version};
 use postgres::types::ToSql;
 
+use crate::batch::{FLUSH_AT, LogEntry, MetaBatch};
 use crate::codec::{self, LogBody, LogColumn};
 use crate::error::{ApplyError, RowError, RowFailure, StoreError};
 use crate::schema::{TableInfo, VERBATIM_TABLE};
@@ -65,7 +66,12 @@ pub struct ApplySession<'s> {
     dirty_origins: BTreeSet<i32>,
     last: Option<(NodeId, u64)>,
     report: ApplyReport,
+    /// Row clocks and log entries of this transaction not written yet.
+    meta: MetaBatch,
 }
+
+/// Changes [`PgStore::apply_changes`] reads ahead, to read their row clocks at once.
+const READ_AHEAD: usize = 2_000;
 
 impl PgStore {
     /// Opens an apply transaction.
@@ -80,6 +86,7 @@ impl PgStore {
             dirty_origins: BTreeSet::new(),
             last: None,
             report: ApplyReport::default(),
+            meta: MetaBatch::default(),
         };
         session.begin()?;
         Ok(session)
@@ -121,11 +128,44 @@ impl PgStore {
     {
         let batch = self.options.apply_batch_changes.max(1);
         let mut session = self.begin_apply()?;
-        for change in changes {
-            let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
-            session.apply(&change)?;
-            if session.at_boundary() && session.in_transaction() >= batch {
-                session.checkpoint()?;
+        let mut changes = changes.into_iter();
+        let mut chunk: Vec<Change> = Vec::with_capacity(READ_AHEAD);
+        loop {
+            // Read ahead, so that the chunk's row clocks are read in one query. A source
+            // error ends the chunk: what came before it is applied first, as before.
+            chunk.clear();
+            let mut source_error = None;
+            while chunk.len() < READ_AHEAD {
+                match changes.next() {
+                    Some(Ok(change)) => chunk.push(change),
+                    Some(Err(e)) => {
+                        source_error = Some(ApplyError::Source(e.to_string()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let more = source_error.is_none() && chunk.len() == READ_AHEAD;
+            let mut prefetched = false;
+            for (i, change) in chunk.iter().enumerate() {
+                if !prefetched {
+                    session.prefetch(&chunk[i..])?;
+                    prefetched = true;
+                }
+                session.apply(change)?;
+                if session.at_boundary() && session.in_transaction() >= batch {
+                    session.checkpoint()?;
+                    // The new transaction captured local writes: clocks read before
+                    // may be stale.
+                    prefetched = false;
+                }
+            }
+            session.flush()?;
+            if let Some(e) = source_error {
+                return Err(e);
+            }
+            if !more {
+                break;
             }
         }
         session.commit()
@@ -134,6 +174,7 @@ impl PgStore {
 
 impl ApplySession<'_> {
     fn begin(&mut self) -> Result<(), ApplyError> {
+        self.meta.clear();
         self.store.begin_locked()?;
         self.open = true;
         self.in_txn = 0;
@@ -173,6 +214,37 @@ impl ApplySession<'_> {
         self.in_txn
     }
 
+    /// Reads the row clocks of `changes` in one query per table, so applying them does
+    /// not read them one by one.
+    fn prefetch(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Ok(());
+        }
+        let store = &mut *self.store;
+        let keys: Vec<(i32, &[u8])> = changes
+            .iter()
+            .filter(|c| !store.origins.held.contains(&c.origin, c.seq))
+            .filter_map(|c| Some((store.table_named(&c.table)?.id, c.key.as_bytes())))
+            .collect();
+        if let Err(e) = store.prefetch_clocks(&mut self.meta, keys) {
+            self.poisoned = true;
+            return Err(StoreError::from(e).into());
+        }
+        Ok(())
+    }
+
+    /// Writes the row clocks and log entries held back so far (inside the transaction).
+    fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Ok(());
+        }
+        if let Err(e) = self.store.flush_meta(&mut self.meta) {
+            self.poisoned = true;
+            return Err(StoreError::from(e).into());
+        }
+        Ok(())
+    }
+
     /// Commits what was applied and opens a new transaction.
     pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
         self.commit_current()?;
@@ -197,6 +269,7 @@ impl ApplySession<'_> {
             return Err(ApplyError::IncompleteTransaction { origin, seq });
         }
         let result = (|| -> Result<(), postgres::Error> {
+            self.store.flush_meta(&mut self.meta)?;
             for &index in &self.dirty_origins {
                 let seq = self
                     .store
@@ -232,6 +305,9 @@ impl ApplySession<'_> {
                 // A duplicate leaves the boundary as it was: what it belongs to is held.
                 if applied {
                     self.at_boundary = change.last_in_txn;
+                }
+                if self.meta.len() >= FLUSH_AT {
+                    self.flush()?;
                 }
                 Ok(())
             }
@@ -317,7 +393,7 @@ impl ApplySession<'_> {
             });
         }
         let mut clock = store
-            .load_clock(table.id, &change.key)
+            .batched_clock(&self.meta, table.id, &change.key)
             .map_err(|e| match e {
                 LoadClockError::Postgres(e) => Failure::Store(e.into()),
                 LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
@@ -381,9 +457,7 @@ impl ApplySession<'_> {
             }
         }
         if decision.clock_changed {
-            store
-                .save_clock(table.id, &change.key, &clock)
-                .map_err(store_error)?;
+            self.meta.set_clock(table.id, &change.key, clock);
         }
         store.clock.observe(newest, now)?;
 
@@ -410,7 +484,8 @@ impl ApplySession<'_> {
             .transpose()
             .map_err(store_error)?;
         let origin = store.origin_index(change.origin).map_err(store_error)?;
-        insert_log(store, origin, change, table.id, &codec::encode(&body)).map_err(store_error)?;
+        self.meta
+            .log(log_entry(origin, change, table.id, codec::encode(&body)));
         store.origins.held.advance(change.origin, change.seq)?;
         self.dirty_origins.insert(origin);
         self.in_txn += 1;
@@ -428,13 +503,12 @@ impl ApplySession<'_> {
             Ok(Advance::Next) => (|| -> Result<(), postgres::Error> {
                 let store = &mut *self.store;
                 let origin = store.origin_index(change.origin)?;
-                insert_log(
-                    store,
+                self.meta.log(log_entry(
                     origin,
                     change,
                     VERBATIM_TABLE,
-                    &codec::encode(change),
-                )?;
+                    codec::encode(change),
+                ));
                 // Classified as next above.
                 let _ = store.origins.held.advance(change.origin, change.seq);
                 self.dirty_origins.insert(origin);
@@ -518,31 +592,18 @@ fn param(table: &TableInfo, index: usize, value: &Value) -> Result<Param, RowErr
     })
 }
 
-fn insert_log(
-    store: &mut PgStore,
-    origin: i32,
-    change: &Change,
-    table: i32,
-    body: &[u8],
-) -> Result<(), postgres::Error> {
-    let stmt = store.statement(
-        "INSERT INTO concord.log(origin, seq, hlc, tbl, pk, cl, body, txn_end)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )?;
-    store.client.execute(
-        &stmt,
-        &[
-            &origin,
-            &(change.seq as i64),
-            &(change.hlc.as_u64() as i64),
-            &table,
-            &change.key.as_bytes(),
-            &(change.causal_length.0 as i64),
-            &body,
-            &change.last_in_txn,
-        ],
-    )?;
-    Ok(())
+/// The log entry of `change` as received, so this node can relay it unchanged.
+fn log_entry(origin: i32, change: &Change, table: i32, body: Vec<u8>) -> LogEntry {
+    LogEntry {
+        origin,
+        seq: change.seq as i64,
+        hlc: change.hlc.as_u64() as i64,
+        table,
+        pk: change.key.as_bytes().to_vec(),
+        cl: change.causal_length.0 as i64,
+        body,
+        txn_end: change.last_in_txn,
+    }
 }
 
 fn record_conflict(

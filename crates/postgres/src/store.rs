@@ -590,10 +590,14 @@ impl PgStore {
         let Some(row) = row else {
             return Ok(RowClock::default());
         };
-        let cl: i64 = row.get(0);
-        let stored: StoredClock =
-            codec::decode(row.get::<_, &[u8]>(1)).map_err(LoadClockError::Corrupt)?;
-        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
+        self.decode_clock(row.get(0), row.get(1))
+            .map_err(LoadClockError::Corrupt)
+    }
+
+    /// A row clock from its `concord.rows` columns.
+    pub(crate) fn decode_clock(&self, cl: i64, clock: &[u8]) -> Result<RowClock, String> {
+        let stored: StoredClock = codec::decode(clock)?;
+        let conv = |v: StoredVersion| self.version(v);
         let mut columns = Vec::with_capacity(stored.columns.len());
         for c in stored.columns {
             columns.push(match c {
@@ -612,9 +616,7 @@ impl PgStore {
             }),
         };
         if cl < 0 {
-            return Err(LoadClockError::Corrupt(format!(
-                "negative causal length {cl}"
-            )));
+            return Err(format!("negative causal length {cl}"));
         }
         Ok(RowClock {
             causal_length: CausalLength(cl as u64),
@@ -623,13 +625,8 @@ impl PgStore {
         })
     }
 
-    /// Writes a row clock.
-    pub(crate) fn save_clock(
-        &mut self,
-        table: i32,
-        key: &PrimaryKey,
-        clock: &RowClock,
-    ) -> Result<(), postgres::Error> {
+    /// A row clock as `concord.rows.clock` holds it (registers origins seen first).
+    pub(crate) fn encode_clock(&mut self, clock: &RowClock) -> Result<Vec<u8>, postgres::Error> {
         let mut stored = StoredClock {
             columns: Vec::with_capacity(clock.columns.len()),
             tombstone: None,
@@ -649,21 +646,7 @@ impl PgStore {
                 t.seen.map(|v| self.stored(v)).transpose()?,
             ));
         }
-        let blob = codec::encode(&stored);
-        let stmt = self.statement(
-            "INSERT INTO concord.rows(tbl, pk, cl, clock) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, clock = excluded.clock",
-        )?;
-        self.client.execute(
-            &stmt,
-            &[
-                &table,
-                &key.as_bytes(),
-                &(clock.causal_length.0 as i64),
-                &blob,
-            ],
-        )?;
-        Ok(())
+        Ok(codec::encode(&stored))
     }
 
     /// Persists the clock and the held sequence of `origin` (inside the caller's
