@@ -189,25 +189,105 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// One timed step: seconds and this process's peak RSS during it (MiB).
+/// CPU seconds (user + system) used so far by this process, and by all processes
+/// named `postgres` and `mariadbd` (the servers), from `/proc`.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    bench: f64,
+    postgres: f64,
+    mariadb: f64,
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            bench: self.bench - before.bench,
+            // Server processes that ended meanwhile take their time with them.
+            postgres: (self.postgres - before.postgres).max(0.0),
+            mariadb: (self.mariadb - before.mariadb).max(0.0),
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut s = format!(
+            "cpu: bench {:.1} s, postgres {:.1} s",
+            self.bench, self.postgres
+        );
+        if self.mariadb >= 0.05 {
+            write!(s, ", mariadbd {:.1} s", self.mariadb).ok();
+        }
+        s
+    }
+}
+
+/// `(comm, utime + stime in seconds)` from a `/proc/<pid>/stat` line.
+fn ticks_of(stat: &str) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after comm.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((comm, (utime + stime) / 100.0))
+}
+
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Some((_, t)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(ticks_of)
+    {
+        cpu.bench = t;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return cpu;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        match ticks_of(&stat) {
+            Some((comm, t)) if comm == "postgres" => cpu.postgres += t,
+            Some((comm, t)) if comm == "mariadbd" => cpu.mariadb += t,
+            _ => {}
+        }
+    }
+    cpu
+}
+
+/// One timed step: seconds, this process's peak RSS during it (MiB), and the CPU time
+/// this process and the database servers used meanwhile (the servers' includes work
+/// for other clients of this shared machine, if any).
 #[derive(Clone, Copy, Default)]
 struct Step {
     secs: f64,
     peak_mib: f64,
+    cpu: Cpu,
 }
 
 fn step<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Step)> {
     let reset = reset_peak();
+    let cpu0 = cpu_now();
     let start = Instant::now();
     let out = f()?;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_now().since(cpu0);
     let (peak, _) = memory_kib();
     let peak_mib = if reset {
         peak as f64 / 1024.0
     } else {
         f64::NAN
     };
-    Ok((out, Step { secs, peak_mib }))
+    Ok((
+        out,
+        Step {
+            secs,
+            peak_mib,
+            cpu,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -521,11 +601,12 @@ impl Native {
     }
 
     /// Runs a phase; returns (write incl. commit, commit → visible, total) seconds.
-    fn run(&mut self, phase: Phase, rows: u64) -> Result<(f64, f64, f64)> {
+    fn run(&mut self, phase: Phase, rows: u64) -> Result<(f64, f64, f64, Cpu)> {
         let poll = self.dst.prepare("SELECT b FROM t WHERE id = $1")?;
         let last_id = rows as i64;
         let want = phase.last_b(rows);
         let sql = phase.sql(rows);
+        let cpu0 = cpu_now();
         let start = Instant::now();
         let mut tx = self.src.transaction()?;
         tx.batch_execute(&sql)?;
@@ -545,8 +626,9 @@ impl Native {
             std::thread::sleep(Duration::from_millis(2));
         }
         let total = start.elapsed().as_secs_f64();
+        let cpu = cpu_now().since(cpu0);
         check_pg(&mut self.dst, phase, rows, "native destination")?;
-        Ok((committed, total - committed, total))
+        Ok((committed, total - committed, total, cpu))
     }
 }
 
@@ -791,11 +873,12 @@ fn main() -> Result<()> {
         if let Some(n) = &mut native {
             n.resume_and_drain()?;
             checkpoint(&mut admin)?;
-            let (write, lag, total) = n.run(phase, rows)?;
+            let (write, lag, total, cpu) = n.run(phase, rows)?;
             println!(
-                "{:<6} native   write+commit {write:7.2} s | commit -> visible {lag:7.2} s | total {total:7.2} s ({:.0} rows/s)  load {}",
+                "{:<6} native   write+commit {write:7.2} s | commit -> visible {lag:7.2} s | total {total:7.2} s ({:.0} rows/s) [{}]  load {}",
                 phase.name(),
                 rows as f64 / total,
+                cpu.text(),
                 load_average()
             );
             native_total = Some(total);
@@ -806,14 +889,17 @@ fn main() -> Result<()> {
         checkpoint(&mut admin)?;
         let r = concord.run(phase, rows)?;
         println!(
-            "{:<6} concord  write+commit {:7.2} s (peak {:.0} MiB) | capture {:7.2} s, {} changes, {:.0}/s (peak {:.0} MiB)  load {}",
+            "{:<6} concord  write+commit {:7.2} s (peak {:.0} MiB) [{}]\n{:<6} concord  capture {:7.2} s, {} changes, {:.0}/s (peak {:.0} MiB) [{}]  load {}",
             phase.name(),
             r.write.secs,
             r.write.peak_mib,
+            r.write.cpu.text(),
+            phase.name(),
             r.capture.secs,
             r.captured,
             r.captured as f64 / r.capture.secs,
             r.capture.peak_mib,
+            r.capture.cpu.text(),
             load_average()
         );
         for (target, s, applied) in &r.applies {
@@ -830,7 +916,7 @@ fn main() -> Result<()> {
                 s.peak_mib,
                 rows as f64 / total,
             );
-            println!("{line}");
+            println!("{line}  [{}]", s.cpu.text());
             summary.push_str(&line);
             summary.push('\n');
         }
