@@ -22,12 +22,13 @@
 //! state. Commits happen only at source-transaction boundaries, so a source transaction
 //! is never applied in part.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
 use concord_core::{Advance, Change, NodeId, Value, Version};
+use postgres::Statement;
 use postgres::types::ToSql;
 
 use crate::batch::{FLUSH_AT, LogEntry, MetaBatch};
@@ -68,6 +69,16 @@ pub struct ApplySession<'s> {
     report: ApplyReport,
     /// Row clocks and log entries of this transaction not written yet.
     meta: MetaBatch,
+    /// User-table writes by (table id, kind, written columns).
+    statements: HashMap<(i32, WriteKind, Vec<usize>), Statement>,
+}
+
+/// What a user-table statement does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum WriteKind {
+    Delete,
+    Update,
+    Insert,
 }
 
 /// Changes [`PgStore::apply_changes`] reads ahead, to read their row clocks at once.
@@ -87,6 +98,7 @@ impl PgStore {
             last: None,
             report: ApplyReport::default(),
             meta: MetaBatch::default(),
+            statements: HashMap::new(),
         };
         session.begin()?;
         Ok(session)
@@ -431,8 +443,26 @@ impl ApplySession<'_> {
             .iter()
             .map(|(_, p)| *p as &(dyn ToSql + Sync))
             .collect();
-        let mut write = |sql: &str, values: &[&(dyn ToSql + Sync)]| -> Result<(), Failure> {
-            let stmt = store.statement(sql).map_err(RowError::Refused)?;
+        let statements = &mut self.statements;
+        // The statement for a write of `kind` of `columns`, prepared once per session:
+        // building its SQL text for every change cost more than the rest of the apply.
+        let mut write = |kind: WriteKind,
+                         columns: &[usize],
+                         values: &[&(dyn ToSql + Sync)]|
+         -> Result<(), Failure> {
+            let stmt = match statements.get(&(table.id, kind, columns.to_vec())) {
+                Some(stmt) => stmt.clone(),
+                None => {
+                    let sql = match kind {
+                        WriteKind::Delete => table.delete_sql(),
+                        WriteKind::Update => table.update_sql(columns),
+                        WriteKind::Insert => table.insert_sql(columns),
+                    };
+                    let stmt = store.statement(&sql).map_err(RowError::Refused)?;
+                    statements.insert((table.id, kind, columns.to_vec()), stmt.clone());
+                    stmt
+                }
+            };
             store
                 .client
                 .execute(&stmt, values)
@@ -441,19 +471,19 @@ impl ApplySession<'_> {
         };
         match decision.effect {
             RowEffect::None => {}
-            RowEffect::Delete => write(&table.delete_sql(), &key_refs)?,
+            RowEffect::Delete => write(WriteKind::Delete, &[], &key_refs)?,
             RowEffect::Update => {
                 if !winners.is_empty() {
                     let all: Vec<_> = value_refs.iter().chain(&key_refs).copied().collect();
-                    write(&table.update_sql(&winner_columns), &all)?;
+                    write(WriteKind::Update, &winner_columns, &all)?;
                 }
             }
             RowEffect::Recreate => {
                 if was_alive {
-                    write(&table.delete_sql(), &key_refs)?;
+                    write(WriteKind::Delete, &[], &key_refs)?;
                 }
                 let all: Vec<_> = key_refs.iter().chain(&value_refs).copied().collect();
-                write(&table.insert_sql(&winner_columns), &all)?;
+                write(WriteKind::Insert, &winner_columns, &all)?;
             }
         }
         if decision.clock_changed {
