@@ -22,13 +22,15 @@
 //! state. Commits happen only at source-transaction boundaries, so a source transaction
 //! is never applied in part.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
 use concord_core::{Advance, Change, NodeId, Value, Version};
+use postgres::Statement;
 use postgres::types::ToSql;
 
+use crate::batch::{FLUSH_AT, LogEntry, MetaBatch};
 use crate::codec::{self, LogBody, LogColumn};
 use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, PgStore, now_ms};
@@ -46,7 +48,22 @@ pub struct ApplySession<'s> {
     dirty_origins: BTreeSet<i32>,
     last: Option<(NodeId, u64)>,
     report: ApplyReport,
+    /// Row clocks and log entries of this transaction not written yet.
+    meta: MetaBatch,
+    /// User-table writes by (table id, kind, written columns).
+    statements: HashMap<(i32, WriteKind, Vec<usize>), Statement>,
 }
+
+/// What a user-table statement does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum WriteKind {
+    Delete,
+    Update,
+    Insert,
+}
+
+/// Changes [`PgStore::apply_changes`] reads ahead, to read their row clocks at once.
+const READ_AHEAD: usize = 2_000;
 
 impl PgStore {
     /// Opens an apply transaction.
@@ -61,14 +78,73 @@ impl PgStore {
             dirty_origins: BTreeSet::new(),
             last: None,
             report: ApplyReport::default(),
+            meta: MetaBatch::default(),
+            statements: HashMap::new(),
         };
         session.begin()?;
         Ok(session)
+    }
+
+    /// Applies a stream of changes, committing at source-transaction boundaries once
+    /// [`crate::StoreOptions::apply_batch_changes`] changes are in the transaction.
+    /// Memory use does not grow with the length of the stream. On error, everything
+    /// since the last commit is rolled back; what was committed before stays (the
+    /// version vector says what that was).
+    ///
+    /// Unlike the generic [`Store::apply_changes`], it reads ahead so that a chunk's row
+    /// clocks are fetched in one query.
+    pub(crate) fn apply_stream(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+    ) -> Result<ApplyReport, ApplyError> {
+        let batch = self.options.apply_batch_changes.max(1);
+        let mut session = self.begin_apply()?;
+        let mut chunk: Vec<Change> = Vec::with_capacity(READ_AHEAD);
+        loop {
+            // Read ahead, so that the chunk's row clocks are read in one query. A source
+            // error ends the chunk: what came before it is applied first, as before.
+            chunk.clear();
+            let mut source_error = None;
+            while chunk.len() < READ_AHEAD {
+                match changes.next() {
+                    Some(Ok(change)) => chunk.push(change),
+                    Some(Err(e)) => {
+                        source_error = Some(ApplyError::Source(e.to_string()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let more = source_error.is_none() && chunk.len() == READ_AHEAD;
+            let mut prefetched = false;
+            for (i, change) in chunk.iter().enumerate() {
+                if !prefetched {
+                    session.prefetch(&chunk[i..])?;
+                    prefetched = true;
+                }
+                session.apply(change)?;
+                if session.at_boundary() && session.in_transaction() >= batch {
+                    session.checkpoint()?;
+                    // The new transaction captured local writes: clocks read before
+                    // may be stale.
+                    prefetched = false;
+                }
+            }
+            session.flush()?;
+            if let Some(e) = source_error {
+                return Err(e);
+            }
+            if !more {
+                break;
+            }
+        }
+        session.commit()
     }
 }
 
 impl ApplySession<'_> {
     fn begin(&mut self) -> Result<(), ApplyError> {
+        self.meta.clear();
         self.store.begin_locked()?;
         self.open = true;
         self.in_txn = 0;
@@ -108,6 +184,37 @@ impl ApplySession<'_> {
         self.in_txn
     }
 
+    /// Reads the row clocks of `changes` in one query per table, so applying them does
+    /// not read them one by one.
+    fn prefetch(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Ok(());
+        }
+        let store = &mut *self.store;
+        let keys: Vec<(i32, &[u8])> = changes
+            .iter()
+            .filter(|c| !store.origins.held.contains(&c.origin, c.seq))
+            .filter_map(|c| Some((store.table_named(&c.table)?.id, c.key.as_bytes())))
+            .collect();
+        if let Err(e) = store.prefetch_clocks(&mut self.meta, keys) {
+            self.poisoned = true;
+            return Err(StoreError::from(e).into());
+        }
+        Ok(())
+    }
+
+    /// Writes the row clocks and log entries held back so far (inside the transaction).
+    fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.poisoned {
+            return Ok(());
+        }
+        if let Err(e) = self.store.flush_meta(&mut self.meta) {
+            self.poisoned = true;
+            return Err(StoreError::from(e).into());
+        }
+        Ok(())
+    }
+
     /// Commits what was applied and opens a new transaction.
     pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
         self.commit_current()?;
@@ -132,6 +239,7 @@ impl ApplySession<'_> {
             return Err(ApplyError::IncompleteTransaction { origin, seq });
         }
         let result = (|| -> Result<(), postgres::Error> {
+            self.store.flush_meta(&mut self.meta)?;
             for &index in &self.dirty_origins {
                 let seq = self
                     .store
@@ -167,6 +275,9 @@ impl ApplySession<'_> {
                 // A duplicate leaves the boundary as it was: what it belongs to is held.
                 if applied {
                     self.at_boundary = change.last_in_txn;
+                }
+                if self.meta.len() >= FLUSH_AT {
+                    self.flush()?;
                 }
                 Ok(())
             }
@@ -250,7 +361,7 @@ impl ApplySession<'_> {
             });
         }
         let mut clock = store
-            .load_clock(table.id, &change.key)
+            .batched_clock(&self.meta, table.id, &change.key)
             .map_err(|e| match e {
                 LoadClockError::Postgres(e) => Failure::Store(e.into()),
                 LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
@@ -288,10 +399,28 @@ impl ApplySession<'_> {
             .iter()
             .map(|(_, p)| *p as &(dyn ToSql + Sync))
             .collect();
-        let mut write = |sql: &str, values: &[&(dyn ToSql + Sync)]| -> Result<(), Failure> {
-            let stmt = store
-                .statement(sql)
-                .map_err(|e| RowError::Refused(e.into()))?;
+        let statements = &mut self.statements;
+        // The statement for a write of `kind` of `columns`, prepared once per session:
+        // building its SQL text for every change cost more than the rest of the apply.
+        let mut write = |kind: WriteKind,
+                         columns: &[usize],
+                         values: &[&(dyn ToSql + Sync)]|
+         -> Result<(), Failure> {
+            let stmt = match statements.get(&(table.id, kind, columns.to_vec())) {
+                Some(stmt) => stmt.clone(),
+                None => {
+                    let sql = match kind {
+                        WriteKind::Delete => table.delete_sql(),
+                        WriteKind::Update => table.update_sql(columns),
+                        WriteKind::Insert => table.insert_sql(columns),
+                    };
+                    let stmt = store
+                        .statement(&sql)
+                        .map_err(|e| RowError::Refused(e.into()))?;
+                    statements.insert((table.id, kind, columns.to_vec()), stmt.clone());
+                    stmt
+                }
+            };
             store
                 .client
                 .execute(&stmt, values)
@@ -300,25 +429,23 @@ impl ApplySession<'_> {
         };
         match decision.effect {
             RowEffect::None => {}
-            RowEffect::Delete => write(&table.delete_sql(), &key_refs)?,
+            RowEffect::Delete => write(WriteKind::Delete, &[], &key_refs)?,
             RowEffect::Update => {
                 if !winners.is_empty() {
                     let all: Vec<_> = value_refs.iter().chain(&key_refs).copied().collect();
-                    write(&table.update_sql(&winner_columns), &all)?;
+                    write(WriteKind::Update, &winner_columns, &all)?;
                 }
             }
             RowEffect::Recreate => {
                 if was_alive {
-                    write(&table.delete_sql(), &key_refs)?;
+                    write(WriteKind::Delete, &[], &key_refs)?;
                 }
                 let all: Vec<_> = key_refs.iter().chain(&value_refs).copied().collect();
-                write(&table.insert_sql(&winner_columns), &all)?;
+                write(WriteKind::Insert, &winner_columns, &all)?;
             }
         }
         if decision.clock_changed {
-            store
-                .save_clock(table.id, &change.key, &clock)
-                .map_err(store_error)?;
+            self.meta.set_clock(table.id, &change.key, clock);
         }
         store.clock.observe(newest, now)?;
 
@@ -345,7 +472,8 @@ impl ApplySession<'_> {
             .transpose()
             .map_err(store_error)?;
         let origin = store.origin_index(change.origin).map_err(store_error)?;
-        insert_log(store, origin, change, table.id, &codec::encode(&body)).map_err(store_error)?;
+        self.meta
+            .log(log_entry(origin, change, table.id, codec::encode(&body)));
         store.origins.held.advance(change.origin, change.seq)?;
         self.dirty_origins.insert(origin);
         self.in_txn += 1;
@@ -363,13 +491,12 @@ impl ApplySession<'_> {
             Ok(Advance::Next) => (|| -> Result<(), postgres::Error> {
                 let store = &mut *self.store;
                 let origin = store.origin_index(change.origin)?;
-                insert_log(
-                    store,
+                self.meta.log(log_entry(
                     origin,
                     change,
                     VERBATIM_TABLE,
-                    &codec::encode(change),
-                )?;
+                    codec::encode(change),
+                ));
                 // Classified as next above.
                 let _ = store.origins.held.advance(change.origin, change.seq);
                 self.dirty_origins.insert(origin);
@@ -453,31 +580,18 @@ fn param(table: &TableInfo, index: usize, value: &Value) -> Result<Param, RowErr
     })
 }
 
-fn insert_log(
-    store: &mut PgStore,
-    origin: i32,
-    change: &Change,
-    table: i32,
-    body: &[u8],
-) -> Result<(), postgres::Error> {
-    let stmt = store.statement(
-        "INSERT INTO concord.log(origin, seq, hlc, tbl, pk, cl, body, txn_end)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )?;
-    store.client.execute(
-        &stmt,
-        &[
-            &origin,
-            &(change.seq as i64),
-            &(change.hlc.as_u64() as i64),
-            &table,
-            &change.key.as_bytes(),
-            &(change.causal_length.0 as i64),
-            &body,
-            &change.last_in_txn,
-        ],
-    )?;
-    Ok(())
+/// The log entry of `change` as received, so this node can relay it unchanged.
+fn log_entry(origin: i32, change: &Change, table: i32, body: Vec<u8>) -> LogEntry {
+    LogEntry {
+        origin,
+        seq: change.seq as i64,
+        hlc: change.hlc.as_u64() as i64,
+        table,
+        pk: change.key.as_bytes().to_vec(),
+        cl: change.causal_length.0 as i64,
+        body,
+        txn_end: change.last_in_txn,
+    }
 }
 
 fn record_conflict(

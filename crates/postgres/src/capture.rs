@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 
+use crate::batch::{LogEntry, MetaBatch};
 use crate::codec::{self, LogBody, LogColumn};
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, PgStore};
@@ -95,8 +96,11 @@ impl PgStore {
         let mut logged = 0u64;
         let mut seq = self.origins.held.get(&self.node);
         let mut group = -1i64;
-        let mut group_last_pos: Option<i64> = None;
+        // Sequence number of the last change logged for the current source transaction.
+        let mut group_last_seq: Option<u64> = None;
         let mut group_marked = false;
+        // Clocks and log entries of one page, written when the page is done.
+        let mut batch = MetaBatch::default();
         let fetch = format!("FETCH {PAGE} FROM concord_pending");
         loop {
             let page: Vec<Pending> = self
@@ -116,10 +120,25 @@ impl PgStore {
                 break;
             }
             let mut decoded = self.decode_page(&page)?;
+            // The page's row clocks, in one query per table. A key that cannot be
+            // encoded is left out here; `capture_one` reports it.
+            let keys: Vec<(i32, PrimaryKey)> = page
+                .iter()
+                .filter_map(|p| Some((p, decoded.get(&p.id)?)))
+                .flat_map(|(p, d)| {
+                    let old = (p.op == OP_REKEY).then_some(&d.old_key);
+                    [Some(&d.key), old]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(move |k| Some((p.table, PrimaryKey::encode(k).ok()?)))
+                })
+                .collect();
+            self.prefetch_clocks(&mut batch, keys.iter().map(|(t, k)| (*t, k.as_bytes())))?;
+            drop(keys);
             for pending in &page {
                 if pending.last != group {
                     group = pending.last;
-                    group_last_pos = None;
+                    group_last_seq = None;
                     group_marked = false;
                 }
                 let is_last_row = pending.id == pending.last;
@@ -138,24 +157,41 @@ impl PgStore {
                 let count = steps.len();
                 for (i, (op, key)) in steps.into_iter().enumerate() {
                     let end = is_last_row && i + 1 == count;
-                    if let Some(pos) =
-                        self.capture_one(&table, pending, op, key, &row.values, seq + 1, end)?
-                    {
+                    if self.capture_one(
+                        &mut batch,
+                        &table,
+                        pending,
+                        op,
+                        key,
+                        &row.values,
+                        seq + 1,
+                        end,
+                    )? {
                         seq += 1;
                         logged += 1;
-                        group_last_pos = Some(pos);
+                        group_last_seq = Some(seq);
                         group_marked = end;
                     }
                 }
                 if is_last_row && !group_marked {
-                    if let Some(pos) = group_last_pos {
-                        let stmt =
-                            self.statement("UPDATE concord.log SET txn_end = true WHERE pos = $1")?;
-                        self.client.execute(&stmt, &[&pos])?;
+                    if let Some(last) = group_last_seq {
+                        let last = last as i64;
+                        match batch.log_entry_mut(self.local_index, last) {
+                            Some(entry) => entry.txn_end = true,
+                            None => {
+                                // Logged in an earlier page, already written.
+                                let stmt = self.statement(
+                                    "UPDATE concord.log SET txn_end = true
+                                     WHERE origin = $1 AND seq = $2",
+                                )?;
+                                self.client.execute(&stmt, &[&self.local_index, &last])?;
+                            }
+                        }
                         group_marked = true;
                     }
                 }
             }
+            self.flush_meta(&mut batch)?;
             let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
             let stmt = self.statement("DELETE FROM concord.pending WHERE id = ANY($1)")?;
             self.client.execute(&stmt, &[&ids])?;
@@ -209,11 +245,12 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Logs one pending write as change number `seq`; returns its log position, or
-    /// `None` if the write left nothing to send.
+    /// Logs one pending write as change number `seq` (into `batch`); returns whether
+    /// it logged anything (an update that changed no column leaves nothing to send).
     #[allow(clippy::too_many_arguments)]
     fn capture_one(
         &mut self,
+        batch: &mut MetaBatch,
         table: &TableInfo,
         pending: &Pending,
         op: i16,
@@ -221,7 +258,7 @@ impl PgStore {
         values: &[Value],
         seq: u64,
         txn_end: bool,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let capture_error = |detail: String, key: &str| StoreError::Capture {
             table: table.name.clone(),
             key: key.to_owned(),
@@ -243,7 +280,7 @@ impl PgStore {
                     .filter(|&c| c < ncols)
                     .collect();
                 if changed.is_empty() {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 LocalOp::Update(&changed)
             }
@@ -260,12 +297,14 @@ impl PgStore {
                 &key.to_string(),
             ));
         }
-        let mut clock = self.load_clock(table.id, &key).map_err(|e| match e {
-            LoadClockError::Postgres(e) => e.into(),
-            LoadClockError::Corrupt(d) => {
-                capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
-            }
-        })?;
+        let mut clock = self
+            .batched_clock(batch, table.id, &key)
+            .map_err(|e| match e {
+                LoadClockError::Postgres(e) => e.into(),
+                LoadClockError::Corrupt(d) => {
+                    capture_error(format!("corrupt row metadata: {d}"), &key.to_string())
+                }
+            })?;
         let hlc = self.clock.tick(pending.at.max(0) as u64);
         let version = Version {
             hlc,
@@ -286,27 +325,17 @@ impl PgStore {
             });
         }
         body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
-        let stmt = self.statement(
-            "INSERT INTO concord.log(origin, seq, hlc, tbl, pk, cl, body, txn_end)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING pos",
-        )?;
-        let pos: i64 = self
-            .client
-            .query_one(
-                &stmt,
-                &[
-                    &self.local_index,
-                    &(seq as i64),
-                    &(hlc.as_u64() as i64),
-                    &table.id,
-                    &key.as_bytes(),
-                    &(write.causal_length.0 as i64),
-                    &codec::encode(&body),
-                    &txn_end,
-                ],
-            )?
-            .get(0);
-        self.save_clock(table.id, &key, &clock)?;
-        Ok(Some(pos))
+        batch.log(LogEntry {
+            origin: self.local_index,
+            seq: seq as i64,
+            hlc: hlc.as_u64() as i64,
+            table: table.id,
+            pk: key.as_bytes().to_vec(),
+            cl: write.causal_length.0 as i64,
+            body: codec::encode(&body),
+            txn_end,
+        });
+        batch.set_clock(table.id, &key, clock);
+        Ok(true)
     }
 }

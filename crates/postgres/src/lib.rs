@@ -29,6 +29,7 @@
 //! `docs/postgres-store.md`.
 
 mod apply;
+mod batch;
 mod capture;
 mod codec;
 mod log;

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::merge::{ColumnClock, RowClock, Tombstone};
 use concord_core::{
-    CausalLength, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
+    CausalLength, Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
 };
 use postgres::{Client, NoTls, Statement};
 
@@ -25,7 +25,7 @@ use crate::schema::{
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
 };
-use concord_store::{StoreError, TrackError};
+use concord_store::{ApplyReport, StoreError, TrackError};
 
 /// Key of the advisory lock serializing Concord's writers in one database ("concord").
 pub(crate) const LOCK_KEY: i64 = 0x0063_6f6e_636f_7264;
@@ -552,10 +552,14 @@ impl PgStore {
         let Some(row) = row else {
             return Ok(RowClock::default());
         };
-        let cl: i64 = row.get(0);
-        let stored: StoredClock =
-            codec::decode(row.get::<_, &[u8]>(1)).map_err(LoadClockError::Corrupt)?;
-        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
+        self.decode_clock(row.get(0), row.get(1))
+            .map_err(LoadClockError::Corrupt)
+    }
+
+    /// A row clock from its `concord.rows` columns.
+    pub(crate) fn decode_clock(&self, cl: i64, clock: &[u8]) -> Result<RowClock, String> {
+        let stored: StoredClock = codec::decode(clock)?;
+        let conv = |v: StoredVersion| self.version(v);
         let mut columns = Vec::with_capacity(stored.columns.len());
         for c in stored.columns {
             columns.push(match c {
@@ -574,9 +578,7 @@ impl PgStore {
             }),
         };
         if cl < 0 {
-            return Err(LoadClockError::Corrupt(format!(
-                "negative causal length {cl}"
-            )));
+            return Err(format!("negative causal length {cl}"));
         }
         Ok(RowClock {
             causal_length: CausalLength(cl as u64),
@@ -585,13 +587,8 @@ impl PgStore {
         })
     }
 
-    /// Writes a row clock.
-    pub(crate) fn save_clock(
-        &mut self,
-        table: i32,
-        key: &PrimaryKey,
-        clock: &RowClock,
-    ) -> Result<(), postgres::Error> {
+    /// A row clock as `concord.rows.clock` holds it (registers origins seen first).
+    pub(crate) fn encode_clock(&mut self, clock: &RowClock) -> Result<Vec<u8>, postgres::Error> {
         let mut stored = StoredClock {
             columns: Vec::with_capacity(clock.columns.len()),
             tombstone: None,
@@ -611,21 +608,7 @@ impl PgStore {
                 t.seen.map(|v| self.stored(v)).transpose()?,
             ));
         }
-        let blob = codec::encode(&stored);
-        let stmt = self.statement(
-            "INSERT INTO concord.rows(tbl, pk, cl, clock) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, clock = excluded.clock",
-        )?;
-        self.client.execute(
-            &stmt,
-            &[
-                &table,
-                &key.as_bytes(),
-                &(clock.causal_length.0 as i64),
-                &blob,
-            ],
-        )?;
-        Ok(())
+        Ok(codec::encode(&stored))
     }
 
     /// Persists the clock and the held sequence of `origin` (inside the caller's
@@ -836,6 +819,13 @@ impl Store for PgStore {
 
     fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
         Ok(Box::new(PgStore::begin_apply(self)?))
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.apply_stream(changes)
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
