@@ -362,6 +362,15 @@ impl MyStore {
     }
 
     pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
+        // A connection the server closed (a restart, a KILL, `wait_timeout`) is
+        // replaced. Nothing is lost: whatever was in flight was rolled back with it, and
+        // the state kept in memory is reloaded from the database, where it was
+        // committed together with the data.
+        if self.conn.ping().is_err() {
+            tracing::warn!(store = %concord_store::redact_url(&self.url), "the connection to MySQL was lost; reconnecting");
+            self.conn = connect(&self.url)?;
+            self.stale = true;
+        }
         if self.stale {
             self.reload()?;
         }

@@ -376,6 +376,15 @@ impl PgStore {
     }
 
     pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
+        // A connection the server closed (a restart, a failover, an administrator, an
+        // idle timeout) is replaced. Nothing is lost: whatever was in flight was rolled
+        // back with it, and the state kept in memory is reloaded from the database,
+        // where it was committed together with the data.
+        if self.client.is_closed() {
+            tracing::warn!(store = %redact(&self.url), "the connection to PostgreSQL was closed; reconnecting");
+            self.client = connect(&self.url)?;
+            self.stale = true;
+        }
         if self.stale {
             self.reload()?;
         }
