@@ -190,6 +190,15 @@ impl Peer {
     }
 }
 
+/// The store's counts as status last read them.
+#[derive(Default)]
+struct StoreState {
+    held: VersionVector,
+    log_entries: u64,
+    conflicts: u64,
+    failures: u64,
+}
+
 /// What the tasks of a node share.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
@@ -201,6 +210,8 @@ pub(crate) struct Shared {
     /// The log reader status uses for lag, kept between calls (for servers, it is a
     /// connection).
     status_reader: Mutex<Option<Box<dyn LogRead>>>,
+    /// What the store last reported to status.
+    last_store_state: Mutex<StoreState>,
     pub(crate) node_id: NodeId,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) peers: Vec<Arc<Peer>>,
@@ -342,6 +353,7 @@ impl Node {
             store_location,
             watch_paths,
             status_reader: Mutex::new(None),
+            last_store_state: Mutex::new(StoreState::default()),
             fingerprint: identity.fingerprint(),
             peers,
             counters: NodeCounters::new(&recorder),
@@ -741,17 +753,30 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut status_reader = s.status_reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Status must answer while the store is busy (a large transaction holds it for
+        // as long as it streams in): then it reports what the store last said.
         let (held, log_entries, conflicts, failures) = {
-            let mut store = lock(&s.store);
-            if status_reader.is_none() {
-                *status_reader = store.log_reader().ok();
+            let mut last = s.last_store_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match s.store.try_lock() {
+                Ok(mut store) => {
+                    if status_reader.is_none() {
+                        *status_reader = store.log_reader().ok();
+                    }
+                    *last = StoreState {
+                        held: store.version_vector().clone(),
+                        log_entries: store.log_len().unwrap_or(0),
+                        conflicts: store.conflict_count().unwrap_or(0),
+                        failures: store.failures().map(|f| f.len() as u64).unwrap_or(0),
+                    };
+                }
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    let mut store = poisoned.into_inner();
+                    last.held = store.version_vector().clone();
+                    last.log_entries = store.log_len().unwrap_or(0);
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
             }
-            (
-                store.version_vector().clone(),
-                store.log_len().unwrap_or(0),
-                store.conflict_count().unwrap_or(0),
-                store.failures().map(|f| f.len() as u64).unwrap_or(0),
-            )
+            (last.held.clone(), last.log_entries, last.conflicts, last.failures)
         };
         let reader = &mut *status_reader;
         let peers: Vec<PeerStatus> = s

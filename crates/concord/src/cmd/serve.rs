@@ -53,21 +53,24 @@ async fn show_catch_up(node: &Node) {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
     let style = ProgressStyle::with_template(
-        "{msg} [{bar:40}] {pos}/{len} changes ({per_sec}, {eta} left)",
+        "{msg} [{bar:40}] {human_pos}/{human_len} changes ({elapsed}, about {eta} left)",
     )
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| ProgressStyle::default_bar());
-    // The catch-up in progress: its bar, and how much had been received when it began.
-    let mut current: Option<(ProgressBar, u64)> = None;
+    // The catch-up in progress: its bar, and what had been received and applied when it
+    // began. Received counts what arrived (a large transaction arrives long before it
+    // commits); the length is what is still missing plus what was applied since.
+    let mut current: Option<(ProgressBar, u64, u64)> = None;
     let mut last_log = std::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let status = node.status().await;
         let remaining: u64 = status.peers.iter().map(|p| p.incoming_changes).sum();
         let received: u64 = status.peers.iter().map(|p| p.received).sum();
-        match (&current, remaining) {
-            (None, 0) => {}
-            (None, _) => {
+        let applied: u64 = status.peers.iter().map(|p| p.applied + p.set_aside).sum();
+        match &current {
+            None if remaining == 0 => {}
+            None => {
                 let bar = if terminal {
                     ProgressBar::new(remaining)
                 } else {
@@ -75,18 +78,19 @@ async fn show_catch_up(node: &Node) {
                 };
                 bar.set_style(style.clone());
                 bar.set_message("catching up");
-                current = Some((bar, received));
+                current = Some((bar, received, applied));
             }
-            (Some((bar, start)), _) => {
-                let done = received.saturating_sub(*start);
-                bar.set_length(done + remaining);
+            Some((bar, received_before, applied_before)) => {
+                let length = remaining + applied.saturating_sub(*applied_before);
+                let done = received.saturating_sub(*received_before).min(length);
+                bar.set_length(length.max(1));
                 bar.set_position(done);
                 if remaining == 0 {
                     bar.finish_with_message("caught up");
                     tracing::info!(changes = done, "caught up with peers");
                     current = None;
                 } else if !terminal && last_log.elapsed() >= Duration::from_secs(5) {
-                    tracing::info!(received = done, remaining, "catching up with peers");
+                    tracing::info!(received = done, of = length, "catching up with peers");
                     last_log = std::time::Instant::now();
                 }
             }
