@@ -18,84 +18,22 @@
 //! `CONCORD_TEST_MYSQL_URL` and is skipped (with a message) without it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use concord_core::{Change, Hlc, PrimaryKey, Value, VersionVector};
+use common::{TestDb, all_changes, server_or_skip};
+use concord_core::{Change, Hlc, PrimaryKey, Value};
 use concord_mysql::Store as _;
 use concord_mysql::{ApplyError, MyStore, RowError, StoreOptions};
 
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The server URL, or `None` after printing that `test` is skipped.
-fn base_url(test: &str) -> Option<String> {
-    match std::env::var("CONCORD_TEST_MYSQL_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipping {test}: CONCORD_TEST_MYSQL_URL not set");
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!("{}/{db}{query}", &base[..path_start])
-}
 
 /// A row of `items`: id, name, qty, price as text, parent_id.
 type Item = (i64, String, i32, Option<String>, Option<i64>);
 
-/// A database created for one test, dropped at the end (pass or fail).
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
+/// This file's own uses of a test database.
 impl TestDb {
-    /// Creates an empty database and runs each statement of `ddl` in it.
-    fn new(base: &str, ddl: &[&str]) -> Self {
-        let name = format!(
-            "concord_bad_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut admin = Conn::new(Opts::from_url(base).unwrap()).expect("connect to the server");
-        admin
-            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-            .unwrap();
-        admin
-            .query_drop(format!("CREATE DATABASE `{name}`"))
-            .unwrap();
-        let db = TestDb {
-            admin: base.to_owned(),
-            url: with_database(base, &name),
-            name,
-        };
-        let mut conn = db.conn();
-        for statement in ddl {
-            conn.query_drop(statement).unwrap();
-        }
-        db
-    }
-
-    /// A fresh connection, as an ordinary application would open.
-    fn conn(&self) -> Conn {
-        Conn::new(Opts::from_url(&self.url).unwrap()).unwrap()
-    }
-
     /// Runs `statements` in one transaction of an ordinary connection.
     fn transaction(&self, statements: &[&str]) {
         let mut conn = self.conn();
@@ -118,17 +56,6 @@ impl TestDb {
         self.conn()
             .query("SELECT id, name, qty, CAST(price AS CHAR), parent_id FROM items ORDER BY id")
             .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = Opts::from_url(&self.admin)
-            .map_err(|_| ())
-            .and_then(|o| Conn::new(o).map_err(|_| ()))
-        {
-            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
-        }
     }
 }
 
@@ -156,15 +83,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Every change in a store's log, in log order.
-fn all_changes(store: &MyStore) -> Vec<Change> {
-    store
-        .changes_for(&VersionVector::new())
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
 /// What a test may look at after the refusal and the good batch. Stores first, so their
 /// connections close before the databases are dropped.
 struct Fixture {
@@ -183,7 +101,7 @@ fn refused(
     mutate: impl Fn(&mut Change),
     check: impl Fn(&RowError, &str),
 ) -> Option<Fixture> {
-    let base = base_url(test)?;
+    let base = server_or_skip(test)?;
     let src_db = TestDb::new(&base, DDL);
     let dst_db = TestDb::new(&base, DDL);
     let mut src = MyStore::track(&src_db.url, TABLES, StoreOptions::default()).unwrap();

@@ -12,61 +12,22 @@
 //!   and rows of its own does not converge with the source, or the differing rows are
 //!   not recorded as conflicts.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use concord_core::{Change, Value, VersionVector};
-use concord_mysql::Store as _;
+use common::{TestDb, all_changes, server_or_skip};
+use concord_core::{Change, Value};
 use concord_mysql::{MyStore, StoreOptions, pull};
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
-fn base_url(test: &str) -> Option<String> {
-    match std::env::var("CONCORD_TEST_MYSQL_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            println!("skipping {test}: CONCORD_TEST_MYSQL_URL not set");
-            None
-        }
-    }
-}
-
-/// A database created for one test, dropped at the end.
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
+/// This file's reads of a test database.
 impl TestDb {
-    fn new(base: &str, tag: &str) -> Self {
-        let name = format!("concord_il_{tag}_{}", std::process::id());
-        let mut conn = Conn::new(Opts::from_url(base).unwrap()).unwrap();
-        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-            .unwrap();
-        conn.query_drop(format!("CREATE DATABASE `{name}`"))
-            .unwrap();
-        let root = base.rsplit_once('/').map(|(r, _)| r).unwrap();
-        let db = TestDb {
-            admin: base.to_owned(),
-            url: format!("{root}/{name}"),
-            name,
-        };
-        let mut c = db.conn();
-        for ddl in SCHEMA {
-            c.query_drop(*ddl).unwrap();
-        }
-        db
-    }
-
-    /// A fresh connection, as an ordinary application would open.
-    fn conn(&self) -> Conn {
-        Conn::new(Opts::from_url(&self.url).unwrap()).unwrap()
-    }
-
     fn customers(&self) -> Vec<(i64, String, i64)> {
         self.conn()
             .query("SELECT id, name, score FROM customers ORDER BY id")
@@ -77,17 +38,6 @@ impl TestDb {
         self.conn()
             .query("SELECT id, customer_id, amount, note FROM orders ORDER BY id")
             .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = Opts::from_url(&self.admin)
-            .map_err(|_| ())
-            .and_then(|o| Conn::new(o).map_err(|_| ()))
-        {
-            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
-        }
     }
 }
 
@@ -316,21 +266,14 @@ fn check_log(changes: &[Change], columns: &BTreeMap<&str, usize>) -> BTreeMap<St
     inserted
 }
 
-fn all_changes(store: &MyStore) -> Vec<Change> {
-    store
-        .changes_for(&VersionVector::new())
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
 #[test]
 fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing() {
-    let Some(base) = base_url("initial_load_under_concurrent_writes_loses_and_duplicates_nothing")
+    let Some(base) =
+        server_or_skip("initial_load_under_concurrent_writes_loses_and_duplicates_nothing")
     else {
         return;
     };
-    let source = TestDb::new(&base, "src");
+    let source = TestDb::new(&base, SCHEMA);
     const CUSTOMERS: i64 = 300;
     prefill(&mut source.conn(), CUSTOMERS);
 
@@ -371,7 +314,7 @@ fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing() {
     let inserted = check_log(&changes, &columns);
     println!("log: {} changes, lives begun {inserted:?}", changes.len());
 
-    let dest = TestDb::new(&base, "dst");
+    let dest = TestDb::new(&base, SCHEMA);
     let mut dst = MyStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
     let report = pull(&mut src, &mut dst).unwrap();
     assert_eq!(report.applied as usize, changes.len());
@@ -384,10 +327,10 @@ fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_partly_filled_destination_converges_with_the_source() {
-    let Some(base) = base_url("a_partly_filled_destination_converges_with_the_source") else {
+    let Some(base) = server_or_skip("a_partly_filled_destination_converges_with_the_source") else {
         return;
     };
-    let (a, b) = (TestDb::new(&base, "pa"), TestDb::new(&base, "pb"));
+    let (a, b) = (TestDb::new(&base, SCHEMA), TestDb::new(&base, SCHEMA));
     let mut ca = a.conn();
     prefill(&mut ca, 10);
     let mut cb = b.conn();

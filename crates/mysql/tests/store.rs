@@ -5,71 +5,14 @@
 //! value changed on the way; bad input half-applied or wedging the store; a table
 //! without a primary key tracked; `untrack` leaving traces.
 
+mod common;
+
+use common::{TestDb, server_or_skip};
 use concord_core::Value;
 use concord_mysql::Store as _;
 use concord_mysql::{ApplyError, MyStore, StoreOptions, TrackError, pull};
 
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts};
-
-fn base_url(test: &str) -> Option<String> {
-    match std::env::var("CONCORD_TEST_MYSQL_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            println!("skipping {test}: CONCORD_TEST_MYSQL_URL not set");
-            None
-        }
-    }
-}
-
-/// A database created for one test, dropped at the end.
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    fn new(base: &str, tag: &str) -> Self {
-        let name = format!("concord_t_{tag}_{}", std::process::id());
-        let mut conn = Conn::new(Opts::from_url(base).unwrap()).unwrap();
-        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-            .unwrap();
-        conn.query_drop(format!("CREATE DATABASE `{name}`"))
-            .unwrap();
-        let root = base.rsplit_once('/').map(|(r, _)| r).unwrap();
-        TestDb {
-            admin: base.to_owned(),
-            url: format!("{root}/{name}"),
-            name,
-        }
-    }
-    fn conn(&self) -> Conn {
-        Conn::new(Opts::from_url(&self.url).unwrap()).unwrap()
-    }
-    fn cli(&self, sql: &str) {
-        let out = std::process::Command::new("mariadb")
-            .args(["-uroot", "-h127.0.0.1", &self.name, "-e", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = Opts::from_url(&self.admin)
-            .map_err(|_| ())
-            .and_then(|o| Conn::new(o).map_err(|_| ()))
-        {
-            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
-        }
-    }
-}
 
 const PEOPLE: &str =
     "CREATE TABLE people(id INT PRIMARY KEY, name VARCHAR(20), balance DECIMAL(12,2))";
@@ -82,13 +25,12 @@ fn rows(db: &TestDb) -> Vec<(i32, Option<String>, Option<String>)> {
 
 #[test]
 fn writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries() {
-    let Some(base) = base_url(
+    let Some(base) = server_or_skip(
         "writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries",
     ) else {
         return;
     };
-    let db = TestDb::new(&base, "cap");
-    db.conn().query_drop(PEOPLE).unwrap();
+    let db = TestDb::new(&base, &[PEOPLE]);
     let mut store = MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
     db.cli("BEGIN; INSERT INTO people VALUES (1,'ann',1.50),(2,'bob',2); COMMIT; UPDATE people SET name='ANN' WHERE id=1");
     let mut other = db.conn();
@@ -120,14 +62,11 @@ fn writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_bou
 #[test]
 fn two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo() {
     let Some(base) =
-        base_url("two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo")
+        server_or_skip("two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo")
     else {
         return;
     };
-    let (a, b) = (TestDb::new(&base, "a"), TestDb::new(&base, "b"));
-    for db in [&a, &b] {
-        db.conn().query_drop(PEOPLE).unwrap();
-    }
+    let (a, b) = (TestDb::new(&base, &[PEOPLE]), TestDb::new(&base, &[PEOPLE]));
     a.cli("INSERT INTO people VALUES (1,'ann',1),(2,'bob',2)");
     let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
     let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
@@ -149,16 +88,13 @@ fn two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo() {
 
 #[test]
 fn every_mapped_type_round_trips_exactly() {
-    let Some(base) = base_url("every_mapped_type_round_trips_exactly") else {
+    let Some(base) = server_or_skip("every_mapped_type_round_trips_exactly") else {
         return;
     };
-    let (a, b) = (TestDb::new(&base, "ta"), TestDb::new(&base, "tb"));
     let ddl = "CREATE TABLE t(id BIGINT PRIMARY KEY, i TINYINT, u INT UNSIGNED, d DECIMAL(30,10),
         s VARCHAR(10), tx TEXT, b BOOLEAN, dt DATETIME(6), ts TIMESTAMP(6) NULL, day DATE,
         uid CHAR(36), j JSON, bl BLOB, vb VARBINARY(8))";
-    for db in [&a, &b] {
-        db.conn().query_drop(ddl).unwrap();
-    }
+    let (a, b) = (TestDb::new(&base, &[ddl]), TestDb::new(&base, &[ddl]));
     a.cli("SET time_zone = '+05:30'; INSERT INTO t VALUES (-9223372036854775808, -128, 4294967295,
         '-12345678901234567890.0123456789', 'héllo ✓', 'long\\ntext', TRUE, '1000-01-01 00:00:00.000001',
         '2024-01-02 03:04:05.123456', '9999-12-31', '123e4567-e89b-12d3-a456-426614174000',
@@ -177,17 +113,15 @@ fn every_mapped_type_round_trips_exactly() {
 #[test]
 fn bad_input_names_the_row_applies_nothing_and_the_store_keeps_working() {
     let Some(base) =
-        base_url("bad_input_names_the_row_applies_nothing_and_the_store_keeps_working")
+        server_or_skip("bad_input_names_the_row_applies_nothing_and_the_store_keeps_working")
     else {
         return;
     };
-    let (a, b) = (TestDb::new(&base, "ba"), TestDb::new(&base, "bb"));
-    a.conn()
-        .query_drop(
-            "CREATE TABLE people(id INT PRIMARY KEY, name VARCHAR(200), balance DECIMAL(14,4))",
-        )
-        .unwrap();
-    b.conn().query_drop(PEOPLE).unwrap();
+    let a = TestDb::new(
+        &base,
+        &["CREATE TABLE people(id INT PRIMARY KEY, name VARCHAR(200), balance DECIMAL(14,4))"],
+    );
+    let b = TestDb::new(&base, &[PEOPLE]);
     let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
     let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
     a.cli("BEGIN; INSERT INTO people VALUES (1, 'ok', 1); INSERT INTO people VALUES (7, 'this name is far too long for b', 1); COMMIT");
@@ -232,13 +166,11 @@ fn bad_input_names_the_row_applies_nothing_and_the_store_keeps_working() {
 #[test]
 fn a_table_without_primary_key_is_refused_and_untrack_removes_every_trace() {
     let Some(base) =
-        base_url("a_table_without_primary_key_is_refused_and_untrack_removes_every_trace")
+        server_or_skip("a_table_without_primary_key_is_refused_and_untrack_removes_every_trace")
     else {
         return;
     };
-    let db = TestDb::new(&base, "un");
-    db.conn().query_drop("CREATE TABLE nokey(a INT)").unwrap();
-    db.conn().query_drop(PEOPLE).unwrap();
+    let db = TestDb::new(&base, &["CREATE TABLE nokey(a INT)", PEOPLE]);
     let err = MyStore::track(&db.url, &["nokey"], StoreOptions::default())
         .err()
         .unwrap();

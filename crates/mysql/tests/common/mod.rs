@@ -4,6 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use concord_core::{Change, VersionVector};
+use concord_mysql::MyStore;
+use concord_mysql::Store as _;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
@@ -18,6 +21,28 @@ pub fn server_or_skip(test: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// `url` with its database name replaced by `db` (its `?options` kept).
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{db}{query}", &base[..path_start])
+}
+
+/// Every change in a store's log, in log order.
+pub fn all_changes(store: &MyStore) -> Vec<Change> {
+    store
+        .changes_for(&VersionVector::new())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// A database created for one test and dropped at the end.
@@ -35,16 +60,15 @@ impl TestDb {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let mut admin = Conn::new(Opts::from_url(server).unwrap()).unwrap();
+        let mut admin = Conn::new(Opts::from_url(server).unwrap()).expect("connect to the server");
         admin
             .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
             .unwrap();
         admin
             .query_drop(format!("CREATE DATABASE `{name}`"))
             .unwrap();
-        let (root, _) = server.rsplit_once('/').unwrap();
         let db = TestDb {
-            url: format!("{root}/{name}"),
+            url: with_database(server, &name),
             name,
             admin: server.to_owned(),
         };
@@ -58,6 +82,21 @@ impl TestDb {
     /// A fresh connection, as an ordinary application would open.
     pub fn conn(&self) -> Conn {
         Conn::new(Opts::from_url(&self.url).unwrap()).unwrap()
+    }
+
+    /// Runs `sql` through the `mariadb` command-line client (as root on 127.0.0.1),
+    /// an ordinary client that knows nothing of Concord; panics with its stderr if it
+    /// fails.
+    pub fn cli(&self, sql: &str) {
+        let out = std::process::Command::new("mariadb")
+            .args(["-uroot", "-h127.0.0.1", &self.name, "-e", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
