@@ -18,6 +18,8 @@
 //! * [`model`]: the recorded history of committed writes and the pure checks run on
 //!   snapshots of every node's table, including the exact last-writer check of the
 //!   shared rows against the versions the change log recorded.
+//! * [`servers`]: the PostgreSQL and MariaDB servers of tests that run nodes over them:
+//!   their URLs from the environment (or a loud skip), unique database names.
 //! * [`rng`]: a tiny seeded generator, owned here so that a printed seed replays the
 //!   same schedule whatever version of an RNG crate the workspace moves to.
 
@@ -25,5 +27,6 @@ pub mod model;
 pub mod process;
 pub mod proxy;
 pub mod rng;
+pub mod servers;
 pub mod skew;
 pub mod topology;

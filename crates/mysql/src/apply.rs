@@ -71,20 +71,10 @@ impl MyStore {
 
 impl ApplySession<'_> {
     fn begin(&mut self) -> Result<(), ApplyError> {
-        self.store.begin_locked()?;
+        self.store.begin_locked_for_apply()?;
         self.open = true;
         self.in_txn = 0;
-        let store = &mut *self.store;
-        let result = store
-            .conn
-            .query_drop("SET @concord_applying = 1")
-            .and_then(|()| {
-                store
-                    .conn
-                    .query_drop("SELECT id FROM concord_pending FOR UPDATE")
-            })
-            .map_err(StoreError::from)
-            .and_then(|()| store.capture_in_txn());
+        let result = self.store.capture_in_txn();
         match result {
             Ok(n) => {
                 self.report.captured += n;

@@ -379,10 +379,33 @@ impl MyStore {
 
     /// Takes Concord's lock and opens a transaction, with fresh progress.
     pub(crate) fn begin_locked(&mut self) -> Result<(), StoreError> {
+        self.begin_locked_inner(false)
+    }
+
+    /// Like [`MyStore::begin_locked`], for applying: first waits for application
+    /// transactions still writing tracked tables, with a locking read of every pending
+    /// row, and marks the session as Concord's own so the triggers stay silent. The
+    /// locking read must come before any plain read: InnoDB takes a transaction's
+    /// snapshot at its first plain read, and a snapshot taken before the wait would miss
+    /// what those transactions committed, so their writes would be neither captured nor
+    /// known to the merge (found by the mixed-store fault test).
+    pub(crate) fn begin_locked_for_apply(&mut self) -> Result<(), StoreError> {
+        self.begin_locked_inner(true)
+    }
+
+    fn begin_locked_inner(&mut self, for_apply: bool) -> Result<(), StoreError> {
         lock(&mut self.conn)?;
         let r = self
             .conn
             .query_drop("START TRANSACTION")
+            .and_then(|()| {
+                if for_apply {
+                    self.conn.query_drop("SET @concord_applying = 1")?;
+                    self.conn
+                        .query_drop("SELECT id FROM concord_pending FOR UPDATE")?;
+                }
+                Ok(())
+            })
             .map_err(StoreError::from)
             .and_then(|()| self.load_progress());
         if let Err(e) = r {

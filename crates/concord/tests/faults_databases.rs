@@ -1,0 +1,1988 @@
+//! The fault harness over mixed stores (issue 5): three real `concord serve` processes in
+//! a mesh, one over SQLite, one over PostgreSQL and one over MariaDB, a fault-injecting
+//! proxy on every link, and one writer per node writing through an ordinary client of
+//! that node's database (rusqlite, postgres, mysql). Then a checker proves that nothing
+//! committed was lost, duplicated, seen in part or invented, and that the three
+//! databases converge to the same rows.
+//!
+//! The table is `t(id, v, n)` on each, typed so that every column is the same `Value`
+//! kind in all three stores (`docs/type-mapping.md`): SQLite `INTEGER`/`TEXT`/`INTEGER`,
+//! PostgreSQL `bigint`/`text`/`bigint`, MariaDB `BIGINT`/`VARCHAR(64)`/`BIGINT`, that is
+//! `Integer`, `Text`, `Integer`; so the nodes need no schema mapping and rows compare as
+//! plain `(id, v, n)` tuples.
+//!
+//! Risks covered, beyond those of the SQLite-only `faults.rs`:
+//! * a write captured by a PostgreSQL or MariaDB trigger (whole source transactions, in
+//!   commit order, from a pending table) lost or split when its `concord serve` is
+//!   SIGKILLed with the database server still up: pending writes, an apply transaction
+//!   cut off by the kill, an advisory lock (PostgreSQL) or `GET_LOCK` (MariaDB) held by
+//!   a dead connection;
+//! * a value changed on its way between stores of different types, or a change set
+//!   aside instead of applied (`failures` in status must stay 0);
+//! * the node's apply session and an application's transaction on the same server
+//!   deadlocking (MariaDB rolls one back: the writer retries, the node must too);
+//! * a delete, a re-insert or a primary-key change lost or resurrected across stores;
+//! * a source transaction visible in part on another node, during the run (periodic
+//!   snapshots of every database) or at the end; a node going back in time;
+//! * a shared row that is not the last writer's, by version and per column (checked on
+//!   the SQLite node's change log, which holds every origin's changes);
+//! * a node panicking (its logs are searched), or the databases not converging within
+//!   60 s once the network heals.
+//!
+//! Faults, per round, in a shuffled order at seeded moments: three dropped connections,
+//! a delay, a black hole, a partition isolating one node (then healed, then that node
+//! SIGKILLed while it catches up) and a SIGKILL + restart of each node (so the
+//! PostgreSQL and MariaDB nodes' serve processes are killed too; the database servers
+//! stay up). Short mode (what `cargo test` runs) is one round with a fixed seed;
+//! `CONCORD_HARNESS_SEED` replays a seed, `CONCORD_HARNESS_MINUTES=N` repeats rounds for N
+//! minutes with a fresh seed.
+//!
+//! Needs `CONCORD_TEST_POSTGRES_URL` and `CONCORD_TEST_MYSQL_URL` (admin URLs; the test
+//! creates uniquely named databases and drops them at the end, also when it fails);
+//! without them it prints `skipping <test>: <VAR> not set` and returns.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use concord_core::{NodeId, Value, VersionVector};
+use concord_harness::model::{
+    self, Effect, Key, Layout, LoggedChange, Progress, Row, Table, Txn, Version,
+};
+use concord_harness::process::{STDERR_FILE, STDOUT_FILE, ServeProcess};
+use concord_harness::proxy::Proxy;
+use concord_harness::rng::Rng;
+use concord_harness::servers::{self, MYSQL_URL_ENV, POSTGRES_URL_ENV};
+use concord_harness::topology::{self, Link};
+use concord_sqlite::LogReader;
+use mysql::prelude::Queryable;
+
+const TEST: &str = "mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes";
+/// The fixed seed of the short mode.
+const SEED: u64 = 0x00C0_FFEE_5EED_0007;
+const NODES: usize = 3;
+/// Node `i` runs over `KINDS[i]`; writer `i` writes to node `i`'s database.
+const KINDS: [Kind; NODES] = [Kind::Sqlite, Kind::Postgres, Kind::Mariadb];
+/// Once the faults stop and the links heal, the databases must agree within this.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+/// Any other wait (nodes connecting at start). Generous: the database nodes track
+/// their table (DDL, triggers) when they first start, on a loaded machine.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The session stall timeout the nodes run with, so a black hole is noticed quickly.
+const STALL_TIMEOUT_S: u64 = 3;
+/// The nodes' default `retention_changes`: a short run stays far below it.
+const RETENTION_CHANGES: u64 = 1_000_000;
+const SHARED: Range<Key> = 1..21;
+
+fn own_range(node: usize) -> Range<Key> {
+    let base = 1000 * (node as Key + 1);
+    base..base + 40
+}
+
+fn layout() -> Layout {
+    Layout {
+        own: (0..NODES).map(own_range).collect(),
+        shared: SHARED,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+    Mariadb,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Postgres => "postgres",
+            Kind::Mariadb => "mariadb",
+        }
+    }
+}
+
+/// `n0 (sqlite)`, for messages.
+fn label(node: usize) -> String {
+    format!("n{node} ({})", KINDS[node].name())
+}
+
+fn seed() -> u64 {
+    match std::env::var("CONCORD_HARNESS_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            };
+            parsed.unwrap_or_else(|e| panic!("CONCORD_HARNESS_SEED={s:?}: {e}"))
+        }
+        Err(_) if minutes().is_some() => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(SEED, |d| d.as_nanos() as u64),
+        Err(_) => SEED,
+    }
+}
+
+/// Long mode: rounds of faults for `CONCORD_HARNESS_MINUTES` minutes.
+fn minutes() -> Option<u64> {
+    std::env::var("CONCORD_HARNESS_MINUTES").ok().map(|m| {
+        m.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("CONCORD_HARNESS_MINUTES={m:?}: {e}"))
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------
+// The databases.
+
+const SQLITE_DDL: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)";
+const PG_DDL: &str = "CREATE TABLE t(id bigint PRIMARY KEY, v text, n bigint)";
+const MY_DDL: &str = "CREATE TABLE t(id BIGINT PRIMARY KEY, v VARCHAR(64), n BIGINT) \
+                      ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// A PostgreSQL and a MariaDB database created for one run and dropped when this guard
+/// is dropped, whether the test passed or panicked.
+struct ServerDatabases {
+    pg_admin: String,
+    my_admin: String,
+    name: String,
+}
+
+impl ServerDatabases {
+    fn create(pg_admin: &str, my_admin: &str) -> Self {
+        // The guard exists before anything is created, so a failure half-way drops
+        // what was created.
+        let dbs = Self {
+            pg_admin: pg_admin.to_owned(),
+            my_admin: my_admin.to_owned(),
+            name: servers::unique_database_name("concord_mixed"),
+        };
+        let mut pg = pg_connect(pg_admin).unwrap();
+        pg.batch_execute(&format!("CREATE DATABASE {}", dbs.name))
+            .unwrap();
+        pg_connect(&dbs.pg_url())
+            .unwrap()
+            .batch_execute(PG_DDL)
+            .unwrap();
+        let mut my = my_connect(my_admin).unwrap();
+        my.query_drop(format!("CREATE DATABASE `{}`", dbs.name))
+            .unwrap();
+        my_connect(&dbs.my_url())
+            .unwrap()
+            .query_drop(MY_DDL)
+            .unwrap();
+        dbs
+    }
+
+    fn pg_url(&self) -> String {
+        servers::with_database(&self.pg_admin, &self.name)
+    }
+
+    fn my_url(&self) -> String {
+        servers::with_database(&self.my_admin, &self.name)
+    }
+}
+
+impl Drop for ServerDatabases {
+    fn drop(&mut self) {
+        if let Ok(mut pg) = pg_connect(&self.pg_admin) {
+            let _ = pg.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+        if let Ok(mut my) = my_connect(&self.my_admin) {
+            // MariaDB's DROP DATABASE waits for every open transaction in it: end the
+            // sessions still there (a node that outlived the test) first.
+            let ids: Vec<u64> = my
+                .exec(
+                    "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                    (self.name.as_str(),),
+                )
+                .unwrap_or_default();
+            for id in ids {
+                let _ = my.query_drop(format!("KILL {id}"));
+            }
+            let _ = my.query_drop("SET SESSION lock_wait_timeout = 20");
+            let _ = my.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+        }
+    }
+}
+
+fn pg_connect(url: &str) -> Result<postgres::Client, String> {
+    postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| format!("{url}: {}", pg_message(&e)))
+}
+
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+fn my_connect(url: &str) -> Result<mysql::Conn, String> {
+    let opts = mysql::Opts::from_url(url).map_err(|e| format!("{url}: {e}"))?;
+    // Affected rows = rows matched, as SQLite and PostgreSQL count them, not rows
+    // changed, so an UPDATE that sets a column to its value still counts.
+    let opts = mysql::OptsBuilder::from_opts(opts)
+        .additional_capabilities(mysql::consts::CapabilityFlags::CLIENT_FOUND_ROWS);
+    mysql::Conn::new(opts).map_err(|e| format!("{url}: {e}"))
+}
+
+fn open_sqlite_reader(db: &Path) -> Result<rusqlite::Connection, String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("{}: {e}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// A row as the checker compares them, whatever the store: `(id, v, n)`, with a NULL
+/// (which no writer writes) shown so that every check rejects it.
+fn normalize(id: i64, v: Option<String>, n: Option<i64>) -> (Key, Row) {
+    (
+        id,
+        Row {
+            v: v.unwrap_or_else(|| "<NULL>".to_owned()),
+            n: n.unwrap_or(i64::MIN),
+        },
+    )
+}
+
+/// Where a node keeps its rows.
+#[derive(Clone, Debug)]
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(String),
+    Mariadb(String),
+}
+
+impl Store {
+    /// The whole table, read in one statement (one consistent snapshot in all three).
+    fn snapshot(&self) -> Result<Table, String> {
+        match self {
+            Store::Sqlite(db) => {
+                let conn = open_sqlite_reader(db)?;
+                let mut stmt = conn
+                    .prepare("SELECT id, v, n FROM t")
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map([], |r| Ok(normalize(r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<rusqlite::Result<Table>>()
+                    .map_err(|e| e.to_string())
+            }
+            Store::Postgres(url) => {
+                let rows = pg_connect(url)?
+                    .query("SELECT id, v, n FROM t", &[])
+                    .map_err(|e| pg_message(&e))?;
+                rows.iter()
+                    .map(|r| Ok(normalize(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect::<Result<Table, postgres::Error>>()
+                    .map_err(|e| pg_message(&e))
+            }
+            Store::Mariadb(url) => {
+                let rows: Vec<(i64, Option<String>, Option<i64>)> = my_connect(url)?
+                    .query("SELECT id, v, n FROM t")
+                    .map_err(|e| e.to_string())?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, v, n)| normalize(id, v, n))
+                    .collect())
+            }
+        }
+    }
+
+    /// Captured local writes not yet in the change log.
+    fn pending(&self) -> Result<i64, String> {
+        match self {
+            Store::Sqlite(db) => open_sqlite_reader(db)?
+                .query_row("SELECT count(*) FROM __concord_pending", [], |r| r.get(0))
+                .map_err(|e| e.to_string()),
+            Store::Postgres(url) => pg_connect(url)?
+                .query_one("SELECT count(*)::int8 FROM concord.pending", &[])
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| pg_message(&e)),
+            Store::Mariadb(url) => my_connect(url)?
+                .query_first::<i64, _>("SELECT COUNT(*) FROM concord_pending")
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "COUNT(*) returned no row".to_owned()),
+        }
+    }
+
+    /// Per origin (hex node id): how many log entries, the lowest and the highest
+    /// sequence number.
+    fn log_counts(&self) -> Result<BTreeMap<String, (u64, u64, u64)>, String> {
+        let rows: Vec<(String, i64, i64, i64)> = match self {
+            Store::Sqlite(db) => {
+                let conn = open_sqlite_reader(db)?;
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT lower(hex(o.node_id)), count(*), min(l.seq), max(l.seq)
+                         FROM __concord_log l JOIN __concord_origins o ON o.id = l.origin
+                         GROUP BY o.node_id",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(|e| e.to_string())?
+            }
+            Store::Postgres(url) => pg_connect(url)?
+                .query(
+                    "SELECT encode(o.node_id, 'hex'), count(*)::int8, min(l.seq)::int8, max(l.seq)::int8
+                     FROM concord.log l JOIN concord.origins o ON o.id = l.origin
+                     GROUP BY o.node_id",
+                    &[],
+                )
+                .map_err(|e| pg_message(&e))?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<Result<_, postgres::Error>>()
+                .map_err(|e| pg_message(&e))?,
+            Store::Mariadb(url) => my_connect(url)?
+                .query(
+                    "SELECT LOWER(HEX(o.node_id)), COUNT(*), MIN(l.seq), MAX(l.seq)
+                     FROM concord_log l JOIN concord_origins o ON o.id = l.origin
+                     GROUP BY o.node_id",
+                )
+                .map_err(|e| e.to_string())?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(o, c, min, max)| (o, (c as u64, min as u64, max as u64)))
+            .collect())
+    }
+
+    /// The changes this node set aside (could not apply), as `origin/seq key: error`.
+    fn set_aside(&self) -> Result<Vec<String>, String> {
+        const COLUMNS: &str = "origin, seq, tbl, key_text, error";
+        let rows: Vec<(String, i64, String, String, String)> = match self {
+            Store::Sqlite(db) => {
+                let conn = open_sqlite_reader(db)?;
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {COLUMNS} FROM __concord_failures ORDER BY id"
+                    ))
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(|e| e.to_string())?
+            }
+            Store::Postgres(url) => pg_connect(url)?
+                .query(
+                    &format!("SELECT {COLUMNS} FROM concord.failures ORDER BY id"),
+                    &[],
+                )
+                .map_err(|e| pg_message(&e))?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    ))
+                })
+                .collect::<Result<_, postgres::Error>>()
+                .map_err(|e| pg_message(&e))?,
+            Store::Mariadb(url) => my_connect(url)?
+                .query(format!(
+                    "SELECT {COLUMNS} FROM concord_failures ORDER BY id"
+                ))
+                .map_err(|e| e.to_string())?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(origin, seq, table, key, error)| {
+                format!("{origin}/{seq} {table} {key}: {error}")
+            })
+            .collect())
+    }
+
+    /// An ordinary client connection, as an application would open.
+    fn writer(&self) -> Result<Client, String> {
+        Ok(match self {
+            Store::Sqlite(db) => {
+                let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+                conn.busy_timeout(Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                Client::Sqlite(conn)
+            }
+            Store::Postgres(url) => Client::Postgres(pg_connect(url)?),
+            Store::Mariadb(url) => Client::Mariadb(my_connect(url)?),
+        })
+    }
+}
+
+/// Why a statement failed.
+enum SqlError {
+    /// The database refused it for now and rolled back (SQLite busy, a deadlock, a lock
+    /// wait timeout, a serialization failure): the transaction did not happen.
+    Retry(String),
+    /// Anything else.
+    Fatal(String),
+}
+
+impl SqlError {
+    fn message(&self) -> &str {
+        match self {
+            SqlError::Retry(m) | SqlError::Fatal(m) => m,
+        }
+    }
+}
+
+fn sqlite_error(e: rusqlite::Error) -> SqlError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            SqlError::Retry(e.to_string())
+        }
+        _ => SqlError::Fatal(e.to_string()),
+    }
+}
+
+fn pg_error(e: postgres::Error) -> SqlError {
+    use postgres::error::SqlState;
+    let retry = e.code().is_some_and(|c| {
+        [
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ]
+        .contains(c)
+    });
+    if retry {
+        SqlError::Retry(pg_message(&e))
+    } else {
+        SqlError::Fatal(pg_message(&e))
+    }
+}
+
+/// ER_LOCK_WAIT_TIMEOUT and ER_LOCK_DEADLOCK.
+const MY_RETRY_CODES: [u16; 2] = [1205, 1213];
+
+fn my_error(e: mysql::Error) -> SqlError {
+    match &e {
+        mysql::Error::MySqlError(m) if MY_RETRY_CODES.contains(&m.code) => {
+            SqlError::Retry(e.to_string())
+        }
+        _ => SqlError::Fatal(e.to_string()),
+    }
+}
+
+/// A writer's connection to its node's database.
+enum Client {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Client),
+    Mariadb(mysql::Conn),
+}
+
+impl Client {
+    fn begin(&mut self) -> Result<(), SqlError> {
+        match self {
+            Client::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_error),
+            Client::Postgres(c) => c.batch_execute("BEGIN").map_err(pg_error),
+            Client::Mariadb(c) => c.query_drop("START TRANSACTION").map_err(my_error),
+        }
+    }
+
+    /// Runs one statement; the rows it affected (matched, for MariaDB too).
+    fn execute(&mut self, sql: &str) -> Result<u64, SqlError> {
+        match self {
+            Client::Sqlite(c) => c.execute(sql, []).map(|n| n as u64).map_err(sqlite_error),
+            Client::Postgres(c) => c.execute(sql, &[]).map_err(pg_error),
+            Client::Mariadb(c) => {
+                c.query_drop(sql).map_err(my_error)?;
+                Ok(c.affected_rows())
+            }
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), SqlError> {
+        match self {
+            Client::Sqlite(c) => c.execute_batch("COMMIT").map_err(sqlite_error),
+            Client::Postgres(c) => c.batch_execute("COMMIT").map_err(pg_error),
+            Client::Mariadb(c) => c.query_drop("COMMIT").map_err(my_error),
+        }
+    }
+
+    /// Ends a transaction a retryable error interrupted (MariaDB rolls back only the
+    /// statement on a lock wait timeout; the others have rolled back already or need
+    /// it for the next BEGIN).
+    fn rollback(&mut self) {
+        let _ = match self {
+            Client::Sqlite(c) => c.execute_batch("ROLLBACK").map_err(sqlite_error),
+            Client::Postgres(c) => c.batch_execute("ROLLBACK").map_err(pg_error),
+            Client::Mariadb(c) => c.query_drop("ROLLBACK").map_err(my_error),
+        };
+    }
+}
+
+/// An insert that updates the row if the key exists, in each dialect.
+fn upsert_sql(kind: Kind, key: Key, row: &Row) -> String {
+    match kind {
+        Kind::Sqlite | Kind::Postgres => format!(
+            "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {}) \
+             ON CONFLICT (id) DO UPDATE SET v = excluded.v, n = excluded.n",
+            row.v, row.n
+        ),
+        Kind::Mariadb => format!(
+            "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {}) \
+             ON DUPLICATE KEY UPDATE v = VALUES(v), n = VALUES(n)",
+            row.v, row.n
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Nodes.
+
+/// One node's data directory and addresses.
+struct NodeDir {
+    name: String,
+    dir: PathBuf,
+    store: Store,
+    listen: SocketAddr,
+    http: SocketAddr,
+    fingerprint: String,
+}
+
+fn init_node(root: &Path, node: usize, dbs: &ServerDatabases) -> NodeDir {
+    let kind = KINDS[node];
+    let name = kind.name().to_owned();
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut init = Command::new(env!("CARGO_BIN_EXE_concord"));
+    init.args(["init", "--dir"])
+        .arg(&dir)
+        .args(["--name", &name, "--tables", "t"]);
+    let store = match kind {
+        Kind::Sqlite => {
+            let db = dir.join("app.db");
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .execute_batch(SQLITE_DDL)
+                .unwrap();
+            init.args(["--sqlite", "app.db"]);
+            Store::Sqlite(db)
+        }
+        Kind::Postgres => {
+            init.args(["--postgres", &dbs.pg_url()]);
+            Store::Postgres(dbs.pg_url())
+        }
+        Kind::Mariadb => {
+            init.args(["--mysql", &dbs.my_url()]);
+            Store::Mariadb(dbs.my_url())
+        }
+    };
+    let out = init
+        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+        .env_remove("CONCORD_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "init {name}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fingerprint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap_or_else(|| panic!("init printed no fingerprint: {stdout}"))
+        .trim()
+        .to_owned();
+    // Notice a black-holed link within seconds rather than the default 30 s.
+    let config = dir.join("concord.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("stall_timeout_s = 30"), "{text}");
+    let default_retention = format!("retention_changes = {RETENTION_CHANGES}");
+    assert!(text.contains(&default_retention), "{text}");
+    let mut text = text.replace(
+        "stall_timeout_s = 30",
+        &format!("stall_timeout_s = {STALL_TIMEOUT_S}\nping_interval_s = 1"),
+    );
+    if minutes().is_some() {
+        // A long run must not prune the log the last-writer check reads.
+        text = text.replace(&default_retention, "retention_changes = 100000000");
+    }
+    std::fs::write(&config, text).unwrap();
+    NodeDir {
+        name,
+        dir,
+        store,
+        listen,
+        http,
+        fingerprint,
+    }
+}
+
+fn add_peer(dir: &Path, name: &str, fingerprint: &str, address: Option<SocketAddr>) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("concord.toml"))
+        .unwrap();
+    writeln!(
+        file,
+        "\n[[peers]]\nname = {name:?}\nfingerprint = {fingerprint:?}"
+    )
+    .unwrap();
+    if let Some(address) = address {
+        writeln!(file, "address = \"{address}\"").unwrap();
+    }
+}
+
+/// `GET /v1/status`, or why not.
+fn status(http: SocketAddr) -> Result<serde_json::Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://{http}/v1/status");
+    agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .body_mut()
+        .read_json()
+        .map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// Origin -> sequence held, leaving out origins with nothing.
+fn holds(status: &serde_json::Value) -> BTreeMap<String, u64> {
+    status["holds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| Some((h["origin"].as_str()?.to_owned(), h["seq"].as_u64()?)))
+        .filter(|(_, seq)| *seq > 0)
+        .collect()
+}
+
+fn peer_summary(status: &serde_json::Value) -> String {
+    status["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}={} (last error: {})",
+                p["name"], p["state"], p["last_error"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lines of the nodes' output that report a panic, with the lines after each.
+fn panics_in_logs(dirs: &[NodeDir]) -> Vec<String> {
+    let mut found = Vec::new();
+    for d in dirs {
+        for file in [STDOUT_FILE, STDERR_FILE] {
+            let text = std::fs::read_to_string(d.dir.join(file)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.contains("panicked at") {
+                    let end = (i + 6).min(lines.len());
+                    found.push(format!(
+                        "{} {file}:\n  {}",
+                        d.name,
+                        lines[i..end].join("\n  ")
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Per node, the warnings and errors it logged, grouped by message (numbers blanked
+/// out), most frequent first: what the faults made the nodes go through, for the report.
+fn log_warnings(dirs: &[NodeDir]) -> Vec<String> {
+    dirs.iter()
+        .map(|d| {
+            let text =
+                strip_ansi(&std::fs::read_to_string(d.dir.join(STDERR_FILE)).unwrap_or_default());
+            let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+            let mut total = 0;
+            for line in text.lines() {
+                let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                    continue;
+                };
+                total += 1;
+                let message: String = line[at..]
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .take(140)
+                    .collect();
+                *groups.entry(message).or_default() += 1;
+            }
+            let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
+            groups.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            let top: Vec<String> = groups
+                .iter()
+                .take(4)
+                .map(|(m, n)| format!("{n} x{m}"))
+                .collect();
+            format!(
+                "{}: {total} warnings/errors\n    {}",
+                d.name,
+                top.join("\n    ")
+            )
+        })
+        .collect()
+}
+
+/// What every node set aside and warned about: the first thing to read when a check
+/// fails, because a change set aside on one node is a write missing there for good.
+fn diagnosis(dirs: &[NodeDir]) -> String {
+    let mut out = String::from("--- diagnosis\n");
+    for (i, d) in dirs.iter().enumerate() {
+        match d.store.set_aside() {
+            Ok(records) if records.is_empty() => {
+                out += &format!("{} set nothing aside\n", label(i));
+            }
+            Ok(records) => {
+                out += &format!(
+                    "{} set aside {} changes:\n  {}\n",
+                    label(i),
+                    records.len(),
+                    records
+                        .iter()
+                        .take(8)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                );
+            }
+            Err(e) => out += &format!("{}: could not read what it set aside: {e}\n", label(i)),
+        }
+    }
+    out += &format!(
+        "warnings and errors logged:\n  {}\n",
+        log_warnings(dirs).join("\n  ")
+    );
+    out
+}
+
+/// Every change in the SQLite store's log, through Concord's own log reader.
+fn read_log(db: &Path) -> Result<Vec<concord_core::Change>, String> {
+    let mut reader = LogReader::open(db).map_err(|e| e.to_string())?;
+    let everything = VersionVector::new();
+    let mut after = 0;
+    let mut changes = Vec::new();
+    loop {
+        let page = reader
+            .read(after, &everything, 10_000)
+            .map_err(|e| e.to_string())?;
+        if page.last_pos == after {
+            return Ok(changes);
+        }
+        after = page.last_pos;
+        changes.extend(page.changes);
+    }
+}
+
+/// The changes to the shared range in `changes`, as the model reads them.
+fn shared_changes(
+    changes: &[concord_core::Change],
+    writer_of: &HashMap<NodeId, usize>,
+) -> Result<Vec<LoggedChange>, String> {
+    let version = |v: &concord_core::Version| Version {
+        hlc: v.hlc.as_u64(),
+        origin: u128::from_be_bytes(*v.origin.as_bytes()),
+    };
+    let mut out = Vec::new();
+    for c in changes.iter().filter(|c| c.table == "t") {
+        let key = match c.key.decode().map_err(|e| e.to_string())?.as_slice() {
+            [Value::Integer(k)] => *k,
+            other => return Err(format!("a key of t is not one integer: {other:?}")),
+        };
+        if !SHARED.contains(&key) {
+            continue;
+        }
+        let writer = *writer_of
+            .get(&c.origin)
+            .ok_or_else(|| format!("key {key}: a change from unknown origin {}", c.origin))?;
+        let column = |name: &str| c.columns.iter().find(|col| col.column == name);
+        let v = match column("v") {
+            None => None,
+            Some(col) => match &col.value {
+                Value::Text(s) => Some((s.clone(), version(&col.version))),
+                other => return Err(format!("key {key}: v is {} in the log", other.kind())),
+            },
+        };
+        let n = match column("n") {
+            None => None,
+            Some(col) => match &col.value {
+                Value::Integer(x) => Some((*x, version(&col.version))),
+                other => return Err(format!("key {key}: n is {} in the log", other.kind())),
+            },
+        };
+        out.push(LoggedChange {
+            key,
+            writer,
+            seq: c.seq,
+            cl: c.causal_length.0,
+            v,
+            n,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// The run: writers, checker, faults.
+
+/// Shared between the threads of the run.
+struct Run {
+    layout: Layout,
+    stores: Vec<Store>,
+    /// Committed transactions per writer. A writer holds its lock across COMMIT and
+    /// the append, so a checker that snapshots a table *then* locks the histories sees
+    /// every transaction the snapshot could contain.
+    histories: Vec<Mutex<Vec<Txn>>>,
+    stop: AtomicBool,
+    failure: Mutex<Option<String>>,
+    row_writes: AtomicU64,
+    /// Per writer: transactions the database rolled back (busy, deadlock, lock wait
+    /// timeout) and that were therefore not recorded.
+    retries: Vec<AtomicU64>,
+    /// Why they were rolled back: `store: message` -> count.
+    retry_reasons: Mutex<BTreeMap<String, u64>>,
+    snapshots_checked: AtomicU64,
+    /// Which writer each store's node id (the origin of its changes) belongs to.
+    writer_of: HashMap<NodeId, usize>,
+}
+
+impl Run {
+    fn fail(&self, message: String) {
+        lock(&self.failure).get_or_insert(message);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Whether `node` misses the latest committed transaction of one of `writers`.
+    fn lags_behind(&self, node: usize, writers: &[usize]) -> Result<bool, String> {
+        let table = self.stores[node]
+            .snapshot()
+            .map_err(|e| format!("reading {}: {e}", label(node)))?;
+        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
+        for &writer in writers {
+            let history = &guards[writer];
+            let prefix = model::prefix_of(history, &self.layout.own[writer], &table)?;
+            if prefix.max < history.len() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Checks one snapshot of `node` against every history.
+    fn check_snapshot(&self, node: usize, progress: &mut Progress) -> Result<(), String> {
+        let table = self.stores[node]
+            .snapshot()
+            .map_err(|e| format!("reading {}: {e}", label(node)))?;
+        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
+        let views: Vec<&[Txn]> = guards.iter().map(|g| g.as_slice()).collect();
+        let prefixes = model::check_snapshot(&self.layout, &views, &table).map_err(|p| {
+            format!(
+                "snapshot of {} during the run is inconsistent:\n{}",
+                label(node),
+                p.join("\n")
+            )
+        })?;
+        for (writer, prefix) in prefixes.into_iter().enumerate() {
+            progress.observe(node, writer, prefix)?;
+        }
+        self.snapshots_checked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The keys a checker's message names (`key 123: ...`), at most six.
+fn keys_named(message: &str) -> Vec<Key> {
+    let mut keys = Vec::new();
+    for part in message.split("key ").skip(1) {
+        let digits: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        if let Ok(key) = digits.parse::<Key>() {
+            if !keys.contains(&key) && keys.len() < 6 {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+impl Run {
+    /// For each key: every committed write to it, in each writer's commit order, and
+    /// every change to it in the SQLite node's change log (which holds what every
+    /// origin captured: the PostgreSQL and MariaDB nodes' changes as they sent them),
+    /// in log order. What a maintainer needs to tell a lost change from a misordered
+    /// one or a wrong merge.
+    fn explain(&self, keys: &[Key]) -> String {
+        if keys.is_empty() {
+            return String::new();
+        }
+        let Store::Sqlite(db) = &self.stores[0] else {
+            return String::new();
+        };
+        let log = read_log(db);
+        let show = |r: &Option<Row>| {
+            r.as_ref()
+                .map_or_else(|| "absent".to_owned(), Row::to_string)
+        };
+        let mut out = String::from("--- the keys named above\n");
+        for &key in keys {
+            out += &format!("key {key}, committed (writer:txn -> row after it):\n");
+            for (w, history) in self.histories.iter().enumerate() {
+                let history = lock(history);
+                let writes: Vec<String> = history
+                    .iter()
+                    .flat_map(|t| {
+                        t.effects
+                            .iter()
+                            .filter(|e| e.key == key)
+                            .map(move |e| format!("{} -> {}", t.tag, show(&e.after)))
+                    })
+                    .collect();
+                if !writes.is_empty() {
+                    let skip = writes.len().saturating_sub(12);
+                    out += &format!(
+                        "  writer {w} ({}){}: {}\n",
+                        KINDS[w].name(),
+                        if skip > 0 {
+                            format!(", last 12 of {}", writes.len())
+                        } else {
+                            String::new()
+                        },
+                        writes[skip..].join("; ")
+                    );
+                }
+            }
+            match &log {
+                Ok(log) => {
+                    let changes: Vec<String> = log
+                        .iter()
+                        .filter(|c| {
+                            c.table == "t"
+                                && c.key
+                                    .decode()
+                                    .is_ok_and(|k| k.as_slice() == [Value::Integer(key)])
+                        })
+                        .map(|c| {
+                            let origin = self.writer_of.get(&c.origin).map_or_else(
+                                || c.origin.short().to_string(),
+                                |w| format!("writer {w}"),
+                            );
+                            let columns: Vec<String> = c
+                                .columns
+                                .iter()
+                                .map(|col| {
+                                    format!("{}={:?}@{}", col.column, col.value, col.version.hlc)
+                                })
+                                .collect();
+                            format!(
+                                "{origin} seq {} hlc {} cl {}{} [{}]",
+                                c.seq,
+                                c.hlc,
+                                c.causal_length.0,
+                                if c.last_in_txn { " end" } else { "" },
+                                if c.is_delete() {
+                                    "delete".to_owned()
+                                } else {
+                                    columns.join(", ")
+                                }
+                            )
+                        })
+                        .collect();
+                    let skip = changes.len().saturating_sub(12);
+                    out += &format!(
+                        "  n0 (sqlite)'s log{}:\n    {}\n",
+                        if skip > 0 {
+                            format!(", last 12 of {}", changes.len())
+                        } else {
+                            String::new()
+                        },
+                        changes[skip..].join("\n    ")
+                    );
+                }
+                Err(e) => out += &format!("  n0 (sqlite)'s log could not be read: {e}\n"),
+            }
+            if let Store::Mariadb(url) = &self.stores[2] {
+                match mariadb_trail(url, key) {
+                    Ok(trail) => out += &trail,
+                    Err(e) => out += &format!("  n2 (mariadb)'s trail could not be read: {e}\n"),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A row of MariaDB's pending table as [`mariadb_trail`] shows it: id, operation, the
+/// writing transaction, the transaction that deleted it (`u64::MAX` while current), that
+/// writing transaction's commit order, key and values.
+type PendingTrail = (i64, i64, u64, u64, Option<u64>, String, Option<String>);
+
+/// What the MariaDB node itself holds about `key`: its own log entries for the key
+/// (sequence, clock, causal length, end of transaction), and the pending rows its
+/// triggers recorded, current and historical (the table is system-versioned; a captured
+/// row becomes history, until a capture purges it), with the commit order MariaDB gave
+/// each writing transaction.
+fn mariadb_trail(url: &str, key: Key) -> Result<String, String> {
+    let mut conn = my_connect(url)?;
+    let pk = concord_core::PrimaryKey::encode(&[Value::Integer(key)]).map_err(|e| e.to_string())?;
+    let log: Vec<(String, i64, i64, i64, bool)> = conn
+        .exec(
+            "SELECT LOWER(HEX(o.node_id)), l.seq, l.hlc, l.cl, l.txn_end
+             FROM concord_log l JOIN concord_origins o ON o.id = l.origin
+             WHERE l.pk = ? ORDER BY l.pos",
+            (pk.as_bytes(),),
+        )
+        .map_err(|e| e.to_string())?;
+    let pending: Vec<PendingTrail> = conn
+        .query(format!(
+            "SELECT p.id, p.op, p.trx, p.trx_end, r.commit_id, p.k, p.v
+             FROM concord_pending FOR SYSTEM_TIME ALL p
+             LEFT JOIN mysql.transaction_registry r ON r.transaction_id = p.trx
+             WHERE p.k LIKE '%\"{key}\"%' ORDER BY p.id"
+        ))
+        .map_err(|e| e.to_string())?;
+    let log: Vec<String> = log
+        .iter()
+        .map(|(origin, seq, hlc, cl, end)| {
+            format!(
+                "{}/{seq} hlc {}ms+{} cl {cl}{}",
+                &origin[..8.min(origin.len())],
+                *hlc as u64 >> 16,
+                *hlc as u64 & 0xffff,
+                if *end { " end" } else { "" }
+            )
+        })
+        .collect();
+    let pending: Vec<String> = pending
+        .iter()
+        .map(|(id, op, trx, trx_end, commit, k, v)| {
+            let state = if *trx_end == u64::MAX {
+                "current".to_owned()
+            } else {
+                format!("deleted by trx {trx_end}")
+            };
+            format!("id {id} op {op} trx {trx} (commit {commit:?}) {state} k {k} v {v:?}")
+        })
+        .collect();
+    let skip = log.len().saturating_sub(12);
+    Ok(format!(
+        "  n2 (mariadb)'s own log for the key{}:\n    {}\n  n2 (mariadb)'s pending rows for the key (current and history):\n    {}\n",
+        if skip > 0 {
+            format!(", last 12 of {}", log.len())
+        } else {
+            String::new()
+        },
+        log[skip..].join("\n    "),
+        if pending.is_empty() {
+            "none".to_owned()
+        } else {
+            pending.join("\n    ")
+        }
+    ))
+}
+
+/// Sets the stop flag when a thread panics, so the others end too.
+struct StopOnExit<'a>(&'a Run);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail("a harness thread panicked (see its message above)".into());
+        }
+    }
+}
+
+/// How many rows a planned statement must affect.
+#[derive(Clone, Copy, Debug)]
+enum Affects {
+    /// Exactly one (own-range writes: the writer knows the range exactly).
+    One,
+    /// An upsert: one, or two on MariaDB when it updated an existing row.
+    Upsert,
+    /// A delete of a shared row that may be absent: 0 or 1. Recorded only if it deleted
+    /// one, because a delete of nothing is not a write anywhere (nothing is captured).
+    AtMostOne,
+}
+
+/// One write the writer is about to make.
+struct Step {
+    sql: String,
+    affects: Affects,
+    effects: Vec<Effect>,
+}
+
+/// Writes random transactions to node `me` through an ordinary client until the run
+/// stops: inserts, updates of one or both columns, deletes, re-inserts, primary-key
+/// changes, up to five rows a transaction, in its own range (planned against an exact
+/// model of it, since only this writer writes there) and in the shared range. A
+/// transaction is recorded only once its COMMIT succeeded.
+fn writer(run: &Run, me: usize, mut rng: Rng) {
+    let _guard = StopOnExit(run);
+    let kind = KINDS[me];
+    let mut sql = run.stores[me]
+        .writer()
+        .unwrap_or_else(|e| panic!("{}: connecting the writer: {e}", label(me)));
+    let own = own_range(me);
+    let mut model = Table::new();
+    let mut next_n: i64 = (me as i64 + 1) * 1_000_000_000;
+    let mut txn_no = 0u64;
+    while !run.stopped() {
+        txn_no += 1;
+        let tag = format!("{me}:{txn_no}");
+        let mut planned = model.clone();
+        let ops = if rng.chance(60) { 1 } else { rng.range(2, 6) };
+        let mut steps = Vec::new();
+        for _ in 0..ops {
+            let mut n = || {
+                next_n += 1;
+                next_n
+            };
+            if rng.chance(25) {
+                let key = SHARED.start + rng.range(0, (SHARED.end - SHARED.start) as u64) as Key;
+                if rng.chance(70) {
+                    let row = Row {
+                        v: tag.clone(),
+                        n: n(),
+                    };
+                    steps.push(Step {
+                        sql: upsert_sql(kind, key, &row),
+                        affects: Affects::Upsert,
+                        effects: vec![Effect {
+                            key,
+                            after: Some(row),
+                        }],
+                    });
+                } else {
+                    steps.push(Step {
+                        sql: format!("DELETE FROM t WHERE id = {key}"),
+                        affects: Affects::AtMostOne,
+                        effects: vec![Effect { key, after: None }],
+                    });
+                }
+                continue;
+            }
+            let key = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
+            let Some(old) = planned.get(&key).cloned() else {
+                // Absent: an insert, or a re-insert after a delete.
+                let row = Row {
+                    v: tag.clone(),
+                    n: n(),
+                };
+                steps.push(Step {
+                    sql: format!(
+                        "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {})",
+                        row.v, row.n
+                    ),
+                    affects: Affects::One,
+                    effects: vec![Effect {
+                        key,
+                        after: Some(row.clone()),
+                    }],
+                });
+                planned.insert(key, row);
+                continue;
+            };
+            let roll = rng.range(0, 100);
+            let (statement, effects) = if roll < 30 {
+                let row = Row {
+                    v: tag.clone(),
+                    n: n(),
+                };
+                (
+                    format!(
+                        "UPDATE t SET v = '{}', n = {} WHERE id = {key}",
+                        row.v, row.n
+                    ),
+                    vec![Effect {
+                        key,
+                        after: Some(row),
+                    }],
+                )
+            } else if roll < 45 {
+                let row = Row {
+                    v: tag.clone(),
+                    n: old.n,
+                };
+                (
+                    format!("UPDATE t SET v = '{}' WHERE id = {key}", row.v),
+                    vec![Effect {
+                        key,
+                        after: Some(row),
+                    }],
+                )
+            } else if roll < 60 {
+                let row = Row {
+                    v: old.v.clone(),
+                    n: n(),
+                };
+                (
+                    format!("UPDATE t SET n = {} WHERE id = {key}", row.n),
+                    vec![Effect {
+                        key,
+                        after: Some(row),
+                    }],
+                )
+            } else if roll < 85 {
+                (
+                    format!("DELETE FROM t WHERE id = {key}"),
+                    vec![Effect { key, after: None }],
+                )
+            } else {
+                // Move the row to another own key that is free.
+                let to = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
+                if planned.contains_key(&to) {
+                    continue;
+                }
+                let row = Row {
+                    v: tag.clone(),
+                    n: old.n,
+                };
+                (
+                    format!("UPDATE t SET id = {to}, v = '{}' WHERE id = {key}", row.v),
+                    vec![
+                        Effect { key, after: None },
+                        Effect {
+                            key: to,
+                            after: Some(row),
+                        },
+                    ],
+                )
+            };
+            for e in &effects {
+                match &e.after {
+                    Some(r) => planned.insert(e.key, r.clone()),
+                    None => planned.remove(&e.key),
+                };
+            }
+            steps.push(Step {
+                sql: statement,
+                affects: Affects::One,
+                effects,
+            });
+        }
+        if steps.is_empty() {
+            continue;
+        }
+        // Now and then the application thinks between statements and before COMMIT,
+        // holding its transaction open a few milliseconds: the window in which a
+        // node's apply session waits for it, and a commit can land during that wait.
+        let think = (rng.chance(30)).then(|| Duration::from_millis(rng.range(1, 8)));
+        match run_transaction(run, me, &mut sql, steps, think) {
+            Ok(Outcome::Done(effects, writes)) => {
+                {
+                    let mut history = lock(&run.histories[me]);
+                    // Not retried: an error here leaves it unknown whether it committed.
+                    if let Err(e) = sql.commit() {
+                        panic!("{}: COMMIT failed: {}", label(me), e.message());
+                    }
+                    history.push(Txn { tag, effects });
+                }
+                model = planned;
+                run.row_writes.fetch_add(writes, Ordering::Relaxed);
+            }
+            Ok(Outcome::Stopped) => sql.rollback(),
+            Ok(Outcome::Refused(reason)) => {
+                sql.rollback();
+                run.retries[me].fetch_add(1, Ordering::Relaxed);
+                let reason: String = reason.chars().take(70).collect();
+                *lock(&run.retry_reasons)
+                    .entry(format!("{}: {reason}", KINDS[me].name()))
+                    .or_default() += 1;
+            }
+            Err(e) => {
+                run.fail(e);
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(2, 20)));
+    }
+}
+
+/// How a transaction the writer ran ended, short of its COMMIT.
+enum Outcome {
+    /// Every statement ran: the effects to record once it commits, and their count.
+    Done(Vec<Effect>, u64),
+    /// The database refused it for now (busy, deadlock, lock wait timeout): it is rolled
+    /// back and nothing of it is recorded.
+    Refused(String),
+    /// The run stopped in the middle: rolled back, nothing recorded.
+    Stopped,
+}
+
+/// Begins a transaction and runs `steps`, pausing `think` after each if set, leaving it
+/// open for the caller to commit or roll back.
+fn run_transaction(
+    run: &Run,
+    me: usize,
+    sql: &mut Client,
+    steps: Vec<Step>,
+    think: Option<Duration>,
+) -> Result<Outcome, String> {
+    match sql.begin() {
+        Ok(()) => {}
+        Err(SqlError::Retry(e)) => return Ok(Outcome::Refused(e)),
+        Err(SqlError::Fatal(e)) => return Err(format!("{}: BEGIN failed: {e}", label(me))),
+    }
+    let mut effects = Vec::new();
+    for step in steps {
+        if run.stopped() {
+            // Nothing of it is recorded; roll it back like a refused one.
+            return Ok(Outcome::Stopped);
+        }
+        let affected = match sql.execute(&step.sql) {
+            Ok(n) => n,
+            Err(SqlError::Retry(e)) => return Ok(Outcome::Refused(e)),
+            Err(SqlError::Fatal(e)) => return Err(format!("{}: {}: {e}", label(me), step.sql)),
+        };
+        let ok = match step.affects {
+            Affects::One => affected == 1,
+            Affects::Upsert => affected == 1 || (KINDS[me] == Kind::Mariadb && affected == 2),
+            Affects::AtMostOne => affected <= 1,
+        };
+        if !ok {
+            return Err(format!(
+                "{}: `{}` affected {affected} rows, expected {:?}: the own range changed under \
+                 its only writer (something else wrote it)",
+                label(me),
+                step.sql,
+                step.affects
+            ));
+        }
+        if affected > 0 {
+            effects.extend(step.effects);
+        }
+        if let Some(think) = think {
+            std::thread::sleep(think);
+        }
+    }
+    let writes = effects.len() as u64;
+    Ok(Outcome::Done(effects, writes))
+}
+
+/// Snapshots every node's database in turn while the run goes on and checks each.
+fn checker(run: &Run, mut rng: Rng) {
+    let _guard = StopOnExit(run);
+    let mut progress = Progress::default();
+    let mut node = 0;
+    while !run.stopped() {
+        std::thread::sleep(Duration::from_millis(rng.range(200, 500)));
+        if let Err(e) = run.check_snapshot(node, &mut progress) {
+            let explained = run.explain(&keys_named(&e));
+            run.fail(format!("{e}\n{explained}"));
+            return;
+        }
+        node = (node + 1) % NODES;
+    }
+}
+
+/// One fault episode; each sets itself up and heals before the next starts.
+#[derive(Clone, Debug)]
+enum Fault {
+    DropConnections {
+        link: usize,
+    },
+    Delay {
+        link: usize,
+    },
+    BlackHole {
+        link: usize,
+    },
+    /// `node` alone on one side of the cut.
+    Partition {
+        node: usize,
+    },
+    Kill {
+        node: usize,
+    },
+}
+
+/// Counts of what was injected, for the report.
+#[derive(Debug, Default)]
+struct Injected {
+    rounds: u32,
+    drops: u32,
+    delays: u32,
+    black_holes: u32,
+    partitions: u32,
+    kills: u32,
+    kills_while_catching_up: u32,
+    /// SIGKILL + restart per node: sqlite, postgres, mariadb.
+    kills_per_node: [u32; NODES],
+}
+
+/// Sleeps `d`, in small steps so a failure elsewhere ends the run quickly.
+fn nap(run: &Run, d: Duration) {
+    let end = Instant::now() + d;
+    while !run.stopped() {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn ms(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.range(lo, hi))
+}
+
+fn kill_and_restart(
+    run: &Run,
+    nodes: &[Mutex<ServeProcess>],
+    node: usize,
+    down: Duration,
+    injected: &mut Injected,
+) {
+    lock(&nodes[node]).kill().unwrap();
+    nap(run, down);
+    lock(&nodes[node]).restart().unwrap();
+    injected.kills += 1;
+    injected.kills_per_node[node] += 1;
+}
+
+/// Runs rounds of faults: one in short mode, as many as fit in long mode.
+fn faults(
+    run: &Run,
+    mut rng: Rng,
+    links: &[Link],
+    nodes: &[Mutex<ServeProcess>],
+    injected: &mut Injected,
+) {
+    let _guard = StopOnExit(run);
+    let deadline = minutes().map(|m| Instant::now() + Duration::from_secs(m * 60));
+    loop {
+        fault_round(run, &mut rng, links, nodes, injected);
+        injected.rounds += 1;
+        match deadline {
+            Some(deadline) if Instant::now() < deadline && !run.stopped() => {
+                println!(
+                    "round {} done; faults so far: {injected:?}",
+                    injected.rounds
+                );
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One round: three dropped connections, a delay, a black hole, a partition isolating
+/// one node followed by a crash of that node while it catches up, and a crash of each
+/// node, in a shuffled order at seeded moments.
+fn fault_round(
+    run: &Run,
+    rng: &mut Rng,
+    links: &[Link],
+    nodes: &[Mutex<ServeProcess>],
+    injected: &mut Injected,
+) {
+    let mut schedule = Vec::new();
+    for _ in 0..3 {
+        schedule.push(Fault::DropConnections {
+            link: rng.index(links.len()),
+        });
+    }
+    schedule.push(Fault::Delay {
+        link: rng.index(links.len()),
+    });
+    schedule.push(Fault::BlackHole {
+        link: rng.index(links.len()),
+    });
+    schedule.push(Fault::Partition {
+        node: rng.index(NODES),
+    });
+    for node in 0..NODES {
+        schedule.push(Fault::Kill { node });
+    }
+    rng.shuffle(&mut schedule);
+    println!("fault schedule: {schedule:?}");
+    // Let some history build up before the first fault.
+    nap(run, ms(rng, 1000, 2000));
+    for fault in schedule {
+        if run.stopped() {
+            return;
+        }
+        match fault {
+            Fault::DropConnections { link } => {
+                links[link].proxy.drop_connections();
+                injected.drops += 1;
+            }
+            Fault::Delay { link } => {
+                links[link].proxy.set_delay(ms(rng, 50, 250));
+                nap(run, ms(rng, 1500, 3000));
+                links[link].proxy.heal();
+                injected.delays += 1;
+            }
+            Fault::BlackHole { link } => {
+                links[link].proxy.black_hole();
+                // Longer than the stall timeout sometimes, shorter other times.
+                nap(run, ms(rng, 1500, 2000 + STALL_TIMEOUT_S * 1000));
+                links[link].proxy.heal();
+                injected.black_holes += 1;
+            }
+            Fault::Partition { node } => {
+                let cut = topology::partition_groups(links, &[node]);
+                println!("partition: {} cut off from the others", label(node));
+                nap(run, ms(rng, 2000, 4000));
+                // The harness checks itself: a partition that let changes through
+                // would make the rest of this test prove less than it claims.
+                if !run.stopped() {
+                    let away: Vec<usize> = (0..NODES).filter(|&o| o != node).collect();
+                    let behind = run
+                        .lags_behind(node, &away)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert!(
+                        behind,
+                        "{} was cut off from {away:?} for seconds but holds their latest transactions",
+                        label(node)
+                    );
+                }
+                topology::heal(links, &cut);
+                injected.partitions += 1;
+                // Crash it while it catches up on what it missed: the moment a crash is
+                // most likely to land inside an apply transaction.
+                nap(run, ms(rng, 20, 300));
+                kill_and_restart(run, nodes, node, ms(rng, 100, 800), injected);
+                injected.kills_while_catching_up += 1;
+            }
+            Fault::Kill { node } => {
+                kill_and_restart(run, nodes, node, ms(rng, 200, 2000), injected);
+            }
+        }
+        nap(run, ms(rng, 300, 1200));
+    }
+}
+
+/// What the nodes look like after the run.
+struct Observed {
+    tables: Vec<Result<Table, String>>,
+    holds: Vec<Result<BTreeMap<String, u64>, String>>,
+    pending: Vec<Result<i64, String>>,
+    /// Changes set aside (`failures` in status).
+    set_aside: Vec<Option<u64>>,
+    conflicts: Vec<Option<u64>>,
+    peers: Vec<String>,
+}
+
+impl Observed {
+    fn take(dirs: &[NodeDir]) -> Self {
+        let statuses: Vec<Result<serde_json::Value, String>> =
+            dirs.iter().map(|d| status(d.http)).collect();
+        let field = |name: &str| -> Vec<Option<u64>> {
+            statuses
+                .iter()
+                .map(|s| s.as_ref().ok().and_then(|s| s[name].as_u64()))
+                .collect()
+        };
+        Self {
+            tables: dirs.iter().map(|d| d.store.snapshot()).collect(),
+            holds: statuses
+                .iter()
+                .map(|s| s.as_ref().map(holds).map_err(Clone::clone))
+                .collect(),
+            pending: dirs.iter().map(|d| d.store.pending()).collect(),
+            set_aside: field("failures"),
+            conflicts: field("conflicts"),
+            peers: statuses
+                .iter()
+                .map(|s| s.as_ref().map_or_else(Clone::clone, peer_summary))
+                .collect(),
+        }
+    }
+
+    fn converged(&self) -> bool {
+        fn same<T: PartialEq>(v: &[Result<T, String>]) -> bool {
+            v.iter().all(Result::is_ok) && v.windows(2).all(|w| w[0] == w[1])
+        }
+        same(&self.tables) && same(&self.holds) && self.pending.iter().all(|p| matches!(p, Ok(0)))
+    }
+
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for i in 0..NODES {
+            out += &format!(
+                "{}: {} rows, holds {:?}, pending {:?}, set aside {:?}, peers [{}]\n",
+                label(i),
+                self.tables[i].as_ref().map_or(0, Table::len),
+                self.holds[i],
+                self.pending[i],
+                self.set_aside[i],
+                self.peers[i]
+            );
+        }
+        match &self.tables[0] {
+            Ok(first) => {
+                for i in 1..NODES {
+                    match &self.tables[i] {
+                        Ok(t) if t == first => {
+                            out += &format!("{}'s table equals n0's\n", label(i))
+                        }
+                        Ok(t) => {
+                            out += &format!(
+                                "{}'s table differs from n0's (expected = n0, found = n{i}):\n  {}\n",
+                                label(i),
+                                model::differences(first, t, 12).join("\n  ")
+                            )
+                        }
+                        Err(e) => out += &format!("{}'s table could not be read: {e}\n", label(i)),
+                    }
+                }
+            }
+            Err(e) => out += &format!("n0's table could not be read: {e}\n"),
+        }
+        out
+    }
+}
+
+#[test]
+fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
+    let Some(pg_admin) = servers::server_url(POSTGRES_URL_ENV, TEST) else {
+        return;
+    };
+    let Some(my_admin) = servers::server_url(MYSQL_URL_ENV, TEST) else {
+        return;
+    };
+    let seed = seed();
+    println!("{TEST}: CONCORD_HARNESS_SEED={seed:#x} (set it to replay this run)");
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+
+    // Declared first so it is dropped last: after the node processes and the writers'
+    // connections, which would otherwise hold the databases open.
+    let dbs = ServerDatabases::create(&pg_admin, &my_admin);
+    println!(
+        "databases: {} on {} and on {}",
+        dbs.name,
+        servers::with_database(&pg_admin, ""),
+        servers::with_database(&my_admin, "")
+    );
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<NodeDir> = (0..NODES)
+        .map(|i| init_node(root.path(), i, &dbs))
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A mesh: every pair linked, the lower-numbered node dials through a proxy.
+    let mut links = Vec::new();
+    for a in 0..NODES {
+        for b in a + 1..NODES {
+            let proxy = runtime.block_on(Proxy::start(dirs[b].listen)).unwrap();
+            add_peer(
+                &dirs[a].dir,
+                &dirs[b].name,
+                &dirs[b].fingerprint,
+                Some(proxy.addr()),
+            );
+            add_peer(&dirs[b].dir, &dirs[a].name, &dirs[a].fingerprint, None);
+            links.push(Link {
+                dialer: a,
+                listener: b,
+                proxy,
+            });
+        }
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
+    let nodes: Vec<Mutex<ServeProcess>> = dirs
+        .iter()
+        .map(|d| Mutex::new(ServeProcess::start(binary, &d.dir).unwrap()))
+        .collect();
+    // On failure: what the nodes set aside and warned about, then the end of each log.
+    let logs = |nodes: &[Mutex<ServeProcess>]| {
+        let tails = nodes
+            .iter()
+            .map(|n| lock(n).logs(6000))
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{}{tails}", diagnosis(&dirs))
+    };
+
+    // Every node sees both peers connected before the workload starts.
+    let wait_start = Instant::now();
+    loop {
+        let states: Vec<String> = dirs
+            .iter()
+            .map(|d| status(d.http).map_or_else(|e| e, |s| peer_summary(&s)))
+            .collect();
+        if states
+            .iter()
+            .all(|s| s.matches("\"connected\"").count() == NODES - 1)
+        {
+            break;
+        }
+        assert!(
+            wait_start.elapsed() < TIMEOUT,
+            "the mesh did not connect within {TIMEOUT:?}: {states:?}\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let connected_in = wait_start.elapsed();
+    // Each store's node id: the origin its writer's changes carry.
+    let writer_of: HashMap<NodeId, usize> = dirs
+        .iter()
+        .enumerate()
+        .map(|(w, d)| {
+            let s = status(d.http).unwrap();
+            let id: NodeId = s["node_id"].as_str().unwrap().parse().unwrap();
+            (id, w)
+        })
+        .collect();
+
+    let run = Run {
+        layout: layout(),
+        stores: dirs.iter().map(|d| d.store.clone()).collect(),
+        histories: (0..NODES).map(|_| Mutex::new(Vec::new())).collect(),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        row_writes: AtomicU64::new(0),
+        retries: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
+        retry_reasons: Mutex::new(BTreeMap::new()),
+        snapshots_checked: AtomicU64::new(0),
+        writer_of,
+    };
+    let mut injected = Injected::default();
+    let workload_started = Instant::now();
+    std::thread::scope(|s| {
+        for me in 0..NODES {
+            let writer_rng = rng.fork(me as u64);
+            let run = &run;
+            s.spawn(move || writer(run, me, writer_rng));
+        }
+        let checker_rng = rng.fork(100);
+        let run_ref = &run;
+        s.spawn(move || checker(run_ref, checker_rng));
+        faults(&run, rng.fork(200), &links, &nodes, &mut injected);
+        // A little more writing on a healthy network, then stop.
+        nap(&run, Duration::from_millis(500));
+        run.stop.store(true, Ordering::SeqCst);
+    });
+    let workload = workload_started.elapsed();
+    if let Some(failure) = lock(&run.failure).take() {
+        panic!("seed {seed:#x}: {failure}\n{}", logs(&nodes));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(status) = lock(node).exited().unwrap() {
+            panic!(
+                "seed {seed:#x}: {} exited on its own with {status}\n{}",
+                label(i),
+                logs(&nodes)
+            );
+        }
+    }
+    for link in &links {
+        link.proxy.heal();
+    }
+
+    // Convergence: same rows, same version vectors, nothing left to capture.
+    let healed = Instant::now();
+    let observed = loop {
+        let observed = Observed::take(&dirs);
+        if observed.converged() {
+            break observed;
+        }
+        if healed.elapsed() > CONVERGE_WITHIN {
+            panic!(
+                "seed {seed:#x}: the databases did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}{}",
+                observed.describe(),
+                run.explain(&keys_named(&observed.describe())),
+                logs(&nodes)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let converged_in = healed.elapsed();
+
+    // No node panicked, even in a run it recovered from.
+    let panics = panics_in_logs(&dirs);
+    assert!(
+        panics.is_empty(),
+        "seed {seed:#x}: a node panicked:\n{}",
+        panics.join("\n")
+    );
+    // Nothing set aside: every value fits every store's column.
+    assert!(
+        observed.set_aside.iter().all(|f| *f == Some(0)),
+        "seed {seed:#x}: changes were set aside (failures per node: {:?}):\n{}\n{}",
+        observed.set_aside,
+        observed.describe(),
+        logs(&nodes)
+    );
+
+    // Nothing lost, nothing partial, nothing duplicated, nothing invented.
+    let histories: Vec<Vec<Txn>> = run.histories.iter().map(|h| lock(h).clone()).collect();
+    let views: Vec<&[Txn]> = histories.iter().map(Vec::as_slice).collect();
+    let table = observed.tables[0].as_ref().unwrap();
+    let problems = model::check_final(&run.layout, &views, table);
+    assert!(
+        problems.is_empty(),
+        "seed {seed:#x}: the converged state is wrong:\n{}\n{}{}",
+        problems.join("\n"),
+        run.explain(&keys_named(&problems.join("\n"))),
+        logs(&nodes)
+    );
+    // Every change is in every store's log exactly once: per origin the entries are
+    // 1..=max without holes or duplicates, and max is what the node holds.
+    for (i, d) in dirs.iter().enumerate() {
+        let counts = d.store.log_counts().unwrap();
+        let held = observed.holds[i].as_ref().unwrap();
+        let total: u64 = counts.values().map(|(c, _, _)| c).sum();
+        for (origin, (count, min, max)) in &counts {
+            assert_eq!(
+                *count,
+                max - min + 1,
+                "seed {seed:#x}: {} logs {count} changes of origin {origin} for sequences {min}..={max}",
+                label(i)
+            );
+            assert!(
+                *min == 1 || total >= RETENTION_CHANGES,
+                "seed {seed:#x}: {}'s log of origin {origin} starts at {min} although it never reached the retention limit",
+                label(i)
+            );
+        }
+        let logged: BTreeMap<String, u64> = counts
+            .into_iter()
+            .map(|(o, (_, _, max))| (o, max))
+            .collect();
+        assert_eq!(
+            &logged,
+            held,
+            "seed {seed:#x}: {}'s log differs from its version vector",
+            label(i)
+        );
+    }
+
+    // The exact check of the shared rows, on the SQLite node's log (it holds every
+    // origin's changes, now that the version vectors agree).
+    let writer_of = &run.writer_of;
+    let Store::Sqlite(sqlite_db) = &dirs[0].store else {
+        unreachable!("node 0 is the SQLite node")
+    };
+    let log = read_log(sqlite_db).unwrap();
+    let logged = shared_changes(&log, writer_of).unwrap();
+    let problems = model::check_last_writer(&views, &SHARED, &logged, table);
+    assert!(
+        problems.is_empty(),
+        "seed {seed:#x}: the shared rows are not the last writers':\n{}\n{}",
+        problems.join("\n"),
+        logs(&nodes)
+    );
+
+    let txns: Vec<usize> = histories.iter().map(Vec::len).collect();
+    let total_txns: usize = txns.iter().sum();
+    let retries: Vec<u64> = run
+        .retries
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed))
+        .collect();
+    let counts: Vec<_> = links
+        .iter()
+        .map(|l| {
+            (
+                format!("{}->{}", dirs[l.dialer].name, dirs[l.listener].name),
+                l.proxy.counts(),
+            )
+        })
+        .collect();
+    println!(
+        "{TEST} seed {seed:#x}: PASSED. {total_txns} committed transactions checked (per writer sqlite/postgres/mariadb: {txns:?}; \
+         {} row writes; rolled back and retried: {retries:?}); {} snapshots checked during the run; \
+         faults: {injected:?}; node starts: {:?}; last-writer check: {} logged changes to {} shared rows; \
+         conflicts recorded: {:?}; mesh connected in {connected_in:.1?}, workload {workload:.1?}, \
+         converged {converged_in:.1?} after healing, total {:.1?}; {} rows at the end\nproxies: {counts:?}",
+        run.row_writes.load(Ordering::Relaxed),
+        run.snapshots_checked.load(Ordering::Relaxed),
+        nodes.iter().map(|n| lock(n).starts()).collect::<Vec<_>>(),
+        logged.len(),
+        table.range(SHARED).count(),
+        observed.conflicts,
+        started.elapsed(),
+        table.len(),
+    );
+    println!(
+        "writers' transactions rolled back by their database: {:?}",
+        lock(&run.retry_reasons)
+    );
+    println!("node logs:\n  {}", log_warnings(&dirs).join("\n  "));
+    let rounds = injected.rounds;
+    assert!(
+        rounds >= 1
+            && injected.drops == 3 * rounds
+            && injected.partitions == rounds
+            && injected.kills_per_node.iter().all(|k| *k >= rounds),
+        "not every fault was injected: {injected:?}"
+    );
+    assert!(
+        txns.iter().all(|t| *t > 20),
+        "too little workload to mean anything: {txns:?} transactions per writer"
+    );
+}

@@ -1,0 +1,67 @@
+//! An apply that waits for an application transaction still writing a tracked table.
+//!
+//! Risk covered: the apply transaction's snapshot taken before the wait, so a local
+//! write that commits during the wait is neither captured nor known to the merge. A
+//! remote insert of the same key then fails with a duplicate key (the remote transaction
+//! is set aside and lost at this node), or a remote update silently overwrites the
+//! local write here while it wins everywhere else. Found by the mixed-store fault test
+//! (crates/concord/tests/faults_databases.rs, seeds 0x1 and 0x10).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestDb, all_changes, server_or_skip};
+use concord_mysql::Store as _;
+use concord_mysql::{MyStore, StoreOptions};
+use mysql::prelude::Queryable;
+
+const DDL: &str = "CREATE TABLE items(id BIGINT PRIMARY KEY, name VARCHAR(20))";
+
+#[test]
+fn a_local_write_committing_while_an_apply_waits_for_it_is_captured_before_the_merge() {
+    let test = "a_local_write_committing_while_an_apply_waits_for_it_is_captured_before_the_merge";
+    let Some(server) = server_or_skip(test) else {
+        return;
+    };
+    let src_db = TestDb::new(&server, &[DDL]);
+    let dst_db = TestDb::new(&server, &[DDL]);
+    let mut src = MyStore::track(&src_db.url, &["items"], StoreOptions::default()).unwrap();
+    let mut dst = MyStore::track(&dst_db.url, &["items"], StoreOptions::default()).unwrap();
+    src_db
+        .conn()
+        .query_drop("INSERT INTO items VALUES (19, 'remote')")
+        .unwrap();
+    src.capture().unwrap();
+    let remote = all_changes(&src);
+    assert_eq!(remote.len(), 1);
+
+    // An application transaction writes key 19 at the destination and stays open.
+    let mut app = dst_db.conn();
+    app.query_drop("START TRANSACTION").unwrap();
+    app.query_drop("INSERT INTO items VALUES (19, 'local')")
+        .unwrap();
+    // The apply starts meanwhile, and must wait for it.
+    let apply = std::thread::spawn(move || {
+        let result = dst.apply_batch(&remote).map_err(|e| e.to_string());
+        (dst, result)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !apply.is_finished(),
+        "the apply waits for the open local transaction"
+    );
+    app.query_drop("COMMIT").unwrap();
+    let (mut dst, result) = apply.join().unwrap();
+    let report = result.expect("the remote insert merges with the local one");
+    assert_eq!(report.captured, 1, "the local insert was captured first");
+    assert!(
+        report.conflicts >= 1,
+        "two concurrent inserts of one key conflict"
+    );
+    assert!(dst.failures().unwrap().is_empty());
+    assert_eq!(dst.log_len().unwrap(), 2, "the local and the remote insert");
+    let names: Vec<String> = dst_db.conn().query("SELECT name FROM items").unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
