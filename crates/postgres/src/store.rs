@@ -393,7 +393,12 @@ impl PgStore {
 
     /// Opens a transaction holding Concord's lock, with fresh progress.
     pub(crate) fn begin_locked(&mut self) -> Result<(), StoreError> {
-        self.client.batch_execute("BEGIN")?;
+        // READ COMMITTED whatever the database's default: each statement then sees what
+        // committed before it, so capture, after the table locks waited for writers in
+        // flight, reads their pending rows. Under a REPEATABLE READ default the snapshot
+        // would predate the wait and miss them, as it did for `track`.
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
         let r = self
             .client
             .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
