@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
-use concord_core::{Advance, Change, NodeId, Value, Version};
+use concord_core::{Advance, Change, Value, Version};
 use postgres::Statement;
 use postgres::types::ToSql;
 
@@ -36,18 +36,14 @@ use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, to_param};
 use concord_store::{ApplyError, RowError, RowFailure, StoreError};
-use concord_store::{ApplyReport, ApplyTxn};
+use concord_store::{ApplyReport, ApplyTxn, Failure, TxnProgress};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
     store: &'s mut PgStore,
     open: bool,
-    poisoned: bool,
-    at_boundary: bool,
-    in_txn: usize,
     dirty_origins: BTreeSet<i32>,
-    last: Option<(NodeId, u64)>,
-    report: ApplyReport,
+    progress: TxnProgress,
     /// Row clocks and log entries of this transaction not written yet.
     meta: MetaBatch,
     /// User-table writes by (table id, kind, written columns).
@@ -72,12 +68,8 @@ impl PgStore {
         let mut session = ApplySession {
             store: self,
             open: false,
-            poisoned: false,
-            at_boundary: true,
-            in_txn: 0,
             dirty_origins: BTreeSet::new(),
-            last: None,
-            report: ApplyReport::default(),
+            progress: TxnProgress::default(),
             meta: MetaBatch::default(),
             statements: HashMap::new(),
         };
@@ -147,7 +139,7 @@ impl ApplySession<'_> {
         self.meta.clear();
         self.store.begin_locked()?;
         self.open = true;
-        self.in_txn = 0;
+        self.progress.began();
         let tables: Vec<String> = self.store.tables.iter().map(|t| t.qualified()).collect();
         let mut setup = "SET LOCAL concord.applying = 'on';".to_owned();
         if !tables.is_empty() {
@@ -164,11 +156,11 @@ impl ApplySession<'_> {
             .and_then(|()| self.store.capture_in_txn());
         match result {
             Ok(n) => {
-                self.report.captured += n;
+                self.progress.report.captured += n;
                 Ok(())
             }
             Err(e) => {
-                self.poisoned = true;
+                self.progress.poison();
                 Err(e.into())
             }
         }
@@ -176,18 +168,18 @@ impl ApplySession<'_> {
 
     /// Whether the changes applied so far end on a source-transaction boundary.
     pub fn at_boundary(&self) -> bool {
-        self.at_boundary
+        self.progress.at_boundary()
     }
 
     /// Changes applied in the current transaction.
     pub fn in_transaction(&self) -> usize {
-        self.in_txn
+        self.progress.in_txn
     }
 
     /// Reads the row clocks of `changes` in one query per table, so applying them does
     /// not read them one by one.
     fn prefetch(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
-        if self.poisoned {
+        if self.progress.is_poisoned() {
             return Ok(());
         }
         let store = &mut *self.store;
@@ -197,7 +189,7 @@ impl ApplySession<'_> {
             .filter_map(|c| Some((store.table_named(&c.table)?.id, c.key.as_bytes())))
             .collect();
         if let Err(e) = store.prefetch_clocks(&mut self.meta, keys) {
-            self.poisoned = true;
+            self.progress.poison();
             return Err(StoreError::from(e).into());
         }
         Ok(())
@@ -205,11 +197,11 @@ impl ApplySession<'_> {
 
     /// Writes the row clocks and log entries held back so far (inside the transaction).
     fn flush(&mut self) -> Result<(), ApplyError> {
-        if self.poisoned {
+        if self.progress.is_poisoned() {
             return Ok(());
         }
         if let Err(e) = self.store.flush_meta(&mut self.meta) {
-            self.poisoned = true;
+            self.progress.poison();
             return Err(StoreError::from(e).into());
         }
         Ok(())
@@ -224,20 +216,11 @@ impl ApplySession<'_> {
     /// Commits and closes the session.
     pub fn commit(mut self) -> Result<ApplyReport, ApplyError> {
         self.commit_current()?;
-        Ok(std::mem::take(&mut self.report))
+        Ok(self.progress.take_report())
     }
 
     fn commit_current(&mut self) -> Result<(), ApplyError> {
-        if self.poisoned {
-            return Err(ApplyError::Source(
-                "the session failed earlier and was rolled back".into(),
-            ));
-        }
-        if !self.at_boundary {
-            let (origin, seq) = self.last.map(|(o, s)| (o.short(), s)).unwrap_or_default();
-            self.poisoned = true;
-            return Err(ApplyError::IncompleteTransaction { origin, seq });
-        }
+        self.progress.ready_to_commit()?;
         let result = (|| -> Result<(), postgres::Error> {
             self.store.flush_meta(&mut self.meta)?;
             for &index in &self.dirty_origins {
@@ -252,56 +235,31 @@ impl ApplySession<'_> {
             self.store.client.batch_execute("COMMIT")
         })();
         if let Err(e) = result {
-            self.poisoned = true;
+            self.progress.poison();
             return Err(e.into());
         }
         self.open = false;
         self.dirty_origins.clear();
-        self.report.commits += 1;
+        self.progress.committed();
         Ok(())
     }
 
     /// Applies one change inside the transaction.
     pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
-        if self.poisoned {
-            return Err(ApplyError::Source(
-                "the session failed earlier and was rolled back".into(),
-            ));
+        self.progress.start(change)?;
+        let outcome = self.apply_inner(change);
+        self.progress.finish(change, outcome)?;
+        if self.meta.len() >= FLUSH_AT {
+            self.flush()?;
         }
-        self.report.received += 1;
-        self.last = Some((change.origin, change.seq));
-        match self.apply_inner(change) {
-            Ok(applied) => {
-                // A duplicate leaves the boundary as it was: what it belongs to is held.
-                if applied {
-                    self.at_boundary = change.last_in_txn;
-                }
-                if self.meta.len() >= FLUSH_AT {
-                    self.flush()?;
-                }
-                Ok(())
-            }
-            Err(error) => {
-                self.poisoned = true;
-                Err(match error {
-                    Failure::Row(error) => ApplyError::Row(Box::new(RowFailure {
-                        origin: change.origin.short(),
-                        seq: change.seq,
-                        table: change.table.clone(),
-                        key: change.key.to_string(),
-                        error,
-                    })),
-                    Failure::Store(e) => ApplyError::Store(e),
-                })
-            }
-        }
+        Ok(())
     }
 
     /// Returns whether the change was new (false: already held, skipped).
     fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
         let store = &mut *self.store;
         if store.origins.held.classify(&change.origin, change.seq)? == Advance::Duplicate {
-            self.report.duplicates += 1;
+            self.progress.report.duplicates += 1;
             return Ok(false);
         }
         let now = now_ms();
@@ -380,7 +338,7 @@ impl ApplySession<'_> {
         );
 
         for conflict in &decision.conflicts {
-            self.report.conflicts += 1;
+            self.progress.report.conflicts += 1;
             record_conflict(store, &table, change, &key_params, &incoming, conflict)?;
         }
         let mut winners: Vec<(usize, &Param)> = decision
@@ -476,8 +434,8 @@ impl ApplySession<'_> {
             .log(log_entry(origin, change, table.id, codec::encode(&body)));
         store.origins.held.advance(change.origin, change.seq)?;
         self.dirty_origins.insert(origin);
-        self.in_txn += 1;
-        self.report.applied += 1;
+        self.progress.in_txn += 1;
+        self.progress.report.applied += 1;
         Ok(true)
     }
 
@@ -500,7 +458,7 @@ impl ApplySession<'_> {
                 // Classified as next above.
                 let _ = store.origins.held.advance(change.origin, change.seq);
                 self.dirty_origins.insert(origin);
-                self.in_txn += 1;
+                self.progress.in_txn += 1;
                 let stmt = store.statement(
                     "INSERT INTO concord.failures(origin, seq, tbl, key_text, error, at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -527,17 +485,7 @@ impl ApplySession<'_> {
                 error: gap.into(),
             }))),
         };
-        match result {
-            Ok(()) => {
-                self.at_boundary = change.last_in_txn;
-                self.report.set_aside += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.poisoned = true;
-                Err(e)
-            }
-        }
+        self.progress.finish_set_aside(change, result)
     }
 }
 
@@ -551,17 +499,6 @@ impl Drop for ApplySession<'_> {
                 self.store.stale = true;
             }
         }
-    }
-}
-
-enum Failure {
-    Row(RowError),
-    Store(StoreError),
-}
-
-impl<E: Into<RowError>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Row(e.into())
     }
 }
 

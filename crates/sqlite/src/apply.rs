@@ -18,25 +18,22 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use concord_core::merge::{Conflict, IncomingColumn, RowEffect, merge_remote};
-use concord_core::{Advance, Change, NodeId, Value, Version};
+use concord_core::{Advance, Change, Value, Version};
 use rusqlite::params_from_iter;
 use rusqlite::types::ToSql;
 
 use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
-use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure, StoreError};
+use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure};
+use concord_store::{Failure, TxnProgress};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
     store: &'s mut SqliteStore,
     open: bool,
-    poisoned: bool,
-    at_boundary: bool,
-    in_txn: usize,
     dirty_origins: BTreeSet<u32>,
-    last: Option<(NodeId, u64)>,
-    report: ApplyReport,
+    progress: TxnProgress,
 }
 
 impl SqliteStore {
@@ -46,12 +43,8 @@ impl SqliteStore {
         let mut session = ApplySession {
             store: self,
             open: false,
-            poisoned: false,
-            at_boundary: true,
-            in_txn: 0,
             dirty_origins: BTreeSet::new(),
-            last: None,
-            report: ApplyReport::default(),
+            progress: TxnProgress::default(),
         };
         session.begin()?;
         Ok(session)
@@ -64,14 +57,14 @@ impl ApplySession<'_> {
             .conn
             .execute_batch("BEGIN IMMEDIATE; INSERT INTO __concord_applying VALUES (1);")?;
         self.open = true;
-        self.in_txn = 0;
+        self.progress.began();
         match self.store.capture_in_txn() {
             Ok(n) => {
-                self.report.captured += n;
+                self.progress.report.captured += n;
                 Ok(())
             }
             Err(e) => {
-                self.poisoned = true;
+                self.progress.poison();
                 Err(e.into())
             }
         }
@@ -79,12 +72,12 @@ impl ApplySession<'_> {
 
     /// Whether the changes applied so far end on a source-transaction boundary.
     pub fn at_boundary(&self) -> bool {
-        self.at_boundary
+        self.progress.at_boundary()
     }
 
     /// Changes applied in the current transaction.
     pub fn in_transaction(&self) -> usize {
-        self.in_txn
+        self.progress.in_txn
     }
 
     /// Commits what was applied and opens a new transaction.
@@ -96,20 +89,11 @@ impl ApplySession<'_> {
     /// Commits and closes the session.
     pub fn commit(mut self) -> Result<ApplyReport, ApplyError> {
         self.commit_current()?;
-        Ok(std::mem::take(&mut self.report))
+        Ok(self.progress.take_report())
     }
 
     fn commit_current(&mut self) -> Result<(), ApplyError> {
-        if self.poisoned {
-            return Err(ApplyError::Source(
-                "the session failed earlier and was rolled back".into(),
-            ));
-        }
-        if !self.at_boundary {
-            let (origin, seq) = self.last.map(|(o, s)| (o.short(), s)).unwrap_or_default();
-            self.poisoned = true;
-            return Err(ApplyError::IncompleteTransaction { origin, seq });
-        }
+        self.progress.ready_to_commit()?;
         let result = (|| -> Result<(), rusqlite::Error> {
             for &index in &self.dirty_origins {
                 let node = self.store.origins.node_of[&index];
@@ -121,53 +105,27 @@ impl ApplySession<'_> {
                 .execute_batch("DELETE FROM __concord_applying; COMMIT;")
         })();
         if let Err(e) = result {
-            self.poisoned = true;
+            self.progress.poison();
             return Err(e.into());
         }
         self.open = false;
         self.dirty_origins.clear();
-        self.report.commits += 1;
+        self.progress.committed();
         Ok(())
     }
 
     /// Applies one change inside the transaction.
     pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
-        if self.poisoned {
-            return Err(ApplyError::Source(
-                "the session failed earlier and was rolled back".into(),
-            ));
-        }
-        self.report.received += 1;
-        self.last = Some((change.origin, change.seq));
-        match self.apply_inner(change) {
-            Ok(applied) => {
-                // A duplicate leaves the boundary as it was: what it belongs to is held.
-                if applied {
-                    self.at_boundary = change.last_in_txn;
-                }
-                Ok(())
-            }
-            Err(error) => {
-                self.poisoned = true;
-                Err(match error {
-                    Failure::Row(error) => ApplyError::Row(Box::new(RowFailure {
-                        origin: change.origin.short(),
-                        seq: change.seq,
-                        table: change.table.clone(),
-                        key: change.key.to_string(),
-                        error,
-                    })),
-                    Failure::Store(e) => ApplyError::Store(e),
-                })
-            }
-        }
+        self.progress.start(change)?;
+        let outcome = self.apply_inner(change);
+        self.progress.finish(change, outcome)
     }
 
     /// Returns whether the change was new (false: already held, skipped).
     fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
         let store = &mut *self.store;
         if store.origins.held.classify(&change.origin, change.seq)? == Advance::Duplicate {
-            self.report.duplicates += 1;
+            self.progress.report.duplicates += 1;
             return Ok(false);
         }
         let now = now_ms();
@@ -183,7 +141,7 @@ impl ApplySession<'_> {
             change.key.decode()?;
             store.clock.observe(newest, now)?;
             self.log_verbatim(change).map_err(store_error)?;
-            self.report.applied += 1;
+            self.progress.report.applied += 1;
             return Ok(true);
         }
         let table: Arc<TableInfo> = store
@@ -251,7 +209,7 @@ impl ApplySession<'_> {
         );
 
         for conflict in &decision.conflicts {
-            self.report.conflicts += 1;
+            self.progress.report.conflicts += 1;
             record_conflict(store, &table, change, &key_values, &incoming, conflict)?;
         }
         let write = |sql: &str, values: &[&dyn ToSql]| -> Result<(), Failure> {
@@ -352,8 +310,8 @@ impl ApplySession<'_> {
             .map_err(store_error)?;
         store.origins.held.advance(change.origin, change.seq)?;
         self.dirty_origins.insert(origin);
-        self.in_txn += 1;
-        self.report.applied += 1;
+        self.progress.in_txn += 1;
+        self.progress.report.applied += 1;
         Ok(true)
     }
 
@@ -380,7 +338,7 @@ impl ApplySession<'_> {
         // The caller checked the sequence follows what is held.
         let _ = store.origins.held.advance(change.origin, change.seq);
         self.dirty_origins.insert(origin);
-        self.in_txn += 1;
+        self.progress.in_txn += 1;
         Ok(())
     }
 
@@ -419,17 +377,7 @@ impl ApplySession<'_> {
                 error: gap.into(),
             }))),
         };
-        match result {
-            Ok(()) => {
-                self.at_boundary = change.last_in_txn;
-                self.report.set_aside += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.poisoned = true;
-                Err(e)
-            }
-        }
+        self.progress.finish_set_aside(change, result)
     }
 }
 
@@ -443,17 +391,6 @@ impl Drop for ApplySession<'_> {
                 self.store.stale = true;
             }
         }
-    }
-}
-
-enum Failure {
-    Row(RowError),
-    Store(StoreError),
-}
-
-impl<E: Into<RowError>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Row(e.into())
     }
 }
 

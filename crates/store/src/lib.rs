@@ -15,16 +15,21 @@
 //!   each driver's error type, so `?` works inside each store crate.
 //! - The records a store reports: [`ApplyReport`], [`ConflictRecord`],
 //!   [`FailureRecord`], and the tunables in [`StoreOptions`].
+//! - [`TxnProgress`]: the state machine of an apply transaction (commit only at a
+//!   source-transaction boundary, poisoned after a failure, failures naming their
+//!   change), so each store's session only writes to its database.
 //! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
 mod cursor;
 mod error;
+mod progress;
 mod records;
 mod store;
 
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
+pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use store::{ApplyTxn, LogRead, Store, merge_all, pull};
 
