@@ -35,24 +35,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use concord_core::{NodeId, Value, VersionVector};
-use concord_harness::model::{
-    self, Effect, Key, Layout, LoggedChange, Progress, Row, Table, Txn, Version,
-};
-use concord_harness::process::ServeProcess;
-use concord_harness::proxy::Proxy;
+use concord_core::NodeId;
+use concord_harness::changelog;
+use concord_harness::episodes::{self, Rounds};
+use concord_harness::mode::{self, minutes};
+use concord_harness::model::{self, Key, Progress, Row, Table, Txn};
+use concord_harness::node::{self, Settings};
+use concord_harness::process::{self, ServeProcess};
 use concord_harness::rng::Rng;
+use concord_harness::run::{self, Control, Histories, StopOnExit, lock, ms, nap};
 use concord_harness::skew::{self, ClockSkew};
+use concord_harness::status;
 use concord_harness::topology::{self, Link};
-use concord_sqlite::LogReader;
+use concord_harness::workload::{self, Planner, SHARED, Step};
 use rusqlite::Connection;
 use rusqlite::OpenFlags;
 
@@ -85,23 +86,9 @@ const SKEW_S: i64 = 90;
 /// How far a measured clock offset may be from the configured one.
 const SKEW_TOLERANCE_MS: i64 = 2_000;
 
-const SHARED: Range<Key> = 1..21;
-
 /// The two tests run one at a time: together they would run seven node processes on
 /// the small machines this runs on, and a starved node misses its stall timeouts.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn own_range(node: usize) -> Range<Key> {
-    let base = 1000 * (node as Key + 1);
-    base..base + 40
-}
-
-fn layout() -> Layout {
-    Layout {
-        own: (0..WRITERS).map(own_range).collect(),
-        shared: SHARED,
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
@@ -160,45 +147,7 @@ impl Shape {
 }
 
 fn seed(shape: Shape) -> u64 {
-    match std::env::var("CONCORD_HARNESS_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("CONCORD_HARNESS_SEED={s:?}: {e}"))
-        }
-        // Long mode draws a fresh seed (printed, so a failure can be replayed); the
-        // short mode that `cargo test` runs always uses the same one.
-        Err(_) if minutes().is_some() => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(shape.default_seed(), |d| d.as_nanos() as u64),
-        Err(_) => shape.default_seed(),
-    }
-}
-
-/// Long mode: `CONCORD_HARNESS_MINUTES=N` repeats rounds of faults under the workload for
-/// N minutes instead of the single round of the short mode (libtest takes no options of
-/// its own, so the duration comes from the environment).
-fn minutes() -> Option<u64> {
-    std::env::var("CONCORD_HARNESS_MINUTES").ok().map(|m| {
-        m.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("CONCORD_HARNESS_MINUTES={m:?}: {e}"))
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    mode::seed(shape.default_seed())
 }
 
 /// Milliseconds since the Unix epoch, on the test's own (true) clock.
@@ -208,139 +157,45 @@ fn wall_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// One node's data directory and addresses.
-struct NodeDir {
-    name: String,
-    dir: PathBuf,
+/// What the test keeps about a node's store.
+struct Files {
     /// The tracked database (none for the hub).
     db: Option<PathBuf>,
     /// The file holding the change log: the database, or the relay's store.
-    store: PathBuf,
-    listen: SocketAddr,
-    http: SocketAddr,
-    fingerprint: String,
+    log: PathBuf,
+}
+
+/// One node's data directory and addresses.
+type NodeDir = node::NodeDir<Files>;
+
+fn settings() -> Settings {
+    Settings {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_concord")),
+        stall_timeout_s: STALL_TIMEOUT_S,
+        default_retention: DEFAULT_RETENTION_CHANGES,
+        retention: retention_changes(),
+    }
 }
 
 fn init_node(root: &Path, name: &str, relay: bool) -> NodeDir {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_concord"));
-    init.args(["init", "--dir"])
-        .arg(&dir)
-        .args(["--name", name]);
-    let (db, store) = if relay {
-        init.arg("--relay");
-        (None, dir.join("relay.db"))
+    let (args, files): (&[&str], Files) = if relay {
+        let log = dir.join("relay.db");
+        (&["--relay"], Files { db: None, log })
     } else {
         let db = dir.join("app.db");
         Connection::open(&db)
             .unwrap()
             .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
             .unwrap();
-        init.args(["--sqlite", "app.db", "--tables", "t"]);
-        (Some(db.clone()), db)
+        let files = Files {
+            db: Some(db.clone()),
+            log: db,
+        };
+        (&["--sqlite", "app.db", "--tables", "t"], files)
     };
-    let out = init
-        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
-        .env_remove("CONCORD_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "init {name}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fingerprint = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap_or_else(|| panic!("init printed no fingerprint: {stdout}"))
-        .trim()
-        .to_owned();
-    // Notice a black-holed link within seconds rather than the default 30 s.
-    let config = dir.join("concord.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("stall_timeout_s = 30"), "{text}");
-    let default_retention = format!("retention_changes = {DEFAULT_RETENTION_CHANGES}");
-    assert!(text.contains(&default_retention), "{text}");
-    let text = text
-        .replace(
-            "stall_timeout_s = 30",
-            &format!("stall_timeout_s = {STALL_TIMEOUT_S}\nping_interval_s = 1"),
-        )
-        .replace(
-            &default_retention,
-            &format!("retention_changes = {}", retention_changes()),
-        );
-    std::fs::write(&config, text).unwrap();
-    NodeDir {
-        name: name.to_owned(),
-        dir,
-        db,
-        store,
-        listen,
-        http,
-        fingerprint,
-    }
-}
-
-fn add_peer(dir: &Path, name: &str, fingerprint: &str, address: Option<SocketAddr>) {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.join("concord.toml"))
-        .unwrap();
-    writeln!(
-        file,
-        "\n[[peers]]\nname = {name:?}\nfingerprint = {fingerprint:?}"
-    )
-    .unwrap();
-    if let Some(address) = address {
-        writeln!(file, "address = \"{address}\"").unwrap();
-    }
-}
-
-/// `GET /v1/status`, or why not.
-fn status(http: SocketAddr) -> Result<serde_json::Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let url = format!("http://{http}/v1/status");
-    agent
-        .get(&url)
-        .call()
-        .map_err(|e| format!("GET {url}: {e}"))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| format!("GET {url}: {e}"))
-}
-
-/// Origin -> sequence held, leaving out origins with nothing.
-fn holds(status: &serde_json::Value) -> BTreeMap<String, u64> {
-    status["holds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| Some((h["origin"].as_str()?.to_owned(), h["seq"].as_u64()?)))
-        .filter(|(_, seq)| *seq > 0)
-        .collect()
-}
-
-fn peer_summary(status: &serde_json::Value) -> String {
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}={} (last error: {})",
-                p["name"], p["state"], p["last_error"]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    node::init(&settings(), dir, name, args, files).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn open_reader(db: &Path) -> rusqlite::Result<Connection> {
@@ -372,94 +227,6 @@ fn scalar(db: &Path, sql: &str) -> rusqlite::Result<i64> {
     open_reader(db)?.query_row(sql, [], |r| r.get(0))
 }
 
-/// Per origin: how many log entries, the lowest and the highest sequence number.
-fn log_counts(db: &Path) -> rusqlite::Result<BTreeMap<String, (u64, u64, u64)>> {
-    let conn = open_reader(db)?;
-    let mut stmt = conn.prepare(
-        "SELECT lower(hex(o.node_id)), count(*), min(l.seq), max(l.seq)
-         FROM __concord_log l JOIN __concord_origins o ON o.id = l.origin
-         GROUP BY o.node_id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            (
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, i64>(3)? as u64,
-            ),
-        ))
-    })?;
-    rows.collect()
-}
-
-/// Every change in the log of `store`, through Concord's own log reader (the decoding
-/// sync uses; the merge is predicted independently in `model::check_last_writer`).
-fn read_log(store: &Path) -> Result<Vec<concord_core::Change>, String> {
-    let mut reader = LogReader::open(store).map_err(|e| e.to_string())?;
-    let everything = VersionVector::new();
-    let mut after = 0;
-    let mut changes = Vec::new();
-    loop {
-        let page = reader
-            .read(after, &everything, 10_000)
-            .map_err(|e| e.to_string())?;
-        if page.last_pos == after {
-            return Ok(changes);
-        }
-        after = page.last_pos;
-        changes.extend(page.changes);
-    }
-}
-
-/// The changes to the shared range in `changes`, as the model reads them.
-fn shared_changes(
-    changes: &[concord_core::Change],
-    writer_of: &HashMap<NodeId, usize>,
-) -> Result<Vec<LoggedChange>, String> {
-    let version = |v: &concord_core::Version| Version {
-        hlc: v.hlc.as_u64(),
-        origin: u128::from_be_bytes(*v.origin.as_bytes()),
-    };
-    let mut out = Vec::new();
-    for c in changes.iter().filter(|c| c.table == "t") {
-        let key = match c.key.decode().map_err(|e| e.to_string())?.as_slice() {
-            [Value::Integer(k)] => *k,
-            other => return Err(format!("a key of t is not one integer: {other:?}")),
-        };
-        if !SHARED.contains(&key) {
-            continue;
-        }
-        let writer = *writer_of
-            .get(&c.origin)
-            .ok_or_else(|| format!("key {key}: a change from unknown origin {}", c.origin))?;
-        let column = |name: &str| c.columns.iter().find(|col| col.column == name);
-        let v = match column("v") {
-            None => None,
-            Some(col) => match &col.value {
-                Value::Text(s) => Some((s.clone(), version(&col.version))),
-                other => return Err(format!("key {key}: v is {} in the log", other.kind())),
-            },
-        };
-        let n = match column("n") {
-            None => None,
-            Some(col) => match &col.value {
-                Value::Integer(x) => Some((*x, version(&col.version))),
-                other => return Err(format!("key {key}: n is {} in the log", other.kind())),
-            },
-        };
-        out.push(LoggedChange {
-            key,
-            writer,
-            seq: c.seq,
-            cl: c.causal_length.0,
-            v,
-            n,
-        });
-    }
-    Ok(out)
-}
-
 /// The wall-clock offset of a `concord serve` process, from the timestamp of the first
 /// line it logged after a start at true time `started_ms` (and before `seen_ms`):
 /// between `first - seen_ms` and `first - started_ms`.
@@ -476,77 +243,35 @@ fn serve_clock_offset(dir: &Path, started_ms: i64, seen_ms: i64) -> Result<(i64,
 
 /// Shared between the threads of the run.
 struct Run {
-    layout: Layout,
+    control: Control,
+    /// Committed transactions per writer.
+    histories: Histories,
     /// The writers' databases (writer `i` writes to node `i`).
     dbs: Vec<PathBuf>,
-    /// Committed transactions per writer. A writer holds its lock across COMMIT and
-    /// the append, so a checker that snapshots a table *then* locks the histories sees
-    /// every transaction the snapshot could contain.
-    histories: Vec<Mutex<Vec<Txn>>>,
     /// True time just before each writer's first BEGIN that committed, and just after
     /// its COMMIT.
     first_commit: Vec<Mutex<Option<(i64, i64)>>>,
     /// The skew the skewed writer measured on its own SQLite clock.
     writer_clock_offset_ms: Mutex<Option<i64>>,
-    stop: AtomicBool,
-    failure: Mutex<Option<String>>,
     row_writes: AtomicU64,
     busy_retries: AtomicU64,
-    snapshots_checked: AtomicU64,
 }
 
 impl Run {
-    fn fail(&self, message: String) {
-        lock(&self.failure).get_or_insert(message);
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+    fn read(&self, node: usize) -> Result<Table, String> {
+        snapshot(&self.dbs[node]).map_err(|e| format!("reading n{node}: {e}"))
     }
 
     /// Whether `node` misses the latest committed transaction of one of `writers`.
     fn lags_behind(&self, node: usize, writers: &[usize]) -> Result<bool, String> {
-        let table = snapshot(&self.dbs[node]).map_err(|e| format!("reading n{node}: {e}"))?;
-        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
-        for &writer in writers {
-            let history = &guards[writer];
-            let prefix = model::prefix_of(history, &self.layout.own[writer], &table)?;
-            if prefix.max < history.len() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.histories.lags_behind(&self.read(node)?, writers)
     }
 
     /// Checks one snapshot of `node` against every history.
     fn check_snapshot(&self, node: usize, progress: &mut Progress) -> Result<(), String> {
-        let table = snapshot(&self.dbs[node]).map_err(|e| format!("reading n{node}: {e}"))?;
-        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
-        let views: Vec<&[Txn]> = guards.iter().map(|g| g.as_slice()).collect();
-        let prefixes = model::check_snapshot(&self.layout, &views, &table).map_err(|p| {
-            format!(
-                "snapshot of n{node} during the run is inconsistent:\n{}",
-                p.join("\n")
-            )
-        })?;
-        for (writer, prefix) in prefixes.into_iter().enumerate() {
-            progress.observe(node, writer, prefix)?;
-        }
-        self.snapshots_checked.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-/// Sets the stop flag when a thread ends, also by panicking, so the others end too.
-struct StopOnExit<'a>(&'a Run);
-
-impl Drop for StopOnExit<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0
-                .fail("a harness thread panicked (see its message above)".into());
-        }
+        let table = self.read(node)?;
+        self.histories
+            .check_snapshot(node, &format!("n{node}"), &table, progress)
     }
 }
 
@@ -720,22 +445,12 @@ impl Sql {
     }
 }
 
-/// One write the writer is about to make, with its SQL and the row count it must affect.
-struct Step {
-    sql: String,
-    /// `None`: a delete of a shared row that may be absent here (0 or 1 rows); its
-    /// effect is recorded only if it deleted one, because a delete of nothing is not a
-    /// write anywhere (nothing is captured).
-    affects: Option<usize>,
-    effects: Vec<Effect>,
-}
-
 /// Writes random transactions to node `me` until the run stops, through an ordinary
 /// connection, or through a writer process under `skew`. Own-range writes are planned
 /// against an exact model of the own range (only this writer writes it); shared writes
 /// always set every column.
 fn writer(run: &Run, me: usize, mut rng: Rng, skew: Option<ClockSkew>) {
-    let _guard = StopOnExit(run);
+    let _guard = StopOnExit(&run.control);
     let mut sql = match &skew {
         None => {
             let conn = Connection::open(&run.dbs[me]).unwrap();
@@ -754,151 +469,22 @@ fn writer(run: &Run, me: usize, mut rng: Rng, skew: Option<ClockSkew>) {
         let offset = now - (before + wall_ms()) / 2;
         *lock(&run.writer_clock_offset_ms) = Some(offset);
         if (offset - skew.offset_ms()).abs() > SKEW_TOLERANCE_MS {
-            run.fail(format!(
+            run.control.fail(format!(
                 "libfaketime did not skew n{me}'s writer process: its SQLite clock is {offset} ms off, expected {} ms",
                 skew.offset_ms()
             ));
             return;
         }
     }
-    let own = own_range(me);
-    let mut model = Table::new();
-    let mut next_n: i64 = (me as i64 + 1) * 1_000_000_000;
-    let mut txn_no = 0u64;
-    while !run.stopped() {
-        txn_no += 1;
-        let tag = format!("{me}:{txn_no}");
-        let mut planned = model.clone();
-        let ops = if rng.chance(60) { 1 } else { rng.range(2, 6) };
-        let mut steps = Vec::new();
-        for _ in 0..ops {
-            let mut n = || {
-                next_n += 1;
-                next_n
-            };
-            if rng.chance(25) {
-                let key = SHARED.start + rng.range(0, (SHARED.end - SHARED.start) as u64) as Key;
-                if rng.chance(70) {
-                    let row = Row {
-                        v: tag.clone(),
-                        n: n(),
-                    };
-                    steps.push(Step {
-                        sql: format!(
-                            "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {}) ON CONFLICT(id) DO UPDATE SET v = excluded.v, n = excluded.n",
-                            row.v, row.n
-                        ),
-                        affects: Some(1),
-                        effects: vec![Effect { key, after: Some(row) }],
-                    });
-                } else {
-                    steps.push(Step {
-                        sql: format!("DELETE FROM t WHERE id = {key}"),
-                        affects: None,
-                        effects: vec![Effect { key, after: None }],
-                    });
-                }
-                continue;
-            }
-            let key = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
-            let Some(old) = planned.get(&key).cloned() else {
-                // Absent: an insert, or a re-insert after a delete.
-                let row = Row {
-                    v: tag.clone(),
-                    n: n(),
-                };
-                steps.push(Step {
-                    sql: format!(
-                        "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {})",
-                        row.v, row.n
-                    ),
-                    affects: Some(1),
-                    effects: vec![Effect {
-                        key,
-                        after: Some(row.clone()),
-                    }],
-                });
-                planned.insert(key, row);
-                continue;
-            };
-            let roll = rng.range(0, 100);
-            let (sql, effects) = if roll < 30 {
-                let row = Row {
-                    v: tag.clone(),
-                    n: n(),
-                };
-                (
-                    format!(
-                        "UPDATE t SET v = '{}', n = {} WHERE id = {key}",
-                        row.v, row.n
-                    ),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 45 {
-                let row = Row {
-                    v: tag.clone(),
-                    n: old.n,
-                };
-                (
-                    format!("UPDATE t SET v = '{}' WHERE id = {key}", row.v),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 60 {
-                let row = Row {
-                    v: old.v.clone(),
-                    n: n(),
-                };
-                (
-                    format!("UPDATE t SET n = {} WHERE id = {key}", row.n),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 85 {
-                (
-                    format!("DELETE FROM t WHERE id = {key}"),
-                    vec![Effect { key, after: None }],
-                )
-            } else {
-                // Move the row to another own key that is free.
-                let to = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
-                if planned.contains_key(&to) {
-                    continue;
-                }
-                let row = Row {
-                    v: tag.clone(),
-                    n: old.n,
-                };
-                (
-                    format!("UPDATE t SET id = {to}, v = '{}' WHERE id = {key}", row.v),
-                    vec![
-                        Effect { key, after: None },
-                        Effect {
-                            key: to,
-                            after: Some(row),
-                        },
-                    ],
-                )
-            };
-            for e in &effects {
-                match &e.after {
-                    Some(r) => planned.insert(e.key, r.clone()),
-                    None => planned.remove(&e.key),
-                };
-            }
-            steps.push(Step {
-                sql,
-                affects: Some(1),
-                effects,
-            });
-        }
+    let mut planner = Planner::for_writer(me);
+    while !run.control.stopped() {
+        let plan = planner.plan(&mut rng, |key, row| {
+            format!(
+                "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {}) ON CONFLICT(id) DO UPDATE SET v = excluded.v, n = excluded.n",
+                row.v, row.n
+            )
+        });
+        let (tag, steps) = (plan.tag, plan.steps);
         if steps.is_empty() {
             continue;
         }
@@ -912,33 +498,36 @@ fn writer(run: &Run, me: usize, mut rng: Rng, skew: Option<ClockSkew>) {
             Err(e) => panic!("n{me}: BEGIN IMMEDIATE failed: {e}"),
         }
         let mut effects = Vec::new();
-        for step in steps {
+        for Step {
+            sql: statement,
+            affects,
+            effects: step_effects,
+        } in steps
+        {
             let affected = sql
-                .execute(&step.sql)
-                .unwrap_or_else(|e| panic!("n{me}: {}: {e}", step.sql));
-            match step.affects {
-                Some(expected) if affected != expected => {
-                    run.fail(format!(
-                        "n{me}: `{}` affected {affected} rows, expected {expected}: the own range \
-                         changed under its only writer (something else wrote it)",
-                        step.sql
-                    ));
-                    return;
-                }
-                None if affected == 0 => {}
-                _ => effects.extend(step.effects),
+                .execute(&statement)
+                .unwrap_or_else(|e| panic!("n{me}: {statement}: {e}"));
+            if !affects.accepts(affected as u64, false) {
+                run.control.fail(format!(
+                    "n{me}: `{statement}` affected {affected} rows, expected 1: the own range \
+                     changed under its only writer (something else wrote it)"
+                ));
+                return;
+            }
+            if affected > 0 {
+                effects.extend(step_effects);
             }
         }
         let writes = effects.len() as u64;
         {
-            let mut history = lock(&run.histories[me]);
+            let mut history = run.histories.writer(me);
             // Not retried: an error here leaves it unknown whether the write committed.
             sql.commit()
                 .unwrap_or_else(|e| panic!("n{me}: COMMIT failed: {e}"));
             history.push(Txn { tag, effects });
         }
         lock(&run.first_commit[me]).get_or_insert((begun, wall_ms()));
-        model = planned;
+        planner.committed(plan.planned);
         run.row_writes.fetch_add(writes, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(rng.range(0, 12)));
     }
@@ -949,21 +538,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
-}
-
-/// Snapshots every writer's node in turn while the run goes on and checks each.
-fn checker(run: &Run, mut rng: Rng) {
-    let _guard = StopOnExit(run);
-    let mut progress = Progress::default();
-    let mut node = 0;
-    while !run.stopped() {
-        std::thread::sleep(Duration::from_millis(rng.range(200, 500)));
-        if let Err(e) = run.check_snapshot(node, &mut progress) {
-            run.fail(e);
-            return;
-        }
-        node = (node + 1) % WRITERS;
-    }
 }
 
 /// One fault episode; each sets itself up and heals before the next starts.
@@ -1011,22 +585,6 @@ struct Injected {
     kills_of_the_hub: u32,
 }
 
-/// Sleeps `d`, in small steps so a failure elsewhere ends the run quickly.
-fn nap(run: &Run, d: Duration) {
-    let end = Instant::now() + d;
-    while !run.stopped() {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
-
-fn ms(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
-    Duration::from_millis(rng.range(lo, hi))
-}
-
 /// What the faults act on: the node processes, their directories and the links.
 struct Net<'a> {
     shape: Shape,
@@ -1040,20 +598,12 @@ impl Net<'_> {
     /// listener connected.
     fn wait_connected(&self, run: &Run, link: usize, within: Duration) {
         let (dialer, listener) = self.links[link].ends();
-        let peer = format!("\"{}\"=\"connected\"", self.dirs[listener].name);
-        let end = Instant::now() + within;
-        while Instant::now() < end && !run.stopped() {
-            if status(self.dirs[dialer].http).is_ok_and(|s| peer_summary(&s).contains(&peer)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let peer = &self.dirs[listener].name;
+        status::wait_connected(&run.control, self.dirs[dialer].http, peer, within);
     }
 
     fn kill_and_restart(&self, run: &Run, node: usize, down: Duration, injected: &mut Injected) {
-        lock(&self.nodes[node]).kill().unwrap();
-        nap(run, down);
-        lock(&self.nodes[node]).restart().unwrap();
+        episodes::kill_and_restart(&run.control, &self.nodes[node], down).unwrap();
         injected.kills += 1;
         if self.shape.is_hub(node) {
             injected.kills_of_the_hub += 1;
@@ -1074,20 +624,18 @@ impl Net<'_> {
 
 /// Runs the fault schedule.
 fn faults(run: &Run, mut rng: Rng, net: &Net<'_>, injected: &mut Injected) {
-    let _guard = StopOnExit(run);
-    let deadline = minutes().map(|m| Instant::now() + Duration::from_secs(m * 60));
+    let _guard = StopOnExit(&run.control);
+    let rounds = Rounds::new(minutes());
     loop {
         fault_round(run, &mut rng, net, injected);
         injected.rounds += 1;
-        match deadline {
-            Some(deadline) if Instant::now() < deadline && !run.stopped() => {
-                println!(
-                    "{:?} round {} done; faults so far: {injected:?}",
-                    net.shape, injected.rounds
-                );
-            }
-            _ => return,
+        if !rounds.another(&run.control) {
+            return;
         }
+        println!(
+            "{:?} round {} done; faults so far: {injected:?}",
+            net.shape, injected.rounds
+        );
     }
 }
 
@@ -1129,21 +677,14 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
     });
     rng.shuffle(&mut schedule);
     println!("{:?} fault schedule: {schedule:?}", net.shape);
-    // Let some history build up before the first fault.
-    nap(run, ms(rng, 1000, 2000));
-    for fault in schedule {
-        if run.stopped() {
-            return;
-        }
+    episodes::run_schedule(&run.control, rng, schedule, |fault, rng| {
         match fault {
             Fault::DropConnections { link } => {
-                links[link].proxy.drop_connections();
+                episodes::drop_connections(&links[link]);
                 injected.drops += 1;
             }
             Fault::Delay { link } => {
-                links[link].proxy.set_delay(ms(rng, 50, 250));
-                nap(run, ms(rng, 1500, 3000));
-                links[link].proxy.heal();
+                episodes::delay(&run.control, rng, &links[link]);
                 injected.delays += 1;
             }
             Fault::SlowLink { link } => {
@@ -1157,7 +698,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 let before = proxy.counts().forwarded_bytes;
                 let capped = Instant::now();
                 proxy.set_rate(rate);
-                nap(run, ms(rng, 1500, 3000));
+                nap(&run.control, ms(rng, 1500, 3000));
                 let crossed = proxy.counts().forwarded_bytes - before;
                 let allowed = 2.0 * 1.5 * rate as f64 * capped.elapsed().as_secs_f64();
                 proxy.heal();
@@ -1175,10 +716,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 }
             }
             Fault::BlackHole { link } => {
-                links[link].proxy.black_hole();
-                // Longer than the stall timeout sometimes, shorter other times.
-                nap(run, ms(rng, 1500, 2000 + STALL_TIMEOUT_S * 1000));
-                links[link].proxy.heal();
+                episodes::black_hole(&run.control, rng, &links[link], STALL_TIMEOUT_S);
                 injected.black_holes += 1;
             }
             Fault::Partition { group } => {
@@ -1186,7 +724,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 let cut = topology::partition_groups(links, &group);
                 let label = topology::components(nodes, &pairs, &cut);
                 println!("{:?} partition {}", net.shape, net.show_group(&group));
-                nap(run, ms(rng, 2000, 4000));
+                nap(&run.control, ms(rng, 2000, 4000));
                 // A writer cut off from some others, to check and then to crash.
                 let mut writers: Vec<usize> = (0..WRITERS).collect();
                 rng.shuffle(&mut writers);
@@ -1196,7 +734,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 });
                 // The harness checks itself: a partition that let changes through
                 // would make the rest of this test prove less than it claims.
-                if let Some((w, away)) = victim.as_ref().filter(|_| !run.stopped()) {
+                if let Some((w, away)) = victim.as_ref().filter(|_| !run.control.stopped()) {
                     let behind = run.lags_behind(*w, away).unwrap_or_else(|e| panic!("{e}"));
                     assert!(
                         behind,
@@ -1211,7 +749,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 // Crash a node that was cut off while it catches up on what it missed:
                 // the moment a crash is most likely to land inside an apply.
                 let crashed = victim.map_or(group[0], |(w, _)| w);
-                nap(run, ms(rng, 20, 300));
+                nap(&run.control, ms(rng, 20, 300));
                 net.kill_and_restart(run, crashed, ms(rng, 100, 800), injected);
                 injected.kills_while_catching_up += 1;
             }
@@ -1219,8 +757,7 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
                 net.kill_and_restart(run, node, ms(rng, 200, 2000), injected);
             }
         }
-        nap(run, ms(rng, 300, 1200));
-    }
+    });
 }
 
 /// What the nodes look like after the run: the writers' tables and pending writes,
@@ -1235,37 +772,27 @@ struct Observed {
 
 impl Observed {
     fn take(dirs: &[NodeDir]) -> Self {
-        let statuses: Vec<Result<serde_json::Value, String>> =
-            dirs.iter().map(|d| status(d.http)).collect();
-        let writers: Vec<&Path> = dirs.iter().filter_map(|d| d.db.as_deref()).collect();
+        let statuses = status::all(dirs.iter().map(|d| d.http));
+        let writers: Vec<&Path> = dirs.iter().filter_map(|d| d.store.db.as_deref()).collect();
         Self {
             tables: writers
                 .iter()
                 .map(|d| snapshot(d).map_err(|e| e.to_string()))
                 .collect(),
-            holds: statuses
-                .iter()
-                .map(|s| s.as_ref().map(holds).map_err(Clone::clone))
-                .collect(),
+            holds: status::holds_of(&statuses),
             pending: writers
                 .iter()
                 .map(|d| {
                     scalar(d, "SELECT count(*) FROM __concord_pending").map_err(|e| e.to_string())
                 })
                 .collect(),
-            peers: statuses
-                .iter()
-                .map(|s| s.as_ref().map_or_else(Clone::clone, peer_summary))
-                .collect(),
+            peers: status::peers_of(&statuses),
             names: dirs.iter().map(|d| d.name.clone()).collect(),
         }
     }
 
     fn converged(&self) -> bool {
-        fn same<T: PartialEq>(v: &[Result<T, String>]) -> bool {
-            v.iter().all(Result::is_ok) && v.windows(2).all(|w| w[0] == w[1])
-        }
-        same(&self.tables) && same(&self.holds) && self.pending.iter().all(|p| matches!(p, Ok(0)))
+        run::converged(&self.tables, &self.holds, &self.pending)
     }
 
     fn describe(&self) -> String {
@@ -1309,7 +836,7 @@ fn hub_spokes_converge_through_a_relay_under_faults_clock_skew_and_crashes() {
 fn run_topology(shape: Shape) {
     let _serial = lock(&SERIAL);
     let seed = seed(shape);
-    println!("{shape:?}: CONCORD_HARNESS_SEED={seed:#x} (set it to replay this run)");
+    mode::print_seed(&format!("{shape:?}"), seed);
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let root = tempfile::tempdir().unwrap();
@@ -1345,70 +872,32 @@ fn run_topology(shape: Shape) {
         .enable_all()
         .build()
         .unwrap();
-    let mut links = Vec::new();
-    for (a, b) in shape.links() {
-        let proxy = runtime.block_on(Proxy::start(dirs[b].listen)).unwrap();
-        add_peer(
-            &dirs[a].dir,
-            &dirs[b].name,
-            &dirs[b].fingerprint,
-            Some(proxy.addr()),
-        );
-        add_peer(&dirs[b].dir, &dirs[a].name, &dirs[a].fingerprint, None);
-        links.push(Link {
-            dialer: a,
-            listener: b,
-            proxy,
-        });
-    }
+    let links = node::link(&runtime, &dirs, &shape.links()).unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
     let serve_started = wall_ms();
-    let nodes: Vec<Mutex<ServeProcess>> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let env = match &skew {
-                Some(skew) if i == skewed => skew.env(),
-                _ => Vec::new(),
-            };
-            Mutex::new(ServeProcess::start_with_env(binary, &d.dir, env).unwrap())
-        })
-        .collect();
-    let logs = |nodes: &[Mutex<ServeProcess>]| {
-        nodes
-            .iter()
-            .map(|n| lock(n).logs(6000))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let nodes = node::start(binary, &dirs, |i| match &skew {
+        Some(skew) if i == skewed => skew.env(),
+        _ => Vec::new(),
+    })
+    .unwrap();
+    let logs = |nodes: &[Mutex<ServeProcess>]| process::all_logs(nodes, 6000);
 
     // Every node sees all its peers connected before the workload starts.
-    let wait_start = Instant::now();
-    loop {
-        let states: Vec<String> = dirs
+    let https: Vec<_> = dirs.iter().map(|d| d.http).collect();
+    let peers_of = |i: usize| {
+        shape
+            .links()
             .iter()
-            .map(|d| status(d.http).map_or_else(|e| e, |s| peer_summary(&s)))
-            .collect();
-        let peers_of = |i: usize| {
-            shape
-                .links()
-                .iter()
-                .filter(|(a, b)| *a == i || *b == i)
-                .count()
-        };
-        if states
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.matches("\"connected\"").count() == peers_of(i))
-        {
-            break;
-        }
-        assert!(
-            wait_start.elapsed() < TIMEOUT,
+            .filter(|(a, b)| *a == i || *b == i)
+            .count()
+    };
+    if let Err(states) =
+        status::wait_all_connected(&https, peers_of, TIMEOUT, Duration::from_millis(100))
+    {
+        panic!(
             "the {shape:?} did not connect within {TIMEOUT:?}: {states:?}\n{}",
             logs(&nodes)
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     // The harness checks itself: libfaketime must have reached the Rust process.
     let serve_offset = skew.as_ref().map(|skew| {
@@ -1423,16 +912,13 @@ fn run_topology(shape: Shape) {
     });
 
     let run = Run {
-        layout: layout(),
-        dbs: dirs.iter().filter_map(|d| d.db.clone()).collect(),
-        histories: (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect(),
+        control: Control::new(),
+        histories: Histories::new(workload::layout(WRITERS)),
+        dbs: dirs.iter().filter_map(|d| d.store.db.clone()).collect(),
         first_commit: (0..WRITERS).map(|_| Mutex::new(None)).collect(),
         writer_clock_offset_ms: Mutex::new(None),
-        stop: AtomicBool::new(false),
-        failure: Mutex::new(None),
         row_writes: AtomicU64::new(0),
         busy_retries: AtomicU64::new(0),
-        snapshots_checked: AtomicU64::new(0),
     };
     let mut injected = Injected::default();
     let net = Net {
@@ -1441,62 +927,36 @@ fn run_topology(shape: Shape) {
         nodes: &nodes,
         dirs: &dirs,
     };
-    let workload_started = Instant::now();
-    std::thread::scope(|s| {
-        for me in 0..WRITERS {
-            let writer_rng = rng.fork(me as u64);
-            let run = &run;
-            let skew = skew.clone().filter(|_| me == skewed);
-            s.spawn(move || writer(run, me, writer_rng, skew));
-        }
-        let checker_rng = rng.fork(100);
-        let run_ref = &run;
-        s.spawn(move || checker(run_ref, checker_rng));
-        faults(&run, rng.fork(200), &net, &mut injected);
-        // A little more writing on a healthy network, then stop.
-        nap(&run, Duration::from_millis(500));
-        run.stop.store(true, Ordering::SeqCst);
-    });
-    let workload = workload_started.elapsed();
-    if let Some(failure) = lock(&run.failure).take() {
-        panic!("{shape:?} seed {seed:#x}: {failure}\n{}", logs(&nodes));
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if let Some(status) = lock(node).exited().unwrap() {
-            panic!(
-                "{shape:?} seed {seed:#x}: {} exited on its own with {status}\n{}",
-                dirs[i].name,
-                logs(&nodes)
-            );
-        }
-    }
-    for link in &links {
-        link.proxy.heal();
-    }
+    let workload = run::workload(
+        &run.control,
+        &mut rng,
+        WRITERS,
+        |me, writer_rng| writer(&run, me, writer_rng, skew.clone().filter(|_| me == skewed)),
+        WRITERS,
+        |node, progress| run.check_snapshot(node, progress),
+        |faults_rng| faults(&run, faults_rng, &net, &mut injected),
+    );
+    run::end(&run.control, &nodes, &links, |i| dirs[i].name.clone())
+        .unwrap_or_else(|e| panic!("{shape:?} seed {seed:#x}: {e}\n{}", logs(&nodes)));
 
     // Convergence: same rows, same version vectors, nothing left to capture.
-    let healed = Instant::now();
-    let observed = loop {
-        let observed = Observed::take(&dirs);
-        if observed.converged() {
-            break observed;
-        }
-        if healed.elapsed() > CONVERGE_WITHIN {
-            panic!(
-                "{shape:?} seed {seed:#x}: the nodes did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}",
-                observed.describe(),
-                logs(&nodes)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let converged_in = healed.elapsed();
+    let (observed, converged_in) = status::poll(
+        CONVERGE_WITHIN,
+        Duration::from_millis(200),
+        || Observed::take(&dirs),
+        Observed::converged,
+    )
+    .unwrap_or_else(|observed| {
+        panic!(
+            "{shape:?} seed {seed:#x}: the nodes did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}",
+            observed.describe(),
+            logs(&nodes)
+        )
+    });
 
     // Nothing lost, nothing partial, nothing duplicated, nothing invented.
-    let histories: Vec<Vec<Txn>> = run.histories.iter().map(|h| lock(h).clone()).collect();
-    let views: Vec<&[Txn]> = histories.iter().map(Vec::as_slice).collect();
     let table = observed.tables[0].as_ref().unwrap();
-    let problems = model::check_final(&run.layout, &views, table);
+    let problems = run.histories.check_final(table);
     assert!(
         problems.is_empty(),
         "{shape:?} seed {seed:#x}: the converged state is wrong:\n{}\n{}",
@@ -1508,32 +968,11 @@ fn run_topology(shape: Shape) {
     // have been pruned (a long run passes the retention limit), never before.
     let mut pruned = false;
     for (i, d) in dirs.iter().enumerate() {
-        let counts = log_counts(&d.store).unwrap();
+        let counts = changelog::sqlite_log_counts(&d.store.log).unwrap();
         let held = observed.holds[i].as_ref().unwrap();
-        let total: u64 = counts.values().map(|(c, _, _)| c).sum();
-        for (origin, (count, min, max)) in &counts {
-            assert_eq!(
-                *count,
-                max - min + 1,
-                "{shape:?} seed {seed:#x}: {} logs {count} changes of origin {origin} for sequences {min}..={max}",
-                d.name
-            );
-            assert!(
-                *min == 1 || total >= retention_changes(),
-                "{shape:?} seed {seed:#x}: {}'s log of origin {origin} starts at {min} although the log never reached the retention limit",
-                d.name
-            );
-            pruned |= i == 0 && *min > 1;
-        }
-        let logged: BTreeMap<String, u64> = counts
-            .into_iter()
-            .map(|(o, (_, _, max))| (o, max))
-            .collect();
-        assert_eq!(
-            &logged, held,
-            "{shape:?} seed {seed:#x}: {}'s log differs from its version vector",
-            d.name
-        );
+        let node_pruned = changelog::check_log_counts(&d.name, counts, held, retention_changes())
+            .unwrap_or_else(|e| panic!("{shape:?} seed {seed:#x}: {e}"));
+        pruned |= i == 0 && node_pruned;
     }
 
     // The exact check: each shared row and column is the last writer's, by version.
@@ -1541,19 +980,15 @@ fn run_topology(shape: Shape) {
         .iter()
         .take(WRITERS)
         .enumerate()
-        .map(|(w, d)| {
-            let s = status(d.http).unwrap();
-            let id: NodeId = s["node_id"].as_str().unwrap().parse().unwrap();
-            (id, w)
-        })
+        .map(|(w, d)| (status::node_id(d.http).unwrap(), w))
         .collect();
-    let log = read_log(&dirs[0].store).unwrap();
+    let log = changelog::read_log(&dirs[0].store.log).unwrap();
     let last_writer = if pruned {
         // The prediction needs every change of a row; a pruned log lacks the oldest.
         "SKIPPED (n0's log was pruned past the retention limit)".to_owned()
     } else {
-        let logged = shared_changes(&log, &writer_of).unwrap();
-        let problems = model::check_last_writer(&views, &SHARED, &logged, table);
+        let logged = changelog::shared_changes(&log, &writer_of, &SHARED).unwrap();
+        let problems = run.histories.check_last_writer(&logged, table);
         assert!(
             problems.is_empty(),
             "{shape:?} seed {seed:#x}: the shared rows are not the last writers':\n{}\n{}",
@@ -1595,16 +1030,8 @@ fn run_topology(shape: Shape) {
         _ => "not applicable".to_owned(),
     };
 
-    let txns: usize = histories.iter().map(Vec::len).sum();
-    let counts: Vec<_> = links
-        .iter()
-        .map(|l| {
-            (
-                format!("{}->{}", dirs[l.dialer].name, dirs[l.listener].name),
-                l.proxy.counts(),
-            )
-        })
-        .collect();
+    let txns: usize = run.histories.transactions().iter().sum();
+    let counts = node::link_counts(&links, &dirs);
     let skew_report = match &skew {
         Some(skew) => format!(
             "n{skewed} {:+} s: serve's first log line {:?} ms off, writer's SQLite clock {:?} ms off, first HLC ahead of true commit time by {hlc_offset}",
@@ -1620,8 +1047,8 @@ fn run_topology(shape: Shape) {
          workload {workload:.1?}, converged {converged_in:.1?} after healing, total {:.1?}; {} rows at the end\nproxies: {counts:?}",
         run.row_writes.load(Ordering::Relaxed),
         run.busy_retries.load(Ordering::Relaxed),
-        run.snapshots_checked.load(Ordering::Relaxed),
-        nodes.iter().map(|n| lock(n).starts()).collect::<Vec<_>>(),
+        run.histories.snapshots_checked(),
+        process::starts(&nodes),
         started.elapsed(),
         table.len(),
     );

@@ -44,25 +44,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use concord_core::{NodeId, Value, VersionVector};
-use concord_harness::model::{
-    self, Effect, Key, Layout, LoggedChange, Progress, Row, Table, Txn, Version,
-};
-use concord_harness::process::{STDERR_FILE, STDOUT_FILE, ServeProcess};
-use concord_harness::proxy::Proxy;
+use concord_core::{NodeId, Value};
+use concord_harness::changelog;
+use concord_harness::episodes::{self, Rounds};
+use concord_harness::mode::{self, minutes};
+use concord_harness::model::{self, Effect, Key, Row, Table, Txn};
+use concord_harness::node::{self, Settings};
+use concord_harness::process::{self, STDERR_FILE, STDOUT_FILE, ServeProcess};
 use concord_harness::rng::Rng;
+use concord_harness::run::{self, Control, Histories, StopOnExit, lock, ms, nap};
 use concord_harness::servers::{self, MYSQL_URL_ENV, POSTGRES_URL_ENV};
+use concord_harness::status;
 use concord_harness::topology::{self, Link};
-use concord_sqlite::LogReader;
+use concord_harness::workload::{self, Planner, SHARED, Step};
 use mysql::prelude::Queryable;
 
 const TEST: &str = "mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes";
@@ -80,19 +79,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const STALL_TIMEOUT_S: u64 = 3;
 /// The nodes' default `retention_changes`: a short run stays far below it.
 const RETENTION_CHANGES: u64 = 1_000_000;
-const SHARED: Range<Key> = 1..21;
-
-fn own_range(node: usize) -> Range<Key> {
-    let base = 1000 * (node as Key + 1);
-    base..base + 40
-}
-
-fn layout() -> Layout {
-    Layout {
-        own: (0..NODES).map(own_range).collect(),
-        shared: SHARED,
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -117,41 +103,7 @@ fn label(node: usize) -> String {
 }
 
 fn seed() -> u64 {
-    match std::env::var("CONCORD_HARNESS_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("CONCORD_HARNESS_SEED={s:?}: {e}"))
-        }
-        Err(_) if minutes().is_some() => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(SEED, |d| d.as_nanos() as u64),
-        Err(_) => SEED,
-    }
-}
-
-/// Long mode: rounds of faults for `CONCORD_HARNESS_MINUTES` minutes.
-fn minutes() -> Option<u64> {
-    std::env::var("CONCORD_HARNESS_MINUTES").ok().map(|m| {
-        m.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("CONCORD_HARNESS_MINUTES={m:?}: {e}"))
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    mode::seed(SEED)
 }
 
 // ---------------------------------------------------------------------------------
@@ -340,21 +292,7 @@ impl Store {
     /// sequence number.
     fn log_counts(&self) -> Result<BTreeMap<String, (u64, u64, u64)>, String> {
         let rows: Vec<(String, i64, i64, i64)> = match self {
-            Store::Sqlite(db) => {
-                let conn = open_sqlite_reader(db)?;
-                let mut stmt = conn
-                    .prepare(
-                        "SELECT lower(hex(o.node_id)), count(*), min(l.seq), max(l.seq)
-                         FROM __concord_log l JOIN __concord_origins o ON o.id = l.origin
-                         GROUP BY o.node_id",
-                    )
-                    .map_err(|e| e.to_string())?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                    .map_err(|e| e.to_string())?;
-                rows.collect::<rusqlite::Result<_>>()
-                    .map_err(|e| e.to_string())?
-            }
+            Store::Sqlite(db) => return changelog::sqlite_log_counts(db),
             Store::Postgres(url) => pg_connect(url)?
                 .query(
                     "SELECT encode(o.node_id, 'hex'), count(*)::int8, min(l.seq)::int8, max(l.seq)::int8
@@ -570,142 +508,47 @@ fn upsert_sql(kind: Kind, key: Key, row: &Row) -> String {
 // Nodes.
 
 /// One node's data directory and addresses.
-struct NodeDir {
-    name: String,
-    dir: PathBuf,
-    store: Store,
-    listen: SocketAddr,
-    http: SocketAddr,
-    fingerprint: String,
-}
+type NodeDir = node::NodeDir<Store>;
 
 fn init_node(root: &Path, node: usize, dbs: &ServerDatabases) -> NodeDir {
     let kind = KINDS[node];
     let name = kind.name().to_owned();
     let dir = root.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_concord"));
-    init.args(["init", "--dir"])
-        .arg(&dir)
-        .args(["--name", &name, "--tables", "t"]);
-    let store = match kind {
+    let (url, store) = match kind {
         Kind::Sqlite => {
             let db = dir.join("app.db");
             rusqlite::Connection::open(&db)
                 .unwrap()
                 .execute_batch(SQLITE_DDL)
                 .unwrap();
-            init.args(["--sqlite", "app.db"]);
-            Store::Sqlite(db)
+            (None, Store::Sqlite(db))
         }
-        Kind::Postgres => {
-            init.args(["--postgres", &dbs.pg_url()]);
-            Store::Postgres(dbs.pg_url())
-        }
-        Kind::Mariadb => {
-            init.args(["--mysql", &dbs.my_url()]);
-            Store::Mariadb(dbs.my_url())
-        }
+        Kind::Postgres => (
+            Some(("--postgres", dbs.pg_url())),
+            Store::Postgres(dbs.pg_url()),
+        ),
+        Kind::Mariadb => (
+            Some(("--mysql", dbs.my_url())),
+            Store::Mariadb(dbs.my_url()),
+        ),
     };
-    let out = init
-        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
-        .env_remove("CONCORD_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "init {name}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fingerprint = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap_or_else(|| panic!("init printed no fingerprint: {stdout}"))
-        .trim()
-        .to_owned();
-    // Notice a black-holed link within seconds rather than the default 30 s.
-    let config = dir.join("concord.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("stall_timeout_s = 30"), "{text}");
-    let default_retention = format!("retention_changes = {RETENTION_CHANGES}");
-    assert!(text.contains(&default_retention), "{text}");
-    let mut text = text.replace(
-        "stall_timeout_s = 30",
-        &format!("stall_timeout_s = {STALL_TIMEOUT_S}\nping_interval_s = 1"),
-    );
-    if minutes().is_some() {
+    let args = match &url {
+        None => vec!["--tables", "t", "--sqlite", "app.db"],
+        Some((flag, url)) => vec!["--tables", "t", flag, url],
+    };
+    let settings = Settings {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_concord")),
+        stall_timeout_s: STALL_TIMEOUT_S,
+        default_retention: RETENTION_CHANGES,
         // A long run must not prune the log the last-writer check reads.
-        text = text.replace(&default_retention, "retention_changes = 100000000");
-    }
-    std::fs::write(&config, text).unwrap();
-    NodeDir {
-        name,
-        dir,
-        store,
-        listen,
-        http,
-        fingerprint,
-    }
-}
-
-fn add_peer(dir: &Path, name: &str, fingerprint: &str, address: Option<SocketAddr>) {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.join("concord.toml"))
-        .unwrap();
-    writeln!(
-        file,
-        "\n[[peers]]\nname = {name:?}\nfingerprint = {fingerprint:?}"
-    )
-    .unwrap();
-    if let Some(address) = address {
-        writeln!(file, "address = \"{address}\"").unwrap();
-    }
-}
-
-/// `GET /v1/status`, or why not.
-fn status(http: SocketAddr) -> Result<serde_json::Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let url = format!("http://{http}/v1/status");
-    agent
-        .get(&url)
-        .call()
-        .map_err(|e| format!("GET {url}: {e}"))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| format!("GET {url}: {e}"))
-}
-
-/// Origin -> sequence held, leaving out origins with nothing.
-fn holds(status: &serde_json::Value) -> BTreeMap<String, u64> {
-    status["holds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| Some((h["origin"].as_str()?.to_owned(), h["seq"].as_u64()?)))
-        .filter(|(_, seq)| *seq > 0)
-        .collect()
-}
-
-fn peer_summary(status: &serde_json::Value) -> String {
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}={} (last error: {})",
-                p["name"], p["state"], p["last_error"]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+        retention: if minutes().is_some() {
+            100_000_000
+        } else {
+            RETENTION_CHANGES
+        },
+    };
+    node::init(&settings, dir, &name, &args, store).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Lines of the nodes' output that report a panic, with the lines after each.
@@ -817,141 +660,30 @@ fn diagnosis(dirs: &[NodeDir]) -> String {
     out
 }
 
-/// Every change in the SQLite store's log, through Concord's own log reader.
-fn read_log(db: &Path) -> Result<Vec<concord_core::Change>, String> {
-    let mut reader = LogReader::open(db).map_err(|e| e.to_string())?;
-    let everything = VersionVector::new();
-    let mut after = 0;
-    let mut changes = Vec::new();
-    loop {
-        let page = reader
-            .read(after, &everything, 10_000)
-            .map_err(|e| e.to_string())?;
-        if page.last_pos == after {
-            return Ok(changes);
-        }
-        after = page.last_pos;
-        changes.extend(page.changes);
-    }
-}
-
-/// The changes to the shared range in `changes`, as the model reads them.
-fn shared_changes(
-    changes: &[concord_core::Change],
-    writer_of: &HashMap<NodeId, usize>,
-) -> Result<Vec<LoggedChange>, String> {
-    let version = |v: &concord_core::Version| Version {
-        hlc: v.hlc.as_u64(),
-        origin: u128::from_be_bytes(*v.origin.as_bytes()),
-    };
-    let mut out = Vec::new();
-    for c in changes.iter().filter(|c| c.table == "t") {
-        let key = match c.key.decode().map_err(|e| e.to_string())?.as_slice() {
-            [Value::Integer(k)] => *k,
-            other => return Err(format!("a key of t is not one integer: {other:?}")),
-        };
-        if !SHARED.contains(&key) {
-            continue;
-        }
-        let writer = *writer_of
-            .get(&c.origin)
-            .ok_or_else(|| format!("key {key}: a change from unknown origin {}", c.origin))?;
-        let column = |name: &str| c.columns.iter().find(|col| col.column == name);
-        let v = match column("v") {
-            None => None,
-            Some(col) => match &col.value {
-                Value::Text(s) => Some((s.clone(), version(&col.version))),
-                other => return Err(format!("key {key}: v is {} in the log", other.kind())),
-            },
-        };
-        let n = match column("n") {
-            None => None,
-            Some(col) => match &col.value {
-                Value::Integer(x) => Some((*x, version(&col.version))),
-                other => return Err(format!("key {key}: n is {} in the log", other.kind())),
-            },
-        };
-        out.push(LoggedChange {
-            key,
-            writer,
-            seq: c.seq,
-            cl: c.causal_length.0,
-            v,
-            n,
-        });
-    }
-    Ok(out)
-}
-
 // ---------------------------------------------------------------------------------
 // The run: writers, checker, faults.
 
 /// Shared between the threads of the run.
 struct Run {
-    layout: Layout,
+    control: Control,
+    /// Committed transactions per writer.
+    histories: Histories,
     stores: Vec<Store>,
-    /// Committed transactions per writer. A writer holds its lock across COMMIT and
-    /// the append, so a checker that snapshots a table *then* locks the histories sees
-    /// every transaction the snapshot could contain.
-    histories: Vec<Mutex<Vec<Txn>>>,
-    stop: AtomicBool,
-    failure: Mutex<Option<String>>,
     row_writes: AtomicU64,
     /// Per writer: transactions the database rolled back (busy, deadlock, lock wait
     /// timeout) and that were therefore not recorded.
     retries: Vec<AtomicU64>,
     /// Why they were rolled back: `store: message` -> count.
     retry_reasons: Mutex<BTreeMap<String, u64>>,
-    snapshots_checked: AtomicU64,
     /// Which writer each store's node id (the origin of its changes) belongs to.
     writer_of: HashMap<NodeId, usize>,
 }
 
 impl Run {
-    fn fail(&self, message: String) {
-        lock(&self.failure).get_or_insert(message);
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Whether `node` misses the latest committed transaction of one of `writers`.
-    fn lags_behind(&self, node: usize, writers: &[usize]) -> Result<bool, String> {
-        let table = self.stores[node]
+    fn read(&self, node: usize) -> Result<Table, String> {
+        self.stores[node]
             .snapshot()
-            .map_err(|e| format!("reading {}: {e}", label(node)))?;
-        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
-        for &writer in writers {
-            let history = &guards[writer];
-            let prefix = model::prefix_of(history, &self.layout.own[writer], &table)?;
-            if prefix.max < history.len() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Checks one snapshot of `node` against every history.
-    fn check_snapshot(&self, node: usize, progress: &mut Progress) -> Result<(), String> {
-        let table = self.stores[node]
-            .snapshot()
-            .map_err(|e| format!("reading {}: {e}", label(node)))?;
-        let guards: Vec<_> = self.histories.iter().map(|h| lock(h)).collect();
-        let views: Vec<&[Txn]> = guards.iter().map(|g| g.as_slice()).collect();
-        let prefixes = model::check_snapshot(&self.layout, &views, &table).map_err(|p| {
-            format!(
-                "snapshot of {} during the run is inconsistent:\n{}",
-                label(node),
-                p.join("\n")
-            )
-        })?;
-        for (writer, prefix) in prefixes.into_iter().enumerate() {
-            progress.observe(node, writer, prefix)?;
-        }
-        self.snapshots_checked.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            .map_err(|e| format!("reading {}: {e}", label(node)))
     }
 }
 
@@ -985,7 +717,7 @@ impl Run {
         let Store::Sqlite(db) = &self.stores[0] else {
             return String::new();
         };
-        let log = read_log(db);
+        let log = changelog::read_log(db);
         let show = |r: &Option<Row>| {
             r.as_ref()
                 .map_or_else(|| "absent".to_owned(), Row::to_string)
@@ -993,8 +725,8 @@ impl Run {
         let mut out = String::from("--- the keys named above\n");
         for &key in keys {
             out += &format!("key {key}, committed (writer:txn -> row after it):\n");
-            for (w, history) in self.histories.iter().enumerate() {
-                let history = lock(history);
+            for (w, kind) in KINDS.iter().enumerate() {
+                let history = self.histories.writer(w);
                 let writes: Vec<String> = history
                     .iter()
                     .flat_map(|t| {
@@ -1008,7 +740,7 @@ impl Run {
                     let skip = writes.len().saturating_sub(12);
                     out += &format!(
                         "  writer {w} ({}){}: {}\n",
-                        KINDS[w].name(),
+                        kind.name(),
                         if skip > 0 {
                             format!(", last 12 of {}", writes.len())
                         } else {
@@ -1147,186 +879,21 @@ fn mariadb_trail(url: &str, key: Key) -> Result<String, String> {
     ))
 }
 
-/// Sets the stop flag when a thread panics, so the others end too.
-struct StopOnExit<'a>(&'a Run);
-
-impl Drop for StopOnExit<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0
-                .fail("a harness thread panicked (see its message above)".into());
-        }
-    }
-}
-
-/// How many rows a planned statement must affect.
-#[derive(Clone, Copy, Debug)]
-enum Affects {
-    /// Exactly one (own-range writes: the writer knows the range exactly).
-    One,
-    /// An upsert: one, or two on MariaDB when it updated an existing row.
-    Upsert,
-    /// A delete of a shared row that may be absent: 0 or 1. Recorded only if it deleted
-    /// one, because a delete of nothing is not a write anywhere (nothing is captured).
-    AtMostOne,
-}
-
-/// One write the writer is about to make.
-struct Step {
-    sql: String,
-    affects: Affects,
-    effects: Vec<Effect>,
-}
-
 /// Writes random transactions to node `me` through an ordinary client until the run
 /// stops: inserts, updates of one or both columns, deletes, re-inserts, primary-key
 /// changes, up to five rows a transaction, in its own range (planned against an exact
 /// model of it, since only this writer writes there) and in the shared range. A
 /// transaction is recorded only once its COMMIT succeeded.
 fn writer(run: &Run, me: usize, mut rng: Rng) {
-    let _guard = StopOnExit(run);
+    let _guard = StopOnExit(&run.control);
     let kind = KINDS[me];
     let mut sql = run.stores[me]
         .writer()
         .unwrap_or_else(|e| panic!("{}: connecting the writer: {e}", label(me)));
-    let own = own_range(me);
-    let mut model = Table::new();
-    let mut next_n: i64 = (me as i64 + 1) * 1_000_000_000;
-    let mut txn_no = 0u64;
-    while !run.stopped() {
-        txn_no += 1;
-        let tag = format!("{me}:{txn_no}");
-        let mut planned = model.clone();
-        let ops = if rng.chance(60) { 1 } else { rng.range(2, 6) };
-        let mut steps = Vec::new();
-        for _ in 0..ops {
-            let mut n = || {
-                next_n += 1;
-                next_n
-            };
-            if rng.chance(25) {
-                let key = SHARED.start + rng.range(0, (SHARED.end - SHARED.start) as u64) as Key;
-                if rng.chance(70) {
-                    let row = Row {
-                        v: tag.clone(),
-                        n: n(),
-                    };
-                    steps.push(Step {
-                        sql: upsert_sql(kind, key, &row),
-                        affects: Affects::Upsert,
-                        effects: vec![Effect {
-                            key,
-                            after: Some(row),
-                        }],
-                    });
-                } else {
-                    steps.push(Step {
-                        sql: format!("DELETE FROM t WHERE id = {key}"),
-                        affects: Affects::AtMostOne,
-                        effects: vec![Effect { key, after: None }],
-                    });
-                }
-                continue;
-            }
-            let key = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
-            let Some(old) = planned.get(&key).cloned() else {
-                // Absent: an insert, or a re-insert after a delete.
-                let row = Row {
-                    v: tag.clone(),
-                    n: n(),
-                };
-                steps.push(Step {
-                    sql: format!(
-                        "INSERT INTO t(id, v, n) VALUES ({key}, '{}', {})",
-                        row.v, row.n
-                    ),
-                    affects: Affects::One,
-                    effects: vec![Effect {
-                        key,
-                        after: Some(row.clone()),
-                    }],
-                });
-                planned.insert(key, row);
-                continue;
-            };
-            let roll = rng.range(0, 100);
-            let (statement, effects) = if roll < 30 {
-                let row = Row {
-                    v: tag.clone(),
-                    n: n(),
-                };
-                (
-                    format!(
-                        "UPDATE t SET v = '{}', n = {} WHERE id = {key}",
-                        row.v, row.n
-                    ),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 45 {
-                let row = Row {
-                    v: tag.clone(),
-                    n: old.n,
-                };
-                (
-                    format!("UPDATE t SET v = '{}' WHERE id = {key}", row.v),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 60 {
-                let row = Row {
-                    v: old.v.clone(),
-                    n: n(),
-                };
-                (
-                    format!("UPDATE t SET n = {} WHERE id = {key}", row.n),
-                    vec![Effect {
-                        key,
-                        after: Some(row),
-                    }],
-                )
-            } else if roll < 85 {
-                (
-                    format!("DELETE FROM t WHERE id = {key}"),
-                    vec![Effect { key, after: None }],
-                )
-            } else {
-                // Move the row to another own key that is free.
-                let to = own.start + rng.range(0, (own.end - own.start) as u64) as Key;
-                if planned.contains_key(&to) {
-                    continue;
-                }
-                let row = Row {
-                    v: tag.clone(),
-                    n: old.n,
-                };
-                (
-                    format!("UPDATE t SET id = {to}, v = '{}' WHERE id = {key}", row.v),
-                    vec![
-                        Effect { key, after: None },
-                        Effect {
-                            key: to,
-                            after: Some(row),
-                        },
-                    ],
-                )
-            };
-            for e in &effects {
-                match &e.after {
-                    Some(r) => planned.insert(e.key, r.clone()),
-                    None => planned.remove(&e.key),
-                };
-            }
-            steps.push(Step {
-                sql: statement,
-                affects: Affects::One,
-                effects,
-            });
-        }
+    let mut planner = Planner::for_writer(me);
+    while !run.control.stopped() {
+        let plan = planner.plan(&mut rng, |key, row| upsert_sql(kind, key, row));
+        let (tag, steps) = (plan.tag, plan.steps);
         if steps.is_empty() {
             continue;
         }
@@ -1337,14 +904,14 @@ fn writer(run: &Run, me: usize, mut rng: Rng) {
         match run_transaction(run, me, &mut sql, steps, think) {
             Ok(Outcome::Done(effects, writes)) => {
                 {
-                    let mut history = lock(&run.histories[me]);
+                    let mut history = run.histories.writer(me);
                     // Not retried: an error here leaves it unknown whether it committed.
                     if let Err(e) = sql.commit() {
                         panic!("{}: COMMIT failed: {}", label(me), e.message());
                     }
                     history.push(Txn { tag, effects });
                 }
-                model = planned;
+                planner.committed(plan.planned);
                 run.row_writes.fetch_add(writes, Ordering::Relaxed);
             }
             Ok(Outcome::Stopped) => sql.rollback(),
@@ -1357,7 +924,7 @@ fn writer(run: &Run, me: usize, mut rng: Rng) {
                     .or_default() += 1;
             }
             Err(e) => {
-                run.fail(e);
+                run.control.fail(e);
                 return;
             }
         }
@@ -1392,7 +959,7 @@ fn run_transaction(
     }
     let mut effects = Vec::new();
     for step in steps {
-        if run.stopped() {
+        if run.control.stopped() {
             // Nothing of it is recorded; roll it back like a refused one.
             return Ok(Outcome::Stopped);
         }
@@ -1401,12 +968,7 @@ fn run_transaction(
             Err(SqlError::Retry(e)) => return Ok(Outcome::Refused(e)),
             Err(SqlError::Fatal(e)) => return Err(format!("{}: {}: {e}", label(me), step.sql)),
         };
-        let ok = match step.affects {
-            Affects::One => affected == 1,
-            Affects::Upsert => affected == 1 || (KINDS[me] == Kind::Mariadb && affected == 2),
-            Affects::AtMostOne => affected <= 1,
-        };
-        if !ok {
+        if !step.affects.accepts(affected, KINDS[me] == Kind::Mariadb) {
             return Err(format!(
                 "{}: `{}` affected {affected} rows, expected {:?}: the own range changed under \
                  its only writer (something else wrote it)",
@@ -1424,22 +986,6 @@ fn run_transaction(
     }
     let writes = effects.len() as u64;
     Ok(Outcome::Done(effects, writes))
-}
-
-/// Snapshots every node's database in turn while the run goes on and checks each.
-fn checker(run: &Run, mut rng: Rng) {
-    let _guard = StopOnExit(run);
-    let mut progress = Progress::default();
-    let mut node = 0;
-    while !run.stopped() {
-        std::thread::sleep(Duration::from_millis(rng.range(200, 500)));
-        if let Err(e) = run.check_snapshot(node, &mut progress) {
-            let explained = run.explain(&keys_named(&e));
-            run.fail(format!("{e}\n{explained}"));
-            return;
-        }
-        node = (node + 1) % NODES;
-    }
 }
 
 /// One fault episode; each sets itself up and heals before the next starts.
@@ -1477,22 +1023,6 @@ struct Injected {
     kills_per_node: [u32; NODES],
 }
 
-/// Sleeps `d`, in small steps so a failure elsewhere ends the run quickly.
-fn nap(run: &Run, d: Duration) {
-    let end = Instant::now() + d;
-    while !run.stopped() {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
-
-fn ms(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
-    Duration::from_millis(rng.range(lo, hi))
-}
-
 fn kill_and_restart(
     run: &Run,
     nodes: &[Mutex<ServeProcess>],
@@ -1500,9 +1030,7 @@ fn kill_and_restart(
     down: Duration,
     injected: &mut Injected,
 ) {
-    lock(&nodes[node]).kill().unwrap();
-    nap(run, down);
-    lock(&nodes[node]).restart().unwrap();
+    episodes::kill_and_restart(&run.control, &nodes[node], down).unwrap();
     injected.kills += 1;
     injected.kills_per_node[node] += 1;
 }
@@ -1515,20 +1043,18 @@ fn faults(
     nodes: &[Mutex<ServeProcess>],
     injected: &mut Injected,
 ) {
-    let _guard = StopOnExit(run);
-    let deadline = minutes().map(|m| Instant::now() + Duration::from_secs(m * 60));
+    let _guard = StopOnExit(&run.control);
+    let rounds = Rounds::new(minutes());
     loop {
         fault_round(run, &mut rng, links, nodes, injected);
         injected.rounds += 1;
-        match deadline {
-            Some(deadline) if Instant::now() < deadline && !run.stopped() => {
-                println!(
-                    "round {} done; faults so far: {injected:?}",
-                    injected.rounds
-                );
-            }
-            _ => return,
+        if !rounds.another(&run.control) {
+            return;
         }
+        println!(
+            "round {} done; faults so far: {injected:?}",
+            injected.rounds
+        );
     }
 }
 
@@ -1562,40 +1088,31 @@ fn fault_round(
     }
     rng.shuffle(&mut schedule);
     println!("fault schedule: {schedule:?}");
-    // Let some history build up before the first fault.
-    nap(run, ms(rng, 1000, 2000));
-    for fault in schedule {
-        if run.stopped() {
-            return;
-        }
+    episodes::run_schedule(&run.control, rng, schedule, |fault, rng| {
         match fault {
             Fault::DropConnections { link } => {
-                links[link].proxy.drop_connections();
+                episodes::drop_connections(&links[link]);
                 injected.drops += 1;
             }
             Fault::Delay { link } => {
-                links[link].proxy.set_delay(ms(rng, 50, 250));
-                nap(run, ms(rng, 1500, 3000));
-                links[link].proxy.heal();
+                episodes::delay(&run.control, rng, &links[link]);
                 injected.delays += 1;
             }
             Fault::BlackHole { link } => {
-                links[link].proxy.black_hole();
-                // Longer than the stall timeout sometimes, shorter other times.
-                nap(run, ms(rng, 1500, 2000 + STALL_TIMEOUT_S * 1000));
-                links[link].proxy.heal();
+                episodes::black_hole(&run.control, rng, &links[link], STALL_TIMEOUT_S);
                 injected.black_holes += 1;
             }
             Fault::Partition { node } => {
                 let cut = topology::partition_groups(links, &[node]);
                 println!("partition: {} cut off from the others", label(node));
-                nap(run, ms(rng, 2000, 4000));
+                nap(&run.control, ms(rng, 2000, 4000));
                 // The harness checks itself: a partition that let changes through
                 // would make the rest of this test prove less than it claims.
-                if !run.stopped() {
+                if !run.control.stopped() {
                     let away: Vec<usize> = (0..NODES).filter(|&o| o != node).collect();
                     let behind = run
-                        .lags_behind(node, &away)
+                        .read(node)
+                        .and_then(|table| run.histories.lags_behind(&table, &away))
                         .unwrap_or_else(|e| panic!("{e}"));
                     assert!(
                         behind,
@@ -1607,7 +1124,7 @@ fn fault_round(
                 injected.partitions += 1;
                 // Crash it while it catches up on what it missed: the moment a crash is
                 // most likely to land inside an apply transaction.
-                nap(run, ms(rng, 20, 300));
+                nap(&run.control, ms(rng, 20, 300));
                 kill_and_restart(run, nodes, node, ms(rng, 100, 800), injected);
                 injected.kills_while_catching_up += 1;
             }
@@ -1615,8 +1132,7 @@ fn fault_round(
                 kill_and_restart(run, nodes, node, ms(rng, 200, 2000), injected);
             }
         }
-        nap(run, ms(rng, 300, 1200));
-    }
+    });
 }
 
 /// What the nodes look like after the run.
@@ -1632,8 +1148,7 @@ struct Observed {
 
 impl Observed {
     fn take(dirs: &[NodeDir]) -> Self {
-        let statuses: Vec<Result<serde_json::Value, String>> =
-            dirs.iter().map(|d| status(d.http)).collect();
+        let statuses = status::all(dirs.iter().map(|d| d.http));
         let field = |name: &str| -> Vec<Option<u64>> {
             statuses
                 .iter()
@@ -1642,25 +1157,16 @@ impl Observed {
         };
         Self {
             tables: dirs.iter().map(|d| d.store.snapshot()).collect(),
-            holds: statuses
-                .iter()
-                .map(|s| s.as_ref().map(holds).map_err(Clone::clone))
-                .collect(),
+            holds: status::holds_of(&statuses),
             pending: dirs.iter().map(|d| d.store.pending()).collect(),
             set_aside: field("failures"),
             conflicts: field("conflicts"),
-            peers: statuses
-                .iter()
-                .map(|s| s.as_ref().map_or_else(Clone::clone, peer_summary))
-                .collect(),
+            peers: status::peers_of(&statuses),
         }
     }
 
     fn converged(&self) -> bool {
-        fn same<T: PartialEq>(v: &[Result<T, String>]) -> bool {
-            v.iter().all(Result::is_ok) && v.windows(2).all(|w| w[0] == w[1])
-        }
-        same(&self.tables) && same(&self.holds) && self.pending.iter().all(|p| matches!(p, Ok(0)))
+        run::converged(&self.tables, &self.holds, &self.pending)
     }
 
     fn describe(&self) -> String {
@@ -1709,7 +1215,7 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
         return;
     };
     let seed = seed();
-    println!("{TEST}: CONCORD_HARNESS_SEED={seed:#x} (set it to replay this run)");
+    mode::print_seed(TEST, seed);
     let started = Instant::now();
     let mut rng = Rng::new(seed);
 
@@ -1733,134 +1239,77 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
         .build()
         .unwrap();
     // A mesh: every pair linked, the lower-numbered node dials through a proxy.
-    let mut links = Vec::new();
-    for a in 0..NODES {
-        for b in a + 1..NODES {
-            let proxy = runtime.block_on(Proxy::start(dirs[b].listen)).unwrap();
-            add_peer(
-                &dirs[a].dir,
-                &dirs[b].name,
-                &dirs[b].fingerprint,
-                Some(proxy.addr()),
-            );
-            add_peer(&dirs[b].dir, &dirs[a].name, &dirs[a].fingerprint, None);
-            links.push(Link {
-                dialer: a,
-                listener: b,
-                proxy,
-            });
-        }
-    }
-    let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
-    let nodes: Vec<Mutex<ServeProcess>> = dirs
-        .iter()
-        .map(|d| Mutex::new(ServeProcess::start(binary, &d.dir).unwrap()))
+    let pairs: Vec<(usize, usize)> = (0..NODES)
+        .flat_map(|a| (a + 1..NODES).map(move |b| (a, b)))
         .collect();
+    let links = node::link(&runtime, &dirs, &pairs).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
+    let nodes = node::start(binary, &dirs, |_| Vec::new()).unwrap();
     // On failure: what the nodes set aside and warned about, then the end of each log.
     let logs = |nodes: &[Mutex<ServeProcess>]| {
-        let tails = nodes
-            .iter()
-            .map(|n| lock(n).logs(6000))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tails = process::all_logs(nodes, 6000);
         format!("{}{tails}", diagnosis(&dirs))
     };
 
     // Every node sees both peers connected before the workload starts.
-    let wait_start = Instant::now();
-    loop {
-        let states: Vec<String> = dirs
-            .iter()
-            .map(|d| status(d.http).map_or_else(|e| e, |s| peer_summary(&s)))
-            .collect();
-        if states
-            .iter()
-            .all(|s| s.matches("\"connected\"").count() == NODES - 1)
-        {
-            break;
-        }
-        assert!(
-            wait_start.elapsed() < TIMEOUT,
-            "the mesh did not connect within {TIMEOUT:?}: {states:?}\n{}",
-            logs(&nodes)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let connected_in = wait_start.elapsed();
+    let https: Vec<_> = dirs.iter().map(|d| d.http).collect();
+    let connected_in =
+        status::wait_all_connected(&https, |_| NODES - 1, TIMEOUT, Duration::from_millis(200))
+            .unwrap_or_else(|states| {
+                panic!(
+                    "the mesh did not connect within {TIMEOUT:?}: {states:?}\n{}",
+                    logs(&nodes)
+                )
+            });
     // Each store's node id: the origin its writer's changes carry.
     let writer_of: HashMap<NodeId, usize> = dirs
         .iter()
         .enumerate()
-        .map(|(w, d)| {
-            let s = status(d.http).unwrap();
-            let id: NodeId = s["node_id"].as_str().unwrap().parse().unwrap();
-            (id, w)
-        })
+        .map(|(w, d)| (status::node_id(d.http).unwrap(), w))
         .collect();
 
     let run = Run {
-        layout: layout(),
+        control: Control::new(),
+        histories: Histories::new(workload::layout(NODES)),
         stores: dirs.iter().map(|d| d.store.clone()).collect(),
-        histories: (0..NODES).map(|_| Mutex::new(Vec::new())).collect(),
-        stop: AtomicBool::new(false),
-        failure: Mutex::new(None),
         row_writes: AtomicU64::new(0),
         retries: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
         retry_reasons: Mutex::new(BTreeMap::new()),
-        snapshots_checked: AtomicU64::new(0),
         writer_of,
     };
     let mut injected = Injected::default();
-    let workload_started = Instant::now();
-    std::thread::scope(|s| {
-        for me in 0..NODES {
-            let writer_rng = rng.fork(me as u64);
-            let run = &run;
-            s.spawn(move || writer(run, me, writer_rng));
-        }
-        let checker_rng = rng.fork(100);
-        let run_ref = &run;
-        s.spawn(move || checker(run_ref, checker_rng));
-        faults(&run, rng.fork(200), &links, &nodes, &mut injected);
-        // A little more writing on a healthy network, then stop.
-        nap(&run, Duration::from_millis(500));
-        run.stop.store(true, Ordering::SeqCst);
-    });
-    let workload = workload_started.elapsed();
-    if let Some(failure) = lock(&run.failure).take() {
-        panic!("seed {seed:#x}: {failure}\n{}", logs(&nodes));
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if let Some(status) = lock(node).exited().unwrap() {
-            panic!(
-                "seed {seed:#x}: {} exited on its own with {status}\n{}",
-                label(i),
-                logs(&nodes)
-            );
-        }
-    }
-    for link in &links {
-        link.proxy.heal();
-    }
+    let workload = run::workload(
+        &run.control,
+        &mut rng,
+        NODES,
+        |me, writer_rng| writer(&run, me, writer_rng),
+        NODES,
+        |node, progress| {
+            let table = run.read(node)?;
+            run.histories
+                .check_snapshot(node, &label(node), &table, progress)
+                .map_err(|e| format!("{e}\n{}", run.explain(&keys_named(&e))))
+        },
+        |faults_rng| faults(&run, faults_rng, &links, &nodes, &mut injected),
+    );
+    run::end(&run.control, &nodes, &links, label)
+        .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}\n{}", logs(&nodes)));
 
     // Convergence: same rows, same version vectors, nothing left to capture.
-    let healed = Instant::now();
-    let observed = loop {
-        let observed = Observed::take(&dirs);
-        if observed.converged() {
-            break observed;
-        }
-        if healed.elapsed() > CONVERGE_WITHIN {
-            panic!(
-                "seed {seed:#x}: the databases did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}{}",
-                observed.describe(),
-                run.explain(&keys_named(&observed.describe())),
-                logs(&nodes)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    let converged_in = healed.elapsed();
+    let (observed, converged_in) = status::poll(
+        CONVERGE_WITHIN,
+        Duration::from_millis(250),
+        || Observed::take(&dirs),
+        Observed::converged,
+    )
+    .unwrap_or_else(|observed| {
+        panic!(
+            "seed {seed:#x}: the databases did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}{}",
+            observed.describe(),
+            run.explain(&keys_named(&observed.describe())),
+            logs(&nodes)
+        )
+    });
 
     // No node panicked, even in a run it recovered from.
     let panics = panics_in_logs(&dirs);
@@ -1879,10 +1328,8 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
     );
 
     // Nothing lost, nothing partial, nothing duplicated, nothing invented.
-    let histories: Vec<Vec<Txn>> = run.histories.iter().map(|h| lock(h).clone()).collect();
-    let views: Vec<&[Txn]> = histories.iter().map(Vec::as_slice).collect();
     let table = observed.tables[0].as_ref().unwrap();
-    let problems = model::check_final(&run.layout, &views, table);
+    let problems = run.histories.check_final(table);
     assert!(
         problems.is_empty(),
         "seed {seed:#x}: the converged state is wrong:\n{}\n{}{}",
@@ -1895,30 +1342,8 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
     for (i, d) in dirs.iter().enumerate() {
         let counts = d.store.log_counts().unwrap();
         let held = observed.holds[i].as_ref().unwrap();
-        let total: u64 = counts.values().map(|(c, _, _)| c).sum();
-        for (origin, (count, min, max)) in &counts {
-            assert_eq!(
-                *count,
-                max - min + 1,
-                "seed {seed:#x}: {} logs {count} changes of origin {origin} for sequences {min}..={max}",
-                label(i)
-            );
-            assert!(
-                *min == 1 || total >= RETENTION_CHANGES,
-                "seed {seed:#x}: {}'s log of origin {origin} starts at {min} although it never reached the retention limit",
-                label(i)
-            );
-        }
-        let logged: BTreeMap<String, u64> = counts
-            .into_iter()
-            .map(|(o, (_, _, max))| (o, max))
-            .collect();
-        assert_eq!(
-            &logged,
-            held,
-            "seed {seed:#x}: {}'s log differs from its version vector",
-            label(i)
-        );
+        changelog::check_log_counts(&label(i), counts, held, RETENTION_CHANGES)
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
     }
 
     // The exact check of the shared rows, on the SQLite node's log (it holds every
@@ -1927,9 +1352,9 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
     let Store::Sqlite(sqlite_db) = &dirs[0].store else {
         unreachable!("node 0 is the SQLite node")
     };
-    let log = read_log(sqlite_db).unwrap();
-    let logged = shared_changes(&log, writer_of).unwrap();
-    let problems = model::check_last_writer(&views, &SHARED, &logged, table);
+    let log = changelog::read_log(sqlite_db).unwrap();
+    let logged = changelog::shared_changes(&log, writer_of, &SHARED).unwrap();
+    let problems = run.histories.check_last_writer(&logged, table);
     assert!(
         problems.is_empty(),
         "seed {seed:#x}: the shared rows are not the last writers':\n{}\n{}",
@@ -1937,22 +1362,14 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
         logs(&nodes)
     );
 
-    let txns: Vec<usize> = histories.iter().map(Vec::len).collect();
+    let txns: Vec<usize> = run.histories.transactions();
     let total_txns: usize = txns.iter().sum();
     let retries: Vec<u64> = run
         .retries
         .iter()
         .map(|r| r.load(Ordering::Relaxed))
         .collect();
-    let counts: Vec<_> = links
-        .iter()
-        .map(|l| {
-            (
-                format!("{}->{}", dirs[l.dialer].name, dirs[l.listener].name),
-                l.proxy.counts(),
-            )
-        })
-        .collect();
+    let counts = node::link_counts(&links, &dirs);
     println!(
         "{TEST} seed {seed:#x}: PASSED. {total_txns} committed transactions checked (per writer sqlite/postgres/mariadb: {txns:?}; \
          {} row writes; rolled back and retried: {retries:?}); {} snapshots checked during the run; \
@@ -1960,8 +1377,8 @@ fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
          conflicts recorded: {:?}; mesh connected in {connected_in:.1?}, workload {workload:.1?}, \
          converged {converged_in:.1?} after healing, total {:.1?}; {} rows at the end\nproxies: {counts:?}",
         run.row_writes.load(Ordering::Relaxed),
-        run.snapshots_checked.load(Ordering::Relaxed),
-        nodes.iter().map(|n| lock(n).starts()).collect::<Vec<_>>(),
+        run.histories.snapshots_checked(),
+        process::starts(&nodes),
         logged.len(),
         table.range(SHARED).count(),
         observed.conflicts,

@@ -5,7 +5,8 @@
 //! Why a separate crate: the faults must be real (separate processes, real sockets,
 //! real files written by ordinary SQLite connections), so the harness cannot live inside
 //! the node's own tests, and the pieces are shared by the short test that `cargo test`
-//! runs (`crates/concord/tests/faults.rs`) and a future long mode.
+//! runs (`crates/concord/tests/faults.rs`), its long mode, and the test over SQLite,
+//! PostgreSQL and MariaDB (`crates/concord/tests/faults_databases.rs`).
 //!
 //! * [`proxy`]: a TCP proxy placed on every link between two nodes, controlled at run
 //!   time: added delay, a bandwidth cap, dropped connections, black hole, partition.
@@ -22,11 +23,32 @@
 //!   their URLs from the environment (or a loud skip), unique database names.
 //! * [`rng`]: a tiny seeded generator, owned here so that a printed seed replays the
 //!   same schedule whatever version of an RNG crate the workspace moves to.
+//!
+//! What every fault test does the same way, whatever its stores:
+//!
+//! * [`mode`]: short or long mode and the seed, from `CONCORD_HARNESS_MINUTES` and
+//!   `CONCORD_HARNESS_SEED`.
+//! * [`node`]: data directories made by `concord init` on free ports, tuned for faults,
+//!   and the links between nodes through proxies.
+//! * [`status`]: a node's `GET /v1/status`, and waiting for sessions or convergence.
+//! * [`run`]: the stop flag and first failure the threads of a run share, the recorded
+//!   histories and the checker thread that snapshots nodes during the run.
+//! * [`workload`]: the seeded transactions a writer makes.
+//! * [`episodes`]: dropped connections, delays, black holes and crashes, and the rounds.
+//! * [`changelog`]: a node's change log, for the last-writer check and the check that
+//!   every change is logged exactly once.
 
+pub mod changelog;
+pub mod episodes;
+pub mod mode;
 pub mod model;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod rng;
+pub mod run;
 pub mod servers;
 pub mod skew;
+pub mod status;
 pub mod topology;
+pub mod workload;

@@ -16,6 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use crate::run::lock;
 
 /// Stdout of every run, in the data directory.
 pub const STDOUT_FILE: &str = "serve.out";
@@ -146,4 +149,29 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// The end of every node's logs (see [`ServeProcess::logs`]), for failure messages.
+pub fn all_logs(nodes: &[Mutex<ServeProcess>], max_bytes: usize) -> String {
+    nodes
+        .iter()
+        .map(|n| lock(n).logs(max_bytes))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first node that exited on its own, with its status: a node must only ever stop
+/// because the harness killed it.
+pub fn first_exited(nodes: &[Mutex<ServeProcess>]) -> io::Result<Option<(usize, ExitStatus)>> {
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(status) = lock(node).exited()? {
+            return Ok(Some((i, status)));
+        }
+    }
+    Ok(None)
+}
+
+/// How many times each node was started, for the report.
+pub fn starts(nodes: &[Mutex<ServeProcess>]) -> Vec<u32> {
+    nodes.iter().map(|n| lock(n).starts()).collect()
 }
