@@ -36,7 +36,7 @@ use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, to_param};
 use concord_store::{ApplyError, RowError, RowFailure, StoreError};
-use concord_store::{ApplyReport, ApplyTxn, Failure, TxnProgress};
+use concord_store::{ApplyReport, ApplyTxn, Failure, TxnProgress, check_change, newest_hlc};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -263,61 +263,27 @@ impl ApplySession<'_> {
             return Ok(false);
         }
         let now = now_ms();
-        let newest = change
-            .columns
-            .iter()
-            .map(|c| c.version.hlc)
-            .chain([change.hlc])
-            .max()
-            .unwrap_or(change.hlc);
+        let newest = newest_hlc(change);
         store.clock.check(newest, now)?;
         let table: Arc<TableInfo> = store
             .table_named(&change.table)
             .ok_or(RowError::UnknownTable)?;
-        let key_values = change.key.decode()?;
-        if key_values.len() != table.key_columns.len() {
-            return Err(RowError::KeyArity {
-                expected: table.key_columns.len(),
-                found: key_values.len(),
-            }
-            .into());
-        }
+        let checked = check_change(change, table.key_columns.len(), |name| {
+            table.position_of.get(name).copied()
+        })?;
         let key_params: Vec<Param> = table
             .key_columns
             .iter()
-            .zip(&key_values)
+            .zip(&checked.key_values)
             .map(|(&index, value)| param(&table, index, value))
             .collect::<Result<_, _>>()?;
-        if change.causal_length.0 == 0 {
-            return Err(
-                RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
-            );
-        }
-        // An insert or update may carry no columns: a link's schema mapping drops the
-        // columns the destination does not keep, and the change must still be applied
-        // (and logged) so the origin's sequence stays contiguous.
-        if change.is_delete() && !change.columns.is_empty() {
-            return Err(RowError::Invalid("a delete carries column values".into()).into());
-        }
-        let mut incoming = Vec::with_capacity(change.columns.len());
-        let mut params = Vec::with_capacity(change.columns.len());
-        for c in &change.columns {
-            let index = *table
-                .position_of
-                .get(&c.column)
-                .ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
-            if incoming.iter().any(|i: &IncomingColumn| i.index == index) {
-                return Err(
-                    RowError::Invalid(format!("column {:?} is written twice", c.column)).into(),
-                );
-            }
-            params.push(param(&table, index, &c.value)?);
-            incoming.push(IncomingColumn {
-                index,
-                version: c.version,
-                replaced: c.replaced,
-            });
-        }
+        let params = change
+            .columns
+            .iter()
+            .zip(&checked.incoming)
+            .map(|(c, column)| param(&table, column.index, &c.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let incoming = checked.incoming;
         let mut clock = store
             .batched_clock(&self.meta, table.id, &change.key)
             .map_err(|e| match e {

@@ -26,7 +26,7 @@ use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure};
-use concord_store::{Failure, TxnProgress};
+use concord_store::{CheckedChange, Failure, TxnProgress, check_change, newest_hlc};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -129,13 +129,7 @@ impl ApplySession<'_> {
             return Ok(false);
         }
         let now = now_ms();
-        let newest = change
-            .columns
-            .iter()
-            .map(|c| c.version.hlc)
-            .chain([change.hlc])
-            .max()
-            .unwrap_or(change.hlc);
+        let newest = newest_hlc(change);
         store.clock.check(newest, now)?;
         if store.relay {
             change.key.decode()?;
@@ -148,46 +142,19 @@ impl ApplySession<'_> {
             .table_index(&change.table)
             .map(|i| store.tables[i].clone())
             .ok_or(RowError::UnknownTable)?;
-        let key_values = change.key.decode()?;
-        if key_values.len() != table.key_columns.len() {
-            return Err(RowError::KeyArity {
-                expected: table.key_columns.len(),
-                found: key_values.len(),
-            }
-            .into());
-        }
-        for (&index, value) in table.key_columns.iter().zip(&key_values) {
+        let checked = check_change(change, table.key_columns.len(), |name| {
+            table.position_of.get(name).copied()
+        })?;
+        for (&index, value) in table.key_columns.iter().zip(&checked.key_values) {
             check_type(&table, index, value)?;
         }
-        if change.causal_length.0 == 0 {
-            return Err(
-                RowError::Invalid("causal length 0 (a row that never existed)".into()).into(),
-            );
+        for (c, column) in change.columns.iter().zip(&checked.incoming) {
+            check_type(&table, column.index, &c.value)?;
         }
-        // An insert or update may carry no columns: a link's schema mapping drops the
-        // columns the destination does not keep, and the change must still be applied
-        // (and logged) so the origin's sequence stays contiguous.
-        if change.is_delete() && !change.columns.is_empty() {
-            return Err(RowError::Invalid("a delete carries column values".into()).into());
-        }
-        let mut incoming = Vec::with_capacity(change.columns.len());
-        for c in &change.columns {
-            let index = *table
-                .position_of
-                .get(&c.column)
-                .ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
-            if incoming.iter().any(|i: &IncomingColumn| i.index == index) {
-                return Err(
-                    RowError::Invalid(format!("column {:?} is written twice", c.column)).into(),
-                );
-            }
-            check_type(&table, index, &c.value)?;
-            incoming.push(IncomingColumn {
-                index,
-                version: c.version,
-                replaced: c.replaced,
-            });
-        }
+        let CheckedChange {
+            key_values,
+            incoming,
+        } = checked;
         let mut clock = store
             .load_clock(table.id, &change.key)
             .map_err(|e| match e {

@@ -21,12 +21,14 @@
 //! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
+mod check;
 mod cursor;
 mod error;
 mod progress;
 mod records;
 mod store;
 
+pub use check::{CheckedChange, check_change, newest_hlc};
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
 pub use progress::{Failure, TxnProgress};
