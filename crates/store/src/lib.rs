@@ -15,6 +15,8 @@
 //!   each driver's error type, so `?` works inside each store crate.
 //! - The records a store reports: [`ApplyReport`], [`ConflictRecord`],
 //!   [`FailureRecord`], and the tunables in [`StoreOptions`].
+//! - [`check_change`]: the checks of an incoming change that do not depend on the
+//!   database, so every store refuses a malformed change with the same error.
 //! - [`TxnProgress`]: the state machine of an apply transaction (commit only at a
 //!   source-transaction boundary, poisoned after a failure, failures naming their
 //!   change), so each store's session only writes to its database.
