@@ -36,7 +36,9 @@ use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, MyStore, now_ms};
 use crate::types::{parse, to_param};
 use concord_store::{ApplyError, RowError, RowFailure};
-use concord_store::{ApplyReport, ApplyTxn, Failure, TxnProgress, check_change, newest_hlc};
+use concord_store::{
+    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc,
+};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -360,58 +362,31 @@ fn record_conflict(
     incoming: &[IncomingColumn],
     conflict: &Conflict,
 ) -> Result<(), Failure> {
-    let (kind, column, local_value, local_version, remote_value, remote_version, winner) =
-        match *conflict {
-            Conflict::Column {
-                incoming: pos,
-                local,
-                incoming_won,
-            } => {
-                let index = incoming[pos].index;
-                let text: Option<Option<String>> = store
-                    .conn
-                    .exec_first(
-                        table.select_column_sql(index),
-                        mysql::Params::Positional(key_params.to_vec()),
-                    )
-                    .map_err(store_error)?;
-                let local_value = match text {
-                    Some(t) => {
-                        parse(table.columns[index].kind, t.as_deref()).unwrap_or(Value::Null)
-                    }
-                    None => Value::Null,
-                };
-                (
-                    "column",
-                    Some(table.columns[index].name.clone()),
-                    local_value,
-                    local.version,
-                    change.columns[pos].value.clone(),
-                    change.columns[pos].version,
-                    if incoming_won { "remote" } else { "local" },
+    let ConflictEntry {
+        kind,
+        column: column_index,
+        local_version,
+        remote_value,
+        remote_version,
+        winner,
+    } = ConflictEntry::of(change, incoming, conflict);
+    let local_value = match column_index {
+        Some(index) => {
+            let text: Option<Option<String>> = store
+                .conn
+                .exec_first(
+                    table.select_column_sql(index),
+                    mysql::Params::Positional(key_params.to_vec()),
                 )
+                .map_err(store_error)?;
+            match text {
+                Some(t) => parse(table.columns[index].kind, t.as_deref()).unwrap_or(Value::Null),
+                None => Value::Null,
             }
-            Conflict::UpdateLostToDelete {
-                delete,
-                update,
-                delete_incoming,
-            } => {
-                let (local, remote, winner) = if delete_incoming {
-                    (update, delete, "remote")
-                } else {
-                    (delete, update, "local")
-                };
-                (
-                    "update-vs-delete",
-                    None,
-                    Value::Null,
-                    local,
-                    Value::Null,
-                    remote,
-                    winner,
-                )
-            }
-        };
+        }
+        None => Value::Null,
+    };
+    let column = column_index.map(|index| table.columns[index].name.clone());
     store
         .conn
         .exec_drop(

@@ -259,26 +259,7 @@ impl MyStore {
             .query::<(String, String), _>("SELECT k, v FROM concord_meta")?
             .into_iter()
             .collect();
-        let corrupt = |detail: String| StoreError::Corrupt {
-            table: "concord_meta",
-            detail,
-        };
-        let format: i64 = meta
-            .get("format")
-            .ok_or_else(|| corrupt("no format".into()))?
-            .parse()
-            .map_err(|e| corrupt(format!("format: {e}")))?;
-        if format > FORMAT_VERSION {
-            return Err(StoreError::UnsupportedFormat {
-                found: format,
-                supported: FORMAT_VERSION,
-            });
-        }
-        self.node = meta
-            .get("node_id")
-            .ok_or_else(|| corrupt("no node_id".into()))?
-            .parse()
-            .map_err(|e| corrupt(format!("node_id: {e}")))?;
+        self.node = concord_store::node_id_from_meta(&meta, "concord_meta", FORMAT_VERSION)?;
         self.load_progress()?;
         self.local_index = *self
             .origins

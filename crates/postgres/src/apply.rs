@@ -36,7 +36,9 @@ use crate::schema::{TableInfo, VERBATIM_TABLE};
 use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, to_param};
 use concord_store::{ApplyError, RowError, RowFailure, StoreError};
-use concord_store::{ApplyReport, ApplyTxn, Failure, TxnProgress, check_change, newest_hlc};
+use concord_store::{
+    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc,
+};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -505,61 +507,36 @@ fn record_conflict(
     incoming: &[IncomingColumn],
     conflict: &Conflict,
 ) -> Result<(), Failure> {
-    let (kind, column, local_value, local_version, remote_value, remote_version, winner) =
-        match *conflict {
-            Conflict::Column {
-                incoming: pos,
-                local,
-                incoming_won,
-            } => {
-                let index = incoming[pos].index;
-                let stmt = store
-                    .statement(&table.select_column_sql(index))
-                    .map_err(store_error)?;
-                let keys: Vec<&(dyn ToSql + Sync)> = key_params
-                    .iter()
-                    .map(|p| p as &(dyn ToSql + Sync))
-                    .collect();
-                let row = store.client.query_opt(&stmt, &keys).map_err(store_error)?;
-                let local_value = match row {
-                    Some(row) => row
-                        .try_get::<_, Raw<'_>>(0)
-                        .ok()
-                        .and_then(|raw| decode(table.columns[index].kind, raw.0).ok())
-                        .unwrap_or(Value::Null),
-                    None => Value::Null,
-                };
-                (
-                    "column",
-                    Some(table.columns[index].name.clone()),
-                    local_value,
-                    local.version,
-                    change.columns[pos].value.clone(),
-                    change.columns[pos].version,
-                    if incoming_won { "remote" } else { "local" },
-                )
+    let ConflictEntry {
+        kind,
+        column: column_index,
+        local_version,
+        remote_value,
+        remote_version,
+        winner,
+    } = ConflictEntry::of(change, incoming, conflict);
+    let local_value = match column_index {
+        Some(index) => {
+            let stmt = store
+                .statement(&table.select_column_sql(index))
+                .map_err(store_error)?;
+            let keys: Vec<&(dyn ToSql + Sync)> = key_params
+                .iter()
+                .map(|p| p as &(dyn ToSql + Sync))
+                .collect();
+            let row = store.client.query_opt(&stmt, &keys).map_err(store_error)?;
+            match row {
+                Some(row) => row
+                    .try_get::<_, Raw<'_>>(0)
+                    .ok()
+                    .and_then(|raw| decode(table.columns[index].kind, raw.0).ok())
+                    .unwrap_or(Value::Null),
+                None => Value::Null,
             }
-            Conflict::UpdateLostToDelete {
-                delete,
-                update,
-                delete_incoming,
-            } => {
-                let (local, remote, winner) = if delete_incoming {
-                    (update, delete, "remote")
-                } else {
-                    (delete, update, "local")
-                };
-                (
-                    "update-vs-delete",
-                    None,
-                    Value::Null,
-                    local,
-                    Value::Null,
-                    remote,
-                    winner,
-                )
-            }
-        };
+        }
+        None => Value::Null,
+    };
+    let column = column_index.map(|index| table.columns[index].name.clone());
     let stmt = store
         .statement(
             "INSERT INTO concord.conflicts(tbl, pk, key_text, kind, column_name, local_value,

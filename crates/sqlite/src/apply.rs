@@ -26,7 +26,7 @@ use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure};
-use concord_store::{CheckedChange, Failure, TxnProgress, check_change, newest_hlc};
+use concord_store::{CheckedChange, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -414,61 +414,36 @@ fn record_conflict(
     incoming: &[IncomingColumn],
     conflict: &Conflict,
 ) -> Result<(), Failure> {
-    let (kind, column, local_value, local_version, remote_value, remote_version, winner) =
-        match *conflict {
-            Conflict::Column {
-                incoming: pos,
-                local,
-                incoming_won,
-            } => {
-                let index = incoming[pos].index;
-                let sql = format!(
-                    "SELECT {} FROM {} WHERE {}",
-                    quote(&table.columns[index].name),
-                    quote(&table.name),
-                    table.key_predicate(1)
-                );
-                let local_value = store
-                    .conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_row(params_from_iter(key_values.iter().map(Sql)), |r| {
-                            Ok(codec::from_sql(r.get_ref(0)?))
-                        })
+    let ConflictEntry {
+        kind,
+        column: column_index,
+        local_version,
+        remote_value,
+        remote_version,
+        winner,
+    } = ConflictEntry::of(change, incoming, conflict);
+    let local_value = match column_index {
+        Some(index) => {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {}",
+                quote(&table.columns[index].name),
+                quote(&table.name),
+                table.key_predicate(1)
+            );
+            store
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_row(params_from_iter(key_values.iter().map(Sql)), |r| {
+                        Ok(codec::from_sql(r.get_ref(0)?))
                     })
-                    .map_err(store_error)?
-                    .unwrap_or(Value::Null);
-                (
-                    "column",
-                    Some(table.columns[index].name.clone()),
-                    local_value,
-                    local.version,
-                    change.columns[pos].value.clone(),
-                    change.columns[pos].version,
-                    if incoming_won { "remote" } else { "local" },
-                )
-            }
-            Conflict::UpdateLostToDelete {
-                delete,
-                update,
-                delete_incoming,
-            } => {
-                let (local, remote, winner) = if delete_incoming {
-                    (update, delete, "remote")
-                } else {
-                    (delete, update, "local")
-                };
-                (
-                    "update-vs-delete",
-                    None,
-                    Value::Null,
-                    local,
-                    Value::Null,
-                    remote,
-                    winner,
-                )
-            }
-        };
+                })
+                .map_err(store_error)?
+                .unwrap_or(Value::Null)
+        }
+        None => Value::Null,
+    };
+    let column = column_index.map(|index| table.columns[index].name.clone());
     store
         .conn
         .prepare_cached(

@@ -24,15 +24,19 @@
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
 mod check;
+mod conflict;
 mod cursor;
 mod error;
+mod meta;
 mod progress;
 mod records;
 mod store;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
+pub use conflict::ConflictEntry;
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
+pub use meta::node_id_from_meta;
 pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use store::{ApplyTxn, LogRead, Store, merge_all, pull};
