@@ -190,6 +190,27 @@ impl Peer {
     }
 }
 
+/// How long status waits for a busy store before reporting its last known counts.
+const STATUS_STORE_WAIT: Duration = Duration::from_secs(1);
+
+/// The store's lock as status takes it.
+type StoreGuard<'a> = std::sync::MutexGuard<'a, Box<dyn Store>>;
+
+/// The store's lock, if it can be taken within [`STATUS_STORE_WAIT`].
+fn lock_briefly(
+    store: &Mutex<Box<dyn Store>>,
+) -> Result<StoreGuard<'_>, std::sync::TryLockError<StoreGuard<'_>>> {
+    let deadline = Instant::now() + STATUS_STORE_WAIT;
+    loop {
+        match store.try_lock() {
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The store's counts as status last read them.
 #[derive(Default)]
 struct StoreState {
@@ -754,10 +775,11 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
     let result = tokio::task::spawn_blocking(move || {
         let mut status_reader = s.status_reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Status must answer while the store is busy (a large transaction holds it for
-        // as long as it streams in): then it reports what the store last said.
+        // as long as it streams in): after a short wait it reports what the store last
+        // said. A capture or a batch holds it for milliseconds, so status is fresh then.
         let (held, log_entries, conflicts, failures) = {
             let mut last = s.last_store_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match s.store.try_lock() {
+            match lock_briefly(&s.store) {
                 Ok(mut store) => {
                     if status_reader.is_none() {
                         *status_reader = store.log_reader().ok();
