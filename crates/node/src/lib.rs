@@ -27,10 +27,12 @@ mod http;
 pub mod identity;
 mod node;
 mod session;
+mod setup;
 pub mod status;
 pub mod tls;
 
 pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 pub use identity::{Fingerprint, Identity, IdentityError};
-pub use node::{Node, NodeError, init};
+pub use node::{Node, NodeError};
+pub use setup::{init, open_store};
 pub use status::{NodeStatus, PeerStatus};
