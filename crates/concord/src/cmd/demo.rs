@@ -146,8 +146,16 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             .start(vec![pin(&hub, Some(hub_addr.clone()))])
             .await?,
     );
-    for (site, node) in [(&hub, &hub_node), (&shop, &shop_node)] {
-        println!("   {:<6} fingerprint {}", site.name, node.fingerprint());
+    let office_fingerprint = office_node
+        .as_ref()
+        .map(Node::fingerprint)
+        .context("the office runs")?;
+    for (site, fingerprint) in [
+        (&hub, hub_node.fingerprint()),
+        (&shop, shop_node.fingerprint()),
+        (&office, office_fingerprint),
+    ] {
+        println!("   {:<6} fingerprint {fingerprint}", site.name);
     }
     println!("   Every link is mutual TLS; each node accepts only the fingerprints it was given.");
 
@@ -157,7 +165,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         "the shop's rows at the office",
     )
     .await?;
-    println!("   arrived in {took:?}");
+    println!("   arrived in {}", human(took));
     show(&office)?;
 
     step("3. Both sides write through ordinary SQLite connections; changes flow both ways, live.");
@@ -165,14 +173,16 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         "INSERT INTO customers VALUES (3, 'Grace Hopper', 'grace@example.org', 0)",
         [],
     )?;
+    println!("   the shop adds customer 3 (Grace Hopper)");
     app(office.db()?)?.execute_batch(
         "BEGIN;
          INSERT INTO customers VALUES (10, 'Edsger Dijkstra', 'ewd@example.org', 42);
          INSERT INTO customers VALUES (11, 'Barbara Liskov', 'liskov@example.org', 7);
          COMMIT;",
     )?;
+    println!("   the office adds customers 10 and 11 in one transaction");
     let took = wait_until(|| same(&shop, &office), "both writes on both sides").await?;
-    println!("   both sides agree after {took:?}");
+    println!("   both sides agree after {}", human(took));
     show(&shop)?;
 
     step(
@@ -209,7 +219,8 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     );
     let took = wait_until(|| same(&shop, &office), "the office to catch up").await?;
     println!(
-        "   the office is back and caught up in {took:?}: {} customers on both sides",
+        "   the office is back and caught up in {}: {} customers on both sides",
+        human(took),
         rows(office.db()?)?.len()
     );
 
@@ -217,12 +228,29 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         "5. The concurrent edit of Ada's email: the later write wins everywhere, and the conflict is listed.",
     );
     show_where(&office, "id = 1")?;
-    let mut conflicts = SqliteStore::open(shop.db()?)?.conflicts()?;
-    conflicts.extend(SqliteStore::open(office.db()?)?.conflicts()?);
-    if conflicts.is_empty() {
+    let writers = [
+        (shop_node.node_id(), shop.name),
+        (
+            office_node.as_ref().context("the office runs")?.node_id(),
+            office.name,
+        ),
+    ];
+    let mut seen = Vec::new();
+    for site in [&shop, &office] {
+        for conflict in SqliteStore::open(site.db()?)?.conflicts()? {
+            seen.push((site.name, conflict));
+        }
+    }
+    let conflicts = join_conflicts(&seen, &writers);
+    if conflicts.len() < 2 {
         bail!("the concurrent edit was not recorded as a conflict");
     }
-    print!("{}", indent(&super::conflicts::render(&conflicts)));
+    let count = conflicts.len() - 1;
+    println!(
+        "   {count} conflict{} (`concord conflicts` on each node lists it from that node's side):",
+        if count == 1 { "" } else { "s" }
+    );
+    print!("{}", indent(&super::info::table(&conflicts)));
 
     step("6. Status of every node (`concord status`).");
     for node in [Some(&hub_node), Some(&shop_node), office_node.as_ref()]
@@ -237,8 +265,8 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         .then_some(())
         .context("the shop and the office differ")?;
     println!(
-        "The shop's and the office's files are identical. Done in {:.1?}.",
-        begun.elapsed()
+        "The shop's and the office's files are identical. Done in {}.",
+        human(begun.elapsed())
     );
     if let Some(node) = office_node {
         node.shutdown().await;
@@ -319,6 +347,87 @@ fn show_where(site: &Site, filter: &str) -> anyhow::Result<()> {
     println!("   {}.db:", site.name);
     print!("{}", indent(&super::info::table(&table)));
     Ok(())
+}
+
+/// One row per conflict, however many nodes recorded it: each node records the pair of
+/// writes it saw meet, from its own side (its LOCAL is the other's REMOTE), so the
+/// rows of all nodes are joined on the pair of versions, and each write is named by
+/// the node that made it.
+fn join_conflicts(
+    seen: &[(&str, concord_sqlite::ConflictRecord)],
+    writers: &[(concord_core::NodeId, &str)],
+) -> Vec<Vec<String>> {
+    let writer = |version: &str| {
+        writers
+            .iter()
+            .find(|(id, _)| version.ends_with(&format!("@{}", id.short())))
+            .map_or("another node", |(_, name)| *name)
+    };
+    let mut joined: Vec<(Vec<String>, Vec<&str>)> = Vec::new();
+    for (node, c) in seen {
+        let (mut first, mut second) = (
+            (&c.local_value, &c.local_version),
+            (&c.remote_value, &c.remote_version),
+        );
+        if first.1 > second.1 {
+            std::mem::swap(&mut first, &mut second);
+        }
+        let kept = if c.winner == "local" {
+            &c.local_version
+        } else {
+            &c.remote_version
+        };
+        let describe = |(value, version): (&concord_core::Value, &String)| {
+            let what = if c.kind == "update-vs-delete" && version == kept {
+                "deleted the row".to_owned()
+            } else {
+                format!("wrote {value}")
+            };
+            // The time of day is enough to tell the two writes apart here.
+            let time = version.split('@').next().unwrap_or(version);
+            let time = time.split_once('T').map_or(time, |(_, t)| t);
+            format!("{} {what} at {time}", writer(version))
+        };
+        let row = vec![
+            c.table.clone(),
+            c.key.clone(),
+            c.column.clone().unwrap_or_else(|| "-".into()),
+            describe(first),
+            describe(second),
+            format!("{}'s", writer(kept)),
+        ];
+        match joined.iter_mut().find(|(r, _)| *r == row) {
+            Some((_, nodes)) => nodes.push(node),
+            None => joined.push((row, vec![node])),
+        }
+    }
+    let mut table = vec![
+        [
+            "TABLE",
+            "KEY",
+            "COLUMN",
+            "EARLIER WRITE",
+            "LATER WRITE",
+            "KEPT",
+            "RECORDED BY",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    table.extend(joined.into_iter().map(|(mut row, nodes)| {
+        row.push(nodes.join(", "));
+        row
+    }));
+    table
+}
+
+/// A duration as a person reads it: `9 ms`, `1.4 s`.
+fn human(elapsed: Duration) -> String {
+    if elapsed < Duration::from_secs(1) {
+        format!("{} ms", elapsed.as_millis().max(1))
+    } else {
+        format!("{:.1} s", elapsed.as_secs_f64())
+    }
 }
 
 fn indent(text: &str) -> String {
