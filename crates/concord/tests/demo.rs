@@ -3,6 +3,7 @@
 //! REMOTE swapped (each node records the pair from its own side); a node's fingerprint
 //! missing; durations in Rust's debug format (`6.977513ms`); step 3 not saying who wrote
 //! what.
+#![allow(clippy::expect_used, missing_docs)]
 
 use std::process::Command;
 
