@@ -27,6 +27,9 @@
 //! - [`mapping`]: per-link schema mapping. Renames tables and columns, syncs a subset of
 //!   columns, casts values exactly between kinds and defaults columns a peer lacks, as
 //!   changes cross one peer link; never drops a change.
+//! - [`reconcile`]: range-based set reconciliation. Two replicas find the rows they hold
+//!   differently by exchanging fingerprints of key ranges, for catching up past the
+//!   change log's retention and for verifying that two copies agree.
 //!
 //! See `docs/merge-semantics.md` in the repository for the rules in prose.
 
@@ -36,6 +39,7 @@ mod id;
 mod key;
 pub mod mapping;
 pub mod merge;
+pub mod reconcile;
 mod value;
 mod vector;
 
