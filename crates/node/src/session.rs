@@ -28,8 +28,9 @@ use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
 use concord_store::{ApplyError, ApplyReport, RowError, Store, StoreError};
 use concord_wire::{
-    Ack, BATCH_OVERHEAD, ChangeBatch, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello, Message,
-    PROTOCOL_VERSION, WireError, encoded_size,
+    Ack, BATCH_OVERHEAD, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode, ErrorMessage, Frame,
+    FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION,
+    Reassembler, WireError, encoded_size, split_batch,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -45,7 +46,9 @@ pub(crate) enum SessionError {
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
     Wire(#[from] WireError),
-    #[error("peer speaks protocol versions {min}..={max}, this node speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "peer speaks protocol versions {min}..={max}, this node speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+    )]
     Version { min: u16, max: u16 },
     #[error("unexpected message: {0}")]
     Unexpected(String),
@@ -176,7 +179,7 @@ where
     // Handshake.
     let holds = store_holds(&shared).await?;
     let hello = Hello {
-        min_version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         node: shared.node_id,
         holds,
@@ -202,7 +205,7 @@ where
             return Err(refuse(&mut sink, err).await);
         }
     };
-    if theirs.min_version > PROTOCOL_VERSION || theirs.max_version < PROTOCOL_VERSION {
+    if theirs.min_version > PROTOCOL_VERSION || theirs.max_version < MIN_PROTOCOL_VERSION {
         let err = SessionError::Version {
             min: theirs.min_version,
             max: theirs.max_version,
@@ -239,6 +242,8 @@ where
         flow.clone(),
         theirs.holds,
         theirs.max_frame,
+        // The session speaks the newest version both sides speak.
+        theirs.max_version.min(PROTOCOL_VERSION) >= PIECES_SINCE_VERSION,
     );
     let pinger = {
         let tx = tx.clone();
@@ -315,6 +320,7 @@ fn name(message: &Message) -> &'static str {
         Message::Ping(_) => "Ping",
         Message::Pong(_) => "Pong",
         Message::Error(_) => "Error",
+        Message::Piece(_) => "Piece",
     }
 }
 
@@ -343,6 +349,7 @@ async fn send_loop(
     flow: Arc<Flow>,
     peer_holds: VersionVector,
     peer_max_frame: u32,
+    pieces: bool,
 ) -> Result<(), SessionError> {
     let sync = &shared.config.sync;
     let store = shared.store.clone();
@@ -361,7 +368,8 @@ async fn send_loop(
     let mut log_changed = shared.log_changed.subscribe();
     let mut batch = 0u64;
     // Every frame must fit the smaller of the two frame limits.
-    let budget = (sync.max_frame_bytes.min(peer_max_frame) as usize).saturating_sub(BATCH_OVERHEAD);
+    let max_frame = sync.max_frame_bytes.min(peer_max_frame);
+    let budget = (max_frame as usize).saturating_sub(BATCH_OVERHEAD);
     loop {
         log_changed.borrow_and_update();
         sent_holds.join(&peer.known_holds());
@@ -393,7 +401,7 @@ async fn send_loop(
         // peer holds each origin's changes contiguously): the session stops with the
         // error, which status shows, until the data or the mapping is fixed.
         let changes = outgoing(&peer.config.tables, page.changes)?;
-        for changes in split_by_size(changes, budget)? {
+        for changes in split_by_size(changes, budget, pieces)? {
             while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
                 let notified = flow.ack.notified();
                 if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
@@ -404,9 +412,20 @@ async fn send_loop(
             batch += 1;
             peer.counters.sent.add(changes.len() as u64);
             flow.sent.store(batch, Ordering::Release);
-            let frame = Frame::V1(Message::Changes(ChangeBatch { batch, changes }));
-            if tx.send(frame).await.is_err() {
-                return Err(SessionError::Closed);
+            let batch = ChangeBatch { batch, changes };
+            let frames = if batch.changes.iter().map(encoded_size).sum::<usize>() > budget {
+                // One change too large for a frame: send it in pieces.
+                split_batch(&batch, max_frame)?
+                    .into_iter()
+                    .map(|piece| Frame::V1(Message::Piece(piece)))
+                    .collect()
+            } else {
+                vec![Frame::V1(Message::Changes(batch))]
+            };
+            for frame in frames {
+                if tx.send(frame).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
             }
         }
     }
@@ -420,16 +439,30 @@ fn outgoing(mapping: &LinkMapping, changes: Vec<Change>) -> Result<Vec<Change>, 
     changes.into_iter().map(|c| mapping.outgoing(c)).collect()
 }
 
-/// Cuts changes into batches whose encoding fits `budget` bytes.
-fn split_by_size(changes: Vec<Change>, budget: usize) -> Result<Vec<Vec<Change>>, SessionError> {
+/// Cuts changes into batches whose encoding fits `budget` bytes. A change larger than
+/// that goes alone in its batch, sent in pieces, when the peer takes pieces.
+fn split_by_size(
+    changes: Vec<Change>,
+    budget: usize,
+    pieces: bool,
+) -> Result<Vec<Vec<Change>>, SessionError> {
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut size = 0;
     for change in changes {
         let n = encoded_size(&change);
+        if n > budget && pieces {
+            if !current.is_empty() {
+                batches.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            batches.push(vec![change]);
+            continue;
+        }
         if n > budget {
             return Err(SessionError::Unexpected(format!(
-                "change {}/{} to table {:?} encodes to {n} bytes, more than a frame may hold ({budget})",
+                "change {}/{} to table {:?} encodes to {n} bytes, more than a frame may hold ({budget}), \
+                 and the peer speaks only protocol version 1, which cannot carry it in pieces",
                 change.origin.short(),
                 change.seq,
                 change.table
@@ -469,6 +502,7 @@ where
     R: futures::Stream<Item = Result<Frame, WireError>> + Unpin,
 {
     let mut expected = 1u64;
+    let mut pieces = Reassembler::new(DEFAULT_MAX_BATCH_BYTES);
     let mut open_group: Vec<Change> = Vec::new();
     let mut big: Option<LargeTransaction> = None;
     let mut last_holds = VersionVector::new();
@@ -480,6 +514,19 @@ where
             Ok(Some(Ok(Frame::V1(message)))) => message,
         };
         peer.seen();
+        let frame = match frame {
+            Message::Piece(piece) => match pieces.push(piece)? {
+                Some(batch) => Message::Changes(batch),
+                None => continue,
+            },
+            Message::Changes(batch) if pieces.in_progress() => {
+                return Err(SessionError::Unexpected(format!(
+                    "batch {} while a batch in pieces was incomplete",
+                    batch.batch
+                )));
+            }
+            other => other,
+        };
         match frame {
             Message::Changes(batch) => {
                 if batch.batch != expected {
@@ -559,7 +606,7 @@ where
                     return Err(SessionError::Closed);
                 }
             }
-            Message::Pong(_) => {}
+            Message::Pong(_) | Message::Piece(_) => {}
             Message::Hello(_) => return Err(SessionError::Unexpected("a second Hello".into())),
             Message::Error(e) => {
                 return Err(SessionError::Peer {

@@ -365,6 +365,15 @@ mod documented_examples {
                 })),
             ),
             ("ack", Frame::V1(Message::Ack(Ack { batch: 1, holds }))),
+            (
+                "piece",
+                Frame::V1(Message::Piece(crate::message::Piece {
+                    batch: 2,
+                    offset: 300,
+                    total: 302,
+                    bytes: vec![0xde, 0xad],
+                })),
+            ),
         ]
     }
 

@@ -11,15 +11,18 @@
 //!   sent only to a peer whose [`Hello`] advertised it.
 //! - **Bounded.** A frame longer than the configured maximum is refused before it is
 //!   buffered; a batch holds at most [`MAX_BATCH_CHANGES`] changes; strings and keys
-//!   are bounded by the frame.
+//!   are bounded by the frame. A batch too large for a frame (one huge value) travels
+//!   in [`Piece`]s, reassembled up to the receiver's own size limit ([`Reassembler`]).
 //! - **Never panics on input.** Any byte sequence decodes to a message or to a
 //!   [`WireError`] naming what was wrong.
 
 mod codec;
 mod message;
+mod pieces;
 
 pub use codec::{BATCH_OVERHEAD, DEFAULT_MAX_FRAME, FrameCodec, WireError, encoded_size};
 pub use message::{
-    Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, Hello, MAX_BATCH_CHANGES, Message,
-    PROTOCOL_VERSION,
+    Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, Hello, MAX_BATCH_CHANGES,
+    MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, Piece,
 };
+pub use pieces::{DEFAULT_MAX_BATCH_BYTES, PIECE_OVERHEAD, Reassembler, split_batch};

@@ -3,8 +3,15 @@
 use concord_core::{Change, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 adds [`Message::Piece`];
+/// everything else is as in version 1, which this build still speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this build speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The first protocol version in which [`Message::Piece`] may be sent.
+pub const PIECES_SINCE_VERSION: u16 = 2;
 
 /// The most changes one [`ChangeBatch`] may carry.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
@@ -31,6 +38,24 @@ pub enum Message {
     Pong(u64),
     /// The sender is closing the session because of this error.
     Error(ErrorMessage),
+    /// A slice of a [`ChangeBatch`] too large for one frame (protocol version 2).
+    Piece(Piece),
+}
+
+/// One slice of the postcard encoding of a [`ChangeBatch`] that does not fit in a frame.
+/// The slices of one batch are sent in order, with no `Changes` or other `Piece` between
+/// them; the receiver reassembles the batch and handles it like a `Changes` message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The batch number the reassembled batch carries.
+    pub batch: u64,
+    /// Where these bytes start in the batch's encoding; the first piece starts at 0 and
+    /// each next one where the previous ended.
+    pub offset: u64,
+    /// The length of the whole encoding, the same in every piece of the batch.
+    pub total: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// Opens a session: who the sender is and what it holds.
