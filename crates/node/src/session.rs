@@ -28,9 +28,9 @@ use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
 use concord_store::{ApplyError, ApplyReport, RowError, Store, StoreError};
 use concord_wire::{
-    Ack, BATCH_OVERHEAD, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode, ErrorMessage, Frame,
-    FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION,
-    Reassembler, WireError, encoded_size, split_batch,
+    Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode,
+    ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION,
+    PROTOCOL_VERSION, Reassembler, WireError, encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -413,19 +413,18 @@ async fn send_loop(
             peer.counters.sent.add(changes.len() as u64);
             flow.sent.store(batch, Ordering::Release);
             let batch = ChangeBatch { batch, changes };
-            let frames = if batch.changes.iter().map(encoded_size).sum::<usize>() > budget {
-                // One change too large for a frame: send it in pieces.
-                split_batch(&batch, max_frame)?
-                    .into_iter()
-                    .map(|piece| Frame::V1(Message::Piece(piece)))
-                    .collect()
-            } else {
-                vec![Frame::V1(Message::Changes(batch))]
-            };
-            for frame in frames {
-                if tx.send(frame).await.is_err() {
-                    return Err(SessionError::Closed);
+            if batch.changes.iter().map(encoded_size).sum::<usize>() > budget {
+                // One change too large for a frame: encode it once, drop the decoded
+                // copy, and send the encoding a piece at a time.
+                let in_pieces = BatchInPieces::new(&batch, max_frame)?;
+                drop(batch);
+                for piece in in_pieces.pieces() {
+                    if tx.send(Frame::V1(Message::Piece(piece))).await.is_err() {
+                        return Err(SessionError::Closed);
+                    }
                 }
+            } else if tx.send(Frame::V1(Message::Changes(batch))).await.is_err() {
+                return Err(SessionError::Closed);
             }
         }
     }

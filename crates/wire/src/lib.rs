@@ -25,4 +25,6 @@ pub use message::{
     Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, Hello, MAX_BATCH_CHANGES,
     MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, Piece,
 };
-pub use pieces::{DEFAULT_MAX_BATCH_BYTES, PIECE_OVERHEAD, Reassembler, split_batch};
+pub use pieces::{
+    BatchInPieces, DEFAULT_MAX_BATCH_BYTES, PIECE_OVERHEAD, Reassembler, split_batch,
+};

@@ -19,21 +19,45 @@ pub const DEFAULT_MAX_BATCH_BYTES: u64 = (1 << 30) + (64 << 20);
 /// three varints of at most 10 bytes and the slice's length varint.
 pub const PIECE_OVERHEAD: usize = 4 + 1 + 1 + 10 + 10 + 10 + 10;
 
+/// A batch encoded once, to be sent as pieces whose frames fit `max_frame`. Pieces are
+/// cut one at a time, so only the encoding and the piece being sent are in memory.
+#[derive(Debug)]
+pub struct BatchInPieces {
+    batch: u64,
+    encoded: Vec<u8>,
+    slice: usize,
+}
+
+impl BatchInPieces {
+    /// Encodes `batch` for pieces whose frames fit in `max_frame`.
+    pub fn new(batch: &ChangeBatch, max_frame: u32) -> Result<Self, WireError> {
+        let encoded =
+            postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
+        Ok(Self {
+            batch: batch.batch,
+            encoded,
+            slice: (max_frame as usize).saturating_sub(PIECE_OVERHEAD).max(1),
+        })
+    }
+
+    /// The pieces, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = Piece> + '_ {
+        let total = self.encoded.len() as u64;
+        self.encoded
+            .chunks(self.slice)
+            .enumerate()
+            .map(move |(n, bytes)| Piece {
+                batch: self.batch,
+                offset: (n * self.slice) as u64,
+                total,
+                bytes: bytes.to_vec(),
+            })
+    }
+}
+
 /// Encodes `batch` and cuts the encoding into pieces whose frames fit in `max_frame`.
 pub fn split_batch(batch: &ChangeBatch, max_frame: u32) -> Result<Vec<Piece>, WireError> {
-    let encoded = postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let slice = (max_frame as usize).saturating_sub(PIECE_OVERHEAD).max(1);
-    let total = encoded.len() as u64;
-    Ok(encoded
-        .chunks(slice)
-        .enumerate()
-        .map(|(n, bytes)| Piece {
-            batch: batch.batch,
-            offset: (n * slice) as u64,
-            total,
-            bytes: bytes.to_vec(),
-        })
-        .collect())
+    Ok(BatchInPieces::new(batch, max_frame)?.pieces().collect())
 }
 
 /// Puts the pieces of one batch at a time back together.
