@@ -862,3 +862,51 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Join<R, W> {
         std::pin::Pin::new(&mut self.1).poll_shutdown(cx)
     }
 }
+
+#[test]
+fn pieces_of_a_large_batch_out_of_order_are_refused_and_nothing_of_it_applied() {
+    common::run(async {
+        let mut arena = Arena::new(|_| {}).await;
+        arena.source.transaction(10..40);
+        let batch = ChangeBatch {
+            batch: 1,
+            changes: arena.source.changes(),
+        };
+        // Tiny pieces, so the batch takes several; the second one is skipped.
+        let pieces = concord_wire::split_batch(&batch, 256).unwrap();
+        assert!(pieces.len() >= 3, "{}", pieces.len());
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(arena.source.origin()).await;
+        rogue.send(Message::Piece(pieces[0].clone())).await;
+        rogue.send(Message::Piece(pieces[2].clone())).await;
+        rogue
+            .expect_error_then_close(ErrorCode::Malformed, "expected")
+            .await;
+        arena.session_failed("starts at byte").await;
+        arena.nothing_applied().await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_batch_in_pieces_announcing_more_than_the_limit_is_refused_before_it_is_buffered() {
+    common::run(async {
+        let arena = Arena::new(|_| {}).await;
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(arena.source.origin()).await;
+        rogue
+            .send(Message::Piece(concord_wire::Piece {
+                batch: 1,
+                offset: 0,
+                total: 1 << 40,
+                bytes: vec![0; 1024],
+            }))
+            .await;
+        rogue
+            .expect_error_then_close(ErrorCode::Malformed, "exceeds the limit")
+            .await;
+        arena.session_failed("exceeds the limit").await;
+        arena.nothing_applied().await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
