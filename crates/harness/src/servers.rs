@@ -321,7 +321,12 @@ pub fn run_tests(trials: Vec<Trial>) -> ExitCode {
 /// A test with no parameters needs no server and always runs. Doc comments and other
 /// attributes are kept on the generated functions.
 ///
-/// ```ignore
+/// The test file needs `[[test]] name = "<file>"` with `harness = false` in its crate's
+/// `Cargo.toml`. The usual command line works (name filters, `--exact`, `--list`,
+/// `--test-threads`, `--include-ignored`); unlike libtest's, this runner does not capture
+/// a passing test's output, so what a test prints always shows.
+///
+/// ```text
 /// concord_harness::server_tests! {
 ///     /// Both databases converge.
 ///     fn converge(server: postgres) { /* server: &str */ }
