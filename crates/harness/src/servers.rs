@@ -306,10 +306,18 @@ where
 }
 
 /// Runs `trials` as libtest would (name filters, `--include-ignored`, `--nocapture`,
-/// `--test-threads`, `--list`, and the closing `test result:` line) and returns the
+/// `--test-threads` or `RUST_TEST_THREADS`, `--list`, and the closing `test result:` line) and returns the
 /// process's exit code. The `main` of a [`server_tests!`](crate::server_tests) binary.
 pub fn run_tests(trials: Vec<Trial>) -> ExitCode {
-    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+    let mut args = Arguments::from_args();
+    // libtest also reads the thread count from the environment; libtest-mimic does not.
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .filter(|&n: &usize| n > 0);
+    }
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
 /// Declares the tests of a `harness = false` test binary, and its `main`, so that each
