@@ -37,10 +37,14 @@
 //! `CONCORD_HARNESS_SEED` replays a seed, `CONCORD_HARNESS_MINUTES=N` repeats rounds for N
 //! minutes with a fresh seed.
 //!
-//! Needs `CONCORD_TEST_POSTGRES_URL` and `CONCORD_TEST_MYSQL_URL` (admin URLs; the test
-//! creates uniquely named databases and drops them at the end, also when it fails);
-//! without them it prints `skipping <test>: <VAR> not set` and returns.
-#![cfg(unix)]
+//! Needs PostgreSQL and MariaDB: the admin URLs in `CONCORD_TEST_POSTGRES_URL` and
+//! `CONCORD_TEST_MYSQL_URL`, or the usual local servers when those are unset (the test
+//! creates uniquely named databases and drops them at the end, also when it fails).
+//! Without a server the test is reported as ignored, with the reason; a variable naming
+//! a server that does not answer fails it (`concord_harness::servers` has the rule). This
+//! file is a `harness = false` test binary for that reason, built on Unix only as before
+//! (elsewhere its `main` does nothing).
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,7 +62,7 @@ use concord_harness::node::{self, Settings};
 use concord_harness::process::{self, STDERR_FILE, STDOUT_FILE, ServeProcess};
 use concord_harness::rng::Rng;
 use concord_harness::run::{self, Control, Histories, StopOnExit, lock, ms, nap};
-use concord_harness::servers::{self, MYSQL_URL_ENV, POSTGRES_URL_ENV};
+use concord_harness::servers;
 use concord_harness::status;
 use concord_harness::topology::{self, Link};
 use concord_harness::workload::{self, Planner, SHARED, Step};
@@ -1206,200 +1210,202 @@ impl Observed {
     }
 }
 
-#[test]
-fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes() {
-    let Some(pg_admin) = servers::server_url(POSTGRES_URL_ENV, TEST) else {
-        return;
-    };
-    let Some(my_admin) = servers::server_url(MYSQL_URL_ENV, TEST) else {
-        return;
-    };
-    let seed = seed();
-    mode::print_seed(TEST, seed);
-    let started = Instant::now();
-    let mut rng = Rng::new(seed);
+#[cfg(unix)]
+concord_harness::server_tests! {
+    fn mixed_store_mesh_keeps_every_committed_write_under_faults_and_crashes(
+        pg_admin: postgres,
+        my_admin: mysql,
+    ) {
+        let seed = seed();
+        mode::print_seed(TEST, seed);
+        let started = Instant::now();
+        let mut rng = Rng::new(seed);
 
-    // Declared first so it is dropped last: after the node processes and the writers'
-    // connections, which would otherwise hold the databases open.
-    let dbs = ServerDatabases::create(&pg_admin, &my_admin);
-    println!(
-        "databases: {} on {} and on {}",
-        dbs.name,
-        servers::with_database(&pg_admin, ""),
-        servers::with_database(&my_admin, "")
-    );
-    let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<NodeDir> = (0..NODES)
-        .map(|i| init_node(root.path(), i, &dbs))
-        .collect();
+        // Declared first so it is dropped last: after the node processes and the writers'
+        // connections, which would otherwise hold the databases open.
+        let dbs = ServerDatabases::create(pg_admin, my_admin);
+        println!(
+            "databases: {} on {} and on {}",
+            dbs.name,
+            servers::with_database(pg_admin, ""),
+            servers::with_database(my_admin, "")
+        );
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<NodeDir> = (0..NODES)
+            .map(|i| init_node(root.path(), i, &dbs))
+            .collect();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    // A mesh: every pair linked, the lower-numbered node dials through a proxy.
-    let pairs: Vec<(usize, usize)> = (0..NODES)
-        .flat_map(|a| (a + 1..NODES).map(move |b| (a, b)))
-        .collect();
-    let links = node::link(&runtime, &dirs, &pairs).unwrap();
-    let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
-    let nodes = node::start(binary, &dirs, |_| Vec::new()).unwrap();
-    // On failure: what the nodes set aside and warned about, then the end of each log.
-    let logs = |nodes: &[Mutex<ServeProcess>]| {
-        let tails = process::all_logs(nodes, 6000);
-        format!("{}{tails}", diagnosis(&dirs))
-    };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // A mesh: every pair linked, the lower-numbered node dials through a proxy.
+        let pairs: Vec<(usize, usize)> = (0..NODES)
+            .flat_map(|a| (a + 1..NODES).map(move |b| (a, b)))
+            .collect();
+        let links = node::link(&runtime, &dirs, &pairs).unwrap();
+        let binary = Path::new(env!("CARGO_BIN_EXE_concord"));
+        let nodes = node::start(binary, &dirs, |_| Vec::new()).unwrap();
+        // On failure: what the nodes set aside and warned about, then the end of each log.
+        let logs = |nodes: &[Mutex<ServeProcess>]| {
+            let tails = process::all_logs(nodes, 6000);
+            format!("{}{tails}", diagnosis(&dirs))
+        };
 
-    // Every node sees both peers connected before the workload starts.
-    let https: Vec<_> = dirs.iter().map(|d| d.http).collect();
-    let connected_in =
-        status::wait_all_connected(&https, |_| NODES - 1, TIMEOUT, Duration::from_millis(200))
-            .unwrap_or_else(|states| {
-                panic!(
-                    "the mesh did not connect within {TIMEOUT:?}: {states:?}\n{}",
-                    logs(&nodes)
-                )
-            });
-    // Each store's node id: the origin its writer's changes carry.
-    let writer_of: HashMap<NodeId, usize> = dirs
-        .iter()
-        .enumerate()
-        .map(|(w, d)| (status::node_id(d.http).unwrap(), w))
-        .collect();
+        // Every node sees both peers connected before the workload starts.
+        let https: Vec<_> = dirs.iter().map(|d| d.http).collect();
+        let connected_in =
+            status::wait_all_connected(&https, |_| NODES - 1, TIMEOUT, Duration::from_millis(200))
+                .unwrap_or_else(|states| {
+                    panic!(
+                        "the mesh did not connect within {TIMEOUT:?}: {states:?}\n{}",
+                        logs(&nodes)
+                    )
+                });
+        // Each store's node id: the origin its writer's changes carry.
+        let writer_of: HashMap<NodeId, usize> = dirs
+            .iter()
+            .enumerate()
+            .map(|(w, d)| (status::node_id(d.http).unwrap(), w))
+            .collect();
 
-    let run = Run {
-        control: Control::new(),
-        histories: Histories::new(workload::layout(NODES)),
-        stores: dirs.iter().map(|d| d.store.clone()).collect(),
-        row_writes: AtomicU64::new(0),
-        retries: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
-        retry_reasons: Mutex::new(BTreeMap::new()),
-        writer_of,
-    };
-    let mut injected = Injected::default();
-    let workload = run::workload(
-        &run.control,
-        &mut rng,
-        NODES,
-        |me, writer_rng| writer(&run, me, writer_rng),
-        NODES,
-        |node, progress| {
-            let table = run.read(node)?;
-            run.histories
-                .check_snapshot(node, &label(node), &table, progress)
-                .map_err(|e| format!("{e}\n{}", run.explain(&keys_named(&e))))
-        },
-        |faults_rng| faults(&run, faults_rng, &links, &nodes, &mut injected),
-    );
-    run::end(&run.control, &nodes, &links, label)
-        .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}\n{}", logs(&nodes)));
+        let run = Run {
+            control: Control::new(),
+            histories: Histories::new(workload::layout(NODES)),
+            stores: dirs.iter().map(|d| d.store.clone()).collect(),
+            row_writes: AtomicU64::new(0),
+            retries: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
+            retry_reasons: Mutex::new(BTreeMap::new()),
+            writer_of,
+        };
+        let mut injected = Injected::default();
+        let workload = run::workload(
+            &run.control,
+            &mut rng,
+            NODES,
+            |me, writer_rng| writer(&run, me, writer_rng),
+            NODES,
+            |node, progress| {
+                let table = run.read(node)?;
+                run.histories
+                    .check_snapshot(node, &label(node), &table, progress)
+                    .map_err(|e| format!("{e}\n{}", run.explain(&keys_named(&e))))
+            },
+            |faults_rng| faults(&run, faults_rng, &links, &nodes, &mut injected),
+        );
+        run::end(&run.control, &nodes, &links, label)
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}\n{}", logs(&nodes)));
 
-    // Convergence: same rows, same version vectors, nothing left to capture.
-    let (observed, converged_in) = status::poll(
-        CONVERGE_WITHIN,
-        Duration::from_millis(250),
-        || Observed::take(&dirs),
-        Observed::converged,
-    )
-    .unwrap_or_else(|observed| {
-        panic!(
-            "seed {seed:#x}: the databases did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}{}",
-            observed.describe(),
-            run.explain(&keys_named(&observed.describe())),
-            logs(&nodes)
+        // Convergence: same rows, same version vectors, nothing left to capture.
+        let (observed, converged_in) = status::poll(
+            CONVERGE_WITHIN,
+            Duration::from_millis(250),
+            || Observed::take(&dirs),
+            Observed::converged,
         )
-    });
+        .unwrap_or_else(|observed| {
+            panic!(
+                "seed {seed:#x}: the databases did not converge within {CONVERGE_WITHIN:?} of the network healing:\n{}\n{}{}",
+                observed.describe(),
+                run.explain(&keys_named(&observed.describe())),
+                logs(&nodes)
+            )
+        });
 
-    // No node panicked, even in a run it recovered from.
-    let panics = panics_in_logs(&dirs);
-    assert!(
-        panics.is_empty(),
-        "seed {seed:#x}: a node panicked:\n{}",
-        panics.join("\n")
-    );
-    // Nothing set aside: every value fits every store's column.
-    assert!(
-        observed.set_aside.iter().all(|f| *f == Some(0)),
-        "seed {seed:#x}: changes were set aside (failures per node: {:?}):\n{}\n{}",
-        observed.set_aside,
-        observed.describe(),
-        logs(&nodes)
-    );
+        // No node panicked, even in a run it recovered from.
+        let panics = panics_in_logs(&dirs);
+        assert!(
+            panics.is_empty(),
+            "seed {seed:#x}: a node panicked:\n{}",
+            panics.join("\n")
+        );
+        // Nothing set aside: every value fits every store's column.
+        assert!(
+            observed.set_aside.iter().all(|f| *f == Some(0)),
+            "seed {seed:#x}: changes were set aside (failures per node: {:?}):\n{}\n{}",
+            observed.set_aside,
+            observed.describe(),
+            logs(&nodes)
+        );
 
-    // Nothing lost, nothing partial, nothing duplicated, nothing invented.
-    let table = observed.tables[0].as_ref().unwrap();
-    let problems = run.histories.check_final(table);
-    assert!(
-        problems.is_empty(),
-        "seed {seed:#x}: the converged state is wrong:\n{}\n{}{}",
-        problems.join("\n"),
-        run.explain(&keys_named(&problems.join("\n"))),
-        logs(&nodes)
-    );
-    // Every change is in every store's log exactly once: per origin the entries are
-    // 1..=max without holes or duplicates, and max is what the node holds.
-    for (i, d) in dirs.iter().enumerate() {
-        let counts = d.store.log_counts().unwrap();
-        let held = observed.holds[i].as_ref().unwrap();
-        changelog::check_log_counts(&label(i), counts, held, RETENTION_CHANGES)
-            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+        // Nothing lost, nothing partial, nothing duplicated, nothing invented.
+        let table = observed.tables[0].as_ref().unwrap();
+        let problems = run.histories.check_final(table);
+        assert!(
+            problems.is_empty(),
+            "seed {seed:#x}: the converged state is wrong:\n{}\n{}{}",
+            problems.join("\n"),
+            run.explain(&keys_named(&problems.join("\n"))),
+            logs(&nodes)
+        );
+        // Every change is in every store's log exactly once: per origin the entries are
+        // 1..=max without holes or duplicates, and max is what the node holds.
+        for (i, d) in dirs.iter().enumerate() {
+            let counts = d.store.log_counts().unwrap();
+            let held = observed.holds[i].as_ref().unwrap();
+            changelog::check_log_counts(&label(i), counts, held, RETENTION_CHANGES)
+                .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+        }
+
+        // The exact check of the shared rows, on the SQLite node's log (it holds every
+        // origin's changes, now that the version vectors agree).
+        let writer_of = &run.writer_of;
+        let Store::Sqlite(sqlite_db) = &dirs[0].store else {
+            unreachable!("node 0 is the SQLite node")
+        };
+        let log = changelog::read_log(sqlite_db).unwrap();
+        let logged = changelog::shared_changes(&log, writer_of, &SHARED).unwrap();
+        let problems = run.histories.check_last_writer(&logged, table);
+        assert!(
+            problems.is_empty(),
+            "seed {seed:#x}: the shared rows are not the last writers':\n{}\n{}",
+            problems.join("\n"),
+            logs(&nodes)
+        );
+
+        let txns: Vec<usize> = run.histories.transactions();
+        let total_txns: usize = txns.iter().sum();
+        let retries: Vec<u64> = run
+            .retries
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .collect();
+        let counts = node::link_counts(&links, &dirs);
+        println!(
+            "{TEST} seed {seed:#x}: PASSED. {total_txns} committed transactions checked (per writer sqlite/postgres/mariadb: {txns:?}; \
+             {} row writes; rolled back and retried: {retries:?}); {} snapshots checked during the run; \
+             faults: {injected:?}; node starts: {:?}; last-writer check: {} logged changes to {} shared rows; \
+             conflicts recorded: {:?}; mesh connected in {connected_in:.1?}, workload {workload:.1?}, \
+             converged {converged_in:.1?} after healing, total {:.1?}; {} rows at the end\nproxies: {counts:?}",
+            run.row_writes.load(Ordering::Relaxed),
+            run.histories.snapshots_checked(),
+            process::starts(&nodes),
+            logged.len(),
+            table.range(SHARED).count(),
+            observed.conflicts,
+            started.elapsed(),
+            table.len(),
+        );
+        println!(
+            "writers' transactions rolled back by their database: {:?}",
+            lock(&run.retry_reasons)
+        );
+        println!("node logs:\n  {}", log_warnings(&dirs).join("\n  "));
+        let rounds = injected.rounds;
+        assert!(
+            rounds >= 1
+                && injected.drops == 3 * rounds
+                && injected.partitions == rounds
+                && injected.kills_per_node.iter().all(|k| *k >= rounds),
+            "not every fault was injected: {injected:?}"
+        );
+        assert!(
+            txns.iter().all(|t| *t > 20),
+            "too little workload to mean anything: {txns:?} transactions per writer"
+        );
     }
-
-    // The exact check of the shared rows, on the SQLite node's log (it holds every
-    // origin's changes, now that the version vectors agree).
-    let writer_of = &run.writer_of;
-    let Store::Sqlite(sqlite_db) = &dirs[0].store else {
-        unreachable!("node 0 is the SQLite node")
-    };
-    let log = changelog::read_log(sqlite_db).unwrap();
-    let logged = changelog::shared_changes(&log, writer_of, &SHARED).unwrap();
-    let problems = run.histories.check_last_writer(&logged, table);
-    assert!(
-        problems.is_empty(),
-        "seed {seed:#x}: the shared rows are not the last writers':\n{}\n{}",
-        problems.join("\n"),
-        logs(&nodes)
-    );
-
-    let txns: Vec<usize> = run.histories.transactions();
-    let total_txns: usize = txns.iter().sum();
-    let retries: Vec<u64> = run
-        .retries
-        .iter()
-        .map(|r| r.load(Ordering::Relaxed))
-        .collect();
-    let counts = node::link_counts(&links, &dirs);
-    println!(
-        "{TEST} seed {seed:#x}: PASSED. {total_txns} committed transactions checked (per writer sqlite/postgres/mariadb: {txns:?}; \
-         {} row writes; rolled back and retried: {retries:?}); {} snapshots checked during the run; \
-         faults: {injected:?}; node starts: {:?}; last-writer check: {} logged changes to {} shared rows; \
-         conflicts recorded: {:?}; mesh connected in {connected_in:.1?}, workload {workload:.1?}, \
-         converged {converged_in:.1?} after healing, total {:.1?}; {} rows at the end\nproxies: {counts:?}",
-        run.row_writes.load(Ordering::Relaxed),
-        run.histories.snapshots_checked(),
-        process::starts(&nodes),
-        logged.len(),
-        table.range(SHARED).count(),
-        observed.conflicts,
-        started.elapsed(),
-        table.len(),
-    );
-    println!(
-        "writers' transactions rolled back by their database: {:?}",
-        lock(&run.retry_reasons)
-    );
-    println!("node logs:\n  {}", log_warnings(&dirs).join("\n  "));
-    let rounds = injected.rounds;
-    assert!(
-        rounds >= 1
-            && injected.drops == 3 * rounds
-            && injected.partitions == rounds
-            && injected.kills_per_node.iter().all(|k| *k >= rounds),
-        "not every fault was injected: {injected:?}"
-    );
-    assert!(
-        txns.iter().all(|t| *t > 20),
-        "too little workload to mean anything: {txns:?} transactions per writer"
-    );
 }
+
+#[cfg(not(unix))]
+fn main() {}

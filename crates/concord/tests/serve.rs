@@ -13,10 +13,10 @@
 //!   naming the file and the problem;
 //! * `init` that overwrites an existing node (its identity and configuration);
 //! * `status` against a node that is not running that hangs or gives no hint to start it;
-//! * `--help` of `init`, `serve` or `status` that does not explain the subcommand;
-//! * a node set up with `init --postgres` that does not capture or apply through its
-//!   PostgreSQL database, or does not sync with a SQLite node (needs
-//!   `CONCORD_TEST_POSTGRES_URL`; skipped by name without it).
+//! * `--help` of `init`, `serve` or `status` that does not explain the subcommand.
+//!
+//! The same over a PostgreSQL node is in `serve_postgres.rs`, a binary of its own because
+//! it needs a server.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::ffi::OsStr;
@@ -499,127 +499,5 @@ fn help_of_init_serve_and_status_explains_them() {
                 "`concord {sub} --help` does not mention {needle:?}:\n{help}"
             );
         }
-    }
-}
-
-/// A PostgreSQL database created for one test and dropped at its end.
-struct PgDatabase {
-    admin: String,
-    name: String,
-}
-
-impl PgDatabase {
-    fn create(admin: &str, ddl: &str) -> Self {
-        let name = format!("concord_serve_{}", std::process::id());
-        let mut client = postgres::Client::connect(admin, postgres::NoTls).unwrap();
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let db = Self {
-            admin: admin.into(),
-            name,
-        };
-        db.client().batch_execute(ddl).unwrap();
-        db
-    }
-
-    fn url(&self) -> String {
-        let (root, _) = self.admin.rsplit_once('/').unwrap();
-        format!("{root}/{}", self.name)
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
-    }
-
-    fn rows(&self) -> Vec<(i64, String)> {
-        self.client()
-            .query("SELECT id::int8, v FROM t ORDER BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
-#[test]
-fn a_node_served_over_postgres_syncs_with_a_node_served_over_sqlite() {
-    let Some(admin) = std::env::var("CONCORD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        println!(
-            "skipping a_node_served_over_postgres_syncs_with_a_node_served_over_sqlite: \
-             CONCORD_TEST_POSTGRES_URL not set"
-        );
-        return;
-    };
-    let pg = PgDatabase::create(&admin, "CREATE TABLE t(id integer PRIMARY KEY, v text)");
-    let root = tempfile::tempdir().unwrap();
-    let (dp, dl) = (root.path().join("pg"), root.path().join("lite"));
-    let (listen, http) = (free_port(), free_port());
-    let out = ok(concord([
-        "init",
-        "--dir",
-        &s(&dp),
-        "--name",
-        "pg",
-        "--postgres",
-        &pg.url(),
-        "--tables",
-        "t",
-        "--listen",
-        &format!("127.0.0.1:{listen}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-    ]));
-    let fp = out
-        .lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let (fl, _) = init_node(&dl, "lite");
-    add_peer(&dp, "lite", &fl, None);
-    add_peer(&dl, "pg", &fp, Some(format!("127.0.0.1:{listen}")));
-    let mut np = Served::start(&dp);
-    let mut nl = Served::start(&dl);
-    let db = dl.join("app.db");
-
-    pg.client()
-        .batch_execute("INSERT INTO t VALUES (1, 'from postgres'), (2, 'also from postgres')")
-        .unwrap();
-    write(&db, "INSERT INTO t VALUES (3, 'from sqlite')");
-    wait_until("both databases to hold all three rows", &[&np, &nl], || {
-        let (p, l) = (pg.rows(), rows(&db));
-        if p.len() == 3 && p == l {
-            Ok(())
-        } else {
-            Err(format!("postgres {p:?}, sqlite {l:?}"))
-        }
-    });
-    let json = status_json(&dp);
-    assert!(
-        json["store"].as_str().unwrap().starts_with("postgres://"),
-        "status names the PostgreSQL store: {json}"
-    );
-    assert_eq!(json["peers"][0]["state"], "connected", "{json}");
-    for node in [&mut nl, &mut np] {
-        let status = node.terminate();
-        assert!(status.success(), "{}", node.logs());
     }
 }

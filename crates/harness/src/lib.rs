@@ -19,8 +19,10 @@
 //! * [`model`]: the recorded history of committed writes and the pure checks run on
 //!   snapshots of every node's table, including the exact last-writer check of the
 //!   shared rows against the versions the change log recorded.
-//! * [`servers`]: the PostgreSQL and MariaDB servers of tests that run nodes over them:
-//!   their URLs from the environment (or a loud skip), unique database names.
+//! * [`servers`]: the PostgreSQL and MariaDB servers of tests that need them: the rule
+//!   deciding once per test binary whether they run (the variable's URL, else the usual
+//!   local one if it answers, else ignored with the reason) and the
+//!   [`server_tests!`] macro that reports them that way; unique database names.
 //! * [`rng`]: a tiny seeded generator, owned here so that a printed seed replays the
 //!   same schedule whatever version of an RNG crate the workspace moves to.
 //!

@@ -22,7 +22,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{TestDb, all_changes, server_or_skip};
+use common::{TestDb, all_changes};
 use concord_core::{Change, Hlc, PrimaryKey, Value};
 use concord_mysql::Store as _;
 use concord_mysql::{ApplyError, MyStore, RowError, StoreOptions};
@@ -95,15 +95,10 @@ struct Fixture {
 /// Runs `mutate` on the second change of a two-row source transaction and checks that
 /// the batch is refused whole, naming origin/seq, table and key, with a row error
 /// satisfying `check` (given the full message too); then that nothing was applied and
-/// that the good batch applies on the same store value. `None` when skipped.
-fn refused(
-    test: &str,
-    mutate: impl Fn(&mut Change),
-    check: impl Fn(&RowError, &str),
-) -> Option<Fixture> {
-    let base = server_or_skip(test)?;
-    let src_db = TestDb::new(&base, DDL);
-    let dst_db = TestDb::new(&base, DDL);
+/// that the good batch applies on the same store value.
+fn refused(base: &str, mutate: impl Fn(&mut Change), check: impl Fn(&RowError, &str)) -> Fixture {
+    let src_db = TestDb::new(base, DDL);
+    let dst_db = TestDb::new(base, DDL);
     let mut src = MyStore::track(&src_db.url, TABLES, StoreOptions::default()).unwrap();
     let mut dst = MyStore::track(&dst_db.url, TABLES, StoreOptions::default()).unwrap();
     src_db.transaction(&[
@@ -160,12 +155,12 @@ fn refused(
     assert_eq!(dst.log_len().unwrap(), 2);
     assert_eq!(src_db.items(), dst_db.items());
     assert_eq!(dst_db.items().len(), 2);
-    Some(Fixture {
+    Fixture {
         dst,
         _src: src,
         dst_db,
         _src_db: src_db,
-    })
+    }
 }
 
 fn column_mut<'c>(change: &'c mut Change, name: &str) -> &'c mut Value {
@@ -189,183 +184,170 @@ fn refused_by_the_database(error: &RowError, message: &str) {
     assert!(matches!(error, RowError::Refused(_)), "{message}");
 }
 
-#[test]
-fn an_unknown_table_is_refused_by_name() {
-    refused(
-        "an_unknown_table_is_refused_by_name",
-        |c| c.table = "nope".into(),
-        |e, m| {
-            assert!(matches!(e, RowError::UnknownTable), "{m}");
-            assert!(m.contains("table \"nope\""), "{m}");
-        },
-    );
-}
+concord_harness::server_tests! {
+    fn an_unknown_table_is_refused_by_name(server: mysql) {
+        refused(
+            server,
+            |c| c.table = "nope".into(),
+            |e, m| {
+                assert!(matches!(e, RowError::UnknownTable), "{m}");
+                assert!(m.contains("table \"nope\""), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn an_unknown_column_is_refused_by_name() {
-    refused(
-        "an_unknown_column_is_refused_by_name",
-        |c| {
-            c.columns
-                .iter_mut()
-                .find(|c| c.column == "name")
-                .unwrap()
-                .column = "colour".into();
-        },
-        |e, m| {
-            assert!(
-                matches!(e, RowError::UnknownColumn(c) if c == "colour"),
-                "{m}"
-            );
-            assert!(m.contains("\"colour\""), "{m}");
-        },
-    );
-}
+    fn an_unknown_column_is_refused_by_name(server: mysql) {
+        refused(
+            server,
+            |c| {
+                c.columns
+                    .iter_mut()
+                    .find(|c| c.column == "name")
+                    .unwrap()
+                    .column = "colour".into();
+            },
+            |e, m| {
+                assert!(
+                    matches!(e, RowError::UnknownColumn(c) if c == "colour"),
+                    "{m}"
+                );
+                assert!(m.contains("\"colour\""), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn a_value_of_the_wrong_type_is_refused_naming_the_column() {
-    refused(
-        "a_value_of_the_wrong_type_is_refused_naming_the_column",
-        |c| *column_mut(c, "qty") = Value::Text("many".into()),
-        |e, m| wrong_type_of(e, m, "qty"),
-    );
-}
+    fn a_value_of_the_wrong_type_is_refused_naming_the_column(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "qty") = Value::Text("many".into()),
+            |e, m| wrong_type_of(e, m, "qty"),
+        );
+    }
 
-#[test]
-fn a_decimal_the_column_would_round_is_refused_naming_the_column() {
-    refused(
-        "a_decimal_the_column_would_round_is_refused_naming_the_column",
-        |c| *column_mut(c, "price") = Value::Decimal("2.255".into()),
-        |e, m| {
-            wrong_type_of(e, m, "price");
-            assert!(m.contains("rounded"), "{m}");
-        },
-    );
-}
+    fn a_decimal_the_column_would_round_is_refused_naming_the_column(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "price") = Value::Decimal("2.255".into()),
+            |e, m| {
+                wrong_type_of(e, m, "price");
+                assert!(m.contains("rounded"), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn text_longer_than_the_column_is_refused_not_truncated() {
-    refused(
-        "text_longer_than_the_column_is_refused_not_truncated",
-        |c| *column_mut(c, "name") = Value::Text("watermelon".into()),
-        |e, m| wrong_type_of(e, m, "name"),
-    );
-}
+    fn text_longer_than_the_column_is_refused_not_truncated(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "name") = Value::Text("watermelon".into()),
+            |e, m| wrong_type_of(e, m, "name"),
+        );
+    }
 
-#[test]
-fn a_malformed_key_is_refused_and_shown_in_hex() {
-    refused(
-        "a_malformed_key_is_refused_and_shown_in_hex",
-        |c| c.key = PrimaryKey::from_bytes_unchecked(vec![0xff, 0x00]),
-        |e, m| {
-            assert!(matches!(e, RowError::MalformedKey(_)), "{m}");
-            assert!(m.contains("ff00"), "{m}");
-        },
-    );
-}
+    fn a_malformed_key_is_refused_and_shown_in_hex(server: mysql) {
+        refused(
+            server,
+            |c| c.key = PrimaryKey::from_bytes_unchecked(vec![0xff, 0x00]),
+            |e, m| {
+                assert!(matches!(e, RowError::MalformedKey(_)), "{m}");
+                assert!(m.contains("ff00"), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn a_key_with_the_wrong_number_of_components_is_refused() {
-    refused(
-        "a_key_with_the_wrong_number_of_components_is_refused",
-        |c| c.key = PrimaryKey::encode(&[Value::Integer(2), Value::Text("extra".into())]).unwrap(),
-        |e, m| {
-            assert!(
-                matches!(
-                    e,
-                    RowError::KeyArity {
-                        expected: 1,
-                        found: 2
-                    }
-                ),
-                "{m}"
-            );
-        },
-    );
-}
+    fn a_key_with_the_wrong_number_of_components_is_refused(server: mysql) {
+        refused(
+            server,
+            |c| c.key = PrimaryKey::encode(&[Value::Integer(2), Value::Text("extra".into())]).unwrap(),
+            |e, m| {
+                assert!(
+                    matches!(
+                        e,
+                        RowError::KeyArity {
+                            expected: 1,
+                            found: 2
+                        }
+                    ),
+                    "{m}"
+                );
+            },
+        );
+    }
 
-#[test]
-fn a_key_of_the_wrong_type_is_refused_naming_the_column() {
-    refused(
-        "a_key_of_the_wrong_type_is_refused_naming_the_column",
-        |c| c.key = PrimaryKey::encode(&[Value::Text("2".into())]).unwrap(),
-        |e, m| wrong_type_of(e, m, "id"),
-    );
-}
+    fn a_key_of_the_wrong_type_is_refused_naming_the_column(server: mysql) {
+        refused(
+            server,
+            |c| c.key = PrimaryKey::encode(&[Value::Text("2".into())]).unwrap(),
+            |e, m| wrong_type_of(e, m, "id"),
+        );
+    }
 
-#[test]
-fn a_check_violation_at_the_destination_is_refused_naming_the_row() {
-    refused(
-        "a_check_violation_at_the_destination_is_refused_naming_the_row",
-        |c| *column_mut(c, "qty") = Value::Integer(-5),
-        |e, m| {
-            refused_by_the_database(e, m);
-            assert!(m.contains("items_qty_check"), "{m}");
-        },
-    );
-}
+    fn a_check_violation_at_the_destination_is_refused_naming_the_row(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "qty") = Value::Integer(-5),
+            |e, m| {
+                refused_by_the_database(e, m);
+                assert!(m.contains("items_qty_check"), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn a_not_null_violation_at_the_destination_is_refused_naming_the_column() {
-    refused(
-        "a_not_null_violation_at_the_destination_is_refused_naming_the_column",
-        |c| *column_mut(c, "name") = Value::Null,
-        |e, m| {
-            refused_by_the_database(e, m);
-            assert!(m.contains("'name'"), "{m}");
-        },
-    );
-}
+    fn a_not_null_violation_at_the_destination_is_refused_naming_the_column(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "name") = Value::Null,
+            |e, m| {
+                refused_by_the_database(e, m);
+                assert!(m.contains("'name'"), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn a_foreign_key_violation_at_the_destination_is_refused_naming_the_row() {
-    refused(
-        "a_foreign_key_violation_at_the_destination_is_refused_naming_the_row",
-        |c| *column_mut(c, "parent_id") = Value::Integer(99),
-        |e, m| {
-            refused_by_the_database(e, m);
-            assert!(m.contains("items_parent"), "{m}");
-            assert!(m.contains("parent_id"), "{m}");
-        },
-    );
-}
+    fn a_foreign_key_violation_at_the_destination_is_refused_naming_the_row(server: mysql) {
+        refused(
+            server,
+            |c| *column_mut(c, "parent_id") = Value::Integer(99),
+            |e, m| {
+                refused_by_the_database(e, m);
+                assert!(m.contains("items_parent"), "{m}");
+                assert!(m.contains("parent_id"), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock() {
-    let Some(mut f) = refused(
-        "a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock",
-        |c| c.hlc = Hlc::new(now_ms() + 3_600_000, 0),
-        |e, m| {
-            assert!(matches!(e, RowError::Clock(_)), "{m}");
-            assert!(m.contains("ahead of local time"), "{m}");
-        },
-    ) else {
-        return;
-    };
-    // The local clock was not dragged forward by the refused timestamp: a local write
-    // captured now is stamped near wall time.
-    f.dst_db
-        .conn()
-        .query_drop("UPDATE items SET qty = 3 WHERE id = 1")
-        .unwrap();
-    assert_eq!(f.dst.capture().unwrap(), 1);
-    let local = all_changes(&f.dst).pop().unwrap();
-    assert_eq!(local.origin, f.dst.node_id());
-    assert!(
-        local.hlc.millis() < now_ms() + 60_000,
-        "local clock jumped to {}",
-        local.hlc
-    );
-}
+    fn a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock(server: mysql) {
+        let mut f = refused(
+            server,
+            |c| c.hlc = Hlc::new(now_ms() + 3_600_000, 0),
+            |e, m| {
+                assert!(matches!(e, RowError::Clock(_)), "{m}");
+                assert!(m.contains("ahead of local time"), "{m}");
+            },
+        );
+        // The local clock was not dragged forward by the refused timestamp: a local write
+        // captured now is stamped near wall time.
+        f.dst_db
+            .conn()
+            .query_drop("UPDATE items SET qty = 3 WHERE id = 1")
+            .unwrap();
+        assert_eq!(f.dst.capture().unwrap(), 1);
+        let local = all_changes(&f.dst).pop().unwrap();
+        assert_eq!(local.origin, f.dst.node_id());
+        assert!(
+            local.hlc.millis() < now_ms() + 60_000,
+            "local clock jumped to {}",
+            local.hlc
+        );
+    }
 
-#[test]
-fn a_column_version_beyond_the_clock_bound_is_refused() {
-    refused(
-        "a_column_version_beyond_the_clock_bound_is_refused",
-        |c| c.columns[0].version.hlc = Hlc::new(now_ms() + 3_600_000, 0),
-        |e, m| {
-            assert!(matches!(e, RowError::Clock(_)), "{m}");
-            assert!(m.contains("ahead of local time"), "{m}");
-        },
-    );
+    fn a_column_version_beyond_the_clock_bound_is_refused(server: mysql) {
+        refused(
+            server,
+            |c| c.columns[0].version.hlc = Hlc::new(now_ms() + 3_600_000, 0),
+            |e, m| {
+                assert!(matches!(e, RowError::Clock(_)), "{m}");
+                assert!(m.contains("ahead of local time"), "{m}");
+            },
+        );
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestDb, all_changes, server_or_skip};
+use common::{TestDb, all_changes};
 use concord_core::{Change, Value};
 use concord_mysql::{MyStore, StoreOptions, pull};
 
@@ -266,118 +266,110 @@ fn check_log(changes: &[Change], columns: &BTreeMap<&str, usize>) -> BTreeMap<St
     inserted
 }
 
-#[test]
-fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing() {
-    let Some(base) =
-        server_or_skip("initial_load_under_concurrent_writes_loses_and_duplicates_nothing")
-    else {
-        return;
-    };
-    let source = TestDb::new(&base, SCHEMA);
-    const CUSTOMERS: i64 = 300;
-    prefill(&mut source.conn(), CUSTOMERS);
+concord_harness::server_tests! {
+    fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing(base: mysql) {
+        let source = TestDb::new(base, SCHEMA);
+        const CUSTOMERS: i64 = 300;
+        prefill(&mut source.conn(), CUSTOMERS);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = Writer {
-        url: source.url.clone(),
-        conn: source.conn(),
-        rng: Rng(0x9e37_79b9_7f4a_7c15),
-        next_customer: CUSTOMERS + 1,
-        next_order: 2 * CUSTOMERS + 1,
-    };
-    let writer = {
-        let (stop, writes) = (stop.clone(), writes.clone());
-        std::thread::spawn(move || writer.run(&stop, &writes))
-    };
-    wait_for(&writes, 100);
-    let before = writes.load(Ordering::Relaxed);
-    let mut src = MyStore::track(&source.url, TABLES, StoreOptions::default()).unwrap();
-    let tracked_at = writes.load(Ordering::Relaxed);
-    // Keep writing after tracking, with a capture in the middle.
-    wait_for(&writes, tracked_at + 100);
-    src.capture().unwrap();
-    wait_for(&writes, writes.load(Ordering::Relaxed) + 100);
-    stop.store(true, Ordering::Relaxed);
-    let errors = writer.join().unwrap();
-    println!(
-        "writes: {} committed ({} while tracking); failed: {errors:?}",
-        writes.load(Ordering::Relaxed),
-        tracked_at - before
-    );
-    src.capture().unwrap();
-    assert_eq!(src.pending_len().unwrap(), 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            url: source.url.clone(),
+            conn: source.conn(),
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            next_customer: CUSTOMERS + 1,
+            next_order: 2 * CUSTOMERS + 1,
+        };
+        let writer = {
+            let (stop, writes) = (stop.clone(), writes.clone());
+            std::thread::spawn(move || writer.run(&stop, &writes))
+        };
+        wait_for(&writes, 100);
+        let before = writes.load(Ordering::Relaxed);
+        let mut src = MyStore::track(&source.url, TABLES, StoreOptions::default()).unwrap();
+        let tracked_at = writes.load(Ordering::Relaxed);
+        // Keep writing after tracking, with a capture in the middle.
+        wait_for(&writes, tracked_at + 100);
+        src.capture().unwrap();
+        wait_for(&writes, writes.load(Ordering::Relaxed) + 100);
+        stop.store(true, Ordering::Relaxed);
+        let errors = writer.join().unwrap();
+        println!(
+            "writes: {} committed ({} while tracking); failed: {errors:?}",
+            writes.load(Ordering::Relaxed),
+            tracked_at - before
+        );
+        src.capture().unwrap();
+        assert_eq!(src.pending_len().unwrap(), 0);
 
-    let changes = all_changes(&src);
-    assert_eq!(changes.len() as u64, src.log_len().unwrap());
-    let columns = BTreeMap::from([("customers", 3), ("orders", 4)]);
-    let inserted = check_log(&changes, &columns);
-    println!("log: {} changes, lives begun {inserted:?}", changes.len());
+        let changes = all_changes(&src);
+        assert_eq!(changes.len() as u64, src.log_len().unwrap());
+        let columns = BTreeMap::from([("customers", 3), ("orders", 4)]);
+        let inserted = check_log(&changes, &columns);
+        println!("log: {} changes, lives begun {inserted:?}", changes.len());
 
-    let dest = TestDb::new(&base, SCHEMA);
-    let mut dst = MyStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
-    let report = pull(&mut src, &mut dst).unwrap();
-    assert_eq!(report.applied as usize, changes.len());
-    assert!(dst.failures().unwrap().is_empty());
-    assert!(src.failures().unwrap().is_empty());
-    assert_eq!(dest.customers(), source.customers());
-    assert_eq!(dest.orders(), source.orders());
-    assert!(!source.orders().is_empty());
-}
+        let dest = TestDb::new(base, SCHEMA);
+        let mut dst = MyStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
+        let report = pull(&mut src, &mut dst).unwrap();
+        assert_eq!(report.applied as usize, changes.len());
+        assert!(dst.failures().unwrap().is_empty());
+        assert!(src.failures().unwrap().is_empty());
+        assert_eq!(dest.customers(), source.customers());
+        assert_eq!(dest.orders(), source.orders());
+        assert!(!source.orders().is_empty());
+    }
 
-#[test]
-fn a_partly_filled_destination_converges_with_the_source() {
-    let Some(base) = server_or_skip("a_partly_filled_destination_converges_with_the_source") else {
-        return;
-    };
-    let (a, b) = (TestDb::new(&base, SCHEMA), TestDb::new(&base, SCHEMA));
-    let mut ca = a.conn();
-    prefill(&mut ca, 10);
-    let mut cb = b.conn();
-    // b: customers 1-5 and their orders as in a; 6-8 with other values; 20-21 and an
-    // order of its own.
-    prefill(&mut cb, 8);
-    cb.query_drop(
-        "UPDATE customers SET name = CONCAT('b ', name), score = 7 WHERE id BETWEEN 6 AND 8;
-         UPDATE orders SET amount = amount + 1 WHERE id = 16;
-         INSERT INTO customers VALUES (20, 'b only', 1), (21, 'b only too', 2);
-         INSERT INTO orders VALUES (40, 20, 4000, 'b');",
-    )
-    .unwrap();
-    let mut sa = MyStore::track(&a.url, TABLES, StoreOptions::default()).unwrap();
-    let mut sb = MyStore::track(&b.url, TABLES, StoreOptions::default()).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    pull(&mut sb, &mut sa).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    assert_eq!(a.customers(), b.customers());
-    assert_eq!(a.orders(), b.orders());
-    assert_eq!(a.customers().len(), 12);
-    assert_eq!(a.orders().len(), 21);
-    assert!(sa.failures().unwrap().is_empty());
-    assert!(sb.failures().unwrap().is_empty());
-    // Every differing cell is a recorded conflict, on both sides, naming both values.
-    let differing: BTreeSet<(String, String, String)> = [6, 7, 8]
-        .iter()
-        .flat_map(|k| {
-            [
-                ("customers", format!("({k})"), "name"),
-                ("customers", format!("({k})"), "score"),
-            ]
-        })
-        .chain([("orders", "(16)".to_owned(), "amount")])
-        .map(|(t, k, c)| (t.to_owned(), k, c.to_owned()))
-        .collect();
-    for store in [&mut sa, &mut sb] {
-        let recorded: BTreeSet<(String, String, String)> = store
-            .conflicts()
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.local_value != c.remote_value)
-            .map(|c| {
-                assert_eq!(c.kind, "column");
-                (c.table, c.key, c.column.unwrap_or_default())
+    fn a_partly_filled_destination_converges_with_the_source(base: mysql) {
+        let (a, b) = (TestDb::new(base, SCHEMA), TestDb::new(base, SCHEMA));
+        let mut ca = a.conn();
+        prefill(&mut ca, 10);
+        let mut cb = b.conn();
+        // b: customers 1-5 and their orders as in a; 6-8 with other values; 20-21 and an
+        // order of its own.
+        prefill(&mut cb, 8);
+        cb.query_drop(
+            "UPDATE customers SET name = CONCAT('b ', name), score = 7 WHERE id BETWEEN 6 AND 8;
+             UPDATE orders SET amount = amount + 1 WHERE id = 16;
+             INSERT INTO customers VALUES (20, 'b only', 1), (21, 'b only too', 2);
+             INSERT INTO orders VALUES (40, 20, 4000, 'b');",
+        )
+        .unwrap();
+        let mut sa = MyStore::track(&a.url, TABLES, StoreOptions::default()).unwrap();
+        let mut sb = MyStore::track(&b.url, TABLES, StoreOptions::default()).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        pull(&mut sb, &mut sa).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        assert_eq!(a.customers(), b.customers());
+        assert_eq!(a.orders(), b.orders());
+        assert_eq!(a.customers().len(), 12);
+        assert_eq!(a.orders().len(), 21);
+        assert!(sa.failures().unwrap().is_empty());
+        assert!(sb.failures().unwrap().is_empty());
+        // Every differing cell is a recorded conflict, on both sides, naming both values.
+        let differing: BTreeSet<(String, String, String)> = [6, 7, 8]
+            .iter()
+            .flat_map(|k| {
+                [
+                    ("customers", format!("({k})"), "name"),
+                    ("customers", format!("({k})"), "score"),
+                ]
             })
+            .chain([("orders", "(16)".to_owned(), "amount")])
+            .map(|(t, k, c)| (t.to_owned(), k, c.to_owned()))
             .collect();
-        assert_eq!(recorded, differing);
+        for store in [&mut sa, &mut sb] {
+            let recorded: BTreeSet<(String, String, String)> = store
+                .conflicts()
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.local_value != c.remote_value)
+                .map(|c| {
+                    assert_eq!(c.kind, "column");
+                    (c.table, c.key, c.column.unwrap_or_default())
+                })
+                .collect();
+            assert_eq!(recorded, differing);
+        }
     }
 }

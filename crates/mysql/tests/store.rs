@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestDb, server_or_skip};
+use common::TestDb;
 use concord_core::Value;
 use concord_mysql::Store as _;
 use concord_mysql::{ApplyError, MyStore, StoreOptions, TrackError, pull};
@@ -23,168 +23,144 @@ fn rows(db: &TestDb) -> Vec<(i32, Option<String>, Option<String>)> {
         .unwrap()
 }
 
-#[test]
-fn writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries() {
-    let Some(base) = server_or_skip(
-        "writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries",
-    ) else {
-        return;
-    };
-    let db = TestDb::new(&base, &[PEOPLE]);
-    let mut store = MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
-    db.cli("BEGIN; INSERT INTO people VALUES (1,'ann',1.50),(2,'bob',2); COMMIT; UPDATE people SET name='ANN' WHERE id=1");
-    let mut other = db.conn();
-    other.query_drop("START TRANSACTION").unwrap();
-    other.query_drop("DELETE FROM people WHERE id = 2").unwrap();
-    // Not committed: not captured.
-    assert_eq!(store.capture().unwrap(), 3);
-    other.query_drop("COMMIT").unwrap();
-    assert_eq!(store.capture().unwrap(), 1);
-    let changes: Vec<_> = store
-        .changes_for(&Default::default())
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let ends: Vec<bool> = changes.iter().map(|c| c.last_in_txn).collect();
-    assert_eq!(ends, [false, true, true, true]);
-    assert_eq!(
-        changes[0]
-            .columns
-            .iter()
-            .find(|c| c.column == "balance")
+concord_harness::server_tests! {
+    fn writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries(
+        base: mysql,
+    ) {
+        let db = TestDb::new(base, &[PEOPLE]);
+        let mut store = MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
+        db.cli("BEGIN; INSERT INTO people VALUES (1,'ann',1.50),(2,'bob',2); COMMIT; UPDATE people SET name='ANN' WHERE id=1");
+        let mut other = db.conn();
+        other.query_drop("START TRANSACTION").unwrap();
+        other.query_drop("DELETE FROM people WHERE id = 2").unwrap();
+        // Not committed: not captured.
+        assert_eq!(store.capture().unwrap(), 3);
+        other.query_drop("COMMIT").unwrap();
+        assert_eq!(store.capture().unwrap(), 1);
+        let changes: Vec<_> = store
+            .changes_for(&Default::default())
             .unwrap()
-            .value,
-        Value::Decimal("1.50".into())
-    );
-    assert!(changes[3].is_delete());
-}
+            .map(Result::unwrap)
+            .collect();
+        let ends: Vec<bool> = changes.iter().map(|c| c.last_in_txn).collect();
+        assert_eq!(ends, [false, true, true, true]);
+        assert_eq!(
+            changes[0]
+                .columns
+                .iter()
+                .find(|c| c.column == "balance")
+                .unwrap()
+                .value,
+            Value::Decimal("1.50".into())
+        );
+        assert!(changes[3].is_delete());
+    }
 
-#[test]
-fn two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo() {
-    let Some(base) =
-        server_or_skip("two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo")
-    else {
-        return;
-    };
-    let (a, b) = (TestDb::new(&base, &[PEOPLE]), TestDb::new(&base, &[PEOPLE]));
-    a.cli("INSERT INTO people VALUES (1,'ann',1),(2,'bob',2)");
-    let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
-    let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    assert_eq!(rows(&a), rows(&b));
-    // No echo: b logged nothing of its own.
-    assert_eq!(sb.capture().unwrap(), 0);
-    assert_eq!(sb.version_vector().get(&sb.node_id()), 0);
-    a.cli("UPDATE people SET name='a-side' WHERE id=1");
-    b.cli("UPDATE people SET name='b-side' WHERE id=1; DELETE FROM people WHERE id=2");
-    pull(&mut sa, &mut sb).unwrap();
-    pull(&mut sb, &mut sa).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    assert_eq!(rows(&a), rows(&b));
-    assert_eq!(rows(&a).len(), 1);
-    let conflicts = sa.conflicts().unwrap().len() + sb.conflicts().unwrap().len();
-    assert!(conflicts >= 1, "the concurrent edit is recorded");
-}
+    fn two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo(base: mysql) {
+        let (a, b) = (TestDb::new(base, &[PEOPLE]), TestDb::new(base, &[PEOPLE]));
+        a.cli("INSERT INTO people VALUES (1,'ann',1),(2,'bob',2)");
+        let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
+        let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        assert_eq!(rows(&a), rows(&b));
+        // No echo: b logged nothing of its own.
+        assert_eq!(sb.capture().unwrap(), 0);
+        assert_eq!(sb.version_vector().get(&sb.node_id()), 0);
+        a.cli("UPDATE people SET name='a-side' WHERE id=1");
+        b.cli("UPDATE people SET name='b-side' WHERE id=1; DELETE FROM people WHERE id=2");
+        pull(&mut sa, &mut sb).unwrap();
+        pull(&mut sb, &mut sa).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        assert_eq!(rows(&a), rows(&b));
+        assert_eq!(rows(&a).len(), 1);
+        let conflicts = sa.conflicts().unwrap().len() + sb.conflicts().unwrap().len();
+        assert!(conflicts >= 1, "the concurrent edit is recorded");
+    }
 
-#[test]
-fn every_mapped_type_round_trips_exactly() {
-    let Some(base) = server_or_skip("every_mapped_type_round_trips_exactly") else {
-        return;
-    };
-    let ddl = "CREATE TABLE t(id BIGINT PRIMARY KEY, i TINYINT, u INT UNSIGNED, d DECIMAL(30,10),
-        s VARCHAR(10), tx TEXT, b BOOLEAN, dt DATETIME(6), ts TIMESTAMP(6) NULL, day DATE,
-        uid CHAR(36), j JSON, bl BLOB, vb VARBINARY(8))";
-    let (a, b) = (TestDb::new(&base, &[ddl]), TestDb::new(&base, &[ddl]));
-    a.cli("SET time_zone = '+05:30'; INSERT INTO t VALUES (-9223372036854775808, -128, 4294967295,
-        '-12345678901234567890.0123456789', 'héllo ✓', 'long\\ntext', TRUE, '1000-01-01 00:00:00.000001',
-        '2024-01-02 03:04:05.123456', '9999-12-31', '123e4567-e89b-12d3-a456-426614174000',
-        '{\"a\": [1, 2.50]}', X'00FF10', X'DEAD')");
-    let mut sa = MyStore::track(&a.url, &["t"], StoreOptions::default()).unwrap();
-    let mut sb = MyStore::track(&b.url, &["t"], StoreOptions::default()).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    let q = "SELECT CONCAT_WS('|', id, i, u, d, s, tx, b, dt, UNIX_TIMESTAMP(ts), day, uid, j, HEX(bl), HEX(vb)) FROM t";
-    let ra: Vec<String> = a.conn().query(q).unwrap();
-    let rb: Vec<String> = b.conn().query(q).unwrap();
-    assert_eq!(ra, rb);
-    // Written at +05:30 by the client, held as the UTC instant.
-    assert!(ra[0].contains("1704144845.123456"), "{ra:?}");
-}
+    fn every_mapped_type_round_trips_exactly(base: mysql) {
+        let ddl = "CREATE TABLE t(id BIGINT PRIMARY KEY, i TINYINT, u INT UNSIGNED, d DECIMAL(30,10),
+            s VARCHAR(10), tx TEXT, b BOOLEAN, dt DATETIME(6), ts TIMESTAMP(6) NULL, day DATE,
+            uid CHAR(36), j JSON, bl BLOB, vb VARBINARY(8))";
+        let (a, b) = (TestDb::new(base, &[ddl]), TestDb::new(base, &[ddl]));
+        a.cli("SET time_zone = '+05:30'; INSERT INTO t VALUES (-9223372036854775808, -128, 4294967295,
+            '-12345678901234567890.0123456789', 'héllo ✓', 'long\\ntext', TRUE, '1000-01-01 00:00:00.000001',
+            '2024-01-02 03:04:05.123456', '9999-12-31', '123e4567-e89b-12d3-a456-426614174000',
+            '{\"a\": [1, 2.50]}', X'00FF10', X'DEAD')");
+        let mut sa = MyStore::track(&a.url, &["t"], StoreOptions::default()).unwrap();
+        let mut sb = MyStore::track(&b.url, &["t"], StoreOptions::default()).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        let q = "SELECT CONCAT_WS('|', id, i, u, d, s, tx, b, dt, UNIX_TIMESTAMP(ts), day, uid, j, HEX(bl), HEX(vb)) FROM t";
+        let ra: Vec<String> = a.conn().query(q).unwrap();
+        let rb: Vec<String> = b.conn().query(q).unwrap();
+        assert_eq!(ra, rb);
+        // Written at +05:30 by the client, held as the UTC instant.
+        assert!(ra[0].contains("1704144845.123456"), "{ra:?}");
+    }
 
-#[test]
-fn bad_input_names_the_row_applies_nothing_and_the_store_keeps_working() {
-    let Some(base) =
-        server_or_skip("bad_input_names_the_row_applies_nothing_and_the_store_keeps_working")
-    else {
-        return;
-    };
-    let a = TestDb::new(
-        &base,
-        &["CREATE TABLE people(id INT PRIMARY KEY, name VARCHAR(200), balance DECIMAL(14,4))"],
-    );
-    let b = TestDb::new(&base, &[PEOPLE]);
-    let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
-    let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
-    a.cli("BEGIN; INSERT INTO people VALUES (1, 'ok', 1); INSERT INTO people VALUES (7, 'this name is far too long for b', 1); COMMIT");
-    let err = pull(&mut sa, &mut sb).unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, ApplyError::Row(_)), "{msg}");
-    assert!(
-        msg.contains("people") && msg.contains('7') && msg.contains("name"),
-        "{msg}"
-    );
-    assert!(
-        rows(&b).is_empty(),
-        "nothing of the source transaction applied"
-    );
-    // The caller sets the failed source transaction aside; the stream flows on.
-    let set_aside_first_txn = |sa: &mut MyStore, sb: &mut MyStore| {
-        let mut txn = Vec::new();
-        for c in sa.changes_for(sb.version_vector()).unwrap() {
-            let c = c.unwrap();
-            let end = c.last_in_txn;
-            txn.push(c);
-            if end {
-                break;
+    fn bad_input_names_the_row_applies_nothing_and_the_store_keeps_working(base: mysql) {
+        let a = TestDb::new(
+            base,
+            &["CREATE TABLE people(id INT PRIMARY KEY, name VARCHAR(200), balance DECIMAL(14,4))"],
+        );
+        let b = TestDb::new(base, &[PEOPLE]);
+        let mut sa = MyStore::track(&a.url, &["people"], StoreOptions::default()).unwrap();
+        let mut sb = MyStore::track(&b.url, &["people"], StoreOptions::default()).unwrap();
+        a.cli("BEGIN; INSERT INTO people VALUES (1, 'ok', 1); INSERT INTO people VALUES (7, 'this name is far too long for b', 1); COMMIT");
+        let err = pull(&mut sa, &mut sb).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ApplyError::Row(_)), "{msg}");
+        assert!(
+            msg.contains("people") && msg.contains('7') && msg.contains("name"),
+            "{msg}"
+        );
+        assert!(
+            rows(&b).is_empty(),
+            "nothing of the source transaction applied"
+        );
+        // The caller sets the failed source transaction aside; the stream flows on.
+        let set_aside_first_txn = |sa: &mut MyStore, sb: &mut MyStore| {
+            let mut txn = Vec::new();
+            for c in sa.changes_for(sb.version_vector()).unwrap() {
+                let c = c.unwrap();
+                let end = c.last_in_txn;
+                txn.push(c);
+                if end {
+                    break;
+                }
             }
-        }
-        sb.set_aside(&txn, "refused").unwrap();
-    };
-    set_aside_first_txn(&mut sa, &mut sb);
-    a.cli("INSERT INTO people VALUES (2, 'x', 1.2345)");
-    let err = pull(&mut sa, &mut sb).unwrap_err().to_string();
-    assert!(err.contains("balance") && err.contains("(2)"), "{err}");
-    set_aside_first_txn(&mut sa, &mut sb);
-    a.cli("INSERT INTO people VALUES (3, 'fine', 3)");
-    pull(&mut sa, &mut sb).unwrap();
-    assert_eq!(rows(&b), [(3, Some("fine".into()), Some("3.00".into()))]);
-    assert_eq!(sb.failures().unwrap().len(), 3);
-    // The store keeps working for other input.
-    b.cli("INSERT INTO people VALUES (9, 'b', 0)");
-    assert_eq!(sb.capture().unwrap(), 1);
-}
+            sb.set_aside(&txn, "refused").unwrap();
+        };
+        set_aside_first_txn(&mut sa, &mut sb);
+        a.cli("INSERT INTO people VALUES (2, 'x', 1.2345)");
+        let err = pull(&mut sa, &mut sb).unwrap_err().to_string();
+        assert!(err.contains("balance") && err.contains("(2)"), "{err}");
+        set_aside_first_txn(&mut sa, &mut sb);
+        a.cli("INSERT INTO people VALUES (3, 'fine', 3)");
+        pull(&mut sa, &mut sb).unwrap();
+        assert_eq!(rows(&b), [(3, Some("fine".into()), Some("3.00".into()))]);
+        assert_eq!(sb.failures().unwrap().len(), 3);
+        // The store keeps working for other input.
+        b.cli("INSERT INTO people VALUES (9, 'b', 0)");
+        assert_eq!(sb.capture().unwrap(), 1);
+    }
 
-#[test]
-fn a_table_without_primary_key_is_refused_and_untrack_removes_every_trace() {
-    let Some(base) =
-        server_or_skip("a_table_without_primary_key_is_refused_and_untrack_removes_every_trace")
-    else {
-        return;
-    };
-    let db = TestDb::new(&base, &["CREATE TABLE nokey(a INT)", PEOPLE]);
-    let err = MyStore::track(&db.url, &["nokey"], StoreOptions::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, TrackError::NoPrimaryKey(ref t) if t == "nokey"),
-        "{err}"
-    );
-    MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
-    MyStore::untrack(&db.url, &[]).unwrap();
-    let left: Vec<String> = db
-        .conn()
-        .query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'concord%'
-                UNION ALL SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()")
-        .unwrap();
-    assert!(left.is_empty(), "{left:?}");
-    db.cli("INSERT INTO people VALUES (1, 'still writable', 1)");
+    fn a_table_without_primary_key_is_refused_and_untrack_removes_every_trace(base: mysql) {
+        let db = TestDb::new(base, &["CREATE TABLE nokey(a INT)", PEOPLE]);
+        let err = MyStore::track(&db.url, &["nokey"], StoreOptions::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, TrackError::NoPrimaryKey(ref t) if t == "nokey"),
+            "{err}"
+        );
+        MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
+        MyStore::untrack(&db.url, &[]).unwrap();
+        let left: Vec<String> = db
+            .conn()
+            .query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'concord%'
+                    UNION ALL SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()")
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        db.cli("INSERT INTO people VALUES (1, 'still writable', 1)");
+    }
 }

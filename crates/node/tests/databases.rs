@@ -11,13 +11,17 @@
 //! before tracking not arriving; a value the mapping cannot convert blocking the stream
 //! (it must be set aside, recorded where status shows it, and later rows still arrive).
 //!
-//! Needs `CONCORD_TEST_POSTGRES_URL` and `CONCORD_TEST_MYSQL_URL`; without them the test
-//! says by name that it is skipped.
+//! Needs PostgreSQL and MariaDB: `CONCORD_TEST_POSTGRES_URL` and `CONCORD_TEST_MYSQL_URL`,
+//! or the usual local servers when those are unset. Without a server the test is
+//! reported as ignored, with the reason; a variable naming a server that does not answer
+//! fails it (`concord_harness::servers` has the rule, which is why this file is a
+//! `harness = false` test binary).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use concord_harness::servers::with_database;
 use concord_node::{Identity, Node};
 use mysql::prelude::Queryable;
 
@@ -29,22 +33,6 @@ const MY_DDL: &str = "CREATE TABLE crm_contacts(contact_id char(36) PRIMARY KEY,
                       name varchar(200), email varchar(320), balance decimal(12,2))";
 const LITE_DDL: &str = "CREATE TABLE customers(id TEXT PRIMARY KEY NOT NULL, full_name TEXT, \
                         email TEXT, balance TEXT)";
-
-fn server(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipping {test}: {var} not set");
-            None
-        }
-    }
-}
-
-/// `url` with its database (the last path segment) replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (root, _) = url.rsplit_once('/').unwrap();
-    format!("{root}/{db}")
-}
 
 /// A PostgreSQL and a MariaDB database created for this test and dropped at its end.
 struct Databases {
@@ -195,265 +183,262 @@ const CAROL: &str = "0a1b2c3d-0000-4000-8000-000000000003";
 const DAN: &str = "0a1b2c3d-0000-4000-8000-000000000004";
 const ERIN: &str = "0a1b2c3d-0000-4000-8000-000000000005";
 
-// The nodes run on a runtime of their own; the test talks to the databases with
-// blocking clients from its own thread, as applications would.
-#[test]
-fn customers_stay_equal_across_postgres_mariadb_and_sqlite_through_schema_mappings() {
-    let test = "customers_stay_equal_across_postgres_mariadb_and_sqlite_through_schema_mappings";
-    let (Some(pg_admin), Some(my_admin)) = (
-        server("CONCORD_TEST_POSTGRES_URL", test),
-        server("CONCORD_TEST_MYSQL_URL", test),
-    ) else {
-        return;
-    };
-    let dbs = Databases::create(&pg_admin, &my_admin);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let lite_db = root.path().join("shop.db");
-    rusqlite::Connection::open(&lite_db)
-        .unwrap()
-        .execute_batch(LITE_DDL)
-        .unwrap();
+concord_harness::server_tests! {
+    // The nodes run on a runtime of their own; the test talks to the databases with
+    // blocking clients from its own thread, as applications would.
+    fn customers_stay_equal_across_postgres_mariadb_and_sqlite_through_schema_mappings(
+        pg_admin: postgres,
+        my_admin: mysql,
+    ) {
+        let dbs = Databases::create(pg_admin, my_admin);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let lite_db = root.path().join("shop.db");
+        rusqlite::Connection::open(&lite_db)
+            .unwrap()
+            .execute_batch(LITE_DDL)
+            .unwrap();
 
-    // A row that exists before anything is tracked.
-    dbs.psql(&format!(
-        "INSERT INTO customers VALUES ('{ANN}', 'Ann Lee', 'ann@example.com', 1200.50, now())"
-    ));
+        // A row that exists before anything is tracked.
+        dbs.psql(&format!(
+            "INSERT INTO customers VALUES ('{ANN}', 'Ann Lee', 'ann@example.com', 1200.50, now())"
+        ));
 
-    let (pg_dir, my_dir, lite_dir) = (
-        root.path().join("pg"),
-        root.path().join("crm"),
-        root.path().join("shop"),
-    );
-    let pg_fp = member(&pg_dir, "pg");
-    let my_fp = member(&my_dir, "crm");
-    let lite_fp = member(&lite_dir, "shop");
-    std::fs::write(
-        pg_dir.join("concord.toml"),
-        format!(
-            r#"
-[node]
-name = "pg"
-listen = "127.0.0.1:0"
+        let (pg_dir, my_dir, lite_dir) = (
+            root.path().join("pg"),
+            root.path().join("crm"),
+            root.path().join("shop"),
+        );
+        let pg_fp = member(&pg_dir, "pg");
+        let my_fp = member(&my_dir, "crm");
+        let lite_fp = member(&lite_dir, "shop");
+        std::fs::write(
+            pg_dir.join("concord.toml"),
+            format!(
+                r#"
+    [node]
+    name = "pg"
+    listen = "127.0.0.1:0"
 
-[store]
-postgres = "{pg_url}"
-tables = ["customers"]
+    [store]
+    postgres = "{pg_url}"
+    tables = ["customers"]
 
-[[peers]]
-name = "crm"
-fingerprint = "{my_fp}"
+    [[peers]]
+    name = "crm"
+    fingerprint = "{my_fp}"
 
-[[peers.tables]]
-local = "customers"
-remote = "crm_contacts"
-key = ["id"]
-only_listed = true
-columns = [
-  {{ local = "id", remote = "contact_id", local_type = "uuid", remote_type = "text" }},
-  {{ local = "full_name", remote = "name" }},
-  {{ local = "email" }},
-  {{ local = "balance" }},
-  {{ local = "updated_at", local_type = "timestamp", default = {{ special = "change_time" }} }},
-]
+    [[peers.tables]]
+    local = "customers"
+    remote = "crm_contacts"
+    key = ["id"]
+    only_listed = true
+    columns = [
+      {{ local = "id", remote = "contact_id", local_type = "uuid", remote_type = "text" }},
+      {{ local = "full_name", remote = "name" }},
+      {{ local = "email" }},
+      {{ local = "balance" }},
+      {{ local = "updated_at", local_type = "timestamp", default = {{ special = "change_time" }} }},
+    ]
 
-[[peers]]
-name = "shop"
-fingerprint = "{lite_fp}"
+    [[peers]]
+    name = "shop"
+    fingerprint = "{lite_fp}"
 
-[[peers.tables]]
-local = "customers"
-remote = "customers"
-key = ["id"]
-only_listed = true
-columns = [
-  {{ local = "id", local_type = "uuid", remote_type = "text" }},
-  {{ local = "full_name" }},
-  {{ local = "email" }},
-  {{ local = "balance", local_type = "decimal", remote_type = "text" }},
-  {{ local = "updated_at", local_type = "timestamp", default = {{ special = "change_time" }} }},
-]
-"#,
-            pg_url = dbs.pg_url()
-        ),
-    )
-    .unwrap();
-    let pg_node = rt
-        .block_on(Node::start(&pg_dir))
-        .expect("the PostgreSQL node starts");
-    let hub = pg_node.listen_addr().unwrap();
-    std::fs::write(
-        my_dir.join("concord.toml"),
-        format!(
-            "[node]\nname = \"crm\"\n[store]\nmysql = \"{}\"\ntables = [\"crm_contacts\"]\n\
-             [[peers]]\nname = \"pg\"\naddress = \"{hub}\"\nfingerprint = \"{pg_fp}\"\n",
-            dbs.my_url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        lite_dir.join("concord.toml"),
-        format!(
-            "[node]\nname = \"shop\"\n[store]\nsqlite = \"{}\"\ntables = [\"customers\"]\n\
-             [[peers]]\nname = \"pg\"\naddress = \"{hub}\"\nfingerprint = \"{pg_fp}\"\n",
-            lite_db.display()
-        ),
-    )
-    .unwrap();
-    let my_node = rt
-        .block_on(Node::start(&my_dir))
-        .expect("the MariaDB node starts");
-    let lite_node = rt
-        .block_on(Node::start(&lite_dir))
-        .expect("the SQLite node starts");
-
-    // Live writes by ordinary clients of each database.
-    dbs.mariadb_cli(&format!(
-        "INSERT INTO crm_contacts VALUES ('{BOB}', 'Bob Ng', 'bob@example.com', 80.00)"
-    ));
-    {
-        let conn = rusqlite::Connection::open(&lite_db).unwrap();
-        conn.execute(
-            "INSERT INTO customers VALUES (?1, 'Carol Diaz', 'carol@example.com', '7.25')",
-            [CAROL],
+    [[peers.tables]]
+    local = "customers"
+    remote = "customers"
+    key = ["id"]
+    only_listed = true
+    columns = [
+      {{ local = "id", local_type = "uuid", remote_type = "text" }},
+      {{ local = "full_name" }},
+      {{ local = "email" }},
+      {{ local = "balance", local_type = "decimal", remote_type = "text" }},
+      {{ local = "updated_at", local_type = "timestamp", default = {{ special = "change_time" }} }},
+    ]
+    "#,
+                pg_url = dbs.pg_url()
+            ),
         )
         .unwrap();
+        let pg_node = rt
+            .block_on(Node::start(&pg_dir))
+            .expect("the PostgreSQL node starts");
+        let hub = pg_node.listen_addr().unwrap();
+        std::fs::write(
+            my_dir.join("concord.toml"),
+            format!(
+                "[node]\nname = \"crm\"\n[store]\nmysql = \"{}\"\ntables = [\"crm_contacts\"]\n\
+                 [[peers]]\nname = \"pg\"\naddress = \"{hub}\"\nfingerprint = \"{pg_fp}\"\n",
+                dbs.my_url()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            lite_dir.join("concord.toml"),
+            format!(
+                "[node]\nname = \"shop\"\n[store]\nsqlite = \"{}\"\ntables = [\"customers\"]\n\
+                 [[peers]]\nname = \"pg\"\naddress = \"{hub}\"\nfingerprint = \"{pg_fp}\"\n",
+                lite_db.display()
+            ),
+        )
+        .unwrap();
+        let my_node = rt
+            .block_on(Node::start(&my_dir))
+            .expect("the MariaDB node starts");
+        let lite_node = rt
+            .block_on(Node::start(&lite_dir))
+            .expect("the SQLite node starts");
+
+        // Live writes by ordinary clients of each database.
+        dbs.mariadb_cli(&format!(
+            "INSERT INTO crm_contacts VALUES ('{BOB}', 'Bob Ng', 'bob@example.com', 80.00)"
+        ));
+        {
+            let conn = rusqlite::Connection::open(&lite_db).unwrap();
+            conn.execute(
+                "INSERT INTO customers VALUES (?1, 'Carol Diaz', 'carol@example.com', '7.25')",
+                [CAROL],
+            )
+            .unwrap();
+        }
+        dbs.psql(&format!(
+            "BEGIN; INSERT INTO customers VALUES ('{DAN}', 'Dan Öz', NULL, -3.10, now()); \
+             UPDATE customers SET email = 'ann@lee.example' WHERE id = '{ANN}'; COMMIT;"
+        ));
+
+        let expected: Vec<Row> = vec![
+            (
+                ANN.into(),
+                Some("Ann Lee".into()),
+                Some("ann@lee.example".into()),
+                Some("1200.50".into()),
+            ),
+            (
+                BOB.into(),
+                Some("Bob Ng".into()),
+                Some("bob@example.com".into()),
+                Some("80.00".into()),
+            ),
+            (
+                CAROL.into(),
+                Some("Carol Diaz".into()),
+                Some("carol@example.com".into()),
+                Some("7.25".into()),
+            ),
+            (
+                DAN.into(),
+                Some("Dan Öz".into()),
+                None,
+                Some("-3.10".into()),
+            ),
+        ];
+        let same_everywhere = |expected: &Vec<Row>| {
+            let (pg, my, lite) = (dbs.pg_rows(), dbs.my_rows(), lite_rows(&lite_db));
+            if &pg == expected && &my == expected && &lite == expected {
+                Ok(())
+            } else {
+                Err(format!("postgres {pg:?}\nmariadb {my:?}\nsqlite {lite:?}"))
+            }
+        };
+        eventually("every row in all three databases", || {
+            same_everywhere(&expected)
+        });
+
+        // The column MariaDB lacks got the change's own time for the row MariaDB created,
+        // and kept the value PostgreSQL wrote for its own rows.
+        let missing: i64 = dbs
+            .pg()
+            .query_one(
+                "SELECT count(*) FROM customers WHERE updated_at IS NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            missing, 0,
+            "updated_at is filled for rows that came from MariaDB and SQLite"
+        );
+
+        // Updates from two sides and a delete from the third.
+        dbs.mariadb_cli(&format!(
+            "UPDATE crm_contacts SET balance = 99.99 WHERE contact_id = '{BOB}'"
+        ));
+        rusqlite::Connection::open(&lite_db)
+            .unwrap()
+            .execute(
+                "UPDATE customers SET full_name = 'Carol D. Diaz' WHERE id = ?1",
+                [CAROL],
+            )
+            .unwrap();
+        dbs.psql(&format!("DELETE FROM customers WHERE id = '{DAN}'"));
+        let expected: Vec<Row> = vec![
+            expected[0].clone(),
+            (
+                BOB.into(),
+                Some("Bob Ng".into()),
+                Some("bob@example.com".into()),
+                Some("99.99".into()),
+            ),
+            (
+                CAROL.into(),
+                Some("Carol D. Diaz".into()),
+                Some("carol@example.com".into()),
+                Some("7.25".into()),
+            ),
+        ];
+        eventually("updates and the delete everywhere", || {
+            same_everywhere(&expected)
+        });
+
+        // A contact id that is not a UUID cannot become a PostgreSQL key: the PostgreSQL
+        // node sets that transaction aside and records it; what comes after still arrives.
+        dbs.mariadb_cli("INSERT INTO crm_contacts VALUES ('not-a-uuid', 'Bad Key', NULL, 1.00)");
+        dbs.mariadb_cli(&format!(
+            "INSERT INTO crm_contacts VALUES ('{ERIN}', 'Erin Wu', 'erin@example.com', 5.00)"
+        ));
+        eventually("the row after the bad one in PostgreSQL and SQLite", || {
+            let has = |rows: Vec<Row>| rows.iter().any(|r| r.0 == ERIN);
+            if has(dbs.pg_rows()) && has(lite_rows(&lite_db)) {
+                Ok(())
+            } else {
+                Err(format!("postgres {:?}", dbs.pg_rows()))
+            }
+        });
+        let status = rt.block_on(pg_node.status());
+        assert!(
+            status.failures >= 1,
+            "the unmappable row is recorded: {status:?}"
+        );
+        assert!(
+            !dbs.pg_rows()
+                .iter()
+                .any(|r| r.1.as_deref() == Some("Bad Key")),
+            "nothing of the bad transaction was applied"
+        );
+        let failures: Vec<String> = dbs
+            .pg()
+            .query("SELECT error FROM concord.failures", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            failures
+                .iter()
+                .any(|e| e.contains("not-a-uuid") || e.contains("contact_id")),
+            "the recorded failure names the value or the column: {failures:?}"
+        );
+
+        rt.block_on(async {
+            lite_node.shutdown().await;
+            my_node.shutdown().await;
+            pg_node.shutdown().await;
+        });
     }
-    dbs.psql(&format!(
-        "BEGIN; INSERT INTO customers VALUES ('{DAN}', 'Dan Öz', NULL, -3.10, now()); \
-         UPDATE customers SET email = 'ann@lee.example' WHERE id = '{ANN}'; COMMIT;"
-    ));
-
-    let expected: Vec<Row> = vec![
-        (
-            ANN.into(),
-            Some("Ann Lee".into()),
-            Some("ann@lee.example".into()),
-            Some("1200.50".into()),
-        ),
-        (
-            BOB.into(),
-            Some("Bob Ng".into()),
-            Some("bob@example.com".into()),
-            Some("80.00".into()),
-        ),
-        (
-            CAROL.into(),
-            Some("Carol Diaz".into()),
-            Some("carol@example.com".into()),
-            Some("7.25".into()),
-        ),
-        (
-            DAN.into(),
-            Some("Dan Öz".into()),
-            None,
-            Some("-3.10".into()),
-        ),
-    ];
-    let same_everywhere = |expected: &Vec<Row>| {
-        let (pg, my, lite) = (dbs.pg_rows(), dbs.my_rows(), lite_rows(&lite_db));
-        if &pg == expected && &my == expected && &lite == expected {
-            Ok(())
-        } else {
-            Err(format!("postgres {pg:?}\nmariadb {my:?}\nsqlite {lite:?}"))
-        }
-    };
-    eventually("every row in all three databases", || {
-        same_everywhere(&expected)
-    });
-
-    // The column MariaDB lacks got the change's own time for the row MariaDB created,
-    // and kept the value PostgreSQL wrote for its own rows.
-    let missing: i64 = dbs
-        .pg()
-        .query_one(
-            "SELECT count(*) FROM customers WHERE updated_at IS NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        missing, 0,
-        "updated_at is filled for rows that came from MariaDB and SQLite"
-    );
-
-    // Updates from two sides and a delete from the third.
-    dbs.mariadb_cli(&format!(
-        "UPDATE crm_contacts SET balance = 99.99 WHERE contact_id = '{BOB}'"
-    ));
-    rusqlite::Connection::open(&lite_db)
-        .unwrap()
-        .execute(
-            "UPDATE customers SET full_name = 'Carol D. Diaz' WHERE id = ?1",
-            [CAROL],
-        )
-        .unwrap();
-    dbs.psql(&format!("DELETE FROM customers WHERE id = '{DAN}'"));
-    let expected: Vec<Row> = vec![
-        expected[0].clone(),
-        (
-            BOB.into(),
-            Some("Bob Ng".into()),
-            Some("bob@example.com".into()),
-            Some("99.99".into()),
-        ),
-        (
-            CAROL.into(),
-            Some("Carol D. Diaz".into()),
-            Some("carol@example.com".into()),
-            Some("7.25".into()),
-        ),
-    ];
-    eventually("updates and the delete everywhere", || {
-        same_everywhere(&expected)
-    });
-
-    // A contact id that is not a UUID cannot become a PostgreSQL key: the PostgreSQL
-    // node sets that transaction aside and records it; what comes after still arrives.
-    dbs.mariadb_cli("INSERT INTO crm_contacts VALUES ('not-a-uuid', 'Bad Key', NULL, 1.00)");
-    dbs.mariadb_cli(&format!(
-        "INSERT INTO crm_contacts VALUES ('{ERIN}', 'Erin Wu', 'erin@example.com', 5.00)"
-    ));
-    eventually("the row after the bad one in PostgreSQL and SQLite", || {
-        let has = |rows: Vec<Row>| rows.iter().any(|r| r.0 == ERIN);
-        if has(dbs.pg_rows()) && has(lite_rows(&lite_db)) {
-            Ok(())
-        } else {
-            Err(format!("postgres {:?}", dbs.pg_rows()))
-        }
-    });
-    let status = rt.block_on(pg_node.status());
-    assert!(
-        status.failures >= 1,
-        "the unmappable row is recorded: {status:?}"
-    );
-    assert!(
-        !dbs.pg_rows()
-            .iter()
-            .any(|r| r.1.as_deref() == Some("Bad Key")),
-        "nothing of the bad transaction was applied"
-    );
-    let failures: Vec<String> = dbs
-        .pg()
-        .query("SELECT error FROM concord.failures", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        failures
-            .iter()
-            .any(|e| e.contains("not-a-uuid") || e.contains("contact_id")),
-        "the recorded failure names the value or the column: {failures:?}"
-    );
-
-    rt.block_on(async {
-        lite_node.shutdown().await;
-        my_node.shutdown().await;
-        pg_node.shutdown().await;
-    });
 }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{TestDb, all_changes, server_or_skip};
+use common::{TestDb, all_changes};
 use concord_core::{Change, PrimaryKey, Value};
 use concord_postgres::Store as _;
 use concord_postgres::{ApplyError, PgStore, RowError, StoreOptions};
@@ -26,12 +26,9 @@ const DDL: &str = "CREATE TABLE items(
 
 /// Runs `mutate` on the second change of a two-row source transaction and checks that
 /// the batch is refused whole with an error satisfying `check`.
-fn refused(test: &str, mutate: impl Fn(&mut Change), check: impl Fn(&ApplyError, &str)) {
-    let Some(server) = server_or_skip(test) else {
-        return;
-    };
-    let src_db = TestDb::new(&server, DDL);
-    let dst_db = TestDb::new(&server, DDL);
+fn refused(server: &str, mutate: impl Fn(&mut Change), check: impl Fn(&ApplyError, &str)) {
+    let src_db = TestDb::new(server, DDL);
+    let dst_db = TestDb::new(server, DDL);
     let mut src = PgStore::track(&src_db.url, &["items"], StoreOptions::default()).unwrap();
     let mut dst = PgStore::track(&dst_db.url, &["items"], StoreOptions::default()).unwrap();
     src_db.psql(
@@ -92,137 +89,125 @@ fn row_error(err: &ApplyError) -> &RowError {
     }
 }
 
-#[test]
-fn an_unknown_table_is_refused_by_name() {
-    refused(
-        "an_unknown_table_is_refused_by_name",
-        |c| c.table = "nope".into(),
-        |e, m| {
-            assert!(matches!(row_error(e), RowError::UnknownTable), "{m}");
-            assert!(m.contains("\"nope\""), "{m}");
-        },
-    );
-}
+concord_harness::server_tests! {
+    fn an_unknown_table_is_refused_by_name(server: postgres) {
+        refused(
+            server,
+            |c| c.table = "nope".into(),
+            |e, m| {
+                assert!(matches!(row_error(e), RowError::UnknownTable), "{m}");
+                assert!(m.contains("\"nope\""), "{m}");
+            },
+        );
+    }
 
-#[test]
-fn an_unknown_column_is_refused_by_name() {
-    refused(
-        "an_unknown_column_is_refused_by_name",
-        |c| c.columns[1].column = "colour".into(),
-        |e, m| {
-            assert!(
-                matches!(row_error(e), RowError::UnknownColumn(c) if c == "colour"),
-                "{m}"
-            );
-        },
-    );
-}
-
-#[test]
-fn a_value_of_the_wrong_type_is_refused_naming_the_column() {
-    refused(
-        "a_value_of_the_wrong_type_is_refused_naming_the_column",
-        |c| *column_mut(c, "qty") = Value::Text("many".into()),
-        |e, m| {
-            assert!(
-                matches!(row_error(e), RowError::WrongType { column, .. } if column == "qty"),
-                "{m}"
-            );
-        },
-    );
-}
-
-#[test]
-fn a_decimal_the_column_would_round_is_refused_naming_the_column() {
-    refused(
-        "a_decimal_the_column_would_round_is_refused_naming_the_column",
-        |c| *column_mut(c, "price") = Value::Decimal("2.255".into()),
-        |e, m| {
-            assert!(
-                matches!(row_error(e), RowError::WrongType { column, .. } if column == "price"),
-                "{m}"
-            );
-            assert!(m.contains("rounded"), "{m}");
-        },
-    );
-}
-
-#[test]
-fn text_longer_than_the_column_is_refused_not_truncated() {
-    refused(
-        "text_longer_than_the_column_is_refused_not_truncated",
-        |c| *column_mut(c, "name") = Value::Text("watermelon".into()),
-        |e, m| {
-            assert!(
-                matches!(row_error(e), RowError::WrongType { column, .. } if column == "name"),
-                "{m}"
-            );
-        },
-    );
-}
-
-#[test]
-fn a_malformed_key_is_refused() {
-    refused(
-        "a_malformed_key_is_refused",
-        |c| c.key = PrimaryKey::from_bytes_unchecked(vec![0xff, 0x00]),
-        |e, m| match e {
-            ApplyError::Row(f) => assert!(matches!(f.error, RowError::MalformedKey(_)), "{m}"),
-            other => panic!("{other}"),
-        },
-    );
-}
-
-#[test]
-fn a_key_of_the_wrong_type_is_refused() {
-    refused(
-        "a_key_of_the_wrong_type_is_refused",
-        |c| c.key = PrimaryKey::encode(&[Value::Text("2".into())]).unwrap(),
-        |e, m| match e {
-            ApplyError::Row(f) => {
+    fn an_unknown_column_is_refused_by_name(server: postgres) {
+        refused(
+            server,
+            |c| c.columns[1].column = "colour".into(),
+            |e, m| {
                 assert!(
-                    matches!(&f.error, RowError::WrongType { column, .. } if column == "id"),
+                    matches!(row_error(e), RowError::UnknownColumn(c) if c == "colour"),
                     "{m}"
-                )
-            }
-            other => panic!("{other}"),
-        },
-    );
-}
+                );
+            },
+        );
+    }
 
-#[test]
-fn a_constraint_violation_at_the_destination_is_refused_naming_the_row() {
-    refused(
-        "a_constraint_violation_at_the_destination_is_refused_naming_the_row",
-        |c| *column_mut(c, "qty") = Value::Integer(-5),
-        |e, m| {
-            assert!(matches!(row_error(e), RowError::Refused(_)), "{m}");
-            assert!(m.contains("items_qty_check"), "{m}");
-        },
-    );
-}
+    fn a_value_of_the_wrong_type_is_refused_naming_the_column(server: postgres) {
+        refused(
+            server,
+            |c| *column_mut(c, "qty") = Value::Text("many".into()),
+            |e, m| {
+                assert!(
+                    matches!(row_error(e), RowError::WrongType { column, .. } if column == "qty"),
+                    "{m}"
+                );
+            },
+        );
+    }
 
-#[test]
-fn a_set_aside_transaction_is_recorded_and_the_stream_keeps_flowing() {
-    let Some(server) =
-        server_or_skip("a_set_aside_transaction_is_recorded_and_the_stream_keeps_flowing")
-    else {
-        return;
-    };
-    let src_db = TestDb::new(&server, DDL);
-    let dst_db = TestDb::new(&server, DDL);
-    let mut src = PgStore::track(&src_db.url, &["items"], StoreOptions::default()).unwrap();
-    let mut dst = PgStore::track(&dst_db.url, &["items"], StoreOptions::default()).unwrap();
-    src_db.psql("INSERT INTO items VALUES (1, 'apple', 1, 1.50)");
-    src_db.psql("INSERT INTO items VALUES (2, 'banana', 2, 2.25)");
-    src.capture().unwrap();
-    let log = all_changes(&src);
-    dst.set_aside(&log[..1], "refused by a test").unwrap();
-    dst.apply_batch(&log[1..]).unwrap();
-    assert_eq!(dst_db.count("SELECT count(*) FROM items"), 1);
-    let failures = dst.failures().unwrap();
-    assert_eq!(failures.len(), 1);
-    assert_eq!((failures[0].seq, failures[0].key.as_str()), (1, "(1)"));
-    // The set-aside change is still relayed, verbatim.
-    assert_eq!(all_changes(&dst), log);
+    fn a_decimal_the_column_would_round_is_refused_naming_the_column(server: postgres) {
+        refused(
+            server,
+            |c| *column_mut(c, "price") = Value::Decimal("2.255".into()),
+            |e, m| {
+                assert!(
+                    matches!(row_error(e), RowError::WrongType { column, .. } if column == "price"),
+                    "{m}"
+                );
+                assert!(m.contains("rounded"), "{m}");
+            },
+        );
+    }
+
+    fn text_longer_than_the_column_is_refused_not_truncated(server: postgres) {
+        refused(
+            server,
+            |c| *column_mut(c, "name") = Value::Text("watermelon".into()),
+            |e, m| {
+                assert!(
+                    matches!(row_error(e), RowError::WrongType { column, .. } if column == "name"),
+                    "{m}"
+                );
+            },
+        );
+    }
+
+    fn a_malformed_key_is_refused(server: postgres) {
+        refused(
+            server,
+            |c| c.key = PrimaryKey::from_bytes_unchecked(vec![0xff, 0x00]),
+            |e, m| match e {
+                ApplyError::Row(f) => assert!(matches!(f.error, RowError::MalformedKey(_)), "{m}"),
+                other => panic!("{other}"),
+            },
+        );
+    }
+
+    fn a_key_of_the_wrong_type_is_refused(server: postgres) {
+        refused(
+            server,
+            |c| c.key = PrimaryKey::encode(&[Value::Text("2".into())]).unwrap(),
+            |e, m| match e {
+                ApplyError::Row(f) => {
+                    assert!(
+                        matches!(&f.error, RowError::WrongType { column, .. } if column == "id"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{other}"),
+            },
+        );
+    }
+
+    fn a_constraint_violation_at_the_destination_is_refused_naming_the_row(server: postgres) {
+        refused(
+            server,
+            |c| *column_mut(c, "qty") = Value::Integer(-5),
+            |e, m| {
+                assert!(matches!(row_error(e), RowError::Refused(_)), "{m}");
+                assert!(m.contains("items_qty_check"), "{m}");
+            },
+        );
+    }
+
+    fn a_set_aside_transaction_is_recorded_and_the_stream_keeps_flowing(server: postgres) {
+        let src_db = TestDb::new(server, DDL);
+        let dst_db = TestDb::new(server, DDL);
+        let mut src = PgStore::track(&src_db.url, &["items"], StoreOptions::default()).unwrap();
+        let mut dst = PgStore::track(&dst_db.url, &["items"], StoreOptions::default()).unwrap();
+        src_db.psql("INSERT INTO items VALUES (1, 'apple', 1, 1.50)");
+        src_db.psql("INSERT INTO items VALUES (2, 'banana', 2, 2.25)");
+        src.capture().unwrap();
+        let log = all_changes(&src);
+        dst.set_aside(&log[..1], "refused by a test").unwrap();
+        dst.apply_batch(&log[1..]).unwrap();
+        assert_eq!(dst_db.count("SELECT count(*) FROM items"), 1);
+        let failures = dst.failures().unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!((failures[0].seq, failures[0].key.as_str()), (1, "(1)"));
+        // The set-aside change is still relayed, verbatim.
+        assert_eq!(all_changes(&dst), log);
+    }
 }

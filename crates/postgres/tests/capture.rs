@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{TestDb, all_changes, server_or_skip};
+use common::{TestDb, all_changes};
 use concord_core::{PrimaryKey, Value};
 use concord_postgres::{PgStore, StoreOptions, TrackError};
 
@@ -27,220 +27,191 @@ fn key(i: i64) -> PrimaryKey {
     PrimaryKey::encode(&[Value::Integer(i)]).unwrap()
 }
 
-#[test]
-fn writes_by_psql_and_by_another_connection_are_captured() {
-    let Some(server) = server_or_skip("writes_by_psql_and_by_another_connection_are_captured")
-    else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    db.psql("INSERT INTO items VALUES (1, 'existing', 1)");
-    let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
-    // A session with unusual output settings: capture must not depend on them.
-    db.psql(
-        "SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -3;
-         INSERT INTO items VALUES (2, 'from psql', 2);
-         UPDATE items SET qty = 20 WHERE id = 2;
-         DELETE FROM items WHERE id = 1;",
-    );
-    let mut app = db.client();
-    app.batch_execute("INSERT INTO items VALUES (3, 'from a client', 3)")
+concord_harness::server_tests! {
+    fn writes_by_psql_and_by_another_connection_are_captured(server: postgres) {
+        let db = TestDb::new(server, DDL);
+        db.psql("INSERT INTO items VALUES (1, 'existing', 1)");
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        // A session with unusual output settings: capture must not depend on them.
+        db.psql(
+            "SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -3;
+             INSERT INTO items VALUES (2, 'from psql', 2);
+             UPDATE items SET qty = 20 WHERE id = 2;
+             DELETE FROM items WHERE id = 1;",
+        );
+        let mut app = db.client();
+        app.batch_execute("INSERT INTO items VALUES (3, 'from a client', 3)")
+            .unwrap();
+        assert_eq!(store.capture().unwrap(), 5);
+        let log = all_changes(&store);
+        let summary: Vec<(PrimaryKey, u64, Vec<&str>)> = log
+            .iter()
+            .map(|c| {
+                (
+                    c.key.clone(),
+                    c.causal_length.0,
+                    c.columns.iter().map(|c| c.column.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (key(1), 1, vec!["id", "name", "qty"]),
+                (key(2), 1, vec!["id", "name", "qty"]),
+                (key(2), 1, vec!["qty"]),
+                (key(1), 2, vec![]),
+                (key(3), 1, vec!["id", "name", "qty"]),
+            ],
+            "existing row backfilled, then each write in order"
+        );
+        assert_eq!(log[2].columns[0].value, Value::Integer(20));
+        assert_eq!(log[1].columns[1].value, Value::Text("from psql".into()));
+        assert!(log.iter().all(|c| c.origin == store.node_id()));
+        assert_eq!(store.pending_len().unwrap(), 0);
+        assert_eq!(store.capture().unwrap(), 0, "nothing is captured twice");
+    }
+
+    fn uncommitted_and_interleaved_transactions_are_captured_whole_in_commit_order(
+        server: postgres,
+    ) {
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        let mut t1 = db.client();
+        let mut t2 = db.client();
+        t1.batch_execute("BEGIN; INSERT INTO items VALUES (1, 't1 first', 1);")
+            .unwrap();
+        t2.batch_execute(
+            "BEGIN; INSERT INTO items VALUES (2, 't2', 2); INSERT INTO items VALUES (4, 't2', 4); COMMIT;",
+        )
         .unwrap();
-    assert_eq!(store.capture().unwrap(), 5);
-    let log = all_changes(&store);
-    let summary: Vec<(PrimaryKey, u64, Vec<&str>)> = log
-        .iter()
-        .map(|c| {
-            (
-                c.key.clone(),
-                c.causal_length.0,
-                c.columns.iter().map(|c| c.column.as_str()).collect(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            (key(1), 1, vec!["id", "name", "qty"]),
-            (key(2), 1, vec!["id", "name", "qty"]),
-            (key(2), 1, vec!["qty"]),
-            (key(1), 2, vec![]),
-            (key(3), 1, vec!["id", "name", "qty"]),
-        ],
-        "existing row backfilled, then each write in order"
-    );
-    assert_eq!(log[2].columns[0].value, Value::Integer(20));
-    assert_eq!(log[1].columns[1].value, Value::Text("from psql".into()));
-    assert!(log.iter().all(|c| c.origin == store.node_id()));
-    assert_eq!(store.pending_len().unwrap(), 0);
-    assert_eq!(store.capture().unwrap(), 0, "nothing is captured twice");
-}
+        t1.batch_execute("INSERT INTO items VALUES (3, 't1 second', 3);")
+            .unwrap();
+        // T1 is still open: only T2 is captured, whole.
+        assert_eq!(store.capture().unwrap(), 2);
+        t1.batch_execute("COMMIT").unwrap();
+        assert_eq!(store.capture().unwrap(), 2);
+        let log = all_changes(&store);
+        let order: Vec<(PrimaryKey, bool)> =
+            log.iter().map(|c| (c.key.clone(), c.last_in_txn)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (key(2), false),
+                (key(4), true),
+                (key(1), false),
+                (key(3), true)
+            ]
+        );
 
-#[test]
-fn uncommitted_and_interleaved_transactions_are_captured_whole_in_commit_order() {
-    let Some(server) = server_or_skip(
-        "uncommitted_and_interleaved_transactions_are_captured_whole_in_commit_order",
-    ) else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
-    let mut t1 = db.client();
-    let mut t2 = db.client();
-    t1.batch_execute("BEGIN; INSERT INTO items VALUES (1, 't1 first', 1);")
-        .unwrap();
-    t2.batch_execute(
-        "BEGIN; INSERT INTO items VALUES (2, 't2', 2); INSERT INTO items VALUES (4, 't2', 4); COMMIT;",
-    )
-    .unwrap();
-    t1.batch_execute("INSERT INTO items VALUES (3, 't1 second', 3);")
-        .unwrap();
-    // T1 is still open: only T2 is captured, whole.
-    assert_eq!(store.capture().unwrap(), 2);
-    t1.batch_execute("COMMIT").unwrap();
-    assert_eq!(store.capture().unwrap(), 2);
-    let log = all_changes(&store);
-    let order: Vec<(PrimaryKey, bool)> =
-        log.iter().map(|c| (c.key.clone(), c.last_in_txn)).collect();
-    assert_eq!(
-        order,
-        vec![
-            (key(2), false),
-            (key(4), true),
-            (key(1), false),
-            (key(3), true)
-        ]
-    );
+        // Two transactions committed before one capture are still two source transactions.
+        db.psql("BEGIN; UPDATE items SET qty = 10 WHERE id = 1; UPDATE items SET qty = 30 WHERE id = 3; COMMIT;");
+        db.psql("UPDATE items SET qty = 20 WHERE id = 2");
+        assert_eq!(store.capture().unwrap(), 3);
+        let log = all_changes(&store);
+        let ends: Vec<bool> = log[4..].iter().map(|c| c.last_in_txn).collect();
+        assert_eq!(ends, vec![false, true, true]);
+        let seqs: Vec<u64> = log.iter().map(|c| c.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=7).collect::<Vec<_>>(),
+            "sequence numbers have no gaps"
+        );
+    }
 
-    // Two transactions committed before one capture are still two source transactions.
-    db.psql("BEGIN; UPDATE items SET qty = 10 WHERE id = 1; UPDATE items SET qty = 30 WHERE id = 3; COMMIT;");
-    db.psql("UPDATE items SET qty = 20 WHERE id = 2");
-    assert_eq!(store.capture().unwrap(), 3);
-    let log = all_changes(&store);
-    let ends: Vec<bool> = log[4..].iter().map(|c| c.last_in_txn).collect();
-    assert_eq!(ends, vec![false, true, true]);
-    let seqs: Vec<u64> = log.iter().map(|c| c.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=7).collect::<Vec<_>>(),
-        "sequence numbers have no gaps"
-    );
-}
+    fn each_transaction_carries_the_values_it_wrote_even_if_a_later_one_changed_them(
+        server: postgres,
+    ) {
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        db.psql("INSERT INTO items VALUES (1, 'first', 1)");
+        db.psql("UPDATE items SET name = 'second' WHERE id = 1");
+        assert_eq!(store.capture().unwrap(), 2);
+        let log = all_changes(&store);
+        assert_eq!(log[0].columns[1].value, Value::Text("first".into()));
+        assert_eq!(log[1].columns[0].value, Value::Text("second".into()));
+        assert!(log[0].last_in_txn && log[1].last_in_txn);
+    }
 
-#[test]
-fn each_transaction_carries_the_values_it_wrote_even_if_a_later_one_changed_them() {
-    let Some(server) = server_or_skip(
-        "each_transaction_carries_the_values_it_wrote_even_if_a_later_one_changed_them",
-    ) else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
-    db.psql("INSERT INTO items VALUES (1, 'first', 1)");
-    db.psql("UPDATE items SET name = 'second' WHERE id = 1");
-    assert_eq!(store.capture().unwrap(), 2);
-    let log = all_changes(&store);
-    assert_eq!(log[0].columns[1].value, Value::Text("first".into()));
-    assert_eq!(log[1].columns[0].value, Value::Text("second".into()));
-    assert!(log[0].last_in_txn && log[1].last_in_txn);
-}
+    fn a_key_change_is_captured_as_a_delete_and_an_insert(server: postgres) {
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        db.psql("INSERT INTO items VALUES (1, 'moving', 1)");
+        db.psql("UPDATE items SET id = 2 WHERE id = 1");
+        assert_eq!(store.capture().unwrap(), 3);
+        let log = all_changes(&store);
+        assert_eq!((log[1].key.clone(), log[1].is_delete()), (key(1), true));
+        assert_eq!((log[2].key.clone(), log[2].is_delete()), (key(2), false));
+        assert_eq!(log[2].columns.len(), 3);
+        assert!(!log[1].last_in_txn && log[2].last_in_txn);
+    }
 
-#[test]
-fn a_key_change_is_captured_as_a_delete_and_an_insert() {
-    let Some(server) = server_or_skip("a_key_change_is_captured_as_a_delete_and_an_insert") else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
-    db.psql("INSERT INTO items VALUES (1, 'moving', 1)");
-    db.psql("UPDATE items SET id = 2 WHERE id = 1");
-    assert_eq!(store.capture().unwrap(), 3);
-    let log = all_changes(&store);
-    assert_eq!((log[1].key.clone(), log[1].is_delete()), (key(1), true));
-    assert_eq!((log[2].key.clone(), log[2].is_delete()), (key(2), false));
-    assert_eq!(log[2].columns.len(), 3);
-    assert!(!log[1].last_in_txn && log[2].last_in_txn);
-}
+    fn a_table_without_a_primary_key_is_refused_by_name_and_nothing_is_installed(server: postgres) {
+        let db = TestDb::new(server, "CREATE TABLE loose(a integer, b text);");
+        let err = PgStore::track(&db.url, &["loose"], StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, TrackError::NoPrimaryKey(ref t) if t == "loose"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"loose\""), "{err}");
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
+            0
+        );
+        let err = PgStore::track(&db.url, &["missing"], StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 
-#[test]
-fn a_table_without_a_primary_key_is_refused_by_name_and_nothing_is_installed() {
-    let Some(server) =
-        server_or_skip("a_table_without_a_primary_key_is_refused_by_name_and_nothing_is_installed")
-    else {
-        return;
-    };
-    let db = TestDb::new(&server, "CREATE TABLE loose(a integer, b text);");
-    let err = PgStore::track(&db.url, &["loose"], StoreOptions::default())
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(err, TrackError::NoPrimaryKey(ref t) if t == "loose"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("\"loose\""), "{err}");
-    assert_eq!(
-        db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
-        0
-    );
-    let err = PgStore::track(&db.url, &["missing"], StoreOptions::default())
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("missing"), "{err}");
-}
+    fn untrack_removes_every_trace(server: postgres) {
+        let db = TestDb::new(server, DDL);
+        let store = PgStore::track(&db.url, &["items", "other"], StoreOptions::default()).unwrap();
+        drop(store);
+        let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'concord_capture'";
+        assert_eq!(db.count(triggers), 2);
 
-#[test]
-fn untrack_removes_every_trace() {
-    let Some(server) = server_or_skip("untrack_removes_every_trace") else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    let store = PgStore::track(&db.url, &["items", "other"], StoreOptions::default()).unwrap();
-    drop(store);
-    let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'concord_capture'";
-    assert_eq!(db.count(triggers), 2);
+        PgStore::untrack(&db.url, &["items"]).unwrap();
+        assert_eq!(db.count(triggers), 1);
+        db.psql("INSERT INTO items VALUES (1, 'after untrack', 1)");
+        let mut store = PgStore::open(&db.url).unwrap();
+        assert_eq!(
+            store.capture().unwrap(),
+            0,
+            "an untracked table is not captured"
+        );
+        assert_eq!(store.tables().len(), 1);
+        drop(store);
 
-    PgStore::untrack(&db.url, &["items"]).unwrap();
-    assert_eq!(db.count(triggers), 1);
-    db.psql("INSERT INTO items VALUES (1, 'after untrack', 1)");
-    let mut store = PgStore::open(&db.url).unwrap();
-    assert_eq!(
-        store.capture().unwrap(),
-        0,
-        "an untracked table is not captured"
-    );
-    assert_eq!(store.tables().len(), 1);
-    drop(store);
+        PgStore::untrack(&db.url, &["other"]).unwrap();
+        assert_eq!(db.count(triggers), 0);
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
+            0
+        );
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_proc WHERE proname LIKE 'capture\\_%'"),
+            0
+        );
+        // The tables work as before, and the store is gone.
+        db.psql("INSERT INTO other VALUES (1, 'plain'); UPDATE items SET qty = 2;");
+        assert!(PgStore::open(&db.url).is_err());
+    }
 
-    PgStore::untrack(&db.url, &["other"]).unwrap();
-    assert_eq!(db.count(triggers), 0);
-    assert_eq!(
-        db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
-        0
-    );
-    assert_eq!(
-        db.count("SELECT count(*) FROM pg_proc WHERE proname LIKE 'capture\\_%'"),
-        0
-    );
-    // The tables work as before, and the store is gone.
-    db.psql("INSERT INTO other VALUES (1, 'plain'); UPDATE items SET qty = 2;");
-    assert!(PgStore::open(&db.url).is_err());
-}
-
-#[test]
-fn a_table_changed_after_tracking_is_refused_by_name_and_can_still_be_untracked() {
-    let Some(server) = server_or_skip(
-        "a_table_changed_after_tracking_is_refused_by_name_and_can_still_be_untracked",
-    ) else {
-        return;
-    };
-    let db = TestDb::new(&server, DDL);
-    drop(PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap());
-    db.psql("ALTER TABLE items ADD COLUMN colour text");
-    let err = PgStore::open(&db.url).err().expect("refused");
-    assert!(err.to_string().contains("items changed shape"), "{err}");
-    PgStore::untrack(&db.url, &["items"]).unwrap();
-    assert_eq!(
-        db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
-        0
-    );
+    fn a_table_changed_after_tracking_is_refused_by_name_and_can_still_be_untracked(
+        server: postgres,
+    ) {
+        let db = TestDb::new(server, DDL);
+        drop(PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap());
+        db.psql("ALTER TABLE items ADD COLUMN colour text");
+        let err = PgStore::open(&db.url).err().expect("refused");
+        assert!(err.to_string().contains("items changed shape"), "{err}");
+        PgStore::untrack(&db.url, &["items"]).unwrap();
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
+            0
+        );
+    }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestDb, all_changes, server_or_skip};
+use common::{TestDb, all_changes};
 use concord_core::{Change, PrimaryKey, Value};
 use concord_postgres::{PgStore, StoreOptions, pull};
 use concord_sqlite::SqliteStore;
@@ -307,181 +307,170 @@ fn check_log(changes: &[Change]) -> BTreeMap<String, u64> {
     inserted
 }
 
-#[test]
-fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing() {
-    let test = "initial_load_under_concurrent_writes_loses_and_duplicates_nothing";
-    let Some(server) = server_or_skip(test) else {
-        return;
-    };
-    let source = TestDb::new(&server, SCHEMA);
-    const CUSTOMERS: i64 = 300;
-    prefill(&mut source.client(), CUSTOMERS);
-    let writer = Writer {
-        url: source.url.clone(),
-        client: source.client(),
-        rng: Rng(0x9e37_79b9_7f4a_7c15),
-        next_customer: CUSTOMERS + 1,
-        next_order: 2 * CUSTOMERS + 1,
-    };
-    // Sessions opened from now on (Concord's) default to REPEATABLE READ, a setting
-    // some databases use; tracking must not depend on the default.
-    let name: String = source
-        .client()
-        .query_one("SELECT current_database()", &[])
-        .unwrap()
-        .get(0);
-    source
-        .client()
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
-        ))
-        .unwrap();
+concord_harness::server_tests! {
+    fn initial_load_under_concurrent_writes_loses_and_duplicates_nothing(server: postgres) {
+        let source = TestDb::new(server, SCHEMA);
+        const CUSTOMERS: i64 = 300;
+        prefill(&mut source.client(), CUSTOMERS);
+        let writer = Writer {
+            url: source.url.clone(),
+            client: source.client(),
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            next_customer: CUSTOMERS + 1,
+            next_order: 2 * CUSTOMERS + 1,
+        };
+        // Sessions opened from now on (Concord's) default to REPEATABLE READ, a setting
+        // some databases use; tracking must not depend on the default.
+        let name: String = source
+            .client()
+            .query_one("SELECT current_database()", &[])
+            .unwrap()
+            .get(0);
+        source
+            .client()
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+            ))
+            .unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, writes) = (stop.clone(), writes.clone());
-        std::thread::spawn(move || writer.run(&stop, &writes))
-    };
-    wait_for(&writes, 100);
-    let before = writes.load(Ordering::Relaxed);
-    let mut src = PgStore::track(&source.url, TABLES, StoreOptions::default()).unwrap();
-    let tracked_at = writes.load(Ordering::Relaxed);
-    // Keep writing after tracking, with a capture in the middle.
-    wait_for(&writes, tracked_at + 100);
-    src.capture().unwrap();
-    wait_for(&writes, writes.load(Ordering::Relaxed) + 100);
-    stop.store(true, Ordering::Relaxed);
-    let errors = writer.join().unwrap();
-    println!(
-        "writes: {} committed ({} while tracking); failed: {errors:?}",
-        writes.load(Ordering::Relaxed),
-        tracked_at - before
-    );
-    src.capture().unwrap();
-    assert_eq!(src.pending_len().unwrap(), 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (stop, writes) = (stop.clone(), writes.clone());
+            std::thread::spawn(move || writer.run(&stop, &writes))
+        };
+        wait_for(&writes, 100);
+        let before = writes.load(Ordering::Relaxed);
+        let mut src = PgStore::track(&source.url, TABLES, StoreOptions::default()).unwrap();
+        let tracked_at = writes.load(Ordering::Relaxed);
+        // Keep writing after tracking, with a capture in the middle.
+        wait_for(&writes, tracked_at + 100);
+        src.capture().unwrap();
+        wait_for(&writes, writes.load(Ordering::Relaxed) + 100);
+        stop.store(true, Ordering::Relaxed);
+        let errors = writer.join().unwrap();
+        println!(
+            "writes: {} committed ({} while tracking); failed: {errors:?}",
+            writes.load(Ordering::Relaxed),
+            tracked_at - before
+        );
+        src.capture().unwrap();
+        assert_eq!(src.pending_len().unwrap(), 0);
 
-    let changes = all_changes(&src);
-    assert_eq!(changes.len() as u64, src.log_len().unwrap());
-    let inserted = check_log(&changes);
-    println!("log: {} changes, lives begun {inserted:?}", changes.len());
-    let expected = (
-        customers(&mut source.client()),
-        orders(&mut source.client()),
-    );
-    assert!(!expected.1.is_empty());
+        let changes = all_changes(&src);
+        assert_eq!(changes.len() as u64, src.log_len().unwrap());
+        let inserted = check_log(&changes);
+        println!("log: {} changes, lives begun {inserted:?}", changes.len());
+        let expected = (
+            customers(&mut source.client()),
+            orders(&mut source.client()),
+        );
+        assert!(!expected.1.is_empty());
 
-    // PostgreSQL to PostgreSQL.
-    let dest = TestDb::new(&server, SCHEMA);
-    let mut dst = PgStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
-    let report = pull(&mut src, &mut dst).unwrap();
-    assert_eq!(report.applied as usize, changes.len());
-    assert!(dst.failures().unwrap().is_empty());
-    assert!(src.failures().unwrap().is_empty());
-    assert_eq!(
-        (customers(&mut dest.client()), orders(&mut dest.client())),
-        expected
-    );
+        // PostgreSQL to PostgreSQL.
+        let dest = TestDb::new(server, SCHEMA);
+        let mut dst = PgStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
+        let report = pull(&mut src, &mut dst).unwrap();
+        assert_eq!(report.applied as usize, changes.len());
+        assert!(dst.failures().unwrap().is_empty());
+        assert!(src.failures().unwrap().is_empty());
+        assert_eq!(
+            (customers(&mut dest.client()), orders(&mut dest.client())),
+            expected
+        );
 
-    // PostgreSQL to SQLite.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch(SQLITE_SCHEMA)
-        .unwrap();
-    let mut lite = SqliteStore::track(&path, TABLES, StoreOptions::default()).unwrap();
-    let report = pull(&mut src, &mut lite).unwrap();
-    assert_eq!(report.applied as usize, changes.len());
-    assert!(lite.failures().unwrap().is_empty());
-    assert_eq!(sqlite_tables(&path), expected);
-}
+        // PostgreSQL to SQLite.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(SQLITE_SCHEMA)
+            .unwrap();
+        let mut lite = SqliteStore::track(&path, TABLES, StoreOptions::default()).unwrap();
+        let report = pull(&mut src, &mut lite).unwrap();
+        assert_eq!(report.applied as usize, changes.len());
+        assert!(lite.failures().unwrap().is_empty());
+        assert_eq!(sqlite_tables(&path), expected);
+    }
 
-#[test]
-fn a_sqlite_initial_load_named_child_first_applies_to_postgres_enforcing_foreign_keys() {
-    let test = "a_sqlite_initial_load_named_child_first_applies_to_postgres_enforcing_foreign_keys";
-    let Some(server) = server_or_skip(test) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("source.db");
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(SQLITE_SCHEMA).unwrap();
-    conn.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
-         INSERT INTO customers SELECT i, 'customer ' || i, 0 FROM n;
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO orders SELECT i, (i + 1) / 2, i * 100, NULL FROM n;",
-    )
-    .unwrap();
-    drop(conn);
-    let mut lite = SqliteStore::track(&path, TABLES, StoreOptions::default()).unwrap();
-    let dest = TestDb::new(&server, SCHEMA);
-    let mut pg = PgStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
-    let report = pull(&mut lite, &mut pg).unwrap();
-    assert_eq!(report.applied, 600);
-    assert!(pg.failures().unwrap().is_empty());
-    assert_eq!(
-        (customers(&mut dest.client()), orders(&mut dest.client())),
-        sqlite_tables(&path)
-    );
-}
-
-#[test]
-fn a_partly_filled_destination_converges_with_the_source() {
-    let Some(server) = server_or_skip("a_partly_filled_destination_converges_with_the_source")
-    else {
-        return;
-    };
-    let (a, b) = (TestDb::new(&server, SCHEMA), TestDb::new(&server, SCHEMA));
-    prefill(&mut a.client(), 10);
-    // b: customers 1-5 and their orders as in a; 6-8 with other values, order 16 with
-    // another amount; customers 20-21 and order 40 of its own.
-    prefill(&mut b.client(), 8);
-    b.client()
-        .batch_execute(
-            "UPDATE customers SET name = 'b ' || name, score = 7 WHERE id BETWEEN 6 AND 8;
-             UPDATE orders SET amount = amount + 1 WHERE id = 16;
-             INSERT INTO customers VALUES (20, 'b only', 1), (21, 'b only too', 2);
-             INSERT INTO orders VALUES (40, 20, 4000, 'b');",
+    fn a_sqlite_initial_load_named_child_first_applies_to_postgres_enforcing_foreign_keys(
+        server: postgres,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SQLITE_SCHEMA).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO customers SELECT i, 'customer ' || i, 0 FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+             INSERT INTO orders SELECT i, (i + 1) / 2, i * 100, NULL FROM n;",
         )
         .unwrap();
-    let mut sa = PgStore::track(&a.url, TABLES, StoreOptions::default()).unwrap();
-    let mut sb = PgStore::track(&b.url, TABLES, StoreOptions::default()).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    pull(&mut sb, &mut sa).unwrap();
-    pull(&mut sa, &mut sb).unwrap();
-    let (ca, oa) = (customers(&mut a.client()), orders(&mut a.client()));
-    assert_eq!(
-        (customers(&mut b.client()), orders(&mut b.client())),
-        (ca.clone(), oa.clone())
-    );
-    assert_eq!((ca.len(), oa.len()), (12, 21));
-    assert!(sa.failures().unwrap().is_empty());
-    assert!(sb.failures().unwrap().is_empty());
-    // Every differing cell is a recorded conflict, on both sides, naming both values.
-    let differing: BTreeSet<(String, String, String)> = [6, 7, 8]
-        .iter()
-        .flat_map(|k| {
-            [
-                ("customers", format!("({k})"), "name"),
-                ("customers", format!("({k})"), "score"),
-            ]
-        })
-        .chain([("orders", "(16)".to_owned(), "amount")])
-        .map(|(t, k, c)| (t.to_owned(), k, c.to_owned()))
-        .collect();
-    for store in [&mut sa, &mut sb] {
-        let recorded: BTreeSet<(String, String, String)> = store
-            .conflicts()
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.local_value != c.remote_value)
-            .map(|c| {
-                assert_eq!(c.kind, "column");
-                (c.table, c.key, c.column.unwrap_or_default())
+        drop(conn);
+        let mut lite = SqliteStore::track(&path, TABLES, StoreOptions::default()).unwrap();
+        let dest = TestDb::new(server, SCHEMA);
+        let mut pg = PgStore::track(&dest.url, TABLES, StoreOptions::default()).unwrap();
+        let report = pull(&mut lite, &mut pg).unwrap();
+        assert_eq!(report.applied, 600);
+        assert!(pg.failures().unwrap().is_empty());
+        assert_eq!(
+            (customers(&mut dest.client()), orders(&mut dest.client())),
+            sqlite_tables(&path)
+        );
+    }
+
+    fn a_partly_filled_destination_converges_with_the_source(server: postgres) {
+        let (a, b) = (TestDb::new(server, SCHEMA), TestDb::new(server, SCHEMA));
+        prefill(&mut a.client(), 10);
+        // b: customers 1-5 and their orders as in a; 6-8 with other values, order 16 with
+        // another amount; customers 20-21 and order 40 of its own.
+        prefill(&mut b.client(), 8);
+        b.client()
+            .batch_execute(
+                "UPDATE customers SET name = 'b ' || name, score = 7 WHERE id BETWEEN 6 AND 8;
+                 UPDATE orders SET amount = amount + 1 WHERE id = 16;
+                 INSERT INTO customers VALUES (20, 'b only', 1), (21, 'b only too', 2);
+                 INSERT INTO orders VALUES (40, 20, 4000, 'b');",
+            )
+            .unwrap();
+        let mut sa = PgStore::track(&a.url, TABLES, StoreOptions::default()).unwrap();
+        let mut sb = PgStore::track(&b.url, TABLES, StoreOptions::default()).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        pull(&mut sb, &mut sa).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        let (ca, oa) = (customers(&mut a.client()), orders(&mut a.client()));
+        assert_eq!(
+            (customers(&mut b.client()), orders(&mut b.client())),
+            (ca.clone(), oa.clone())
+        );
+        assert_eq!((ca.len(), oa.len()), (12, 21));
+        assert!(sa.failures().unwrap().is_empty());
+        assert!(sb.failures().unwrap().is_empty());
+        // Every differing cell is a recorded conflict, on both sides, naming both values.
+        let differing: BTreeSet<(String, String, String)> = [6, 7, 8]
+            .iter()
+            .flat_map(|k| {
+                [
+                    ("customers", format!("({k})"), "name"),
+                    ("customers", format!("({k})"), "score"),
+                ]
             })
+            .chain([("orders", "(16)".to_owned(), "amount")])
+            .map(|(t, k, c)| (t.to_owned(), k, c.to_owned()))
             .collect();
-        assert_eq!(recorded, differing);
+        for store in [&mut sa, &mut sb] {
+            let recorded: BTreeSet<(String, String, String)> = store
+                .conflicts()
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.local_value != c.remote_value)
+                .map(|c| {
+                    assert_eq!(c.kind, "column");
+                    (c.table, c.key, c.column.unwrap_or_default())
+                })
+                .collect();
+            assert_eq!(recorded, differing);
+        }
     }
 }

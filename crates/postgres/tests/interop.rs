@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TestDb, server_or_skip};
+use common::TestDb;
 use concord_postgres::PgStore;
 use concord_sqlite::SqliteStore;
 
@@ -43,55 +43,53 @@ fn sqlite_to_pg(lite: &mut SqliteStore, pg: &mut PgStore) {
     concord_postgres::pull(lite, pg).unwrap();
 }
 
-#[test]
-fn postgres_and_sqlite_replicas_converge_both_ways() {
-    let Some(server) = server_or_skip("postgres_and_sqlite_replicas_converge_both_ways") else {
-        return;
-    };
-    let db = TestDb::new(
-        &server,
-        "CREATE TABLE items(id bigint PRIMARY KEY, name text NOT NULL,
-                            price double precision, data bytea);",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("items.db");
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, data BLOB);",
+concord_harness::server_tests! {
+    fn postgres_and_sqlite_replicas_converge_both_ways(server: postgres) {
+        let db = TestDb::new(
+            server,
+            "CREATE TABLE items(id bigint PRIMARY KEY, name text NOT NULL,
+                                price double precision, data bytea);",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, data BLOB);",
+            )
+            .unwrap();
+        let mut pg = PgStore::track(&db.url, &["items"], Default::default()).unwrap();
+        let mut lite = SqliteStore::track(&path, &["items"], Default::default()).unwrap();
+
+        db.psql(
+            "INSERT INTO items VALUES (1, 'from postgres', 0.1, '\\x00010203'::bytea),
+                                      (2, 'Grüße 世界', NULL, NULL), (3, 'doomed', 3.5, NULL)",
+        );
+        let app = rusqlite::Connection::open(&path).unwrap();
+        app.execute_batch("INSERT INTO items VALUES (10, 'from sqlite', 1e-300, x'00ff00')")
+            .unwrap();
+        pg_to_sqlite(&mut pg, &mut lite);
+        sqlite_to_pg(&mut lite, &mut pg);
+        assert_eq!(pg_rows(&db), sqlite_rows(&path));
+        assert_eq!(pg_rows(&db).len(), 4);
+
+        // Edits on both sides, a delete on each, and a concurrent edit of one column.
+        db.psql("UPDATE items SET price = 2.25 WHERE id = 2; DELETE FROM items WHERE id = 3;");
+        app.execute_batch(
+            "UPDATE items SET name = 'edited in sqlite' WHERE id = 1;
+             UPDATE items SET price = 9.75 WHERE id = 2;
+             DELETE FROM items WHERE id = 10;",
         )
         .unwrap();
-    let mut pg = PgStore::track(&db.url, &["items"], Default::default()).unwrap();
-    let mut lite = SqliteStore::track(&path, &["items"], Default::default()).unwrap();
-
-    db.psql(
-        "INSERT INTO items VALUES (1, 'from postgres', 0.1, '\\x00010203'::bytea),
-                                  (2, 'Grüße 世界', NULL, NULL), (3, 'doomed', 3.5, NULL)",
-    );
-    let app = rusqlite::Connection::open(&path).unwrap();
-    app.execute_batch("INSERT INTO items VALUES (10, 'from sqlite', 1e-300, x'00ff00')")
-        .unwrap();
-    pg_to_sqlite(&mut pg, &mut lite);
-    sqlite_to_pg(&mut lite, &mut pg);
-    assert_eq!(pg_rows(&db), sqlite_rows(&path));
-    assert_eq!(pg_rows(&db).len(), 4);
-
-    // Edits on both sides, a delete on each, and a concurrent edit of one column.
-    db.psql("UPDATE items SET price = 2.25 WHERE id = 2; DELETE FROM items WHERE id = 3;");
-    app.execute_batch(
-        "UPDATE items SET name = 'edited in sqlite' WHERE id = 1;
-         UPDATE items SET price = 9.75 WHERE id = 2;
-         DELETE FROM items WHERE id = 10;",
-    )
-    .unwrap();
-    pg_to_sqlite(&mut pg, &mut lite);
-    sqlite_to_pg(&mut lite, &mut pg);
-    pg_to_sqlite(&mut pg, &mut lite);
-    let rows = pg_rows(&db);
-    assert_eq!(rows, sqlite_rows(&path));
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!(rows[0].1, "edited in sqlite");
-    assert_eq!(pg.version_vector(), lite.version_vector());
-    assert_eq!(pg.capture().unwrap(), 0, "no echo");
-    assert_eq!(lite.capture().unwrap(), 0, "no echo");
+        pg_to_sqlite(&mut pg, &mut lite);
+        sqlite_to_pg(&mut lite, &mut pg);
+        pg_to_sqlite(&mut pg, &mut lite);
+        let rows = pg_rows(&db);
+        assert_eq!(rows, sqlite_rows(&path));
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].1, "edited in sqlite");
+        assert_eq!(pg.version_vector(), lite.version_vector());
+        assert_eq!(pg.capture().unwrap(), 0, "no echo");
+        assert_eq!(lite.capture().unwrap(), 0, "no echo");
+    }
 }

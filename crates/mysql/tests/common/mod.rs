@@ -1,5 +1,8 @@
-//! Shared helpers of the MariaDB tests: a throwaway database per test on the server
-//! named by `CONCORD_TEST_MYSQL_URL`, dropped when the test ends (pass or fail).
+//! Shared helpers of the MariaDB tests: a throwaway database per test on the server the
+//! test is given, dropped when the test ends (pass or fail). Which server, and whether
+//! the tests run at all, is decided once in `concord_harness::servers`
+//! (`CONCORD_TEST_MYSQL_URL`, else the usual local server if it answers, else the tests
+//! are reported as ignored).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,17 +14,6 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The server URL, or `None` after printing that `test` is skipped.
-pub fn server_or_skip(test: &str) -> Option<String> {
-    match std::env::var("CONCORD_TEST_MYSQL_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipping {test}: CONCORD_TEST_MYSQL_URL not set");
-            None
-        }
-    }
-}
 
 /// `url` with its database name replaced by `db` (its `?options` kept).
 pub fn with_database(url: &str, db: &str) -> String {

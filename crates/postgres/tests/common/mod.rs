@@ -1,5 +1,7 @@
-//! Shared helpers: a throwaway database per test on the server named by
-//! `CONCORD_TEST_POSTGRES_URL`, dropped when the test ends (pass or fail).
+//! Shared helpers: a throwaway database per test on the PostgreSQL server the test is
+//! given, dropped when the test ends (pass or fail). Which server, and whether the tests
+//! run at all, is decided once in `concord_harness::servers` (`CONCORD_TEST_POSTGRES_URL`,
+//! else the usual local server if it answers, else the tests are reported as ignored).
 #![allow(dead_code, unreachable_pub)]
 
 use concord_postgres::Store as _;
@@ -11,17 +13,6 @@ use concord_postgres::PgStore;
 use postgres::{Client, NoTls};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The server URL, or `None` after printing that `test` is skipped.
-pub fn server_or_skip(test: &str) -> Option<String> {
-    match std::env::var("CONCORD_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipping {test}: CONCORD_TEST_POSTGRES_URL not set");
-            None
-        }
-    }
-}
 
 /// `url` with its database name replaced by `db`.
 fn with_database(url: &str, db: &str) -> String {
