@@ -12,6 +12,8 @@
 //! * `serve` on an invalid `concord.toml` that starts anyway, panics, or fails without
 //!   naming the file and the problem (all of them at once), or that runs with a peer
 //!   holding the node's own fingerprint or two peers sharing one;
+//! * a node dialing a peer that does not know it, told only of a TLS alert; the peer's
+//!   status not naming the fingerprint it refused;
 //! * a serve log in Rust debug formatting (`Some(...)`), or a peer's orderly shutdown
 //!   shown as an error;
 //! * `init` that overwrites an existing node (its identity and configuration);
@@ -297,6 +299,15 @@ fn write(db: &Path, sql: &str) {
         .unwrap();
 }
 
+/// `concord status --dir dir --json`, parsed; an error while the node is starting.
+fn try_status_json(dir: &Path) -> Result<serde_json::Value, String> {
+    let out = concord(["status", "--dir", &s(dir), "--json"]);
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
 /// `concord status --dir dir --json`, parsed.
 fn status_json(dir: &Path) -> serde_json::Value {
     let out = ok(concord(["status", "--dir", &s(dir), "--json"]));
@@ -392,6 +403,48 @@ fn two_served_nodes_sync_both_ways_and_status_shows_the_peer() {
             assert!(!logs.contains(debug), "{debug} in a serve log:\n{logs}");
         }
     }
+}
+
+#[test]
+fn a_dialer_its_peer_does_not_know_is_told_in_words_and_the_peer_shows_its_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let (d1, d2) = (root.path().join("n1"), root.path().join("n2"));
+    let (f1, port1) = init_node(&d1, "n1");
+    let (f2, _) = init_node(&d2, "n2");
+    // n2 dials n1, but nobody added n2 to n1's [[peers]].
+    add_peer(&d2, "n1", &f1, Some(format!("127.0.0.1:{port1}")));
+    let n1 = Served::start(&d1);
+    let n2 = Served::start(&d2);
+    let nodes = [&n1, &n2];
+    wait_until("n2 to say n1 does not know it", &nodes, || {
+        let json = try_status_json(&d2)?;
+        let error = json["peers"][0]["last_error"].as_str().unwrap_or_default();
+        if error.contains("the peer does not know this node") && error.contains(&f2) {
+            Ok(())
+        } else {
+            Err(json["peers"][0].to_string())
+        }
+    });
+    let table = ok(concord(["status", "--dir", &s(&d2)]));
+    assert!(table.contains("does not know this node"), "{table}");
+    wait_until("n1 to list n2's fingerprint as refused", &nodes, || {
+        let json = try_status_json(&d1)?;
+        let listed = json["refused"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["fingerprint"] == f2.as_str()));
+        if listed {
+            Ok(())
+        } else {
+            Err(json["refused"].to_string())
+        }
+    });
+    let table = ok(concord(["status", "--dir", &s(&d1)]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("refused") && l.contains(&f2)),
+        "{table}"
+    );
 }
 
 #[test]
