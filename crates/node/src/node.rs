@@ -408,13 +408,17 @@ impl Node {
         }
         for peer in &shared.peers {
             if let Some(address) = peer.config.address.clone() {
-                let connector =
-                    TlsConnector::from(tls::client_config(&identity, peer.config.fingerprint)?);
+                let presented = tls::Presented::default();
+                let connector = TlsConnector::from(tls::client_config_observed(
+                    &identity,
+                    peer.config.fingerprint,
+                    presented.clone(),
+                )?);
                 tasks.push(tokio::spawn(dial_loop(
                     shared.clone(),
                     peer.clone(),
                     address,
-                    connector,
+                    (connector, presented),
                 )));
             }
         }
@@ -603,14 +607,20 @@ fn log_end(peer: &Peer, result: &Result<(), SessionError>) {
 }
 
 /// Retry delays after a failed session: short for a lost link, which usually comes
-/// back, and long when the peer refused this node's identity, which only a person
-/// editing the peer's configuration fixes.
+/// back, and long when an identity was refused (the peer does not know this node, or
+/// the node at the address is not the configured peer), which only a person editing a
+/// configuration fixes.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(10);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
 
-async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connector: TlsConnector) {
+async fn dial_loop(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    address: String,
+    connector: (TlsConnector, tls::Presented),
+) {
     let mut backoff = RETRY_FIRST;
     let mut max = RETRY_MAX;
     let mut shutdown = shared.shutdown.subscribe();
@@ -624,7 +634,10 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connec
             let result = dial_once(&shared, &peer, &address, &connector).await;
             log_end(&peer, &result);
             peer.finished(&result, true);
-            if matches!(result, Err(SessionError::UnknownToPeer(_))) {
+            if matches!(
+                result,
+                Err(SessionError::UnknownToPeer(_) | SessionError::WrongPeer { .. })
+            ) {
                 backoff = backoff.max(REFUSED_RETRY_FIRST);
                 max = REFUSED_RETRY_MAX;
             } else {
@@ -679,17 +692,28 @@ async fn dial_once(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     address: &str,
-    connector: &TlsConnector,
+    (connector, presented): &(TlsConnector, tls::Presented),
 ) -> Result<(), SessionError> {
-    dial_and_run(shared, peer, address, connector)
-        .await
-        .map_err(|e| {
-            if tls::peer_refused_our_certificate(&e) {
-                SessionError::UnknownToPeer(shared.fingerprint)
-            } else {
-                e
+    let slot = || {
+        presented
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    *slot() = None;
+    let result = dial_and_run(shared, peer, address, connector).await;
+    result.map_err(|e| {
+        let shown = *slot();
+        if tls::peer_refused_our_certificate(&e) {
+            SessionError::UnknownToPeer(shared.fingerprint)
+        } else if let (Some(presented), true) = (shown, tls::we_refused_their_certificate(&e)) {
+            SessionError::WrongPeer {
+                presented,
+                expected: peer.config.fingerprint,
             }
-        })
+        } else {
+            e
+        }
+    })
 }
 
 async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {

@@ -62,6 +62,16 @@ pub(crate) enum SessionError {
     /// The peer refused this node's certificate in the TLS handshake.
     #[error("the peer does not know this node; add {0} (this node's fingerprint) to its [[peers]]")]
     UnknownToPeer(Fingerprint),
+    /// The node at the peer's address presented another certificate than `[[peers]]`
+    /// names.
+    #[error(
+        "the node at this address is not the configured peer: it presented {presented}, \
+         [[peers]] names {expected}; correct the fingerprint or the address"
+    )]
+    WrongPeer {
+        presented: Fingerprint,
+        expected: Fingerprint,
+    },
     #[error("store")]
     Store(#[from] StoreError),
     #[error("apply")]

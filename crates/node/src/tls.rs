@@ -133,6 +133,7 @@ impl ClientCertVerifier for PinnedClients {
 struct PinnedServer {
     expected: Fingerprint,
     signatures: Signatures,
+    presented: Option<Presented>,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -145,10 +146,14 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = Fingerprint::of(end_entity);
+        if let Some(presented) = &self.presented {
+            *presented
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fingerprint);
+        }
         if fingerprint == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            tracing::warn!(presented = %fingerprint, expected = %self.expected, "the peer presented another identity than its [[peers]] entry names");
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -214,6 +219,29 @@ pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'sta
     false
 }
 
+/// Whether `error` (or one of its causes) is this node refusing the certificate a
+/// server presented.
+pub(crate) fn we_refused_their_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            tls,
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// A server configuration that requires a client certificate from `allowed`.
 pub fn server_config(
     identity: &Identity,
@@ -256,10 +284,29 @@ pub fn client_config(
     identity: &Identity,
     expected: Fingerprint,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    build_client_config(identity, expected, None)
+}
+
+/// [`client_config`] for one peer's dials (one at a time): the fingerprint the server
+/// presents is put in `presented`, accepted or not.
+pub(crate) fn client_config_observed(
+    identity: &Identity,
+    expected: Fingerprint,
+    presented: Presented,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    build_client_config(identity, expected, Some(presented))
+}
+
+fn build_client_config(
+    identity: &Identity,
+    expected: Fingerprint,
+    presented: Option<Presented>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = PinnedServer {
         expected,
         signatures: Signatures(provider.clone()),
+        presented,
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -9,6 +9,8 @@
 //! * a peer's orderly shutdown shows as an error;
 //! * a node dialing a peer that does not know it sees only a TLS alert, retries as fast
 //!   as for a lost link, and the refusing node does not say which identity it refused;
+//! * a dialer that reaches another node than its `[[peers]]` entry names does not say
+//!   which fingerprint it found;
 //! * a peer with the node's own fingerprint makes it dial itself forever;
 //! * `/health` says ok while a peer this node dials is down;
 //! * `/metrics` lines without a `# HELP` line;
@@ -184,6 +186,42 @@ fn a_dialer_unknown_to_its_peer_is_told_which_fingerprint_to_add_and_the_peer_sh
             "b dialed {times} times within two seconds of being refused"
         );
         assert!(rows(a.db()).is_empty() && rows(b.db()).is_empty());
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_dialer_reaching_another_node_than_configured_says_which_fingerprint_it_found() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, other) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+            Member::new(root.path(), "other", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        // b's [[peers]] entry has a's address but another node's fingerprint.
+        let mut wrong = a.at(&na);
+        wrong.fingerprint = other.fingerprint;
+        let nb = b.start(vec![wrong]).await;
+        let (found, expected) = (a.fingerprint.to_string(), other.fingerprint.to_string());
+        wait_until("b to name the fingerprint it found", async || {
+            let status = nb.status().await;
+            let p = peer(&status, "a");
+            match &p.last_error {
+                Some(e)
+                    if e.contains("is not the configured peer")
+                        && e.contains(&found)
+                        && e.contains(&expected) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{p:?}")),
+            }
+        })
+        .await;
         assert_no_panics();
         na.shutdown().await;
         nb.shutdown().await;
