@@ -10,7 +10,12 @@
 //!   or does not notice the peer going away;
 //! * `serve` that ignores SIGTERM or does not exit cleanly on it;
 //! * `serve` on an invalid `concord.toml` that starts anyway, panics, or fails without
-//!   naming the file and the problem;
+//!   naming the file and the problem (all of them at once), or that runs with a peer
+//!   holding the node's own fingerprint or two peers sharing one;
+//! * a node dialing a peer that does not know it, told only of a TLS alert; the peer's
+//!   status not naming the fingerprint it refused;
+//! * a serve log in Rust debug formatting (`Some(...)`), or a peer's orderly shutdown
+//!   shown as an error;
 //! * `init` that overwrites an existing node (its identity and configuration);
 //! * `status` against a node that is not running that hangs or gives no hint to start it;
 //! * `--help` of `init`, `serve` or `status` that does not explain the subcommand.
@@ -294,6 +299,15 @@ fn write(db: &Path, sql: &str) {
         .unwrap();
 }
 
+/// `concord status --dir dir --json`, parsed; an error while the node is starting.
+fn try_status_json(dir: &Path) -> Result<serde_json::Value, String> {
+    let out = concord(["status", "--dir", &s(dir), "--json"]);
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
 /// `concord status --dir dir --json`, parsed.
 fn status_json(dir: &Path) -> serde_json::Value {
     let out = ok(concord(["status", "--dir", &s(dir), "--json"]));
@@ -374,6 +388,90 @@ fn two_served_nodes_sync_both_ways_and_status_shows_the_peer() {
             Err(json["peers"][0].to_string())
         }
     });
+    // An orderly shutdown is an event, not an error.
+    let json = status_json(&d1);
+    let peer = &json["peers"][0];
+    assert_eq!(peer["last_error"], serde_json::Value::Null, "{json}");
+    assert_eq!(peer["last_event"], "the peer shut down", "{json}");
+    let table = ok(concord(["status", "--dir", &s(&d1)]));
+    assert!(!table.contains("error:"), "{table}");
+
+    // Logs are for people: no Rust debug formatting, no enum names.
+    for node in [&n1, &n2] {
+        let logs = node.logs();
+        for debug in ["Some(", "ShuttingDown"] {
+            assert!(!logs.contains(debug), "{debug} in a serve log:\n{logs}");
+        }
+    }
+}
+
+#[test]
+fn a_dialer_its_peer_does_not_know_is_told_in_words_and_the_peer_shows_its_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let (d1, d2) = (root.path().join("n1"), root.path().join("n2"));
+    let (f1, port1) = init_node(&d1, "n1");
+    let (f2, _) = init_node(&d2, "n2");
+    // n2 dials n1, but nobody added n2 to n1's [[peers]].
+    add_peer(&d2, "n1", &f1, Some(format!("127.0.0.1:{port1}")));
+    let n1 = Served::start(&d1);
+    let n2 = Served::start(&d2);
+    let nodes = [&n1, &n2];
+    wait_until("n2 to say n1 does not know it", &nodes, || {
+        let json = try_status_json(&d2)?;
+        let error = json["peers"][0]["last_error"].as_str().unwrap_or_default();
+        if error.contains("the peer does not know this node") && error.contains(&f2) {
+            Ok(())
+        } else {
+            Err(json["peers"][0].to_string())
+        }
+    });
+    let table = ok(concord(["status", "--dir", &s(&d2)]));
+    assert!(table.contains("does not know this node"), "{table}");
+    wait_until("n1 to list n2's fingerprint as refused", &nodes, || {
+        let json = try_status_json(&d1)?;
+        let listed = json["refused"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["fingerprint"] == f2.as_str()));
+        if listed {
+            Ok(())
+        } else {
+            Err(json["refused"].to_string())
+        }
+    });
+    let table = ok(concord(["status", "--dir", &s(&d1)]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("refused") && l.contains(&f2)),
+        "{table}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_peer_with_the_nodes_own_fingerprint_and_peers_sharing_one() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("me");
+    let (own, port) = init_node(&dir, "me");
+    add_peer(&dir, "myself", &own, Some(format!("127.0.0.1:{port}")));
+    let err = fails_mentioning(
+        concord(["serve", "--dir", &s(&dir)]),
+        &[
+            "\"myself\"",
+            "own fingerprint",
+            &s(&dir.join("concord.toml")),
+        ],
+    );
+    assert!(!err.contains("serving"), "the node started anyway: {err}");
+
+    let dir = root.path().join("twins");
+    init_node(&dir, "twins");
+    let (other, _) = init_node(&root.path().join("other"), "other");
+    add_peer(&dir, "office", &other, None);
+    add_peer(&dir, "shop", &other, None);
+    fails_mentioning(
+        concord(["serve", "--dir", &s(&dir)]),
+        &["\"office\"", "\"shop\"", "same fingerprint"],
+    );
 }
 
 #[test]
@@ -390,6 +488,19 @@ fn serve_with_an_invalid_config_exits_naming_the_file_and_the_problem() {
             "no store",
             "[node]\nname = \"x\"\n[store]\n",
             &["[store] needs"][..],
+        ),
+        (
+            "host name as listen address",
+            "[node]\nname = \"x\"\nlisten = \"localhost:7400\"\n[store]\nrelay = true\n",
+            &[
+                "\"localhost:7400\" is not an IP address and port",
+                "0.0.0.0:7400",
+            ][..],
+        ),
+        (
+            "several problems",
+            "[node]\nname = \"x\"\n[store]\nrelay = true\n[sync]\nwindow = 0\nbatch_changes = 0\n",
+            &["2 problems", "window", "batch_changes"][..],
         ),
         (
             "bad fingerprint",

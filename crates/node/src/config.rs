@@ -1,4 +1,12 @@
 //! The node's configuration file, `concord.toml` in the data directory.
+//!
+//! Loading checks everything that can be checked without the network and reports every
+//! problem found at once, so a person fixes the file in one pass rather than one error
+//! per start. A peer configured with this node's own fingerprint would make the node
+//! dial itself forever, and two peers sharing a fingerprint would make one of them
+//! unreachable; both are refused with the names involved. The node's own fingerprint
+//! is only known with its identity, so that check runs when the node starts
+//! ([`NodeConfig::check_own_fingerprint`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +21,7 @@ use crate::identity::Fingerprint;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -21,21 +29,49 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// What was wrong, with line and column.
         source: toml::de::Error,
     },
-    /// The values are inconsistent.
-    #[error("{path}: {detail}")]
+    /// The values are inconsistent: every problem found, each in words.
+    #[error("{path}: {}", list(problems))]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What was wrong.
-        detail: String,
+        problems: Vec<String>,
     },
+}
+
+fn list(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => {
+            let mut out = format!("{} problems:", many.len());
+            for p in many {
+                out.push_str("\n  - ");
+                out.push_str(p);
+            }
+            out
+        }
+    }
+}
+
+/// Reads `listen` and `http`: an IP address and port. Host names are not resolved (a
+/// listening address names an interface), so the error says what is expected.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    text.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port: expected one such as 127.0.0.1:7400 \
+             (this machine only) or 0.0.0.0:7400 (every interface); host names are not resolved"
+        ))
+    })
 }
 
 /// Everything a node needs to run.
@@ -61,10 +97,10 @@ pub struct NodeSection {
     /// A name for logs and status.
     pub name: String,
     /// Where peers connect; none to accept no connections.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
     /// Where `/metrics`, `/health` and `/v1/status` are served; none to disable.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "socket_addr")]
     pub http: Option<SocketAddr>,
 }
 
@@ -191,13 +227,16 @@ impl NodeConfig {
             path: path.clone(),
             source,
         })?;
-        config
-            .check()
-            .map_err(|detail| ConfigError::Invalid { path, detail })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path, problems });
+        }
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Every problem of the configuration, in words; empty if there is none.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         let store = &self.store;
         let chosen = [
             store.sqlite.is_some(),
@@ -209,36 +248,71 @@ impl NodeConfig {
         .filter(|&&set| set)
         .count();
         if chosen == 0 {
-            return Err("[store] needs one of `sqlite = \"file.db\"`, `postgres = \"postgres://...\"`, `mysql = \"mysql://...\"` or `relay = true`".into());
+            problems.push("[store] needs one of `sqlite = \"file.db\"`, `postgres = \"postgres://...\"`, `mysql = \"mysql://...\"` or `relay = true`".into());
         }
         if chosen > 1 {
-            return Err(
+            problems.push(
                 "[store] takes only one of `sqlite`, `postgres`, `mysql` and `relay = true`".into(),
             );
         }
         if !store.relay && store.tables.is_empty() {
-            return Err("[store] `tables` must name at least one table to track".into());
+            problems.push("[store] `tables` must name at least one table to track".into());
         }
         let mut names = std::collections::HashSet::new();
+        let mut fingerprints: std::collections::HashMap<Fingerprint, &str> =
+            std::collections::HashMap::new();
         for peer in &self.peers {
             if !names.insert(&peer.name) {
-                return Err(format!("two peers are named {:?}", peer.name));
+                problems.push(format!("two [[peers]] are named \"{}\"", peer.name));
             }
-            peer.tables
-                .validate()
-                .map_err(|e| format!("peer {:?}: [[peers.tables]]: {e}", peer.name))?;
+            if let Some(first) = fingerprints.insert(peer.fingerprint, &peer.name) {
+                problems.push(format!(
+                    "[[peers]] \"{first}\" and \"{}\" have the same fingerprint {}: one node \
+                     can be only one peer; remove one or correct its fingerprint",
+                    peer.name, peer.fingerprint
+                ));
+            }
+            if let Err(e) = peer.tables.validate() {
+                problems.push(format!("peer \"{}\": [[peers.tables]]: {e}", peer.name));
+            }
         }
         if self.sync.batch_changes == 0 || self.sync.batch_changes > concord_wire::MAX_BATCH_CHANGES
         {
-            return Err(format!(
+            problems.push(format!(
                 "[sync] batch_changes must be between 1 and {}",
                 concord_wire::MAX_BATCH_CHANGES
             ));
         }
         if self.sync.window == 0 {
-            return Err("[sync] window must be at least 1".into());
+            problems.push("[sync] window must be at least 1".into());
         }
-        Ok(())
+        problems
+    }
+
+    /// Refuses a `[[peers]]` entry with this node's own fingerprint: the node would dial
+    /// (or wait for) itself forever. `path` names the file in the error.
+    pub fn check_own_fingerprint(&self, own: Fingerprint, path: &Path) -> Result<(), ConfigError> {
+        let problems: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.fingerprint == own)
+            .map(|p| {
+                format!(
+                    "[[peers]] \"{}\" has this node's own fingerprint {own}: a node cannot be its \
+                     own peer; put the other node's fingerprint there (its `concord init` or \
+                     `concord status` prints it)",
+                    p.name
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
     }
 
     /// The commented configuration `concord init` writes.
@@ -276,6 +350,7 @@ impl NodeConfig {
                     .to_owned()
             }
         };
+        let max_frame = concord_wire::DEFAULT_MAX_FRAME;
         format!(
             "# Concord node configuration. `concord serve --dir <this directory>` runs it.\n\
              \n\
@@ -296,6 +371,9 @@ impl NodeConfig {
              # Changes per batch, and unacknowledged batches in flight per peer.\n\
              batch_changes = 1000\n\
              window = 4\n\
+             # Largest frame accepted from a peer, in bytes (batches are cut to fit the\n\
+             # smaller of both ends' limits).\n\
+             max_frame_bytes = {max_frame}\n\
              # A peer that stops reading or writing for this long is disconnected.\n\
              stall_timeout_s = 30\n\
              # The change log keeps at most this many entries; a peer that needs older ones is\n\
@@ -342,8 +420,10 @@ mod tests {
             "127.0.0.1:7401",
         );
         let config: NodeConfig = toml::from_str(&text).unwrap();
-        config.check().unwrap();
+        assert_eq!(config.problems(), Vec::<String>::new());
         assert_eq!(config.store.tables, vec!["customers".to_string()]);
+        assert!(text.contains("\nmax_frame_bytes = "), "{text}");
+        assert_eq!(config.sync.max_frame_bytes, concord_wire::DEFAULT_MAX_FRAME);
         for store in [
             StoreChoice::Postgres("postgres://app@db/crm"),
             StoreChoice::Mysql("mysql://app@db/crm"),
@@ -351,7 +431,7 @@ mod tests {
             let text =
                 NodeConfig::template("x", store, &["t".into()], "127.0.0.1:1", "127.0.0.1:2");
             let config: NodeConfig = toml::from_str(&text).unwrap();
-            config.check().unwrap();
+            assert_eq!(config.problems(), Vec::<String>::new());
         }
         let relay: NodeConfig = toml::from_str(&NodeConfig::template(
             "hub",
@@ -361,7 +441,7 @@ mod tests {
             "127.0.0.1:2",
         ))
         .unwrap();
-        relay.check().unwrap();
+        assert_eq!(relay.problems(), Vec::<String>::new());
         assert!(relay.store.relay);
     }
 
@@ -371,5 +451,90 @@ mod tests {
         let err = toml::from_str::<NodeConfig>(text).unwrap_err().to_string();
         assert!(err.contains("listen_on"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    fn with_peers(peers: &[(&str, Fingerprint)]) -> NodeConfig {
+        let mut text = String::from("[node]\nname = \"x\"\n[store]\nrelay = true\n");
+        for (name, fingerprint) in peers {
+            text.push_str(&format!(
+                "[[peers]]\nname = \"{name}\"\nfingerprint = \"{fingerprint}\"\n"
+            ));
+        }
+        toml::from_str(&text).unwrap()
+    }
+
+    fn fingerprint(byte: u8) -> Fingerprint {
+        format!("sha256:{}", hex::encode([byte; 32]))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn two_peers_with_one_fingerprint_are_refused_naming_both() {
+        let config = with_peers(&[("office", fingerprint(1)), ("shop", fingerprint(1))]);
+        let problems = config.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("\"office\"") && problems[0].contains("\"shop\""),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains(&fingerprint(1).to_string()),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_peer_with_the_nodes_own_fingerprint_is_refused() {
+        let config = with_peers(&[("hub", fingerprint(2)), ("me", fingerprint(3))]);
+        let err = config
+            .check_own_fingerprint(fingerprint(3), Path::new("concord.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"me\"") && err.contains("own fingerprint"),
+            "{err}"
+        );
+        assert!(!err.contains("\"hub\""), "{err}");
+        assert!(
+            config
+                .check_own_fingerprint(fingerprint(4), Path::new("concord.toml"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut config = with_peers(&[("a", fingerprint(5)), ("a", fingerprint(5))]);
+        config.sync.window = 0;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(NodeConfig::FILE),
+            toml::to_string(&config).unwrap(),
+        )
+        .unwrap();
+        let err = NodeConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("3 problems"), "{err}");
+        assert!(err.contains("named \"a\""), "{err}");
+        assert!(err.contains("same fingerprint"), "{err}");
+        assert!(err.contains("window"), "{err}");
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_says_what_is_expected() {
+        let text = "[node]\nname = \"x\"\nlisten = \"localhost:7400\"\n[store]\nrelay = true\n";
+        let err = toml::from_str::<NodeConfig>(text).unwrap_err().to_string();
+        assert!(
+            err.contains("\"localhost:7400\" is not an IP address and port"),
+            "{err}"
+        );
+        assert!(
+            err.contains("127.0.0.1:7400") && err.contains("0.0.0.0:7400"),
+            "{err}"
+        );
+        let ok = "[node]\nname = \"x\"\nlisten = \"0.0.0.0:7400\"\n[store]\nrelay = true\n";
+        let config = toml::from_str::<NodeConfig>(ok).unwrap();
+        assert_eq!(config.node.listen, Some("0.0.0.0:7400".parse().unwrap()));
+        assert_eq!(config.node.http, None);
     }
 }

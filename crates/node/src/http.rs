@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::node::{Shared, metrics_text, status};
+use crate::node::{Shared, health as health_of, metrics_text, status};
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let app = Router::new()
@@ -19,7 +20,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/v1/status", get(v1_status))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "HTTP server stopped");
+        tracing::warn!(error = %crate::words::chain(&e), "HTTP server stopped");
     }
 }
 
@@ -30,8 +31,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn health() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// 200 and `{"status": "ok", "missing": []}` while every configured peer has a
+/// session up; 503 and the missing peers otherwise (see [`health_of`] for what missing
+/// means for a peer that dials in and one this node dials).
+async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let health = health_of(&shared);
+    let code = if health.missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health))
 }
 
 async fn v1_status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

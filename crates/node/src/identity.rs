@@ -18,10 +18,10 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Generating the key or certificate failed.
-    #[error("generating the node identity: {0}")]
+    #[error("generating the node identity")]
     Generate(#[from] rcgen::Error),
     /// Reading or writing the identity files failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -100,6 +100,7 @@ impl<'de> serde::Deserialize<'de> for Fingerprint {
 }
 
 /// A node's certificate and private key.
+#[derive(Clone)]
 pub struct Identity {
     cert: CertificateDer<'static>,
     cert_pem: String,

@@ -30,9 +30,10 @@ mod session;
 mod setup;
 pub mod status;
 pub mod tls;
+mod words;
 
 pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 pub use identity::{Fingerprint, Identity, IdentityError};
 pub use node::{Node, NodeError};
 pub use setup::{init, open_store};
-pub use status::{NodeStatus, PeerStatus};
+pub use status::{Health, MissingPeer, NodeStatus, PeerStatus, Refused};

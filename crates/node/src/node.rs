@@ -1,4 +1,9 @@
 //! The node: its store, peers, listeners and background tasks.
+//!
+//! Everything a person reads about the node (logs, status, `/health`) is put in words
+//! here and in [`crate::words`]: errors with each cause once, an orderly close as an
+//! event rather than an error, a refused identity with its fingerprint, and a dialer
+//! refused by its peer told which fingerprint to add where.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,8 +22,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::config::{ConfigError, NodeConfig, PeerConfig};
 use crate::identity::{Fingerprint, Identity, IdentityError};
 use crate::session::{self, SessionError, lock};
-use crate::status::{NodeCounters, NodeStatus, OriginHeld, PeerCounters, PeerStatus};
+use crate::status::{
+    Health, MissingPeer, NodeCounters, NodeStatus, OriginHeld, PeerCounters, PeerStatus, Refused,
+};
 use crate::tls::{self, TlsError};
+use crate::words;
 
 /// Why a node could not be set up or started.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +41,13 @@ pub enum NodeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The store could not be opened or tracked.
-    #[error("store: {0}")]
+    #[error("store")]
     Track(#[from] TrackError),
     /// The store failed.
-    #[error("store: {0}")]
+    #[error("store")]
     Store(#[from] StoreError),
     /// A socket could not be bound.
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -71,11 +79,26 @@ enum Link {
     Retrying,
 }
 
+impl Link {
+    fn name(&self) -> &'static str {
+        match self {
+            Link::Waiting => "waiting",
+            Link::Connecting => "connecting",
+            Link::Connected => "connected",
+            Link::Retrying => "retrying",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct PeerRuntime {
     link: Link,
     active: bool,
     last_error: Option<String>,
+    /// The last change of the link that was not an error.
+    last_event: Option<String>,
+    /// When the current session was established.
+    session_since: Option<Instant>,
     /// What the peer is known to hold: its Hello, its acknowledgements, and the changes
     /// it sent (it holds what it sends).
     holds: Option<VersionVector>,
@@ -111,10 +134,21 @@ impl Peer {
         let mut rt = self.runtime();
         rt.active = false;
         rt.link = if dials { Link::Retrying } else { Link::Waiting };
+        rt.session_since = None;
         self.counters.connected.set(0.0);
-        if let Err(e) = result {
-            rt.last_error = Some(e.to_string());
-            if !e.is_orderly() {
+        match result {
+            Ok(()) => rt.last_event = Some("session closed".into()),
+            // A shutdown on either side is not a fault: it replaces the error of an
+            // earlier session rather than showing as one.
+            Err(e) if e.is_orderly() => {
+                rt.last_error = None;
+                rt.last_event = Some(match e {
+                    SessionError::Shutdown => "this node shut down".into(),
+                    _ => "the peer shut down".into(),
+                });
+            }
+            Err(e) => {
+                rt.last_error = Some(e.words());
                 self.counters.errors.add(1);
             }
         }
@@ -130,6 +164,10 @@ impl Peer {
         rt.node = Some(node);
         rt.link = Link::Connected;
         rt.last_error = None;
+        rt.last_event = Some("session established".into());
+        rt.session_since = Some(Instant::now());
+        // Both ends start their session figures at the Hello, so they agree.
+        self.counters.new_session();
         rt.last_seen = Some(Instant::now());
         rt.holds = Some(holds);
         self.counters.connected.set(1.0);
@@ -210,22 +248,50 @@ pub(crate) struct Shared {
     /// Bumped after every capture or apply that logged something.
     pub(crate) log_changed: watch::Sender<u64>,
     pub(crate) shutdown: watch::Sender<bool>,
-    refused: Mutex<VecDeque<String>>,
+    refused: Mutex<VecDeque<Refused>>,
     started: Instant,
     listen: Option<SocketAddr>,
 }
 
+/// Refused connections kept for status (the most recent identities or reasons).
+const REFUSED_KEPT: usize = 20;
+
 impl Shared {
-    fn refuse(&self, what: String) {
-        tracing::warn!(%what, "refused a connection");
+    /// Records a refused connection: once per identity (or per reason, when the other
+    /// side presented no certificate), with a count, so a node retrying every few
+    /// seconds neither floods the list nor pushes others out.
+    fn refuse(&self, address: SocketAddr, fingerprint: Option<Fingerprint>, reason: String) {
+        match fingerprint {
+            Some(f) => {
+                tracing::warn!(from = %address, fingerprint = %f, %reason, "refused a connection")
+            }
+            None => tracing::warn!(from = %address, %reason, "refused a connection"),
+        }
+        let fingerprint = fingerprint.map(|f| f.to_string());
         let mut refused = self
             .refused
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if refused.len() >= 20 {
+        let known = refused.iter().position(|r| match &fingerprint {
+            Some(_) => r.fingerprint == fingerprint,
+            None => r.fingerprint.is_none() && r.reason == reason,
+        });
+        let mut entry = match known.and_then(|i| refused.remove(i)) {
+            Some(entry) => entry,
+            None => Refused {
+                fingerprint,
+                address: String::new(),
+                reason: String::new(),
+                times: 0,
+            },
+        };
+        entry.address = address.to_string();
+        entry.reason = reason;
+        entry.times += 1;
+        if refused.len() >= REFUSED_KEPT {
             refused.pop_front();
         }
-        refused.push_back(what);
+        refused.push_back(entry);
     }
 }
 
@@ -259,6 +325,7 @@ impl Node {
         config: NodeConfig,
         identity: Identity,
     ) -> Result<Node, NodeError> {
+        config.check_own_fingerprint(identity.fingerprint(), &dir.join(NodeConfig::FILE))?;
         let store = crate::setup::open_store(dir, &config).await?;
         let store_location = store.location();
         let watch_paths = store.watch_paths();
@@ -278,6 +345,8 @@ impl Node {
                         },
                         active: false,
                         last_error: None,
+                        last_event: None,
+                        session_since: None,
                         holds: None,
                         node: None,
                         last_seen: None,
@@ -328,22 +397,28 @@ impl Node {
         if let Some(listener) = listener {
             let allowed: Vec<Fingerprint> =
                 shared.peers.iter().map(|p| p.config.fingerprint).collect();
-            let acceptor = TlsAcceptor::from(tls::server_config(&identity, allowed)?);
-            tasks.push(tokio::spawn(accept_loop(
-                shared.clone(),
-                listener,
-                acceptor,
-            )));
+            // Built once here so a bad identity fails the start; each connection gets
+            // its own copy that remembers the certificate it was shown.
+            tls::server_config(&identity, allowed.iter().copied())?;
+            let server = ServerTls {
+                identity: Arc::new(identity.clone()),
+                allowed,
+            };
+            tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, server)));
         }
         for peer in &shared.peers {
             if let Some(address) = peer.config.address.clone() {
-                let connector =
-                    TlsConnector::from(tls::client_config(&identity, peer.config.fingerprint)?);
+                let presented = tls::Presented::default();
+                let connector = TlsConnector::from(tls::client_config_observed(
+                    &identity,
+                    peer.config.fingerprint,
+                    presented.clone(),
+                )?);
                 tasks.push(tokio::spawn(dial_loop(
                     shared.clone(),
                     peer.clone(),
                     address,
-                    connector,
+                    (connector, presented),
                 )));
             }
         }
@@ -357,7 +432,14 @@ impl Node {
         if let Some(listener) = http_listener {
             tasks.push(tokio::spawn(crate::http::serve(shared.clone(), listener)));
         }
-        tracing::info!(name = %shared.config.node.name, node = %shared.node_id.short(), fingerprint = %shared.fingerprint, listen = ?listen, http = ?http, "node started");
+        tracing::info!(
+            name = %shared.config.node.name,
+            node = %shared.node_id.short(),
+            fingerprint = %shared.fingerprint,
+            listen = %words::addr_or_none(listen),
+            http = %words::addr_or_none(http),
+            "node started"
+        );
         Ok(Node {
             shared,
             tasks,
@@ -396,6 +478,11 @@ impl Node {
         status(&self.shared).await
     }
 
+    /// Which configured peers have no session up, as `/health` serves it.
+    pub fn health(&self) -> Health {
+        health(&self.shared)
+    }
+
     /// Prometheus text exposition of the node's metrics.
     pub async fn metrics(&self) -> String {
         metrics_text(&self.shared).await
@@ -419,26 +506,65 @@ impl Node {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+/// What the accept loop needs to build each connection's TLS configuration.
+struct ServerTls {
+    identity: Arc<Identity>,
+    allowed: Vec<Fingerprint>,
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, server: ServerTls) {
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %words::chain(&e), "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let presented = tls::Presented::default();
+        let acceptor = match tls::server_config_observed(
+            &server.identity,
+            server.allowed.iter().copied(),
+            presented.clone(),
+        ) {
+            Ok(config) => TlsAcceptor::from(config),
+            Err(e) => {
+                shared.refuse(
+                    addr,
+                    None,
+                    format!("TLS setup failed: {}", words::chain(&e)),
+                );
+                continue;
+            }
+        };
         let shared = shared.clone();
-        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let shown = *presented
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let unknown =
+                shown.filter(|f| !shared.peers.iter().any(|p| p.config.fingerprint == *f));
+            let tls = match handshake {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return shared.refuse(format!("{addr}: TLS handshake failed: {e}")),
-                Err(_) => return shared.refuse(format!("{addr}: TLS handshake timed out")),
+                Ok(Err(_)) if unknown.is_some() => {
+                    return shared.refuse(
+                        addr,
+                        unknown,
+                        "unknown identity: no [[peers]] entry has this fingerprint; add one to let that node in".into(),
+                    );
+                }
+                Ok(Err(e)) => {
+                    return shared.refuse(
+                        addr,
+                        shown,
+                        format!("TLS handshake failed: {}", words::chain(&e)),
+                    );
+                }
+                Err(_) => return shared.refuse(addr, shown, "TLS handshake timed out".into()),
             };
             let fingerprint = tls
                 .get_ref()
@@ -450,13 +576,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAc
                 .and_then(|f| shared.peers.iter().find(|p| p.config.fingerprint == f))
                 .cloned()
             else {
-                return shared.refuse(format!("{addr}: no configured peer has this identity"));
+                return shared.refuse(
+                    addr,
+                    fingerprint,
+                    "unknown identity: no [[peers]] entry has this fingerprint".into(),
+                );
             };
             if !peer.try_activate() {
-                return shared.refuse(format!(
-                    "{addr}: peer {} is already connected",
-                    peer.config.name
-                ));
+                return shared.refuse(
+                    addr,
+                    fingerprint,
+                    format!("peer {} is already connected", peer.config.name),
+                );
             }
             let result = session::run(tls, peer.clone(), shared.clone()).await;
             log_end(&peer, &result);
@@ -469,14 +600,29 @@ fn log_end(peer: &Peer, result: &Result<(), SessionError>) {
     match result {
         Ok(()) => tracing::info!(peer = %peer.config.name, "session closed"),
         Err(e) if e.is_orderly() => {
-            tracing::info!(peer = %peer.config.name, reason = %e, "session closed for shutdown")
+            tracing::info!(peer = %peer.config.name, reason = %e.words(), "session closed for shutdown")
         }
-        Err(e) => tracing::warn!(peer = %peer.config.name, error = %e, "session ended"),
+        Err(e) => tracing::warn!(peer = %peer.config.name, error = %e.words(), "session ended"),
     }
 }
 
-async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connector: TlsConnector) {
-    let mut backoff = Duration::from_millis(100);
+/// Retry delays after a failed session: short for a lost link, which usually comes
+/// back, and long when an identity was refused (the peer does not know this node, or
+/// the node at the address is not the configured peer), which only a person editing a
+/// configuration fixes.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(10);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+
+async fn dial_loop(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    address: String,
+    connector: (TlsConnector, tls::Presented),
+) {
+    let mut backoff = RETRY_FIRST;
+    let mut max = RETRY_MAX;
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         if *shutdown.borrow() {
@@ -488,8 +634,18 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connec
             let result = dial_once(&shared, &peer, &address, &connector).await;
             log_end(&peer, &result);
             peer.finished(&result, true);
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
+            if matches!(
+                result,
+                Err(SessionError::UnknownToPeer(_) | SessionError::WrongPeer { .. })
+            ) {
+                backoff = backoff.max(REFUSED_RETRY_FIRST);
+                max = REFUSED_RETRY_MAX;
+            } else {
+                max = RETRY_MAX;
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = RETRY_FIRST;
+                }
+                backoff = backoff.min(max);
             }
         }
         // Jitter keeps two nodes that lost each other from retrying in lockstep.
@@ -498,11 +654,11 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, address: String, connec
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.wait_for(|&stop| stop) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(max);
     }
 }
 
-async fn dial_once(
+async fn dial_and_run(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     address: &str,
@@ -528,6 +684,36 @@ async fn dial_once(
             ))
         })??;
     session::run(tls, peer.clone(), shared.clone()).await
+}
+
+/// One dial, with a refusal of this node's certificate put in words: in TLS 1.3 it
+/// arrives as an alert during the handshake or on the first read of the session.
+async fn dial_once(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    address: &str,
+    (connector, presented): &(TlsConnector, tls::Presented),
+) -> Result<(), SessionError> {
+    let slot = || {
+        presented
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    *slot() = None;
+    let result = dial_and_run(shared, peer, address, connector).await;
+    result.map_err(|e| {
+        let shown = *slot();
+        if tls::peer_refused_our_certificate(&e) {
+            SessionError::UnknownToPeer(shared.fingerprint)
+        } else if let (Some(presented), true) = (shown, tls::we_refused_their_certificate(&e)) {
+            SessionError::WrongPeer {
+                presented,
+                expected: peer.config.fingerprint,
+            }
+        } else {
+            e
+        }
+    })
 }
 
 async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
@@ -626,7 +812,7 @@ async fn capture_loop(
             Ok(0) => {}
             Ok(_) => prune(&shared).await,
             Err(e) => {
-                tracing::warn!(error = %e, "capture failed; will retry");
+                tracing::warn!(error = %words::chain(&e), "capture failed; will retry");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -647,7 +833,7 @@ async fn prune(shared: &Arc<Shared>) {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || lock(&store).prune_log(keep)).await {
         Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, keep, "pruned the change log"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "pruning the change log failed"),
+        Ok(Err(e)) => tracing::warn!(error = %words::chain(&e), "pruning the change log failed"),
         _ => {}
     }
 }
@@ -742,9 +928,15 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             .peers
             .iter()
             .map(|p| {
-                let (link, last_error, holds) = {
+                let (link, last_error, last_event, session_s, holds) = {
                     let rt = p.runtime();
-                    (rt.link.clone(), rt.last_error.clone(), rt.holds.clone())
+                    (
+                        rt.link.clone(),
+                        rt.last_error.clone(),
+                        rt.last_event.clone(),
+                        rt.session_since.map(|t| t.elapsed().as_secs()),
+                        rt.holds.clone(),
+                    )
                 };
                 let lag = match &holds {
                     Some(h) => lag_of(reader, &held, h),
@@ -762,14 +954,10 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     name: p.config.name.clone(),
                     fingerprint: p.config.fingerprint.to_string(),
                     address: p.config.address.clone(),
-                    state: match link {
-                        Link::Waiting => "waiting",
-                        Link::Connecting => "connecting",
-                        Link::Connected => "connected",
-                        Link::Retrying => "retrying",
-                    }
-                    .to_owned(),
+                    state: link.name().to_owned(),
                     last_error,
+                    last_event,
+                    session_s,
                     lag_changes: lag.changes,
                     incoming_changes: incoming,
                     lag_seconds: lag.seconds,
@@ -793,7 +981,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             store: if s.config.store.relay { "relay".into() } else { s.store_location.clone() },
             holds: held.iter().map(|(o, &seq)| OriginHeld { origin: o.to_string(), seq }).collect(),
             log_entries,
-            captured: s.counters.captured.get(),
+            captured: held.get(&s.node_id),
             conflicts,
             failures,
             uptime_s: s.started.elapsed().as_secs(),
@@ -817,6 +1005,43 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
         peers: Vec::new(),
         refused: Vec::new(),
     })
+}
+
+/// `/health`: every configured peer should have a session up. A peer this node dials
+/// is missing while the dial fails or is being retried; a peer that dials in is missing
+/// until it has dialed, and again once its session ends. Concord cannot tell a peer
+/// that is down from one not started yet, so both count as missing.
+pub(crate) fn health(shared: &Shared) -> Health {
+    let missing: Vec<MissingPeer> = shared
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let rt = p.runtime();
+            if matches!(rt.link, Link::Connected) {
+                return None;
+            }
+            Some(MissingPeer {
+                name: p.config.name.clone(),
+                link: if p.config.address.is_some() {
+                    "dials"
+                } else {
+                    "dials_in"
+                }
+                .into(),
+                state: rt.link.name().into(),
+                last_error: rt.last_error.clone(),
+            })
+        })
+        .collect();
+    Health {
+        status: if missing.is_empty() {
+            "ok"
+        } else {
+            "missing_peers"
+        }
+        .into(),
+        missing,
+    }
 }
 
 pub(crate) async fn metrics_text(shared: &Arc<Shared>) -> String {

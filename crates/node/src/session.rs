@@ -37,14 +37,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::Framed;
 
+use crate::identity::Fingerprint;
 use crate::node::{Peer, Shared};
+use crate::words;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
-    #[error("connection: {0}")]
+    #[error("connection")]
     Io(#[from] std::io::Error),
-    #[error("protocol: {0}")]
+    #[error("protocol")]
     Wire(#[from] WireError),
     #[error(
         "peer speaks protocol versions {min}..={max}, this node speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
@@ -52,17 +54,30 @@ pub(crate) enum SessionError {
     Version { min: u16, max: u16 },
     #[error("unexpected message: {0}")]
     Unexpected(String),
-    #[error("peer reported {code:?}: {message}")]
+    #[error("peer reported {}: {message}", words::code(*code))]
     Peer { code: ErrorCode, message: String },
     #[error("peer closed the connection")]
     Closed,
-    #[error("peer stopped reading for {0:?}")]
+    #[error("peer stopped reading for {}", words::duration(*.0))]
     StoppedReading(Duration),
-    #[error("peer sent nothing for {0:?}")]
+    #[error("peer sent nothing for {}", words::duration(*.0))]
     Silent(Duration),
-    #[error("store: {0}")]
+    /// The peer refused this node's certificate in the TLS handshake.
+    #[error("the peer does not know this node; add {0} (this node's fingerprint) to its [[peers]]")]
+    UnknownToPeer(Fingerprint),
+    /// The node at the peer's address presented another certificate than `[[peers]]`
+    /// names.
+    #[error(
+        "the node at this address is not the configured peer: it presented {presented}, \
+         [[peers]] names {expected}; correct the fingerprint or the address"
+    )]
+    WrongPeer {
+        presented: Fingerprint,
+        expected: Fingerprint,
+    },
+    #[error("store")]
     Store(#[from] StoreError),
-    #[error("apply: {0}")]
+    #[error("apply")]
     Apply(#[from] ApplyError),
     #[error("peer is behind the retention limit: {0}")]
     BehindRetention(StoreError),
@@ -70,7 +85,7 @@ pub(crate) enum SessionError {
     Shutdown,
     #[error("internal: {0}")]
     Internal(String),
-    #[error("schema mapping: {0}")]
+    #[error("schema mapping")]
     Mapping(#[from] MappingError),
 }
 
@@ -85,6 +100,11 @@ impl SessionError {
                     ..
                 }
         )
+    }
+
+    /// The error and its causes, each once, as people read it.
+    pub(crate) fn words(&self) -> String {
+        words::chain(self)
     }
 
     fn code(&self) -> ErrorCode {
@@ -287,7 +307,7 @@ where
         // Tell the peer why, if the socket still takes it; never wait long for that.
         let _ = tx.try_send(Frame::V1(Message::Error(ErrorMessage {
             code: err.code(),
-            message: err.to_string(),
+            message: err.words(),
         })));
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
@@ -302,7 +322,7 @@ where
 {
     let message = ErrorMessage {
         code: err.code(),
-        message: err.to_string(),
+        message: err.words(),
     };
     let _ = tokio::time::timeout(
         Duration::from_millis(500),
@@ -776,13 +796,13 @@ fn apply_group(
     let group = if mapping.is_empty() {
         group
     } else {
-        mapped = incoming(mapping, group).map_err(|e| GroupFailure::Refused(e.to_string()))?;
+        mapped = incoming(mapping, group).map_err(|e| GroupFailure::Refused(words::chain(&e)))?;
         &mapped[..]
     };
     match store.apply_batch(group) {
         Ok(report) => Ok(report),
         Err(ApplyError::Row(failure)) if !matches!(failure.error, RowError::Gap(_)) => {
-            Err(GroupFailure::Refused(failure.to_string()))
+            Err(GroupFailure::Refused(words::chain(&failure)))
         }
         Err(other) => Err(GroupFailure::Apply(other)),
     }

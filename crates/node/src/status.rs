@@ -1,8 +1,22 @@
-//! What a node reports about itself: the `/v1/status` document and the metrics.
+//! What a node reports about itself: the `/v1/status` document, `/health` and the
+//! metrics.
+//!
+//! Status must be something a person can trust when comparing two ends of a link or a
+//! node before and after a restart, so every figure says what it counts from:
+//!
+//! - node-wide figures (`captured`, `conflicts`, `failures`, `holds`, `log_entries`)
+//!   come from the store, so they survive restarts and agree with what the store holds;
+//! - a peer's traffic figures (`sent`, `received`, `applied`, ...) count the current
+//!   session (or the last one, until the next begins): both ends of a link start them
+//!   at the Hello, so they agree whichever end restarted;
+//! - a peer's `errors` counts since this process started (`uptime_s`).
+//!
+//! The Prometheus counters are process-lifetime counters (Prometheus handles restarts),
+//! and each carries a `# HELP` line saying what it counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::PrometheusRecorder;
 use serde::{Deserialize, Serialize};
 
@@ -23,18 +37,22 @@ pub struct NodeStatus {
     pub holds: Vec<OriginHeld>,
     /// Entries in the change log.
     pub log_entries: u64,
-    /// Local changes captured since the node started.
+    /// This node's own changes held in the store: everything it ever captured from its
+    /// database (its own entry in the version vector), not only since this process
+    /// started.
     pub captured: u64,
     /// Conflicts recorded in the store.
     pub conflicts: u64,
-    /// Changes set aside because they could not be applied.
+    /// Changes set aside because they could not be applied, as recorded in the store
+    /// (`concord failures` lists them).
     pub failures: u64,
-    /// Seconds since the node started.
+    /// Seconds since this process started.
     pub uptime_s: u64,
     /// Configured peers.
     pub peers: Vec<PeerStatus>,
-    /// Recent refused connections (unknown identities, failed handshakes).
-    pub refused: Vec<String>,
+    /// Recent refused connections (unknown identities, failed handshakes), one entry
+    /// per identity (or per address and reason when no certificate was presented).
+    pub refused: Vec<Refused>,
 }
 
 /// One origin's highest sequence number held.
@@ -44,6 +62,20 @@ pub struct OriginHeld {
     pub origin: String,
     /// Highest sequence number held.
     pub seq: u64,
+}
+
+/// A connection this node refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refused {
+    /// The certificate fingerprint the other side presented, if it presented one: add
+    /// it to a `[[peers]]` entry to let that node in.
+    pub fingerprint: Option<String>,
+    /// Where the last such connection came from.
+    pub address: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// How many such connections were refused since this process started.
+    pub times: u64,
 }
 
 /// One configured peer.
@@ -57,8 +89,16 @@ pub struct PeerStatus {
     pub address: Option<String>,
     /// `connected`, `connecting`, `retrying`, or `waiting` (for the peer to dial).
     pub state: String,
-    /// Why the last session ended, if it did.
+    /// Why the last session failed, if it did. An orderly close (either side shutting
+    /// down) is not an error: it shows in `last_event`.
     pub last_error: Option<String>,
+    /// The last change of the link that was not an error (a session established, a
+    /// peer that shut down), in words.
+    #[serde(default)]
+    pub last_event: Option<String>,
+    /// Seconds the current session has been up; none while there is none.
+    #[serde(default)]
+    pub session_s: Option<u64>,
     /// Changes this node holds that the peer is not known to hold.
     pub lag_changes: u64,
     /// Changes the peer holds that this node does not, as of the peer's last report:
@@ -69,25 +109,52 @@ pub struct PeerStatus {
     pub lag_seconds: f64,
     /// The peer needs changes no longer in the log (pruned past the retention limit).
     pub behind_retention: bool,
-    /// Changes sent to the peer.
+    /// Changes sent to the peer in the current (or last) session.
     pub sent: u64,
-    /// Changes received from the peer.
+    /// Changes received from the peer in the current (or last) session.
     pub received: u64,
-    /// Received changes that were new here and applied.
+    /// Received changes that were new here and applied, in the current (or last)
+    /// session.
     pub applied: u64,
-    /// Received changes set aside because they could not be applied.
+    /// Received changes set aside because they could not be applied, in the current
+    /// (or last) session.
     pub set_aside: u64,
-    /// Conflicts recorded while applying the peer's changes.
+    /// Conflicts recorded while applying the peer's changes, in the current (or last)
+    /// session.
     pub conflicts: u64,
-    /// Bytes sent to and received from the peer.
+    /// Bytes sent to the peer in the current (or last) session.
     pub bytes_sent: u64,
-    /// Bytes received from the peer.
+    /// Bytes received from the peer in the current (or last) session.
     pub bytes_received: u64,
-    /// Sessions that ended with an error.
+    /// Sessions that ended with an error since this process started.
     pub errors: u64,
 }
 
-/// A counter kept both as a number (for status) and as a Prometheus metric.
+/// The `/health` document.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, or `missing_peers` when a configured peer has no session up.
+    pub status: String,
+    /// Configured peers with no session up.
+    pub missing: Vec<MissingPeer>,
+}
+
+/// A configured peer with no session up, as `/health` names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingPeer {
+    /// Configured name.
+    pub name: String,
+    /// `dials` if this node dials the peer (then the dial is failing), `dials_in` if
+    /// the peer is expected to dial this node (then it has not, or its session ended).
+    pub link: String,
+    /// The peer's state, as in status.
+    pub state: String,
+    /// Why the last session failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// A counter kept both as a number for status (which a session resets) and as a
+/// Prometheus counter (which only grows while the process runs).
 pub(crate) struct Count {
     value: AtomicU64,
     metric: Counter,
@@ -110,6 +177,107 @@ impl Count {
     pub(crate) fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
+
+    /// Starts the status figure again (a new session); the metric keeps growing.
+    pub(crate) fn reset(&self) {
+        self.value.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Every metric the node exports, with the `# HELP` text that says what it counts.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "concord_changes_captured_total",
+        Kind::Counter,
+        "Changes captured from the local database since this process started.",
+    ),
+    (
+        "concord_conflicts_total",
+        Kind::Counter,
+        "Conflicts recorded while applying peers' changes since this process started.",
+    ),
+    (
+        "concord_changes_sent_total",
+        Kind::Counter,
+        "Changes sent to the peer since this process started.",
+    ),
+    (
+        "concord_changes_received_total",
+        Kind::Counter,
+        "Changes received from the peer since this process started.",
+    ),
+    (
+        "concord_changes_applied_total",
+        Kind::Counter,
+        "Received changes that were new here and applied, since this process started.",
+    ),
+    (
+        "concord_changes_set_aside_total",
+        Kind::Counter,
+        "Received changes set aside because they could not be applied, since this process started.",
+    ),
+    (
+        "concord_peer_conflicts_total",
+        Kind::Counter,
+        "Conflicts recorded while applying the peer's changes since this process started.",
+    ),
+    (
+        "concord_bytes_sent_total",
+        Kind::Counter,
+        "Bytes sent to the peer since this process started.",
+    ),
+    (
+        "concord_bytes_received_total",
+        Kind::Counter,
+        "Bytes received from the peer since this process started.",
+    ),
+    (
+        "concord_session_errors_total",
+        Kind::Counter,
+        "Sessions with the peer that ended with an error since this process started.",
+    ),
+    (
+        "concord_peer_connected",
+        Kind::Gauge,
+        "1 while a session with the peer is up, else 0.",
+    ),
+    (
+        "concord_peer_lag_changes",
+        Kind::Gauge,
+        "Changes this node holds that the peer is not known to hold.",
+    ),
+    (
+        "concord_peer_incoming_changes",
+        Kind::Gauge,
+        "Changes the peer holds that this node does not, as of the peer's last report.",
+    ),
+    (
+        "concord_peer_lag_seconds",
+        Kind::Gauge,
+        "Age in seconds of the oldest change the peer lacks.",
+    ),
+    (
+        "concord_peer_behind_retention",
+        Kind::Gauge,
+        "1 if the peer needs changes pruned from the log (it needs a snapshot), else 0.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Gives every metric its description, so `/metrics` has a `# HELP` line for each.
+pub(crate) fn describe(recorder: &PrometheusRecorder) {
+    for &(name, kind, help) in METRICS {
+        let key = KeyName::from_const_str(name);
+        match kind {
+            Kind::Counter => recorder.describe_counter(key, None, help.into()),
+            Kind::Gauge => recorder.describe_gauge(key, None, help.into()),
+        }
+    }
 }
 
 pub(crate) fn gauge(
@@ -129,6 +297,7 @@ pub(crate) struct NodeCounters {
 
 impl NodeCounters {
     pub(crate) fn new(recorder: &PrometheusRecorder) -> Self {
+        describe(recorder);
         Self {
             captured: Count::new(recorder, "concord_changes_captured_total", vec![]),
             conflicts: Count::new(recorder, "concord_conflicts_total", vec![]),
@@ -170,6 +339,21 @@ impl PeerCounters {
             incoming_changes: gauge(recorder, "concord_peer_incoming_changes", l()),
             lag_seconds: gauge(recorder, "concord_peer_lag_seconds", l()),
             behind_retention: gauge(recorder, "concord_peer_behind_retention", l()),
+        }
+    }
+
+    /// Starts the status figures of a new session.
+    pub(crate) fn new_session(&self) {
+        for count in [
+            &self.sent,
+            &self.received,
+            &self.applied,
+            &self.set_aside,
+            &self.conflicts,
+            &self.bytes_sent,
+            &self.bytes_received,
+        ] {
+            count.reset();
         }
     }
 }

@@ -8,7 +8,7 @@
 //! the trust decision is ours.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -66,11 +66,17 @@ impl Signatures {
     }
 }
 
+/// The fingerprint of the certificate a client presented in one handshake, kept so a
+/// refused connection can be reported with the identity it tried: that is what a person
+/// adds to `[[peers]]` if the node should be let in.
+pub(crate) type Presented = Arc<Mutex<Option<Fingerprint>>>;
+
 /// Accepts client certificates whose fingerprint is in the allowed set.
 #[derive(Debug)]
 struct PinnedClients {
     allowed: HashSet<Fingerprint>,
     signatures: Signatures,
+    presented: Option<Presented>,
 }
 
 impl ClientCertVerifier for PinnedClients {
@@ -85,10 +91,14 @@ impl ClientCertVerifier for PinnedClients {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let fingerprint = Fingerprint::of(end_entity);
+        if let Some(presented) = &self.presented {
+            *presented
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fingerprint);
+        }
         if self.allowed.contains(&fingerprint) {
             Ok(ClientCertVerified::assertion())
         } else {
-            tracing::warn!(%fingerprint, "refused a connection from an unknown identity");
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -123,6 +133,7 @@ impl ClientCertVerifier for PinnedClients {
 struct PinnedServer {
     expected: Fingerprint,
     signatures: Signatures,
+    presented: Option<Presented>,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -135,10 +146,14 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = Fingerprint::of(end_entity);
+        if let Some(presented) = &self.presented {
+            *presented
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fingerprint);
+        }
         if fingerprint == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            tracing::warn!(%fingerprint, expected = %self.expected, "peer presented an unexpected identity");
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -175,8 +190,56 @@ pub enum TlsError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
+}
+
+/// Whether `error` (or one of its causes) is the TLS alert a peer sends when it refuses
+/// this node's certificate: the peer does not know this node's fingerprint.
+pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            tls,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::AccessDenied
+                    | rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::CertificateUnknown
+            ))
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether `error` (or one of its causes) is this node refusing the certificate a
+/// server presented.
+pub(crate) fn we_refused_their_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            tls,
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A server configuration that requires a client certificate from `allowed`.
@@ -184,10 +247,29 @@ pub fn server_config(
     identity: &Identity,
     allowed: impl IntoIterator<Item = Fingerprint>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    build_server_config(identity, allowed, None)
+}
+
+/// [`server_config`] for one connection: the fingerprint the client presents is put
+/// in `presented`, refused or not.
+pub(crate) fn server_config_observed(
+    identity: &Identity,
+    allowed: impl IntoIterator<Item = Fingerprint>,
+    presented: Presented,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    build_server_config(identity, allowed, Some(presented))
+}
+
+fn build_server_config(
+    identity: &Identity,
+    allowed: impl IntoIterator<Item = Fingerprint>,
+    presented: Option<Presented>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
     let verifier = PinnedClients {
         allowed: allowed.into_iter().collect(),
         signatures: Signatures(provider.clone()),
+        presented,
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -202,10 +284,29 @@ pub fn client_config(
     identity: &Identity,
     expected: Fingerprint,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    build_client_config(identity, expected, None)
+}
+
+/// [`client_config`] for one peer's dials (one at a time): the fingerprint the server
+/// presents is put in `presented`, accepted or not.
+pub(crate) fn client_config_observed(
+    identity: &Identity,
+    expected: Fingerprint,
+    presented: Presented,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    build_client_config(identity, expected, Some(presented))
+}
+
+fn build_client_config(
+    identity: &Identity,
+    expected: Fingerprint,
+    presented: Option<Presented>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = PinnedServer {
         expected,
         signatures: Signatures(provider.clone()),
+        presented,
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -540,10 +540,13 @@ fn an_unconfigured_identity_fails_the_handshake_is_listed_as_refused_and_writes_
             outcome.contains("received fatal alert: AccessDenied"),
             "the stranger's connection should end with the server's TLS alert: {outcome}"
         );
-        let prefix = format!("{local}: TLS handshake failed");
+        let address = local.to_string();
+        let fingerprint = stranger.fingerprint().to_string();
         wait_until("the node to list the stranger as refused", async || {
             let status = arena.node.status().await;
-            if status.refused.iter().any(|r| r.starts_with(&prefix)) {
+            if status.refused.iter().any(|r| {
+                r.address == address && r.fingerprint.as_deref() == Some(fingerprint.as_str())
+            }) {
                 Ok(())
             } else {
                 Err(format!("{:?}", status.refused))

@@ -14,7 +14,7 @@
 //! * one transaction a destination refuses (a constraint it alone has) blocks everything
 //!   after it, or is applied in part;
 //! * `/health`, `/v1/status` and `/metrics` missing, unparsable, or reporting a wrong
-//!   lag for a peer;
+//!   lag for a peer; `/health` saying ok while a configured peer is missing;
 //! * a transaction whose changes do not fit in one frame blocks the channel forever;
 //! * a node that received a large transaction from a peer stops sending that peer its
 //!   own later writes;
@@ -440,6 +440,7 @@ async fn get(url: String) -> (u16, String, String) {
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
             .build()
             .into();
         let mut response = agent
@@ -468,7 +469,7 @@ fn sample(metrics: &str, name: &str, peer: &str) -> Option<f64> {
 }
 
 #[test]
-fn http_reports_health_status_and_per_peer_lag_and_counters() {
+fn http_reports_health_naming_a_missing_peer_status_and_per_peer_lag_and_counters() {
     common::run(async {
         let root = tempfile::tempdir().unwrap();
         let (a, b) = (
@@ -480,10 +481,13 @@ fn http_reports_health_status_and_per_peer_lag_and_counters() {
         let na = a.start_with(config).await;
         let base = format!("http://{}", na.http_addr().expect("http is configured"));
 
+        // b is expected to dial in and has not: /health names it.
         let (code, _, body) = get(format!("{base}/health")).await;
-        assert_eq!(code, 200);
+        assert_eq!(code, 503, "{body}");
         let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(health["status"], "ok", "{body}");
+        assert_eq!(health["status"], "missing_peers", "{body}");
+        assert_eq!(health["missing"][0]["name"], "b", "{body}");
+        assert_eq!(health["missing"][0]["link"], "dials_in", "{body}");
 
         // b is configured but not running: what a holds is lag for b.
         insert_rows(a.db(), 1..=3, "a ");
@@ -527,6 +531,11 @@ fn http_reports_health_status_and_per_peer_lag_and_counters() {
             }
         })
         .await;
+        let (code, _, body) = get(format!("{base}/health")).await;
+        assert_eq!(code, 200, "{body}");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "ok", "{body}");
+        assert_eq!(health["missing"], serde_json::json!([]), "{body}");
         let (_, _, metrics) = get(format!("{base}/metrics")).await;
         assert_eq!(
             sample(&metrics, "concord_changes_sent_total", "b"),

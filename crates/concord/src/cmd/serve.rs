@@ -59,7 +59,9 @@ async fn show_catch_up(node: &Node) {
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     // The catch-up in progress: its bar, and what had been received and applied when it
     // began. Received counts what arrived (a large transaction arrives long before it
-    // commits); the length is what is still missing plus what was applied since.
+    // commits); the length is what is still missing plus what was applied since. Both
+    // figures count the current session of each peer, so they start again at zero when
+    // a session is re-established.
     let mut current: Option<(ProgressBar, u64, u64)> = None;
     let mut last_log = std::time::Instant::now();
     loop {
@@ -79,6 +81,14 @@ async fn show_catch_up(node: &Node) {
                 bar.set_style(style.clone());
                 bar.set_message("catching up");
                 current = Some((bar, received, applied));
+            }
+            // A new session starts its figures at zero: measure from there.
+            Some((_, received_before, applied_before))
+                if received < *received_before || applied < *applied_before =>
+            {
+                if let Some((_, r, a)) = current.as_mut() {
+                    (*r, *a) = (0, 0);
+                }
             }
             Some((bar, received_before, applied_before)) => {
                 let length = remaining + applied.saturating_sub(*applied_before);

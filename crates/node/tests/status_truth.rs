@@ -1,0 +1,322 @@
+//! What a person reads in the first hour with Concord: status figures, `/health`,
+//! `/metrics` and the words for a refused identity. Real nodes on real sockets with
+//! mutual TLS, beside SQLite files written by ordinary connections.
+//!
+//! Risks covered:
+//! * the two ends of a link disagree about what crossed it once either end restarted
+//!   (figures counted since each process started);
+//! * `captured` forgets this node's own changes from before a restart;
+//! * a peer's orderly shutdown shows as an error;
+//! * a node dialing a peer that does not know it sees only a TLS alert, retries as fast
+//!   as for a lost link, and the refusing node does not say which identity it refused;
+//! * a dialer that reaches another node than its `[[peers]]` entry names does not say
+//!   which fingerprint it found;
+//! * a peer with the node's own fingerprint makes it dial itself forever;
+//! * `/health` says ok while a peer this node dials is down;
+//! * `/metrics` lines without a `# HELP` line;
+//! * a node that never wrote counts a conflict other nodes had.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    DDL, Member, assert_no_panics, eventually, insert_rows, peer, rows, wait_for_rows, wait_until,
+    write,
+};
+use concord_node::{Identity, Node, NodeStatus};
+
+/// `Ok` once what `x` sent to `y` is what `y` received from `x`, both ways.
+fn link_agrees(x: &NodeStatus, y: &NodeStatus) -> Result<(), String> {
+    let (xy, yx) = (peer(x, &y.name), peer(y, &x.name));
+    if xy.state == "connected" && xy.sent == yx.received && yx.sent == xy.received {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} sent {} / received {}; {} sent {} / received {}",
+            x.name, xy.sent, xy.received, y.name, yx.sent, yx.received
+        ))
+    }
+}
+
+/// This node's own entry in its status's `holds`.
+fn own_held(status: &NodeStatus) -> u64 {
+    status
+        .holds
+        .iter()
+        .find(|h| h.origin == status.node_id)
+        .map_or(0, |h| h.seq)
+}
+
+#[test]
+fn counters_agree_across_a_link_after_a_restart_and_captured_counts_every_own_change() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        let nb = b.start(vec![a.at(&na)]).await;
+        insert_rows(a.db(), 1..=3, "a ");
+        insert_rows(b.db(), 11..=13, "b ");
+        eventually("six rows at a", async || rows(a.db()).len() == 6).await;
+        wait_for_rows("a's rows at b", b.db(), &rows(a.db())).await;
+        nb.shutdown().await;
+
+        // b restarts: a's process keeps running, b's starts over.
+        let nb = b.start(vec![a.at(&na)]).await;
+        insert_rows(a.db(), 4..=5, "a ");
+        insert_rows(b.db(), 14..=14, "b ");
+        eventually("a's new rows at b", async || rows(b.db()).len() == 9).await;
+        eventually("b's new row at a", async || rows(a.db()).len() == 9).await;
+        wait_until("both ends of the link to agree", async || {
+            link_agrees(&na.status().await, &nb.status().await)
+        })
+        .await;
+
+        let status = nb.status().await;
+        assert_eq!(
+            status.captured, 4,
+            "b captured 4 changes over two processes: {status:?}"
+        );
+        assert_eq!(status.captured, own_held(&status), "{status:?}");
+        assert_eq!(na.status().await.captured, 5);
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_peers_orderly_shutdown_is_an_event_and_health_names_a_dialed_peer_that_is_down() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        let nb = b.start(vec![a.at(&na)]).await;
+        wait_until("b connected at a", async || {
+            let health = nb.health();
+            match (
+                peer(&na.status().await, "b").state.as_str(),
+                health.status.as_str(),
+            ) {
+                ("connected", "ok") => Ok(()),
+                (state, health) => Err(format!("state {state}, b's health {health}")),
+            }
+        })
+        .await;
+        na.shutdown().await;
+
+        wait_until("b to see a shut down", async || {
+            let status = nb.status().await;
+            let p = peer(&status, "a");
+            match &p.last_event {
+                Some(e) if e.contains("shut down") && p.state != "connected" => Ok(()),
+                _ => Err(format!("{p:?}")),
+            }
+        })
+        .await;
+        let status = nb.status().await;
+        let p = peer(&status, "a");
+        assert_eq!(
+            p.last_error, None,
+            "an orderly shutdown is not an error: {p:?}"
+        );
+        assert_eq!(p.errors, 0, "{p:?}");
+
+        // a is down and b dials it: b's health names a.
+        let health = nb.health();
+        assert_eq!(health.status, "missing_peers", "{health:?}");
+        assert_eq!(health.missing.len(), 1, "{health:?}");
+        assert_eq!(health.missing[0].name, "a", "{health:?}");
+        assert_eq!(health.missing[0].link, "dials", "{health:?}");
+        assert_no_panics();
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_dialer_unknown_to_its_peer_is_told_which_fingerprint_to_add_and_the_peer_shows_it() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, other) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+            Member::new(root.path(), "other", DDL),
+        );
+        // a knows only `other`; b dials a.
+        let na = a.start(vec![other.dialing_in()]).await;
+        let nb = b.start(vec![a.at(&na)]).await;
+        let own = b.fingerprint.to_string();
+        wait_until("b to be told a does not know it", async || {
+            let status = nb.status().await;
+            let p = peer(&status, "a");
+            match &p.last_error {
+                Some(e) if e.contains("the peer does not know this node") && e.contains(&own) => {
+                    Ok(())
+                }
+                _ => Err(format!("{p:?}")),
+            }
+        })
+        .await;
+        let status = na.status().await;
+        let refused = status
+            .refused
+            .iter()
+            .find(|r| r.fingerprint.as_deref() == Some(own.as_str()))
+            .unwrap_or_else(|| panic!("a does not list b's fingerprint: {:?}", status.refused));
+        assert!(refused.reason.contains("unknown identity"), "{refused:?}");
+
+        // A refusal needs a person to edit a's configuration: b waits seconds between
+        // attempts rather than a hundred milliseconds.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = na.status().await;
+        let times = status
+            .refused
+            .iter()
+            .find(|r| r.fingerprint.as_deref() == Some(own.as_str()))
+            .map_or(0, |r| r.times);
+        assert!(
+            times <= 2,
+            "b dialed {times} times within two seconds of being refused"
+        );
+        assert!(rows(a.db()).is_empty() && rows(b.db()).is_empty());
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_dialer_reaching_another_node_than_configured_says_which_fingerprint_it_found() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, other) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+            Member::new(root.path(), "other", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        // b's [[peers]] entry has a's address but another node's fingerprint.
+        let mut wrong = a.at(&na);
+        wrong.fingerprint = other.fingerprint;
+        let nb = b.start(vec![wrong]).await;
+        let (found, expected) = (a.fingerprint.to_string(), other.fingerprint.to_string());
+        wait_until("b to name the fingerprint it found", async || {
+            let status = nb.status().await;
+            let p = peer(&status, "a");
+            match &p.last_error {
+                Some(e)
+                    if e.contains("is not the configured peer")
+                        && e.contains(&found)
+                        && e.contains(&expected) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{p:?}")),
+            }
+        })
+        .await;
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+#[test]
+fn a_peer_with_the_nodes_own_fingerprint_is_refused_at_start() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let a = Member::new(root.path(), "a", DDL);
+        let mut me = a.dialing_in();
+        me.name = "me".into();
+        me.address = Some("127.0.0.1:9".into());
+        let identity = Identity::load(&a.dir.join("identity")).unwrap();
+        let err = match Node::start_with(&a.dir, a.config(vec![me]), identity).await {
+            Ok(node) => {
+                node.shutdown().await;
+                panic!("a node configured with itself as a peer started");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("\"me\"") && err.contains("own fingerprint"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn every_metric_has_a_help_line() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![b.dialing_in()]).await;
+        insert_rows(a.db(), 1..=2, "a ");
+        eventually("a to capture", async || na.status().await.captured == 2).await;
+        let metrics = na.metrics().await;
+        let typed: Vec<&str> = metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(typed.len() >= 10, "{metrics}");
+        for name in typed {
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(&format!("# HELP {name} "))),
+                "{name} has no # HELP line:\n{metrics}"
+            );
+        }
+        na.shutdown().await;
+    });
+}
+
+/// A conflict between a and b, replayed to c when c first syncs: c never wrote, so it
+/// took part in no conflict. The cause is in the stores' apply path (concord-sqlite,
+/// -postgres, -mysql), which records a conflict for every concurrent pair of versions
+/// it merges, even when neither version is this node's own; the node only reports the
+/// store's count. Ignored until the apply path records only conflicts involving a local
+/// version.
+#[test]
+#[ignore = "needs the store crates to record only conflicts that involve this node's own writes"]
+fn a_fresh_node_that_never_wrote_shows_no_conflicts() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+            Member::new(root.path(), "c", DDL),
+        );
+        let na = a.start(vec![b.dialing_in(), c.dialing_in()]).await;
+        insert_rows(a.db(), 1..=1, "a ");
+        let nb = b.start(vec![a.at(&na)]).await;
+        eventually("the row at b", async || rows(b.db()) == rows(a.db())).await;
+        nb.shutdown().await;
+        write(a.db(), "UPDATE t SET v = 'from a' WHERE id = 1");
+        write(b.db(), "UPDATE t SET v = 'from b' WHERE id = 1");
+        let nb = b.start(vec![a.at(&na)]).await;
+        eventually("a and b to converge", async || rows(b.db()) == rows(a.db())).await;
+        eventually("the conflict recorded at a", async || {
+            na.status().await.conflicts == 1
+        })
+        .await;
+        let nc = c.start(vec![a.at(&na)]).await;
+        eventually("c to catch up", async || rows(c.db()) == rows(a.db())).await;
+        let status = nc.status().await;
+        assert_eq!(status.conflicts, 0, "{status:?}");
+        assert_eq!(peer(&status, "a").conflicts, 0, "{status:?}");
+        na.shutdown().await;
+        nb.shutdown().await;
+        nc.shutdown().await;
+    });
+}
