@@ -25,7 +25,18 @@ use rusqlite::types::Value;
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);
                       CREATE TABLE nopk(x, y);";
 
-const SUBCOMMANDS: [&str; 6] = ["track", "untrack", "merge", "conflicts", "info", "demo"];
+const SUBCOMMANDS: [&str; 10] = [
+    "init",
+    "serve",
+    "status",
+    "track",
+    "untrack",
+    "merge",
+    "conflicts",
+    "failures",
+    "info",
+    "demo",
+];
 
 fn concord<I, S>(args: I) -> Output
 where
@@ -164,17 +175,52 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
         );
     }
     // What each help page must explain, in words a user would look for.
-    let explains: [(&str, &[&str]); 6] = [
+    assert!(
+        top.contains("CONCORD_LOG=debug"),
+        "`concord --help` does not say how to set the log level:\n{top}"
+    );
+    let explains: [(&str, &[&str]); 9] = [
+        (
+            "init",
+            &["--tables <TABLES>", "--relay", "writes nothing", "--listen"],
+        ),
+        ("serve", &["--log-format", "CONCORD_LOG"]),
         (
             "track",
             &["capturing every write", "primary key", "<DB>", "<TABLES>"],
         ),
         ("untrack", &["Stop capturing", "remove every trace", "<DB>"]),
         ("merge", &["agreement", "<DBS>", "--json"]),
-        ("conflicts", &["conflicts", "concurrent", "<DB>", "--json"]),
-        ("info", &["node id", "version vector", "<DB>", "--json"]),
+        (
+            "conflicts",
+            &["conflicts", "concurrent", "[DB]", "--dir", "--json"],
+        ),
+        (
+            "failures",
+            &["set aside", "reason", "[DB]", "--dir", "--json"],
+        ),
+        (
+            "info",
+            &["node id", "version vector", "[DB]", "--dir", "--json"],
+        ),
         ("demo", &["hub and two nodes", "SQLite", "--dir"]),
     ];
+    // Only `serve` logs anything worth formatting; elsewhere the option would be noise.
+    for sub in [
+        "init",
+        "track",
+        "merge",
+        "conflicts",
+        "info",
+        "failures",
+        "status",
+    ] {
+        let help = ok(concord([sub, "--help"]));
+        assert!(
+            !help.contains("--log-format"),
+            "`concord {sub} --help` offers --log-format, which it does not use:\n{help}"
+        );
+    }
     for (sub, phrases) in explains {
         for help in [ok(concord([sub, "--help"])), ok(concord(["help", sub]))] {
             assert!(

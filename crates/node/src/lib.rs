@@ -34,5 +34,5 @@ pub mod tls;
 pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 pub use identity::{Fingerprint, Identity, IdentityError};
 pub use node::{Node, NodeError};
-pub use setup::{init, open_store};
+pub use setup::{check_store, init, open_existing_store, open_store};
 pub use status::{NodeStatus, PeerStatus};
