@@ -152,6 +152,9 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
             "fix concord.toml at the line shown; `concord init` writes a commented example",
         );
     }
+    if text.contains("concord.toml: No such file") {
+        return Some("is this a node's data directory? `concord init --dir DIR ...` creates one");
+    }
     if text.contains("no such file") && !text.contains("concord.toml") {
         return Some(
             "check the path (relative paths are taken from the current directory); create the database first, e.g. with the sqlite3 shell",

@@ -316,8 +316,27 @@ fn describe_postgres(e: &postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // The client's own message is terse ("error connecting to server"); the reason
+        // (refused, timed out, bad password) is in its sources, which this message must
+        // carry since the driver's error is not exposed as a source.
+        None => with_sources(e),
     }
+}
+
+/// An error's message followed by each of its sources' that it does not already hold.
+#[cfg(feature = "postgres")]
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let clause = c.to_string();
+        if !text.contains(&clause) {
+            text.push_str(": ");
+            text.push_str(&clause);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The server's message with its error code when there is one, else the client's.
