@@ -2,21 +2,41 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use crate::output;
 
 /// Show a store's node id, tracked tables, version vector, change-log size, and the
 /// numbers of recorded conflicts and set-aside changes: of a tracked SQLite file, or of
 /// the store of a node (`--dir`, any store kind).
+///
+/// `--dir NODE --fingerprint` prints only the node's certificate fingerprint, what
+/// peers put in their `[[peers]]` entry for it (it works before the node first runs).
 #[derive(clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
     target: super::target::Target,
+    /// Print only the node's fingerprint (with --dir).
+    #[arg(long, requires = "dir", conflicts_with = "json")]
+    fingerprint: bool,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.fingerprint {
+        let dir = args
+            .target
+            .dir()
+            .context("--fingerprint needs --dir NODE")?;
+        let identity = concord_node::Identity::load(&dir.join("identity"))
+            .with_context(|| format!("reading the identity of the node in {}", dir.display()))?;
+        let mut out = output::stdout();
+        writeln!(out, "{}", identity.fingerprint())?;
+        out.flush()?;
+        return Ok(());
+    }
     let opened = args.target.open()?;
     let (tables, location, pending) = (opened.tables, opened.location, opened.pending);
     let mut store = opened.store;

@@ -34,6 +34,11 @@ pub(crate) struct Opened {
 }
 
 impl Target {
+    /// The node's data directory, when one was given.
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub(crate) fn open(&self) -> anyhow::Result<Opened> {
         match (&self.db, &self.dir) {
             (_, Some(dir)) => open_dir(dir),
