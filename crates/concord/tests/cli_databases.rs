@@ -7,7 +7,8 @@
 //!   leaving a directory behind;
 //! * `conflicts`, `failures` and `info` unable to reach a server node's store (they
 //!   once took only a SQLite file), or showing encoded bytes instead of values;
-//! * looking at a node's store changing it.
+//! * looking at a node's store changing it;
+//! * PostgreSQL NOTICEs logged on every start, and colour codes in redirected logs.
 //!
 //! Each test is a plain function of the server's admin URL, run when
 //! `CONCORD_TEST_POSTGRES_URL` / `CONCORD_TEST_MYSQL_URL` is set (and saying by name that
@@ -300,4 +301,71 @@ fn a_mariadb_node_is_checked_at_init_and_its_conflicts_failures_and_info_are_lis
         return;
     };
     a_server_node_is_checked_at_init_and_its_conflicts_failures_and_info_are_listed(&My(url));
+}
+
+/// Starts `concord serve --dir DIR` in `cwd`, waits for it to say it serves, stops it,
+/// and returns what it wrote to standard error (redirected, as to a log file).
+fn serve_once(cwd: &Path, dir: &str) -> String {
+    let err_path = cwd.join(format!("{dir}.stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--dir", dir])
+        .current_dir(cwd)
+        .env_remove("CONCORD_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().map(Result::unwrap);
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(
+        first.as_deref().is_some_and(|l| l.contains("serving")),
+        "serve did not start: {first:?}\n{stderr}"
+    );
+    stderr
+}
+
+/// PostgreSQL's NOTICEs for Concord's idempotent DDL (`relation ... already exists,
+/// skipping`) were logged at INFO on every start, and colour codes went into redirected
+/// logs.
+fn restart_a_postgres_node_twice_and_read_its_logs(admin: &str) {
+    let server = Pg(admin.to_owned());
+    let db = Database {
+        server: &server,
+        name: servers::unique_database_name("concord_cli_notice"),
+    };
+    server.admin(&format!("CREATE DATABASE {}", db.name));
+    server.run(&db.name, "CREATE TABLE t(id bigint PRIMARY KEY, v text)");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url(&db.name);
+    ok(concord(
+        d,
+        &["init", "--dir", "node", "--postgres", &url, "--tables", "t"],
+    ));
+    for start in ["first", "second"] {
+        let log = serve_once(d, "node");
+        assert!(
+            !log.contains("skipping") && !log.contains("NOTICE"),
+            "{start} start logged PostgreSQL notices:\n{log}"
+        );
+        assert!(
+            !log.contains('\u{1b}'),
+            "{start} start wrote colour codes into a redirected log:\n{log}"
+        );
+        assert!(log.contains("node started"), "{log}");
+    }
+}
+
+#[test]
+fn a_restarted_postgres_node_logs_no_notices_and_no_colour_codes() {
+    let Some(url) = servers::server_url(
+        servers::POSTGRES_URL_ENV,
+        "a_restarted_postgres_node_logs_no_notices_and_no_colour_codes",
+    ) else {
+        return;
+    };
+    restart_a_postgres_node_twice_and_read_its_logs(&url);
 }
