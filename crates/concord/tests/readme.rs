@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 /// The first `sh` block after the heading `## Running nodes`.
 fn running_nodes_block() -> String {
-    let readme = include_str!("../../../README.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
     let section = &readme[readme
         .find("\n## Running nodes")
         .expect("README has a \"Running nodes\" section")..];
