@@ -1074,3 +1074,32 @@ fn conflicts_failures_and_info_reach_a_sqlite_node_by_its_directory() {
         info["node_id"]
     );
 }
+
+#[test]
+fn track_reports_every_problem_at_once_installs_nothing_and_mentions_busy_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    fails_mentioning(
+        concord([
+            OsStr::new("track"),
+            a.as_os_str(),
+            OsStr::new("t"),
+            OsStr::new("nosuch"),
+            OsStr::new("nopk"),
+        ]),
+        &[
+            "2 problems",
+            "\"nosuch\"",
+            "does not exist",
+            "\"nopk\"",
+            "primary key",
+        ],
+    );
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    let out = ok(concord([
+        OsStr::new("track"),
+        a.as_os_str(),
+        OsStr::new("t"),
+    ]));
+    assert!(out.contains(".timeout 5000"), "{out}");
+}
