@@ -152,6 +152,11 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
             "fix concord.toml at the line shown; `concord init` writes a commented example",
         );
     }
+    if text.contains("of the node in") && text.contains("is not tracked by Concord") {
+        return Some(
+            "a node's store is set up when the node first runs: start it with `concord serve --dir DIR`",
+        );
+    }
     if text.contains("concord.toml: No such file") {
         return Some("is this a node's data directory? `concord init --dir DIR ...` creates one");
     }

@@ -1103,3 +1103,30 @@ fn track_reports_every_problem_at_once_installs_nothing_and_mentions_busy_timeou
     ]));
     assert!(out.contains(".timeout 5000"), "{out}");
 }
+
+#[test]
+fn init_still_finds_a_database_kept_inside_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    shop_db(&node, "app.db");
+    // Run from elsewhere: no app.db in the current directory, one in the data directory.
+    ok(concord_in(
+        dir.path(),
+        &[
+            "init",
+            "--dir",
+            "node",
+            "--sqlite",
+            "app.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    let config = std::fs::read_to_string(node.join("concord.toml")).unwrap();
+    let written = std::path::absolute(node.join("app.db")).unwrap();
+    assert!(
+        config.contains(&format!("sqlite = {:?}", s(&written))),
+        "{config}"
+    );
+}

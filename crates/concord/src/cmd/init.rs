@@ -36,7 +36,8 @@ pub(crate) struct Args {
     /// A name for logs and status (default: the directory's name).
     #[arg(long)]
     name: Option<String>,
-    /// The SQLite file this node keeps in sync (relative to the current directory).
+    /// The SQLite file this node keeps in sync (a relative path is taken from the
+    /// current directory, or from DIR if the file is only there); written absolute.
     #[arg(long, group = "store")]
     sqlite: Option<PathBuf>,
     /// The PostgreSQL database this node keeps in sync, as a URL
@@ -78,14 +79,7 @@ fn socket_addr(text: &str) -> Result<SocketAddr, String> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let sqlite = match &args.sqlite {
-        // Resolved here, against the directory the user typed the path in; the data
-        // directory would otherwise be taken as its base.
-        Some(path) => Some(
-            std::path::absolute(path)
-                .with_context(|| format!("resolving {}", path.display()))?
-                .to_string_lossy()
-                .into_owned(),
-        ),
+        Some(path) => Some(resolve_sqlite(path, &args.dir)?),
         None => None,
     };
     let store = match (&sqlite, &args.postgres, &args.mysql) {
@@ -146,6 +140,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     )?;
     out.flush()?;
     Ok(())
+}
+
+/// The SQLite file's absolute path. A relative path is taken from the current
+/// directory, where the user typed it (the configuration would otherwise read it
+/// relative to the data directory, and `serve` would not find the file). Only when no
+/// file is there but one is at that path inside the data directory (a database kept
+/// with the node, as scripts made before this rule do) is that one meant.
+fn resolve_sqlite(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<String> {
+    let here =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let chosen = if path.is_relative() && !here.exists() && dir.join(path).is_file() {
+        std::path::absolute(dir.join(path))
+            .with_context(|| format!("resolving {}", dir.join(path).display()))?
+    } else {
+        here
+    };
+    Ok(chosen.to_string_lossy().into_owned())
 }
 
 /// The addresses to write: those given, and for those not given the first free ports
