@@ -12,7 +12,14 @@
 //! * failures that panic, exit with status 0, print nothing useful, or half-install
 //!   capture: untracked files, tables without a primary key, missing tables, missing
 //!   files, bad usage;
-//! * a demo that does not run or does not end with identical files.
+//! * a demo that does not run or does not end with identical files;
+//! * an error message that says the same cause twice (every failing case here is also
+//!   checked for a repeated `: `-separated clause);
+//! * `init` that writes a path `serve` cannot find, accepts tables `serve` will refuse,
+//!   reports one problem per attempt, or leaves a directory behind when it fails;
+//! * every node defaulting to the same ports;
+//! * a closed pipe (`concord info | head`) or a huge value in `conflicts` panicking;
+//! * `conflicts`, `failures` and `info` not reaching a node's store by `--dir`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::ffi::OsStr;
@@ -25,7 +32,18 @@ use rusqlite::types::Value;
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);
                       CREATE TABLE nopk(x, y);";
 
-const SUBCOMMANDS: [&str; 6] = ["track", "untrack", "merge", "conflicts", "info", "demo"];
+const SUBCOMMANDS: [&str; 10] = [
+    "init",
+    "serve",
+    "status",
+    "track",
+    "untrack",
+    "merge",
+    "conflicts",
+    "failures",
+    "info",
+    "demo",
+];
 
 fn concord<I, S>(args: I) -> Output
 where
@@ -85,7 +103,28 @@ fn fails_mentioning(out: Output, needles: &[&str]) -> String {
             "stderr does not mention {needle:?}: {err}"
         );
     }
+    says_each_clause_once(&err);
     err
+}
+
+/// Asserts that no `: `-separated clause of the error message appears twice (an error
+/// chain printing a cause that its own message already holds).
+fn says_each_clause_once(err: &str) {
+    let message: String = err
+        .lines()
+        .filter(|l| !l.starts_with("hint: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut seen = std::collections::HashSet::new();
+    for clause in message.split(": ").map(str::trim) {
+        // Short fragments ("error", a column number) may legitimately recur.
+        if clause.len() >= 12 {
+            assert!(
+                seen.insert(clause),
+                "the error says {clause:?} more than once:\n{err}"
+            );
+        }
+    }
 }
 
 fn s(path: &Path) -> String {
@@ -164,17 +203,52 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
         );
     }
     // What each help page must explain, in words a user would look for.
-    let explains: [(&str, &[&str]); 6] = [
+    assert!(
+        top.contains("CONCORD_LOG=debug"),
+        "`concord --help` does not say how to set the log level:\n{top}"
+    );
+    let explains: [(&str, &[&str]); 9] = [
+        (
+            "init",
+            &["--tables <TABLES>", "--relay", "writes nothing", "--listen"],
+        ),
+        ("serve", &["--log-format", "CONCORD_LOG"]),
         (
             "track",
             &["capturing every write", "primary key", "<DB>", "<TABLES>"],
         ),
         ("untrack", &["Stop capturing", "remove every trace", "<DB>"]),
         ("merge", &["agreement", "<DBS>", "--json"]),
-        ("conflicts", &["conflicts", "concurrent", "<DB>", "--json"]),
-        ("info", &["node id", "version vector", "<DB>", "--json"]),
+        (
+            "conflicts",
+            &["conflicts", "concurrent", "[DB]", "--dir", "--json"],
+        ),
+        (
+            "failures",
+            &["set aside", "reason", "[DB]", "--dir", "--json"],
+        ),
+        (
+            "info",
+            &["node id", "version vector", "[DB]", "--dir", "--json"],
+        ),
         ("demo", &["hub and two nodes", "SQLite", "--dir"]),
     ];
+    // Only `serve` logs anything worth formatting; elsewhere the option would be noise.
+    for sub in [
+        "init",
+        "track",
+        "merge",
+        "conflicts",
+        "info",
+        "failures",
+        "status",
+    ] {
+        let help = ok(concord([sub, "--help"]));
+        assert!(
+            !help.contains("--log-format"),
+            "`concord {sub} --help` offers --log-format, which it does not use:\n{help}"
+        );
+    }
     for (sub, phrases) in explains {
         for help in [ok(concord([sub, "--help"])), ok(concord(["help", sub]))] {
             assert!(
@@ -578,4 +652,481 @@ fn demo_runs_and_ends_with_identical_files() {
         OsStr::new("--dir"),
         dir.path().as_os_str(),
     ]));
+}
+
+/// Runs `concord` with `args` in `cwd`, killing it if it has not exited in 30 s (a
+/// `serve` that should have failed but runs).
+fn concord_in(cwd: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CONCORD_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("concord {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A SQLite file `name` in `dir` with `customers` (keyed) and `nopk` (not).
+fn shop_db(dir: &Path, name: &str) {
+    Connection::open(dir.join(name))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE nopk(x, y);",
+        )
+        .unwrap();
+}
+
+#[test]
+fn init_beside_its_database_writes_a_path_serve_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    shop_db(dir.path(), "shop.db");
+    // The README's form: run beside shop.db, the data directory a sibling.
+    let out = ok(concord_in(
+        dir.path(),
+        &[
+            "init",
+            "--dir",
+            "shop",
+            "--sqlite",
+            "shop.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    assert!(out.contains("busy timeout"), "{out}");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--dir", "shop"])
+        .current_dir(dir.path())
+        .env_remove("CONCORD_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().unwrap()));
+    let first = lines.next().map(Result::unwrap);
+    let status = serve.try_wait().unwrap();
+    let _ = serve.kill();
+    let output = serve.wait_with_output().unwrap();
+    assert!(
+        first.as_deref().is_some_and(|l| l.contains("serving")),
+        "serve did not start (exit {status:?}): {first:?}\n{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn init_reports_every_problem_at_once_and_leaves_no_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    shop_db(dir.path(), "shop.db");
+    let err = fails_mentioning(
+        concord_in(
+            dir.path(),
+            &[
+                "init",
+                "--dir",
+                "shop",
+                "--sqlite",
+                "shop.db",
+                "--tables",
+                "customers,orders,nopk",
+            ],
+        ),
+        &[
+            "\"orders\"",
+            "does not exist",
+            "\"nopk\"",
+            "primary key",
+            "nothing was written",
+        ],
+    );
+    assert!(
+        !dir.path().join("shop").exists(),
+        "init left a directory: {err}"
+    );
+    // A missing file is named with the path it was looked for at.
+    fails_mentioning(
+        concord_in(
+            dir.path(),
+            &[
+                "init",
+                "--dir",
+                "shop",
+                "--sqlite",
+                "typo.db",
+                "--tables",
+                "customers",
+            ],
+        ),
+        &[&s(&dir.path().join("typo.db")), "no such file"],
+    );
+    assert!(!dir.path().join("shop").exists());
+    assert!(
+        !dir.path().join("typo.db").exists(),
+        "init created the missing file"
+    );
+    // Bad usage is refused by the parser, before anything is looked at.
+    fails_mentioning(
+        concord_in(
+            dir.path(),
+            &["init", "--dir", "shop", "--sqlite", "shop.db"],
+        ),
+        &["--tables"],
+    );
+    fails_mentioning(
+        concord_in(
+            dir.path(),
+            &[
+                "init",
+                "--dir",
+                "shop",
+                "--sqlite",
+                "shop.db",
+                "--tables",
+                "customers",
+                "--listen",
+                "localhost",
+            ],
+        ),
+        &["--listen", "IP:PORT"],
+    );
+    assert!(!dir.path().join("shop").exists());
+}
+
+#[test]
+fn nodes_initialized_without_ports_get_free_ports_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold the first pair, as a running node would.
+    let held = std::net::TcpListener::bind("127.0.0.1:7400");
+    let out = ok(concord_in(dir.path(), &["init", "--dir", "hub", "--relay"]));
+    let config = std::fs::read_to_string(dir.path().join("hub/concord.toml")).unwrap();
+    let port = |key: &str| -> u16 {
+        let line = config
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap();
+        line.trim_end_matches('"')
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (listen, http) = (port("listen"), port("http"));
+    assert_ne!(listen, http);
+    assert!(
+        out.contains(&format!("127.0.0.1:{listen}")),
+        "ports not printed: {out}"
+    );
+    if held.is_ok() {
+        assert_ne!(listen, 7400, "init chose a port in use");
+    }
+    for p in [listen, http] {
+        std::net::TcpListener::bind(("127.0.0.1", p)).expect("a port init chose is free");
+    }
+}
+
+#[test]
+fn every_bad_input_error_names_what_was_wrong_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shop_db(d, "shop.db");
+    // Missing file, unknown table, table without primary key.
+    fails_mentioning(
+        concord_in(d, &["track", "missing.db", "customers"]),
+        &["missing.db"],
+    );
+    fails_mentioning(
+        concord_in(d, &["track", "shop.db", "nosuch"]),
+        &["\"nosuch\""],
+    );
+    fails_mentioning(
+        concord_in(d, &["track", "shop.db", "nopk"]),
+        &["\"nopk\"", "primary key"],
+    );
+    fails_mentioning(concord_in(d, &["info", "missing.db"]), &["missing.db"]);
+    fails_mentioning(
+        concord_in(d, &["conflicts", "--dir", "nonode"]),
+        &["nonode"],
+    );
+    // A bad URL and unreachable servers.
+    fails_mentioning(
+        concord_in(
+            d,
+            &[
+                "init",
+                "--dir",
+                "n",
+                "--postgres",
+                "not a url",
+                "--tables",
+                "t",
+            ],
+        ),
+        &["postgres"],
+    );
+    fails_mentioning(
+        concord_in(
+            d,
+            &[
+                "init",
+                "--dir",
+                "n",
+                "--mysql",
+                "mysql:/nohost",
+                "--tables",
+                "t",
+            ],
+        ),
+        &["mysql"],
+    );
+    fails_mentioning(
+        concord_in(
+            d,
+            &[
+                "init",
+                "--dir",
+                "n",
+                "--postgres",
+                "postgres://app@127.0.0.1:1/db",
+                "--tables",
+                "t",
+            ],
+        ),
+        &["postgres"],
+    );
+    fails_mentioning(
+        concord_in(
+            d,
+            &[
+                "init",
+                "--dir",
+                "n",
+                "--mysql",
+                "mysql://app@127.0.0.1:1/db",
+                "--tables",
+                "t",
+            ],
+        ),
+        &["mysql"],
+    );
+    assert!(!d.join("n").exists(), "a failed init left its directory");
+    // Bad TOML, and a port in use, met by serve.
+    ok(concord_in(
+        d,
+        &[
+            "init",
+            "--dir",
+            "shop",
+            "--sqlite",
+            "shop.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    let config = d.join("shop/concord.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("[sync]", "[sync]\nwindow = \"four\"")).unwrap();
+    fails_mentioning(
+        concord_in(d, &["serve", "--dir", "shop"]),
+        &["concord.toml", "window"],
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = good
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &config,
+        good.replace(&listen, &format!("listen = \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    fails_mentioning(
+        concord_in(d, &["serve", "--dir", "shop"]),
+        &[&port.to_string(), "in use"],
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    track(&a);
+    for args in [
+        vec!["info"],
+        vec!["conflicts"],
+        vec!["failures"],
+        vec!["info", "--json"],
+    ] {
+        // The reader is gone before the command writes anything.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(&args)
+            .arg(&a)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            out.status.success() && err.is_empty(),
+            "concord {args:?} into a closed pipe: {}\n{err}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn a_conflicting_value_of_70000_characters_is_listed_cut_and_whole_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let b = new_db(dir.path(), "b.db");
+    track(&a);
+    track(&b);
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'original', 0)", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    let long = "L".repeat(70_000);
+    app(&a)
+        .execute("UPDATE t SET v = ?1 WHERE id = 1", [&long])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    app(&b)
+        .execute("UPDATE t SET v = 'short' WHERE id = 1", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    let table = ok(concord([OsStr::new("conflicts"), b.as_os_str()]));
+    assert!(
+        table.contains("chars)"),
+        "the long value is not marked as cut: {table}"
+    );
+    assert!(table.contains("'short'"), "{table}");
+    assert!(
+        table.lines().all(|l| l.chars().count() < 1_000),
+        "a table line is not cut: {} chars",
+        table.lines().map(|l| l.chars().count()).max().unwrap()
+    );
+    let listed = json(&ok(concord([
+        OsStr::new("conflicts"),
+        b.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    let whole = format!("'{long}'");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["local_value"] == whole.as_str() || c["remote_value"] == whole.as_str()),
+        "--json does not hold the whole value"
+    );
+}
+
+#[test]
+fn conflicts_failures_and_info_reach_a_sqlite_node_by_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shop_db(d, "shop.db");
+    ok(concord_in(
+        d,
+        &[
+            "init",
+            "--dir",
+            "shop",
+            "--sqlite",
+            "shop.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    // Never served (so never tracked): said plainly, and nothing is installed by looking.
+    fails_mentioning(concord_in(d, &["info", "--dir", "shop"]), &["not tracked"]);
+    assert_eq!(concord_objects(&d.join("shop.db")), Vec::<String>::new());
+    ok(concord_in(d, &["track", "shop.db", "customers"]));
+    let info = json(&ok(concord_in(d, &["info", "--dir", "shop", "--json"])));
+    assert_eq!(info["store"], "sqlite", "{info}");
+    assert_eq!(info["tables"], serde_json::json!(["customers"]), "{info}");
+    assert_eq!(
+        ok(concord_in(d, &["conflicts", "--dir", "shop"])),
+        "no conflicts\n"
+    );
+    assert_eq!(
+        ok(concord_in(d, &["failures", "--dir", "shop"])),
+        "no changes set aside\n"
+    );
+    // The file form and the directory form agree.
+    assert_eq!(
+        json(&ok(concord_in(d, &["info", "shop.db", "--json"])))["node_id"],
+        info["node_id"]
+    );
+}
+
+#[test]
+fn track_reports_every_problem_at_once_installs_nothing_and_mentions_busy_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    fails_mentioning(
+        concord([
+            OsStr::new("track"),
+            a.as_os_str(),
+            OsStr::new("t"),
+            OsStr::new("nosuch"),
+            OsStr::new("nopk"),
+        ]),
+        &[
+            "2 problems",
+            "\"nosuch\"",
+            "does not exist",
+            "\"nopk\"",
+            "primary key",
+        ],
+    );
+    assert_eq!(concord_objects(&a), Vec::<String>::new());
+    let out = ok(concord([
+        OsStr::new("track"),
+        a.as_os_str(),
+        OsStr::new("t"),
+    ]));
+    assert!(out.contains(".timeout 5000"), "{out}");
+}
+
+#[test]
+fn init_still_finds_a_database_kept_inside_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    shop_db(&node, "app.db");
+    // Run from elsewhere: no app.db in the current directory, one in the data directory.
+    ok(concord_in(
+        dir.path(),
+        &[
+            "init",
+            "--dir",
+            "node",
+            "--sqlite",
+            "app.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    let config = std::fs::read_to_string(node.join("concord.toml")).unwrap();
+    let written = std::path::absolute(node.join("app.db")).unwrap();
+    assert!(
+        config.contains(&format!("sqlite = {:?}", s(&written))),
+        "{config}"
+    );
 }

@@ -181,6 +181,9 @@ impl TableInfo {
              ORDER BY ORDINAL_POSITION",
             (name,),
         )?;
+        // Every unusable column and a missing key are reported together.
+        let mut problems = Vec::new();
+        let mut unusable = std::collections::HashSet::new();
         let mut columns = Vec::new();
         for (
             column,
@@ -214,12 +217,16 @@ impl TableInfo {
                 scale,
                 fsp,
                 json,
-            )
-            .ok_or_else(|| TrackError::UnsupportedType {
-                table: name.to_owned(),
-                column: column.clone(),
-                type_name: column_type.clone(),
-            })?;
+            );
+            let Some(kind) = kind else {
+                unusable.insert(column.clone());
+                problems.push(TrackError::UnsupportedType {
+                    table: name.to_owned(),
+                    column,
+                    type_name: column_type,
+                });
+                continue;
+            };
             columns.push(ColumnInfo {
                 name: column,
                 type_name: column_type,
@@ -238,15 +245,23 @@ impl TableInfo {
             (name,),
         )?;
         let mut key_columns = Vec::new();
-        for k in key_names {
-            let p = position_of
-                .get(&k)
-                .copied()
-                .ok_or_else(|| TrackError::Unsupported(name.to_owned(), "generated key column"))?;
-            key_columns.push(p);
+        if key_names.is_empty() {
+            problems.push(TrackError::NoPrimaryKey(name.to_owned()));
         }
-        if key_columns.is_empty() {
-            return Err(TrackError::NoPrimaryKey(name.to_owned()));
+        for k in key_names {
+            if unusable.contains(&k) {
+                continue;
+            }
+            match position_of.get(&k) {
+                Some(&p) => key_columns.push(p),
+                None => problems.push(TrackError::Unsupported(
+                    name.to_owned(),
+                    "generated key column",
+                )),
+            }
+        }
+        if let Some(e) = TrackError::from_problems(problems) {
+            return Err(e);
         }
         Ok(TableInfo {
             id: 0,

@@ -87,6 +87,35 @@ pub(crate) fn lock(conn: &mut Conn) -> Result<(), StoreError> {
     }
 }
 
+/// Reads every named table (each once), reporting the problems of all of them together
+/// so a user fixes them in one go rather than one per attempt.
+fn introspect_all(conn: &mut Conn, tables: &[&str]) -> Result<Vec<TableInfo>, TrackError> {
+    let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
+    let mut problems = Vec::new();
+    for &name in tables {
+        if infos.iter().any(|t| t.name == name) {
+            continue;
+        }
+        match TableInfo::introspect(conn, name) {
+            Ok(info) => {
+                if info.columns.iter().any(|c| c.name.contains('\0')) {
+                    problems.push(TrackError::BadName(
+                        name.to_owned(),
+                        "a column name holds NUL".into(),
+                    ));
+                }
+                infos.push(info);
+            }
+            Err(e) if e.is_about_a_table() => problems.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match TrackError::from_problems(problems) {
+        Some(e) => Err(e),
+        None => Ok(infos),
+    }
+}
+
 pub(crate) fn unlock(conn: &mut Conn) {
     let _ = conn.query_drop("DO RELEASE_LOCK(CONCAT('concord:', DATABASE()))");
 }
@@ -158,6 +187,9 @@ impl MyStore {
     /// backfilled again.
     pub fn track(url: &str, tables: &[&str], options: StoreOptions) -> Result<Self, TrackError> {
         let mut conn = connect(url)?;
+        // MySQL cannot roll DDL back: read the tables before creating anything, so a
+        // bad table leaves the database as it was.
+        let mut infos = introspect_all(&mut conn, tables)?;
         for ddl in METADATA_DDL {
             conn.query_drop(*ddl)?;
         }
@@ -181,24 +213,6 @@ impl MyStore {
                 Ok(init_identity(c)?)
             })?,
         }
-        // Every table is read before anything is installed, so a bad name changes
-        // nothing.
-        let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
-        for &name in tables {
-            if infos.iter().any(|t| t.name == name) {
-                continue;
-            }
-            let info = TableInfo::introspect(&mut conn, name)?;
-            for c in &info.columns {
-                if c.name.contains('\0') {
-                    return Err(TrackError::BadName(
-                        name.to_owned(),
-                        "a column name holds NUL".into(),
-                    ));
-                }
-            }
-            infos.push(info);
-        }
         let order = tracking_order(&mut conn, &infos)?;
         let mut backfill = Vec::with_capacity(order.len());
         for &i in &order {
@@ -209,6 +223,18 @@ impl MyStore {
         }
         drop(conn);
         Ok(Self::open_with(url, options)?)
+    }
+
+    /// Checks, without changing anything, that `tables` of the database at `url` can be
+    /// tracked: the server accepts the connection and each table exists, is a base
+    /// table, has a primary key and only columns of types Concord can replicate. Every
+    /// problem is reported at once (as [`TrackError::Problems`] when there are
+    /// several). It reads `information_schema` with the same code as
+    /// [`MyStore::track`], and only reads, so the two never disagree and the check
+    /// cannot modify the database.
+    pub fn check(url: &str, tables: &[&str]) -> Result<(), TrackError> {
+        let mut conn = connect(url)?;
+        introspect_all(&mut conn, tables).map(drop)
     }
 
     /// Removes capture from `tables`, or every trace of Concord (every `concord_*`
@@ -826,7 +852,7 @@ fn deadlocked(e: &TrackError) -> bool {
         return false;
     };
     matches!(
-        db.source.downcast_ref::<mysql::Error>(),
+        db.driver.downcast_ref::<mysql::Error>(),
         Some(mysql::Error::MySqlError(server)) if server.code == 1213
     )
 }

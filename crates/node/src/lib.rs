@@ -35,5 +35,5 @@ mod words;
 pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
 pub use identity::{Fingerprint, Identity, IdentityError};
 pub use node::{Node, NodeError};
-pub use setup::{init, open_store};
+pub use setup::{check_store, init, open_existing_store, open_store};
 pub use status::{Health, MissingPeer, NodeStatus, PeerStatus, Refused};

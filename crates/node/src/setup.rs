@@ -1,7 +1,10 @@
-//! Setting a node up: `init` writes a data directory, and [`open_store`] opens the
-//! store a configuration names. Both live apart from the running node so that one-shot
-//! commands (`concord conflicts --dir`, `info`, `failures`) open a node's store exactly
-//! as `serve` does.
+//! Setting a node up: [`check_store`] checks what `init` is about to configure, `init`
+//! writes a data directory, [`open_store`] opens (and tracks) the store a configuration
+//! names for `serve`, and [`open_existing_store`] opens it without tracking or
+//! installing anything. They live apart from the running node so that one-shot
+//! commands (`concord init`, `conflicts --dir`, `info --dir`, `failures --dir`) reach a
+//! node's store exactly as `serve` does, and so that `init` refuses, up front, every
+//! configuration `serve` would refuse later.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,11 +12,27 @@ use std::time::Duration;
 use concord_mysql::MyStore;
 use concord_postgres::PgStore;
 use concord_sqlite::SqliteStore;
-use concord_store::{Store, StoreOptions};
+use concord_store::{Store, StoreOptions, TrackError};
 
 use crate::config::{ConfigError, NodeConfig, StoreChoice};
 use crate::identity::{Fingerprint, Identity};
 use crate::node::NodeError;
+
+/// Checks, changing nothing, that `tables` of the database `store` names can be tracked:
+/// the SQLite file exists (`store` holds its path as given, resolved against the current
+/// directory), or the server accepts the connection; each table exists, has a primary
+/// key and only columns of types the store can replicate. Uses each store's own `check`,
+/// which reads the schema with the code `track` uses. Every problem is reported at once
+/// ([`TrackError::Problems`] when there are several). A relay has nothing to check.
+pub fn check_store(store: StoreChoice<'_>, tables: &[String]) -> Result<(), TrackError> {
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    match store {
+        StoreChoice::Sqlite(path) => SqliteStore::check(path, &tables),
+        StoreChoice::Postgres(url) => PgStore::check(url, &tables),
+        StoreChoice::Mysql(url) => MyStore::check(url, &tables),
+        StoreChoice::Relay => Ok(()),
+    }
+}
 
 /// Writes a commented `concord.toml` and a new identity into `dir`, and returns the
 /// identity's fingerprint (what peers pin).
@@ -29,18 +48,49 @@ pub fn init(
     if config_path.exists() {
         return Err(NodeError::AlreadyInitialized(dir.to_path_buf()));
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let identity = Identity::generate(name)?;
-    identity.save(&dir.join("identity"))?;
-    let text = NodeConfig::template(name, store, tables, listen, http);
-    std::fs::write(&config_path, text).map_err(|source| ConfigError::Io {
-        path: config_path,
-        source,
-    })?;
-    Ok(identity.fingerprint())
+    let written = (|| -> Result<Fingerprint, NodeError> {
+        let identity = Identity::generate(name)?;
+        identity.save(&dir.join("identity"))?;
+        let text = NodeConfig::template(name, store, tables, listen, http);
+        std::fs::write(&config_path, text).map_err(|source| ConfigError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        Ok(identity.fingerprint())
+    })();
+    if written.is_err() && created {
+        // Nothing half-written: a directory this call created goes with its contents.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    written
+}
+
+/// Opens the store `config` names as it is, without tracking, refreshing capture or
+/// creating anything: for commands that only read (`conflicts`, `failures`, `info`).
+/// A database that was never tracked (the node never served) is an error saying so.
+/// Synchronous; call it off any async runtime's threads.
+pub fn open_existing_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn Store>, NodeError> {
+    let options = StoreOptions {
+        max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
+        ..StoreOptions::default()
+    };
+    let store: Box<dyn Store> = if config.store.relay {
+        Box::new(SqliteStore::open_with(dir.join("relay.db"), options)?)
+    } else if let Some(url) = &config.store.postgres {
+        Box::new(PgStore::open_with(url, options)?)
+    } else if let Some(url) = &config.store.mysql {
+        Box::new(MyStore::open_with(url, options)?)
+    } else {
+        let db = config.store.sqlite.clone().unwrap_or_default();
+        let path = if db.is_absolute() { db } else { dir.join(db) };
+        Box::new(SqliteStore::open_with(path, options)?)
+    };
+    Ok(store)
 }
 
 /// Opens (and tracks, refreshing capture) the store `config` names; `dir` resolves a

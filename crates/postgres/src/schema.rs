@@ -195,6 +195,9 @@ impl TableInfo {
         } else {
             format!("{schema}.{relname}")
         };
+        // Every unusable column and a missing key are reported together.
+        let mut problems = Vec::new();
+        let mut unusable = std::collections::HashSet::new();
         let mut columns = Vec::new();
         let mut position_by_attnum = HashMap::new();
         for r in client.query(
@@ -211,12 +214,15 @@ impl TableInfo {
             let type_oid: u32 = r.get(2);
             let typmod: i32 = r.get(3);
             let type_name: String = r.get(4);
-            let kind =
-                ColumnKind::of(type_oid, typmod).ok_or_else(|| TrackError::UnsupportedType {
+            let Some(kind) = ColumnKind::of(type_oid, typmod) else {
+                problems.push(TrackError::UnsupportedType {
                     table: display.clone(),
-                    column: column.clone(),
-                    type_name: type_name.clone(),
-                })?;
+                    column,
+                    type_name,
+                });
+                unusable.insert(attnum);
+                continue;
+            };
             position_by_attnum.insert(attnum, columns.len());
             columns.push(ColumnInfo {
                 name: column,
@@ -225,6 +231,7 @@ impl TableInfo {
             });
         }
         let mut key_columns = Vec::new();
+        let mut has_key = false;
         for r in client.query(
             "SELECT k.attnum FROM pg_index i,
                     unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
@@ -232,14 +239,23 @@ impl TableInfo {
             &[&oid],
         )? {
             let attnum: i16 = r.get(0);
-            let position = position_by_attnum
-                .get(&attnum)
-                .copied()
-                .ok_or_else(|| TrackError::Unsupported(display.clone(), "generated key column"))?;
-            key_columns.push(position);
+            has_key = true;
+            if unusable.contains(&attnum) {
+                continue;
+            }
+            match position_by_attnum.get(&attnum) {
+                Some(&position) => key_columns.push(position),
+                None => problems.push(TrackError::Unsupported(
+                    display.clone(),
+                    "generated key column",
+                )),
+            }
         }
-        if key_columns.is_empty() {
-            return Err(TrackError::NoPrimaryKey(display));
+        if !has_key {
+            problems.push(TrackError::NoPrimaryKey(display.clone()));
+        }
+        if let Some(e) = TrackError::from_problems(problems) {
+            return Err(e);
         }
         let position_of = columns
             .iter()

@@ -69,7 +69,10 @@ pub(crate) fn connect(url: &str) -> Result<Connection, StoreError> {
         .iter()
         .map(|(k, v)| format!("SET {} = {};", quote(k), literal(v)))
         .collect();
-    client.batch_execute(&settings)?;
+    // Concord's own statements are idempotent DDL (`CREATE ... IF NOT EXISTS`), whose
+    // NOTICEs ("relation ... already exists, skipping") the driver would log on every
+    // start; only warnings and errors are worth a user's attention.
+    client.batch_execute(&format!("{settings} SET client_min_messages = warning;"))?;
     Ok(Connection(Some(client)))
 }
 
@@ -211,6 +214,21 @@ impl PgStore {
         }
         drop(client);
         Ok(Self::open_with(url, options)?)
+    }
+
+    /// Checks, without changing anything, that `tables` of the database at `url` can be
+    /// tracked: the server accepts the connection and each table exists, is an
+    /// ordinary table, has a primary key and only columns of types Concord can
+    /// replicate. Every problem is reported at once (as [`TrackError::Problems`] when
+    /// there are several). It reads the catalog with the same code as
+    /// [`PgStore::track`], inside a `READ ONLY` transaction that is rolled back, so the
+    /// two never disagree and the check cannot modify the database.
+    pub fn check(url: &str, tables: &[&str]) -> Result<(), TrackError> {
+        let mut client = connect(url)?;
+        client.batch_execute("BEGIN READ ONLY")?;
+        let result = introspect_all(&mut client, tables).map(drop);
+        let _ = client.batch_execute("ROLLBACK");
+        result
     }
 
     /// Removes capture from `tables`, or every trace of Concord (the `concord` schema
@@ -689,13 +707,7 @@ fn track_in_txn(client: &mut Client, tables: &[&str]) -> Result<(), TrackError> 
         }
         None => init_identity(client)?,
     }
-    let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
-    for &name in tables {
-        let info = TableInfo::introspect(client, name)?;
-        if !infos.iter().any(|t| t.oid == info.oid) {
-            infos.push(info);
-        }
-    }
+    let mut infos = introspect_all(client, tables)?;
     for i in tracking_order(client, &infos)? {
         let info = &mut infos[i];
         let existing = client.query_opt(
@@ -759,12 +771,34 @@ fn tracking_order(client: &mut Client, infos: &[TableInfo]) -> Result<Vec<usize>
     Ok(schema::parents_first(infos.len(), &references))
 }
 
+/// Reads every named table (each once), reporting the problems of all of them together
+/// so a user fixes them in one go rather than one per attempt.
+fn introspect_all(client: &mut Client, tables: &[&str]) -> Result<Vec<TableInfo>, TrackError> {
+    let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
+    let mut problems = Vec::new();
+    for &name in tables {
+        match TableInfo::introspect(client, name) {
+            Ok(info) => {
+                if !infos.iter().any(|t| t.oid == info.oid) {
+                    infos.push(info);
+                }
+            }
+            Err(e) if e.is_about_a_table() => problems.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match TrackError::from_problems(problems) {
+        Some(e) => Err(e),
+        None => Ok(infos),
+    }
+}
+
 /// Whether PostgreSQL failed the transaction to break a deadlock (SQLSTATE 40P01).
 fn deadlocked(e: &TrackError) -> bool {
     let TrackError::Store(StoreError::Database(db)) = e else {
         return false;
     };
-    db.source
+    db.driver
         .downcast_ref::<postgres::Error>()
         .and_then(|e| e.code())
         .is_some_and(|code| *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED)

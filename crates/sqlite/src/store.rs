@@ -98,6 +98,28 @@ fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), rusqlite::Error> 
     conn.busy_handler(Some(handler))
 }
 
+/// Reads every named table (each once), reporting the problems of all of them together
+/// so a user fixes them in one go rather than one per attempt.
+fn introspect_all(conn: &Connection, tables: &[&str]) -> Result<Vec<TableInfo>, TrackError> {
+    let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &name in tables {
+        if !seen.insert(name) {
+            continue;
+        }
+        match TableInfo::introspect(conn, name) {
+            Ok(info) => infos.push(info),
+            Err(e) if e.is_about_a_table() => problems.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match TrackError::from_problems(problems) {
+        Some(e) => Err(e),
+        None => Ok(infos),
+    }
+}
+
 /// How long a store waits for another writer's lock before giving up.
 pub(crate) const BUSY_LIMIT: Duration = Duration::from_secs(30);
 
@@ -182,6 +204,24 @@ impl SqliteStore {
         Ok(Self::open_with(path, options)?)
     }
 
+    /// Checks, without changing anything, that `tables` of the file at `path` can be
+    /// tracked: the file exists and each table exists, is an ordinary table and has a
+    /// usable primary key. Every problem is reported at once (as
+    /// [`TrackError::Problems`] when there are several). It reads the schema with the
+    /// same code as [`SqliteStore::track`], through a read-only connection, so the two
+    /// never disagree and the check cannot modify the file.
+    pub fn check(path: impl AsRef<Path>, tables: &[&str]) -> Result<(), TrackError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(StoreError::NoSuchFile(path.display().to_string()).into());
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        wait_briefly_when_busy(&mut conn)?;
+        introspect_all(&conn, tables).map(drop)
+    }
+
     /// Whether this is a relay store (no user tables; changes are kept verbatim).
     pub fn is_relay(&self) -> bool {
         self.relay
@@ -226,12 +266,7 @@ impl SqliteStore {
             } else {
                 init_identity(&conn)?;
             }
-            let mut infos: Vec<TableInfo> = Vec::with_capacity(tables.len());
-            for &name in tables {
-                if !infos.iter().any(|t| t.name == name) {
-                    infos.push(TableInfo::introspect(&conn, name)?);
-                }
-            }
+            let mut infos = introspect_all(&conn, tables)?;
             for i in tracking_order(&conn, &infos)? {
                 let info = &mut infos[i];
                 let name = info.name.as_str();

@@ -4,9 +4,13 @@
 //! They are shared by every store so the node and the binary handle a bad change the
 //! same way whatever the database: a bad incoming change is a [`RowFailure`] naming
 //! origin, sequence, table and key, and the batch it belonged to was rolled back. The
-//! driver's own error is kept (as the source of a [`DbError`]) for callers that want to
-//! look deeper, and its message is printed with the database's error code when the
-//! server gave one.
+//! driver's own error is kept (as [`DbError::driver`]) for callers that want to look
+//! deeper, and its message is printed with the database's error code when the server
+//! gave one.
+//!
+//! Each cause is said once: an error whose message already includes its cause does not
+//! also expose that cause as `source()`, because the binary prints the whole chain and
+//! would otherwise say it twice.
 
 use concord_core::{ClockError, KeyError, SequenceGap};
 
@@ -18,9 +22,9 @@ pub struct DbError {
     pub system: &'static str,
     /// The message, with the server's error code and detail when it gave them.
     pub message: String,
-    /// The driver's error.
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// The driver's error. Not exposed as `source()`: `message` already says what it
+    /// says, and printing the chain would repeat it.
+    pub driver: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
 /// Installing or removing capture failed. Nothing was changed.
@@ -63,6 +67,45 @@ pub enum TrackError {
     /// The store's metadata could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Several problems, all found before anything was changed (see
+    /// [`TrackError::from_problems`]).
+    #[error("{} problems:{}", .0.len(), .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+    Problems(Vec<TrackError>),
+}
+
+impl TrackError {
+    /// One error for everything wrong with a set of tables: the single problem itself,
+    /// or [`TrackError::Problems`] listing each (nested lists flattened). `None` when
+    /// there is nothing wrong.
+    pub fn from_problems(problems: Vec<TrackError>) -> Option<TrackError> {
+        let mut flat: Vec<TrackError> = problems
+            .into_iter()
+            .flat_map(TrackError::into_problems)
+            .collect();
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(TrackError::Problems(flat)),
+        }
+    }
+
+    /// Each problem this error stands for: the list of [`TrackError::Problems`], or the
+    /// error alone.
+    pub fn into_problems(self) -> Vec<TrackError> {
+        match self {
+            TrackError::Problems(list) => list
+                .into_iter()
+                .flat_map(TrackError::into_problems)
+                .collect(),
+            other => vec![other],
+        }
+    }
+
+    /// Whether the error is about the named tables themselves (so checking other tables
+    /// is still worthwhile), not about reaching the database.
+    pub fn is_about_a_table(&self) -> bool {
+        !matches!(self, TrackError::Store(_))
+    }
 }
 
 /// Opening the store, capturing local writes or reading the log failed.
@@ -179,8 +222,7 @@ pub struct RowFailure {
     pub table: String,
     /// Printable key.
     pub key: String,
-    /// What was wrong.
-    #[source]
+    /// What was wrong (in the message already, so not exposed as `source()`).
     pub error: RowError,
 }
 
@@ -231,7 +273,7 @@ macro_rules! driver_error {
                 DbError {
                     system: $system,
                     message: describe(&e),
-                    source: Box::new(e),
+                    driver: Box::new(e),
                 }
             }
         }
@@ -274,8 +316,27 @@ fn describe_postgres(e: &postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // The client's own message is terse ("error connecting to server"); the reason
+        // (refused, timed out, bad password) is in its sources, which this message must
+        // carry since the driver's error is not exposed as a source.
+        None => with_sources(e),
     }
+}
+
+/// An error's message followed by each of its sources' that it does not already hold.
+#[cfg(feature = "postgres")]
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let clause = c.to_string();
+        if !text.contains(&clause) {
+            text.push_str(": ");
+            text.push_str(&clause);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The server's message with its error code when there is one, else the client's.

@@ -1,26 +1,29 @@
 //! `concord conflicts`: list recorded conflicts.
 
-use std::path::PathBuf;
+use std::io::Write;
 
-use anyhow::Context;
-use concord_sqlite::SqliteStore;
+use concord_store::ConflictRecord;
 
-/// List the conflicts recorded in DB: concurrent writes of one column, and updates
-/// overridden by a concurrent delete. The merge rules already picked a winner; the list
-/// shows both sides so nothing vanishes silently.
+use crate::output;
+
+/// List the conflicts recorded in a tracked SQLite file, or in the store of a node
+/// (`--dir`, any store kind): concurrent writes of one column, and updates overridden
+/// by a concurrent delete. The merge rules already picked a winner; the list shows both
+/// sides so nothing vanishes silently. Long values are cut in the table (it says their
+/// length); `--json` prints them whole.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The SQLite database file.
-    db: PathBuf,
+    #[command(flatten)]
+    target: super::target::Target,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let store =
-        SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
-    let conflicts = store.conflicts()?;
+    let mut opened = args.target.open()?;
+    let conflicts = opened.store.conflicts()?;
+    let mut out = output::stdout();
     if args.json {
         let rows: Vec<_> = conflicts
             .iter()
@@ -33,15 +36,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        out.write_all(render(&conflicts).as_bytes())?;
     }
-    print!("{}", render(&conflicts));
+    out.flush()?;
     Ok(())
 }
 
 /// Renders conflicts as an aligned table.
-pub(crate) fn render(conflicts: &[concord_sqlite::ConflictRecord]) -> String {
+pub(crate) fn render(conflicts: &[ConflictRecord]) -> String {
     if conflicts.is_empty() {
         return "no conflicts\n".into();
     }
@@ -55,7 +59,9 @@ pub(crate) fn render(conflicts: &[concord_sqlite::ConflictRecord]) -> String {
             if c.kind == "update-vs-delete" {
                 format!("{} ({version})", if kept { "delete" } else { "update" })
             } else {
-                format!("{value} ({version})")
+                // The value is cut before its version is added, so the version stays
+                // visible whatever the value's length.
+                format!("{} ({version})", output::cell(&value.to_string()))
             }
         };
         rows.push(vec![
@@ -68,5 +74,5 @@ pub(crate) fn render(conflicts: &[concord_sqlite::ConflictRecord]) -> String {
             c.winner.clone(),
         ]);
     }
-    crate::cmd::info::table(&rows)
+    output::table(&rows)
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::Context;
 use concord_sqlite::{SqliteStore, merge_all};
 
@@ -22,12 +24,13 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let mut out = crate::output::stdout();
     let mut stores = args
         .dbs
         .iter()
         .map(|p| SqliteStore::open(p).with_context(|| format!("opening {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    println!("merging {} files", stores.len());
+    writeln!(out, "merging {} files", stores.len())?;
     let reports =
         merge_all(&mut stores).context("merge failed; nothing of the failed batch was applied")?;
     if args.json {
@@ -46,17 +49,19 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for (path, r) in args.dbs.iter().zip(&reports) {
-            println!(
+            writeln!(
+                out,
                 "{}: applied {} changes ({} already held), {} conflicts recorded",
                 path.display(),
                 r.applied,
                 r.duplicates,
                 r.conflicts
-            );
+            )?;
         }
     }
+    out.flush()?;
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::Context;
 use concord_sqlite::SqliteStore;
 
@@ -19,17 +21,20 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let mut out = crate::output::stdout();
     let tables: Vec<&str> = args.tables.iter().map(String::as_str).collect();
     SqliteStore::untrack(&args.db, &tables)
         .with_context(|| format!("untracking {}", args.db.display()))?;
     if tables.is_empty() {
-        println!("{}: Concord removed", args.db.display());
+        writeln!(out, "{}: Concord removed", args.db.display())?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{}: stopped tracking {}",
             args.db.display(),
             tables.join(", ")
-        );
+        )?;
     }
+    out.flush()?;
     Ok(())
 }
