@@ -1,7 +1,9 @@
 //! # concord-node: the running node
 //!
-//! A node sits beside one database (a tracked SQLite file) or, as a hub or relay, beside
-//! only its own embedded store. It keeps that store in sync with its configured peers:
+//! A node sits beside one database (a SQLite file, a PostgreSQL or a MySQL/MariaDB
+//! database, chosen by `[store]`) or, as a hub or relay, beside only its own embedded
+//! store. It sees the store only as a `Box<dyn concord_store::Store>` and keeps it in
+//! sync with its configured peers:
 //!
 //! - **Identity and transport.** Each node has a key pair and self-signed certificate
 //!   ([`identity`]); peers are configured by certificate fingerprint and talk over mutual
@@ -11,16 +13,16 @@
 //!   with acknowledgements and a window of unacknowledged batches, then keeps streaming
 //!   new changes the moment they are logged ([`session`]). A session that fails is
 //!   retried with backoff and resumes from the version vectors, so nothing is lost or
-//!   sent twice.
-//! - **Capture.** A file watcher runs capture as soon as the database file changes, so
-//!   no polling interval sits in the latency path; a slow fallback timer only covers
-//!   missed file events.
+//!   sent twice. A change larger than a frame travels in pieces.
+//! - **Capture.** For a SQLite file, a file watcher runs capture as soon as the database
+//!   file changes, so no polling interval sits in the latency path; a slow fallback
+//!   timer only covers missed file events. A server has no file to watch and is polled.
 //! - **Observability.** `/metrics` (Prometheus), `/health` and `/v1/status` over HTTP,
 //!   and structured logs through `tracing`.
 //!
 //! **Architecture Invariant:** the node never decides a merge and never writes user
-//! data itself; it moves changes between the network and [`concord_sqlite`], whose apply
-//! path calls the pure merge rules.
+//! data itself; it moves changes between the network and the store, whose apply path
+//! calls the pure merge rules.
 
 pub mod config;
 mod http;
