@@ -12,3 +12,4 @@ pub(crate) mod status;
 pub(crate) mod target;
 pub(crate) mod track;
 pub(crate) mod untrack;
+pub(crate) mod verify;

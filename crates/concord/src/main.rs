@@ -60,6 +60,7 @@ enum Command {
     Conflicts(cmd::conflicts::Args),
     Failures(cmd::failures::Args),
     Info(cmd::info::Args),
+    Verify(cmd::verify::Args),
     Demo(cmd::demo::Args),
 }
 
@@ -99,6 +100,11 @@ fn main() -> ExitCode {
         Command::Conflicts(args) => cmd::conflicts::run(args),
         Command::Failures(args) => cmd::failures::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Verify(args) => match cmd::verify::run(args) {
+            // Like `diff`: 1 when the files differ, which is no error.
+            Ok(false) => return ExitCode::from(1),
+            other => other.map(|_| ()),
+        },
         Command::Demo(args) => cmd::demo::run(args),
     };
     match result {

@@ -32,7 +32,7 @@ use rusqlite::types::Value;
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);
                       CREATE TABLE nopk(x, y);";
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "init",
     "serve",
     "status",
@@ -42,6 +42,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "conflicts",
     "failures",
     "info",
+    "verify",
     "demo",
 ];
 
@@ -207,7 +208,7 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
         top.contains("CONCORD_LOG=debug"),
         "`concord --help` does not say how to set the log level:\n{top}"
     );
-    let explains: [(&str, &[&str]); 9] = [
+    let explains: [(&str, &[&str]); 10] = [
         (
             "init",
             &["--tables <TABLES>", "--relay", "writes nothing", "--listen"],
@@ -230,6 +231,16 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
         (
             "info",
             &["node id", "version vector", "[DB]", "--dir", "--json"],
+        ),
+        (
+            "verify",
+            &[
+                "every row that differs",
+                "<FIRST>",
+                "<SECOND>",
+                "--table",
+                "Exits 0",
+            ],
         ),
         ("demo", &["hub and two nodes", "SQLite", "--dir"]),
     ];
@@ -1128,5 +1139,63 @@ fn init_still_finds_a_database_kept_inside_the_data_directory() {
     assert!(
         config.contains(&format!("sqlite = {:?}", s(&written))),
         "{config}"
+    );
+}
+
+/// `concord verify` finds exactly the rows two files hold differently (a changed value,
+/// a row only in one file, either way round), reads the files without changing them, and
+/// exits 1 when they differ and 0 when they agree, as `diff` does.
+#[test]
+fn verify_lists_exactly_the_rows_that_differ_and_changes_neither_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    app(&a)
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO t SELECT i, 'row ' || i, i FROM n;",
+        )
+        .unwrap();
+    track(&a);
+    let b = dir.path().join("b.db");
+    std::fs::copy(&a, &b).unwrap();
+    app(&b)
+        .execute_batch(
+            "UPDATE t SET v = 'edited' WHERE id = 777;
+             DELETE FROM t WHERE id = 15000;
+             INSERT INTO t VALUES (30000, 'new', 0);",
+        )
+        .unwrap();
+    let before = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    let out = concord(["verify", &s(&a), &s(&b), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json(&stdout(&out));
+    let t = &report.as_array().unwrap()[0];
+    assert_eq!(t["table"], "t");
+    let differences = t["differences"].as_array().unwrap();
+    let keys: Vec<&str> = differences
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["(777)", "(15000)", "(30000)"], "{report}");
+    assert_eq!(differences[0]["difference"], "v: 'row 777' / 'edited'");
+    assert_eq!(differences[1]["difference"], "only in the first file");
+    assert_eq!(differences[2]["difference"], "only in the second file");
+    assert!(t["bytes"].as_u64().unwrap() < 20_000, "{report}");
+
+    let human = stdout(&concord(["verify", &s(&b), &s(&a), "--table", "t"]));
+    assert!(human.contains("3 differ"), "{human}");
+    assert!(human.contains("only in the second file"), "{human}");
+    let same = concord(["verify", &s(&a), &s(&a)]);
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+    assert!(stdout(&same).contains("0 differ"));
+    assert_eq!(
+        (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()),
+        before,
+        "verify changed a file"
+    );
+    fails_mentioning(
+        concord(["verify", &s(&a), &s(&b), "--table", "nosuch"]),
+        &["\"nosuch\"", "does not exist"],
     );
 }

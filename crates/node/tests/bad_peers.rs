@@ -475,7 +475,7 @@ fn a_hello_without_a_common_protocol_version_is_refused() {
         let theirs = rogue.their_hello().await;
         assert_eq!(
             (theirs.min_version, theirs.max_version),
-            (PROTOCOL_VERSION, PROTOCOL_VERSION)
+            (concord_wire::MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
         );
         let mut mine = hello(arena.source.origin(), theirs.holds);
         mine.min_version = 99;

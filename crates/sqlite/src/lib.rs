@@ -30,6 +30,7 @@
 mod apply;
 mod capture;
 mod codec;
+mod digest;
 mod log;
 mod schema;
 mod store;
@@ -39,6 +40,7 @@ pub use concord_store::{
     ApplyError, ApplyReport, ApplyTxn, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
     LogRead, RowError, RowFailure, Store, StoreError, StoreOptions, TrackError, merge_all, pull,
 };
+pub use digest::{DigestError, TableDigest};
 pub use log::LogReader;
 pub use schema::{TRIGGER_PREFIX, TableInfo};
 pub use store::SqliteStore;

@@ -176,8 +176,22 @@ pub(crate) fn quote(ident: &str) -> String {
 }
 
 impl TableInfo {
-    /// Reads a table's columns and primary key from the database.
+    /// Reads a table's columns and primary key from the database, refusing what capture
+    /// cannot track.
     pub(crate) fn introspect(conn: &Connection, name: &str) -> Result<Self, TrackError> {
+        Self::read(conn, name, true)
+    }
+
+    /// Reads a table's columns and primary key only to read its rows (`concord verify`):
+    /// a key column that may hold NULL is accepted, since nothing is tracked.
+    pub(crate) fn introspect_for_reading(
+        conn: &Connection,
+        name: &str,
+    ) -> Result<Self, TrackError> {
+        Self::read(conn, name, false)
+    }
+
+    fn read(conn: &Connection, name: &str, to_track: bool) -> Result<Self, TrackError> {
         let sql: Option<String> = conn
             .query_row(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -251,7 +265,7 @@ impl TableInfo {
             )
             .optional()?
             .unwrap_or(false);
-        if !rowid_alias && !without_rowid {
+        if to_track && !rowid_alias && !without_rowid {
             if let Some(column) = nullable_keys.into_iter().next() {
                 return Err(TrackError::NullableKey(name.to_owned(), column));
             }
