@@ -32,11 +32,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// 200 and `{"status": "ok", "missing": []}` while every configured peer has a
-/// session up; 503 and the missing peers otherwise (see [`health_of`] for what missing
-/// means for a peer that dials in and one this node dials).
+/// session up and capture works; 503 with the missing peers, or with the reason capture
+/// is failing, otherwise (see [`health_of`] for what missing means for a peer that dials
+/// in and one this node dials).
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let health = health_of(&shared);
-    let code = if health.missing.is_empty() {
+    let code = if health.status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -249,6 +249,8 @@ pub(crate) struct Shared {
     pub(crate) log_changed: watch::Sender<u64>,
     pub(crate) shutdown: watch::Sender<bool>,
     refused: Mutex<VecDeque<Refused>>,
+    /// Why the last capture failed, until one succeeds.
+    capture_error: Mutex<Option<String>>,
     started: Instant,
     listen: Option<SocketAddr>,
 }
@@ -388,6 +390,7 @@ impl Node {
             log_changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             refused: Mutex::new(VecDeque::new()),
+            capture_error: Mutex::new(None),
             started: Instant::now(),
             listen,
             config,
@@ -808,13 +811,26 @@ async fn capture_loop(
                 timer.tick().await;
             }
         }
-        match capture(&shared).await {
-            Ok(0) => {}
-            Ok(_) => prune(&shared).await,
-            Err(e) => {
-                tracing::warn!(error = %words::chain(&e), "capture failed; will retry");
+        let result = capture(&shared).await;
+        let failing = result.as_ref().err().map(|e| words::chain(e));
+        let was_failing = std::mem::replace(
+            &mut *shared
+                .capture_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            failing.clone(),
+        );
+        match (result, failing) {
+            (Ok(0), _) => {}
+            (Ok(_), _) => prune(&shared).await,
+            (Err(_), Some(error)) => {
+                // Once per distinct failure, not every retry.
+                if was_failing.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(%error, "capture failed; local writes wait until it succeeds; will retry");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            (Err(_), None) => {}
         }
     }
 }
@@ -987,6 +1003,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             uptime_s: s.started.elapsed().as_secs(),
             peers,
             refused: s.refused.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+            capture_error: s.capture_error.lock().map(|e| e.clone()).unwrap_or_default(),
         }
     })
     .await;
@@ -1004,6 +1021,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
         uptime_s: 0,
         peers: Vec::new(),
         refused: Vec::new(),
+        capture_error: None,
     })
 }
 
@@ -1033,14 +1051,22 @@ pub(crate) fn health(shared: &Shared) -> Health {
             })
         })
         .collect();
+    let capture_error = shared
+        .capture_error
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
     Health {
-        status: if missing.is_empty() {
+        status: if capture_error.is_some() {
+            "capture_failing"
+        } else if missing.is_empty() {
             "ok"
         } else {
             "missing_peers"
         }
         .into(),
         missing,
+        capture_error,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct NodeStatus {
     /// Recent refused connections (unknown identities, failed handshakes), one entry
     /// per identity (or per address and reason when no certificate was presented).
     pub refused: Vec<Refused>,
+    /// Why capturing this node's own writes is failing, while it is: local writes wait
+    /// until it succeeds. `None` when the last capture succeeded.
+    #[serde(default)]
+    pub capture_error: Option<String>,
 }
 
 /// One origin's highest sequence number held.
@@ -133,10 +137,14 @@ pub struct PeerStatus {
 /// The `/health` document.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
-    /// `ok`, or `missing_peers` when a configured peer has no session up.
+    /// `ok`; `capture_failing` while this node cannot capture its own writes; otherwise
+    /// `missing_peers` when a configured peer has no session up.
     pub status: String,
     /// Configured peers with no session up.
     pub missing: Vec<MissingPeer>,
+    /// Why capture is failing, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_error: Option<String>,
 }
 
 /// A configured peer with no session up, as `/health` names it.

@@ -354,3 +354,46 @@ async fn c_id(c: &Member) -> concord_core::NodeId {
         .unwrap()
         .node_id()
 }
+
+/// A capture that keeps failing (a text value that is not UTF-8) used to be retried
+/// every second behind `/health` saying ok and status showing nothing: the node looked
+/// healthy while none of its writes left it. Status and `/health` must name the failure
+/// while it lasts, and clear once capture succeeds again.
+#[test]
+fn a_failing_capture_shows_in_status_and_health_until_it_succeeds() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let a = Member::new(root.path(), "a", DDL);
+        let na = a.start(Vec::new()).await;
+        write(
+            a.db(),
+            "INSERT INTO t(id, v) VALUES (4, CAST(x'ff' AS TEXT))",
+        );
+        wait_until("the capture failure in status and health", async || {
+            let status = na.status().await;
+            let health = na.health();
+            match (&status.capture_error, health.status.as_str()) {
+                (Some(e), "capture_failing") if e.contains("UTF-8") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert!(
+            na.health()
+                .capture_error
+                .is_some_and(|e| e.contains("UTF-8")),
+            "/health says why"
+        );
+        write(a.db(), "DELETE FROM t WHERE id = 4");
+        write(a.db(), "INSERT INTO t(id, v) VALUES (5, 'fine')");
+        wait_until("capture to work again", async || {
+            let status = na.status().await;
+            match (&status.capture_error, na.health().status.as_str()) {
+                (None, "ok") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        na.shutdown().await;
+    });
+}

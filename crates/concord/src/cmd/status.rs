@@ -62,6 +62,11 @@ pub(crate) fn render(status: &NodeStatus) -> String {
         status.conflicts,
         status.failures,
     );
+    if let Some(error) = &status.capture_error {
+        out.push_str(&format!(
+            "capture_error: {error} (this node's own writes wait until capture succeeds)\n"
+        ));
+    }
     let mut rows = vec![
         [
             "PEER",
