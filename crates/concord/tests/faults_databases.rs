@@ -699,10 +699,11 @@ fn keys_named(message: &str) -> Vec<Key> {
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '-')
             .collect();
-        if let Ok(key) = digits.parse::<Key>() {
-            if !keys.contains(&key) && keys.len() < 6 {
-                keys.push(key);
-            }
+        if let Ok(key) = digits.parse::<Key>()
+            && !keys.contains(&key)
+            && keys.len() < 6
+        {
+            keys.push(key);
         }
     }
     keys

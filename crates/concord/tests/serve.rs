@@ -325,3 +325,75 @@ fn help_of_init_serve_and_status_explains_them() {
         }
     }
 }
+
+/// Two Concord processes on one SQLite file raced each other (both capturing the same
+/// writes, both logging the same sequence numbers, `UNIQUE constraint failed` warnings),
+/// and `untrack` under a running node left it failing every second. A second `serve`
+/// of the file (here: another node directory over the same database) and `untrack` are
+/// refused while a node serves it, naming the node; once it stops, `untrack` works.
+#[test]
+fn a_second_process_on_a_served_file_is_refused_naming_the_node_that_serves_it() {
+    let root = tempfile::tempdir().unwrap();
+    let a = root.path().join("a");
+    init_node(&a, "a");
+    let db = a.join("app.db");
+    let mut served = Served::start(&a);
+    wait_until("a to serve", &[&served], || try_status_json(&a).map(|_| ()));
+
+    let copy = root.path().join("copy");
+    ok(concord([
+        "init",
+        "--dir",
+        &s(&copy),
+        "--sqlite",
+        &s(&db),
+        "--tables",
+        "t",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--http",
+        &format!("127.0.0.1:{}", free_port()),
+    ]));
+    fails_mentioning(
+        concord(["serve", "--dir", &s(&copy)]),
+        &[
+            "another Concord process is working on",
+            "app.db",
+            &format!("concord serve --dir {}", s(&a)),
+        ],
+    );
+    fails_mentioning(
+        concord(["untrack", &s(&db)]),
+        &[
+            "another Concord process is working on",
+            "concord serve --dir",
+        ],
+    );
+    let triggers = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(
+        triggers(&db) > 0,
+        "untrack removed capture under a running node"
+    );
+    // The node still serves: a write is captured.
+    write(&db, "INSERT INTO t VALUES (1, 'still captured')");
+    wait_until("the write captured", &[&served], || {
+        let status = status_json(&a);
+        match status["captured"].as_u64() {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(format!("{status}")),
+        }
+    });
+
+    assert!(served.terminate().success(), "{}", served.logs());
+    ok(concord(["untrack", &s(&db)]));
+    assert_eq!(triggers(&db), 0);
+}

@@ -684,13 +684,13 @@ impl TableMapping {
             if earlier.iter().any(|c| c.local == column.local) {
                 return Err(err("the local column is listed twice".into()));
             }
-            if let Some(remote) = column.remote_name() {
-                if let Some(other) = earlier.iter().find(|c| c.remote_name() == Some(remote)) {
-                    return Err(err(format!(
-                        "remote column {remote} is also mapped to local column {}",
-                        other.local
-                    )));
-                }
+            if let Some(remote) = column.remote_name()
+                && let Some(other) = earlier.iter().find(|c| c.remote_name() == Some(remote))
+            {
+                return Err(err(format!(
+                    "remote column {remote} is also mapped to local column {}",
+                    other.local
+                )));
             }
             match (&column.default, column.local_type, column.remote_type) {
                 (Some(_), _, _) if column.remote.is_some() => {
@@ -716,10 +716,10 @@ impl TableMapping {
                 }
                 _ => {}
             }
-            if let Some(default) = &column.default {
-                if let Err(e) = default.value(column.local_type, Hlc::ZERO) {
-                    return Err(err(format!("the default disagrees with local_type: {e}")));
-                }
+            if let Some(default) = &column.default
+                && let Err(e) = default.value(column.local_type, Hlc::ZERO)
+            {
+                return Err(err(format!("the default disagrees with local_type: {e}")));
             }
         }
         for (i, name) in self.key.iter().enumerate() {
@@ -741,19 +741,18 @@ impl TableMapping {
                 _ => {}
             }
         }
-        if self.key.is_empty() {
-            if let Some(cast) = self
+        if self.key.is_empty()
+            && let Some(cast) = self
                 .columns
                 .iter()
                 .find(|c| c.cast_for(Direction::Incoming).is_some())
-            {
-                return Err(err(
-                    Some(&cast.local),
-                    "the table casts a column, so `key` must name the local primary-key \
+        {
+            return Err(err(
+                Some(&cast.local),
+                "the table casts a column, so `key` must name the local primary-key \
                      columns in key order (key values are cast too)"
-                        .into(),
-                ));
-            }
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -186,18 +186,17 @@ pub fn merge_remote(
         // A write from an earlier life. If it is an update from the life the local delete
         // ended, and the deleter had not seen it, the two were concurrent.
         let mut decision = Decision::unchanged();
-        if causal_length.is_alive() && CausalLength(causal_length.0 + 1) == local_cl {
-            if let (Some(tomb), Some(update)) =
+        if causal_length.is_alive()
+            && CausalLength(causal_length.0 + 1) == local_cl
+            && let (Some(tomb), Some(update)) =
                 (clock.tombstone, columns.iter().map(|c| c.version).max())
-            {
-                if tomb.seen < Some(update) {
-                    decision.conflicts.push(Conflict::UpdateLostToDelete {
-                        delete: tomb.version,
-                        update,
-                        delete_incoming: false,
-                    });
-                }
-            }
+            && tomb.seen < Some(update)
+        {
+            decision.conflicts.push(Conflict::UpdateLostToDelete {
+                delete: tomb.version,
+                update,
+                delete_incoming: false,
+            });
         }
         return decision;
     }
@@ -222,16 +221,16 @@ pub fn merge_remote(
             dedupe_winners(clock, columns, &mut decision.winners);
             decision.effect = RowEffect::Recreate;
         } else {
-            if was_alive && CausalLength(local_cl.0 + 1) == causal_length {
-                if let Some(update) = clock.newest_version() {
-                    if delete_seen < Some(update) {
-                        decision.conflicts.push(Conflict::UpdateLostToDelete {
-                            delete: delete_version,
-                            update,
-                            delete_incoming: true,
-                        });
-                    }
-                }
+            if was_alive
+                && CausalLength(local_cl.0 + 1) == causal_length
+                && let Some(update) = clock.newest_version()
+                && delete_seen < Some(update)
+            {
+                decision.conflicts.push(Conflict::UpdateLostToDelete {
+                    delete: delete_version,
+                    update,
+                    delete_incoming: true,
+                });
             }
             clock.causal_length = causal_length;
             clock.columns.clear();

@@ -392,7 +392,7 @@ impl Reconciler {
         let mut previous: Vec<u8> = Vec::new();
         source
             .scan(from, to, &mut |key, _| {
-                if seen > 0 && seen % per_part == 0 {
+                if seen > 0 && seen.is_multiple_of(per_part) {
                     bounds.push(bound_between(&previous, key));
                 }
                 seen += 1;
@@ -561,13 +561,12 @@ impl Reconciler {
 
 /// Appends a range, merging it into the previous one when both are skips.
 fn push(reply: &mut Vec<Range>, upper: Bound, mode: RangeMode) {
-    if mode == RangeMode::Skip {
-        if let Some(last) = reply.last_mut() {
-            if last.mode == RangeMode::Skip {
-                last.upper = upper;
-                return;
-            }
-        }
+    if mode == RangeMode::Skip
+        && let Some(last) = reply.last_mut()
+        && last.mode == RangeMode::Skip
+    {
+        last.upper = upper;
+        return;
     }
     reply.push(Range { upper, mode });
 }

@@ -403,13 +403,13 @@ pub fn check_last_writer(
         }
     }
     for ((w, key), writes) in &committed {
-        if let Some(Some(row)) = writes.last() {
-            if !by_origin.contains_key(&(*w, *key)) {
-                tie_problems.push(format!(
+        if let Some(Some(row)) = writes.last()
+            && !by_origin.contains_key(&(*w, *key))
+        {
+            tie_problems.push(format!(
                     "key {key}: writer {w} committed {row} (and {} more writes) but the log holds no change of it",
                     writes.len() - 1
                 ));
-            }
         }
     }
     if !tie_problems.is_empty() {

@@ -152,15 +152,15 @@ pub fn decide(
             let url = url.trim().to_owned();
             // A URL whose address this cannot read (a Unix socket in the query, say) is
             // used as it is: the test's own connection says what is wrong with it.
-            if let Some((host, port)) = host_port(&url, server.default_port()) {
-                if let Err(e) = probe(&host, port) {
-                    return Availability::Broken(format!(
-                        "{var_name}={} names a {} that does not answer at {host}:{port}: {e} \
+            if let Some((host, port)) = host_port(&url, server.default_port())
+                && let Err(e) = probe(&host, port)
+            {
+                return Availability::Broken(format!(
+                    "{var_name}={} names a {} that does not answer at {host}:{port}: {e} \
                          (set {var_name} to the empty string to not run these tests)",
-                        redacted(&url),
-                        server.name()
-                    ));
-                }
+                    redacted(&url),
+                    server.name()
+                ));
             }
             Availability::Use {
                 url,

@@ -111,13 +111,9 @@ impl MyStore {
                 }
             }
             if is_last_row {
-                if !group_marked {
-                    if let Some(pos) = group_last_pos {
-                        self.conn.exec_drop(
-                            "UPDATE concord_log SET txn_end = 1 WHERE pos = ?",
-                            (pos,),
-                        )?;
-                    }
+                if !group_marked && let Some(pos) = group_last_pos {
+                    self.conn
+                        .exec_drop("UPDATE concord_log SET txn_end = 1 WHERE pos = ?", (pos,))?;
                 }
                 group_last_pos = None;
                 group_marked = false;

@@ -164,7 +164,7 @@ fn utf8(bytes: Vec<u8>) -> Result<String, String> {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     (0..s.len())
@@ -361,15 +361,15 @@ fn date_param(days: i64) -> Result<My, Mismatch> {
 }
 
 fn check_len(s: &str, max_chars: Option<usize>, max_bytes: Option<usize>) -> Result<(), Mismatch> {
-    if let Some(max) = max_chars {
-        if s.chars().count() > max {
-            return Err(Mismatch(format!("longer than {max} characters")));
-        }
+    if let Some(max) = max_chars
+        && s.chars().count() > max
+    {
+        return Err(Mismatch(format!("longer than {max} characters")));
     }
-    if let Some(max) = max_bytes {
-        if s.len() > max {
-            return Err(Mismatch(format!("longer than {max} bytes")));
-        }
+    if let Some(max) = max_bytes
+        && s.len() > max
+    {
+        return Err(Mismatch(format!("longer than {max} bytes")));
     }
     Ok(())
 }

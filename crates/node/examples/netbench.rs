@@ -937,10 +937,11 @@ impl Path3 {
             if captured.is_none() && max_seq(&self.a) >= self.seq {
                 captured = Some(start.elapsed());
             }
-            if let Some(hub) = &self.hub {
-                if hubbed.is_none() && max_seq(hub) >= self.seq {
-                    hubbed = Some(start.elapsed());
-                }
+            if let Some(hub) = &self.hub
+                && hubbed.is_none()
+                && max_seq(hub) >= self.seq
+            {
+                hubbed = Some(start.elapsed());
             }
             if b_at(&self.b, id).is_some() {
                 break;

@@ -156,10 +156,10 @@ impl Peer {
 
     pub(crate) fn connected(&self, node: NodeId, holds: VersionVector) {
         let mut rt = self.runtime();
-        if let Some(previous) = rt.node {
-            if previous != node {
-                tracing::warn!(peer = %self.config.name, %previous, now = %node, "peer presents a different store node id than before");
-            }
+        if let Some(previous) = rt.node
+            && previous != node
+        {
+            tracing::warn!(peer = %self.config.name, %previous, now = %node, "peer presents a different store node id than before");
         }
         rt.node = Some(node);
         rt.link = Link::Connected;
@@ -751,15 +751,14 @@ fn start_watcher(
         .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
         .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| names.iter().any(|n| p.ends_with(n)))
-            {
-                let _ = tx.try_send(());
-            }
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+            && event
+                .paths
+                .iter()
+                .any(|p| names.iter().any(|n| p.ends_with(n)))
+        {
+            let _ = tx.try_send(());
         }
     })
     .map_err(|e| NodeError::Watch {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use concord_mysql::MyStore;
 use concord_postgres::PgStore;
-use concord_sqlite::SqliteStore;
+use concord_sqlite::{FileLock, SqliteStore};
 use concord_store::{Store, StoreOptions, TrackError};
 
 use crate::config::{ConfigError, NodeConfig, StoreChoice};
@@ -93,6 +93,9 @@ pub fn open_existing_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn St
     Ok(store)
 }
 
+/// How long `serve` waits for another holder of its SQLite file to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Opens (and tracks, refreshing capture) the store `config` names; `dir` resolves a
 /// relative SQLite path and holds a relay's store. The synchronous drivers run off the
 /// async runtime's threads.
@@ -102,8 +105,17 @@ pub async fn open_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn Store
         ..StoreOptions::default()
     };
     let tables: Vec<&str> = config.store.tables.iter().map(String::as_str).collect();
+    // One Concord process at a time per SQLite file: a second `serve` of this node, or a
+    // copy of its directory, is refused naming this one. A node restarted in the same
+    // process waits a moment for its previous instance to let go.
+    let holder = format!("concord serve --dir {}", dir.display());
+    let lock = |path: &Path| FileLock::acquire(path, &holder, LOCK_WAIT);
     let store: Box<dyn Store> = if config.store.relay {
-        Box::new(SqliteStore::open_relay(dir.join("relay.db"), options)?)
+        let path = dir.join("relay.db");
+        let held = lock(&path)?;
+        let mut store = SqliteStore::open_relay(path, options)?;
+        store.hold(held);
+        Box::new(store)
     } else if let Some(url) = &config.store.postgres {
         let (url, tables, options) = (url.clone(), config.store.tables.clone(), options);
         // The synchronous drivers must not run on the async runtime's threads.
@@ -128,7 +140,17 @@ pub async fn open_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn Store
     } else {
         let db = config.store.sqlite.clone().unwrap_or_default();
         let path = if db.is_absolute() { db } else { dir.join(db) };
-        Box::new(SqliteStore::track(&path, &tables, options)?)
+        // No lock file beside a database that does not exist: tracking says so.
+        let held = if path.exists() {
+            Some(lock(&path)?)
+        } else {
+            None
+        };
+        let mut store = SqliteStore::track(&path, &tables, options)?;
+        if let Some(held) = held {
+            store.hold(held);
+        }
+        Box::new(store)
     };
     Ok(store)
 }

@@ -38,7 +38,7 @@ pub(crate) fn duration(d: Duration) -> String {
         format!("{} ms", (micros + 500) / 1_000)
     } else if d.as_secs() < 60 {
         let tenths = (micros + 50_000) / 100_000;
-        if tenths % 10 == 0 {
+        if tenths.is_multiple_of(10) {
             format!("{} s", tenths / 10)
         } else {
             format!("{}.{} s", tenths / 10, tenths % 10)

@@ -135,10 +135,10 @@ impl Drop for Databases {
                 self.name
             ));
         }
-        if let Ok(opts) = mysql::Opts::from_url(&self.my_admin) {
-            if let Ok(mut my) = mysql::Conn::new(opts) {
-                let _ = my.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
-            }
+        if let Ok(opts) = mysql::Opts::from_url(&self.my_admin)
+            && let Ok(mut my) = mysql::Conn::new(opts)
+        {
+            let _ = my.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
         }
     }
 }

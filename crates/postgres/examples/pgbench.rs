@@ -386,15 +386,14 @@ impl Resources {
                 }
             }
         }
-        if let Some(url) = &self.mysql_admin {
-            if let Ok(mut c) = mysql::Opts::from_url(url)
+        if let Some(url) = &self.mysql_admin
+            && let Ok(mut c) = mysql::Opts::from_url(url)
                 .map_err(mysql::Error::from)
                 .and_then(mysql::Conn::new)
-            {
-                for db in self.mysql_dbs.drain(..) {
-                    if let Err(e) = c.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")) {
-                        eprintln!("warning: could not drop MariaDB database {db}: {e}");
-                    }
+        {
+            for db in self.mysql_dbs.drain(..) {
+                if let Err(e) = c.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")) {
+                    eprintln!("warning: could not drop MariaDB database {db}: {e}");
                 }
             }
         }

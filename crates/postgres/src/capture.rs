@@ -173,22 +173,23 @@ impl PgStore {
                         group_marked = end;
                     }
                 }
-                if is_last_row && !group_marked {
-                    if let Some(last) = group_last_seq {
-                        let last = last as i64;
-                        match batch.log_entry_mut(self.local_index, last) {
-                            Some(entry) => entry.txn_end = true,
-                            None => {
-                                // Logged in an earlier page, already written.
-                                let stmt = self.statement(
-                                    "UPDATE concord.log SET txn_end = true
+                if is_last_row
+                    && !group_marked
+                    && let Some(last) = group_last_seq
+                {
+                    let last = last as i64;
+                    match batch.log_entry_mut(self.local_index, last) {
+                        Some(entry) => entry.txn_end = true,
+                        None => {
+                            // Logged in an earlier page, already written.
+                            let stmt = self.statement(
+                                "UPDATE concord.log SET txn_end = true
                                      WHERE origin = $1 AND seq = $2",
-                                )?;
-                                self.client.execute(&stmt, &[&self.local_index, &last])?;
-                            }
+                            )?;
+                            self.client.execute(&stmt, &[&self.local_index, &last])?;
                         }
-                        group_marked = true;
                     }
+                    group_marked = true;
                 }
             }
             self.flush_meta(&mut batch)?;

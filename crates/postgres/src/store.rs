@@ -104,10 +104,10 @@ impl std::ops::DerefMut for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                std::thread::spawn(move || drop(client));
-            }
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(client));
         }
     }
 }

@@ -31,6 +31,7 @@ mod apply;
 mod capture;
 mod codec;
 mod digest;
+mod lock;
 mod log;
 mod schema;
 mod store;
@@ -41,6 +42,7 @@ pub use concord_store::{
     LogRead, RowError, RowFailure, Store, StoreError, StoreOptions, TrackError, merge_all, pull,
 };
 pub use digest::{DigestError, TableDigest};
+pub use lock::FileLock;
 pub use log::LogReader;
 pub use schema::{TRIGGER_PREFIX, TableInfo};
 pub use store::SqliteStore;

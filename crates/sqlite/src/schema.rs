@@ -265,10 +265,12 @@ impl TableInfo {
             )
             .optional()?
             .unwrap_or(false);
-        if to_track && !rowid_alias && !without_rowid {
-            if let Some(column) = nullable_keys.into_iter().next() {
-                return Err(TrackError::NullableKey(name.to_owned(), column));
-            }
+        if to_track
+            && !rowid_alias
+            && !without_rowid
+            && let Some(column) = nullable_keys.into_iter().next()
+        {
+            return Err(TrackError::NullableKey(name.to_owned(), column));
         }
         keys.sort();
         let unique_sets = unique_sets(conn, name)?;

@@ -45,6 +45,8 @@ pub struct SqliteStore {
     pub(crate) stale: bool,
     /// A relay keeps and forwards changes without a user database.
     pub(crate) relay: bool,
+    /// This process's exclusive hold on the file, when it took one ([`SqliteStore::hold`]).
+    lock: Option<crate::FileLock>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -159,6 +161,7 @@ impl SqliteStore {
             schema_version: -1,
             stale: true,
             relay: false,
+            lock: None,
         };
         store.reload()?;
         Ok(store)
@@ -490,6 +493,12 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Keeps `lock` (this process's exclusive hold on the file) for as long as the store
+    /// lives, so no other Concord process works on the file meanwhile.
+    pub fn hold(&mut self, lock: crate::FileLock) {
+        self.lock = Some(lock);
+    }
+
     /// This replica's identity.
     pub fn node_id(&self) -> NodeId {
         self.node
@@ -598,10 +607,10 @@ impl SqliteStore {
         if node == self.node {
             return Ok(self.local_index);
         }
-        if let Some((last, i)) = self.origins.last {
-            if last == node {
-                return Ok(i);
-            }
+        if let Some((last, i)) = self.origins.last
+            && last == node
+        {
+            return Ok(i);
         }
         if let Some(&i) = self.origins.index_of.get(&node) {
             self.origins.last = Some((node, i));

@@ -159,6 +159,24 @@ pub enum StoreError {
     /// Concord's lock on the database could not be taken in time.
     #[error("another Concord process holds the lock on this database")]
     Locked,
+    /// The companion lock file of a database could not be used.
+    #[error("{path}: {error}")]
+    LockFile {
+        /// The lock file.
+        path: String,
+        /// What failed.
+        error: String,
+    },
+    /// Another Concord process is working on the file (serving it, merging it).
+    #[error(
+        "another Concord process is working on {file} ({holder}); wait for it to finish or stop it"
+    )]
+    HeldByAnother {
+        /// The database file.
+        file: String,
+        /// Who holds it, as it said when it took the lock.
+        holder: String,
+    },
 }
 
 /// What was wrong with one incoming change.

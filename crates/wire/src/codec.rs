@@ -95,13 +95,13 @@ impl FrameCodec {
 
 fn check_limits(frame: &Frame) -> Result<(), WireError> {
     let Frame::V1(message) = frame;
-    if let Message::Changes(batch) = message {
-        if batch.changes.len() > MAX_BATCH_CHANGES {
-            return Err(WireError::Limit(format!(
-                "batch of {} changes exceeds the limit of {MAX_BATCH_CHANGES}",
-                batch.changes.len()
-            )));
-        }
+    if let Message::Changes(batch) = message
+        && batch.changes.len() > MAX_BATCH_CHANGES
+    {
+        return Err(WireError::Limit(format!(
+            "batch of {} changes exceeds the limit of {MAX_BATCH_CHANGES}",
+            batch.changes.len()
+        )));
     }
     Ok(())
 }

@@ -25,6 +25,11 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut out = crate::output::stdout();
+    let _held = args
+        .dbs
+        .iter()
+        .map(|p| super::hold_file(p, "concord merge"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut stores = args
         .dbs
         .iter()

@@ -138,7 +138,7 @@ pub(crate) fn render(status: &NodeStatus) -> String {
 fn duration(seconds: f64) -> String {
     if seconds < 10.0 {
         let tenths = (seconds * 10.0).round() as u64;
-        if tenths % 10 == 0 {
+        if tenths.is_multiple_of(10) {
             format!("{} s", tenths / 10)
         } else {
             format!("{}.{} s", tenths / 10, tenths % 10)

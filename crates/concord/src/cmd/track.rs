@@ -33,6 +33,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let tables: Vec<&str> = args.tables.iter().map(String::as_str).collect();
+    let _held = super::hold_file(&args.db, "concord track")?;
     let store = SqliteStore::track(&args.db, &tables, StoreOptions::default())
         .with_context(|| format!("tracking {}; nothing was installed", args.db.display()))?;
     let mut out = output::stdout();

@@ -23,6 +23,8 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut out = crate::output::stdout();
     let tables: Vec<&str> = args.tables.iter().map(String::as_str).collect();
+    // A node serving the file holds it: untracking under it would leave it failing.
+    let _held = super::hold_file(&args.db, "concord untrack")?;
     SqliteStore::untrack(&args.db, &tables)
         .with_context(|| format!("untracking {}", args.db.display()))?;
     if tables.is_empty() {
