@@ -871,66 +871,18 @@ fn every_bad_input_error_names_what_was_wrong_once() {
         &["nonode"],
     );
     // A bad URL and unreachable servers.
-    fails_mentioning(
-        concord_in(
-            d,
-            &[
-                "init",
-                "--dir",
-                "n",
-                "--postgres",
-                "not a url",
-                "--tables",
-                "t",
-            ],
-        ),
-        &["postgres"],
-    );
-    fails_mentioning(
-        concord_in(
-            d,
-            &[
-                "init",
-                "--dir",
-                "n",
-                "--mysql",
-                "mysql:/nohost",
-                "--tables",
-                "t",
-            ],
-        ),
-        &["mysql"],
-    );
-    fails_mentioning(
-        concord_in(
-            d,
-            &[
-                "init",
-                "--dir",
-                "n",
-                "--postgres",
-                "postgres://app@127.0.0.1:1/db",
-                "--tables",
-                "t",
-            ],
-        ),
-        &["postgres"],
-    );
-    fails_mentioning(
-        concord_in(
-            d,
-            &[
-                "init",
-                "--dir",
-                "n",
-                "--mysql",
-                "mysql://app@127.0.0.1:1/db",
-                "--tables",
-                "t",
-            ],
-        ),
-        &["mysql"],
-    );
+    for (flag, url) in [
+        ("--postgres", "not a url"),
+        ("--mysql", "mysql:/nohost"),
+        ("--postgres", "postgres://app@127.0.0.1:1/db"),
+        ("--mysql", "mysql://app@127.0.0.1:1/db"),
+    ] {
+        let store = flag.trim_start_matches('-');
+        fails_mentioning(
+            concord_in(d, &["init", "--dir", "n", flag, url, "--tables", "t"]),
+            &[store],
+        );
+    }
     assert!(!d.join("n").exists(), "a failed init left its directory");
     // Bad TOML, and a port in use, met by serve.
     ok(concord_in(
