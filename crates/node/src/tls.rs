@@ -194,9 +194,12 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Whether `error` (or one of its causes) is the TLS alert a peer sends when it refuses
-/// this node's certificate: the peer does not know this node's fingerprint.
-pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether a rustls error in `error`'s chain `matches`, looking inside I/O errors
+/// too (tokio-rustls wraps TLS failures in them).
+fn chain_has_tls_error(
+    error: &(dyn std::error::Error + 'static),
+    matches: impl Fn(&rustls::Error) -> bool,
+) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
         let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
@@ -204,14 +207,7 @@ pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'sta
                 .and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         });
-        if matches!(
-            tls,
-            Some(rustls::Error::AlertReceived(
-                rustls::AlertDescription::AccessDenied
-                    | rustls::AlertDescription::BadCertificate
-                    | rustls::AlertDescription::CertificateUnknown
-            ))
-        ) {
+        if tls.is_some_and(&matches) {
             return true;
         }
         next = e.source();
@@ -219,27 +215,30 @@ pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'sta
     false
 }
 
+/// Whether `error` (or one of its causes) is the TLS alert a peer sends when it refuses
+/// this node's certificate: the peer does not know this node's fingerprint.
+pub(crate) fn peer_refused_our_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain_has_tls_error(error, |tls| {
+        matches!(
+            tls,
+            rustls::Error::AlertReceived(
+                rustls::AlertDescription::AccessDenied
+                    | rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::CertificateUnknown
+            )
+        )
+    })
+}
+
 /// Whether `error` (or one of its causes) is this node refusing the certificate a
 /// server presented.
 pub(crate) fn we_refused_their_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if matches!(
+    chain_has_tls_error(error, |tls| {
+        matches!(
             tls,
-            Some(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure
-            ))
-        ) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        )
+    })
 }
 
 /// A server configuration that requires a client certificate from `allowed`.
