@@ -237,6 +237,12 @@ impl SqliteStore {
             LoadClockError::Sqlite(e) => e.into(),
             LoadClockError::Corrupt(d) => capture_error(format!("corrupt row metadata: {d}"), &key),
         })?;
+        // A delete of a row that is not alive here (never seen, or already deleted) is
+        // no change: a row inserted and deleted within one source transaction must not
+        // log a delete that would win over another replica's real insert of the key.
+        if matches!(op, LocalOp::Delete) && !clock.causal_length.is_alive() {
+            return Ok(None);
+        }
         let existed = clock.causal_length.0 > 0;
         let hlc = self.clock.tick(pending.at.max(0) as u64);
         let version = Version {

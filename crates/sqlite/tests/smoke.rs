@@ -47,3 +47,45 @@ fn two_files_converge() {
     let conflicts = stores[0].conflicts().unwrap().len() + stores[1].conflicts().unwrap().len();
     assert!(conflicts >= 1);
 }
+
+/// A source transaction that inserts a key and deletes it again changes nothing visible,
+/// but capture logged a delete (causal length 2) for the never-seen key, and that delete
+/// won over another file's real insert of the same key: a row vanished everywhere. Only
+/// a transaction's net effect may be captured.
+#[test]
+fn an_insert_deleted_in_the_same_transaction_deletes_nobody_elses_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    for p in [&a, &b] {
+        Connection::open(p)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT)")
+            .unwrap();
+    }
+    let sa = SqliteStore::track(&a, &["t"], StoreOptions::default()).unwrap();
+    let sb = SqliteStore::track(&b, &["t"], StoreOptions::default()).unwrap();
+    Connection::open(&a)
+        .unwrap()
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (7, 'draft'); DELETE FROM t WHERE id = 7; COMMIT;",
+        )
+        .unwrap();
+    Connection::open(&b)
+        .unwrap()
+        .execute_batch("INSERT INTO t VALUES (7, 'real')")
+        .unwrap();
+    let mut stores = vec![sa, sb];
+    merge_all(&mut stores).unwrap();
+    for p in [&a, &b] {
+        let name: Option<String> = Connection::open(p)
+            .unwrap()
+            .query_row("SELECT name FROM t WHERE id = 7", [], |r| r.get(0))
+            .ok();
+        assert_eq!(name.as_deref(), Some("real"), "{}", p.display());
+    }
+    assert_eq!(
+        stores[0].log_len().unwrap(),
+        1,
+        "a logged only b's insert, nothing of its own no-op transaction"
+    );
+}
