@@ -59,41 +59,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     a.shrink_to_fit();
     let (mut a, mut b) = (SortedItems(a), SortedItems(b));
 
-    let reconciler = Reconciler::default();
     let started = Instant::now();
-    let (mut found_a, mut found_b) = (Vec::new(), Vec::new());
-    let mut message = reconciler.initiate(&mut a)?;
-    let mut bytes = postcard::to_allocvec(&message)?.len();
-    let mut messages: usize = 1;
-    loop {
-        let (side, found) = if messages % 2 == 1 {
-            (&mut b, &mut found_b)
-        } else {
-            (&mut a, &mut found_a)
-        };
-        match reconciler.respond(side, &message, found)? {
-            None => break,
-            Some(reply) => {
-                bytes += postcard::to_allocvec(&reply)?.len();
-                messages += 1;
-                message = reply;
-            }
-        }
-    }
+    let run = Reconciler::default().run_local(&mut a, &mut b)?;
     let elapsed = started.elapsed();
-    assert_eq!(
-        found_a.len() as u64,
-        differences,
-        "a found every difference"
-    );
-    assert_eq!(
-        found_b.len() as u64,
-        differences,
-        "b found every difference"
-    );
+    if run.differences.len() as u64 != differences {
+        return Err(format!(
+            "found {} differences, expected {differences}",
+            run.differences.len()
+        )
+        .into());
+    }
     println!(
-        "rows {rows}, differences {differences}: {messages} messages ({} round trips), {bytes} bytes, {:.2} s",
-        messages.div_ceil(2),
+        "rows {rows}, differences {differences}: {} messages ({} round trips), {} bytes, {:.2} s",
+        run.messages,
+        run.messages.div_ceil(2),
+        run.bytes,
         elapsed.as_secs_f64()
     );
     Ok(())
