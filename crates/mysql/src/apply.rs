@@ -37,7 +37,8 @@ use crate::store::{LoadClockError, MyStore, now_ms};
 use crate::types::{parse, to_param};
 use concord_store::{ApplyError, RowError, RowFailure};
 use concord_store::{
-    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc,
+    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, is_real_conflict,
+    newest_hlc,
 };
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
@@ -183,8 +184,9 @@ impl ApplySession<'_> {
         );
 
         for conflict in &decision.conflicts {
-            self.progress.report.conflicts += 1;
-            record_conflict(store, &table, change, &key_params, &incoming, conflict)?;
+            if record_conflict(store, &table, change, &key_params, &incoming, conflict)? {
+                self.progress.report.conflicts += 1;
+            }
         }
         let mut winners: Vec<(usize, &My)> = decision
             .winners
@@ -354,6 +356,8 @@ fn insert_log(
     )
 }
 
+/// Records `conflict` unless the two writes wrote the same value; returns whether it
+/// recorded it.
 fn record_conflict(
     store: &mut MyStore,
     table: &TableInfo,
@@ -361,7 +365,7 @@ fn record_conflict(
     key_params: &[My],
     incoming: &[IncomingColumn],
     conflict: &Conflict,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let ConflictEntry {
         kind,
         column: column_index,
@@ -386,6 +390,9 @@ fn record_conflict(
         }
         None => Value::Null,
     };
+    if !is_real_conflict(kind, &local_value, &remote_value) {
+        return Ok(false);
+    }
     let column = column_index.map(|index| table.columns[index].name.clone());
     store
         .conn
@@ -407,7 +414,7 @@ fn record_conflict(
             ]),
         )
         .map_err(store_error)?;
-    Ok(())
+    Ok(true)
 }
 
 impl ApplyTxn for ApplySession<'_> {

@@ -37,7 +37,8 @@ use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, to_param};
 use concord_store::{ApplyError, RowError, RowFailure, StoreError};
 use concord_store::{
-    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc,
+    ApplyReport, ApplyTxn, ConflictEntry, Failure, TxnProgress, check_change, is_real_conflict,
+    newest_hlc,
 };
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
@@ -306,8 +307,9 @@ impl ApplySession<'_> {
         );
 
         for conflict in &decision.conflicts {
-            self.progress.report.conflicts += 1;
-            record_conflict(store, &table, change, &key_params, &incoming, conflict)?;
+            if record_conflict(store, &table, change, &key_params, &incoming, conflict)? {
+                self.progress.report.conflicts += 1;
+            }
         }
         let mut winners: Vec<(usize, &Param)> = decision
             .winners
@@ -499,6 +501,8 @@ fn log_entry(origin: i32, change: &Change, table: i32, body: Vec<u8>) -> LogEntr
     }
 }
 
+/// Records `conflict` unless the two writes wrote the same value; returns whether it
+/// recorded it.
 fn record_conflict(
     store: &mut PgStore,
     table: &TableInfo,
@@ -506,7 +510,7 @@ fn record_conflict(
     key_params: &[Param],
     incoming: &[IncomingColumn],
     conflict: &Conflict,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let ConflictEntry {
         kind,
         column: column_index,
@@ -536,6 +540,9 @@ fn record_conflict(
         }
         None => Value::Null,
     };
+    if !is_real_conflict(kind, &local_value, &remote_value) {
+        return Ok(false);
+    }
     let column = column_index.map(|index| table.columns[index].name.clone());
     let stmt = store
         .statement(
@@ -562,7 +569,7 @@ fn record_conflict(
             ],
         )
         .map_err(store_error)?;
-    Ok(())
+    Ok(true)
 }
 
 impl ApplyTxn for ApplySession<'_> {

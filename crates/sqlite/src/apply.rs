@@ -26,7 +26,9 @@ use crate::codec::{self, LogBody, LogColumn, Sql};
 use crate::schema::{Affinity, TableInfo, VERBATIM_TABLE, quote};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 use concord_store::{ApplyError, ApplyReport, ApplyTxn, RowError, RowFailure};
-use concord_store::{CheckedChange, ConflictEntry, Failure, TxnProgress, check_change, newest_hlc};
+use concord_store::{
+    CheckedChange, ConflictEntry, Failure, TxnProgress, check_change, is_real_conflict, newest_hlc,
+};
 
 /// An open apply transaction. Dropping it without [`ApplySession::commit`] rolls back.
 pub struct ApplySession<'s> {
@@ -176,8 +178,9 @@ impl ApplySession<'_> {
         );
 
         for conflict in &decision.conflicts {
-            self.progress.report.conflicts += 1;
-            record_conflict(store, &table, change, &key_values, &incoming, conflict)?;
+            if record_conflict(store, &table, change, &key_values, &incoming, conflict)? {
+                self.progress.report.conflicts += 1;
+            }
         }
         let write = |sql: &str, values: &[&dyn ToSql]| -> Result<(), Failure> {
             let mut stmt = store
@@ -406,6 +409,8 @@ fn looks_numeric(s: &str) -> bool {
         && (t.parse::<i64>().is_ok() || t.parse::<f64>().is_ok())
 }
 
+/// Records `conflict` unless the two writes wrote the same value; returns whether it
+/// recorded it.
 fn record_conflict(
     store: &mut SqliteStore,
     table: &TableInfo,
@@ -413,7 +418,7 @@ fn record_conflict(
     key_values: &[Value],
     incoming: &[IncomingColumn],
     conflict: &Conflict,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let ConflictEntry {
         kind,
         column: column_index,
@@ -443,6 +448,9 @@ fn record_conflict(
         }
         None => Value::Null,
     };
+    if !is_real_conflict(kind, &local_value, &remote_value) {
+        return Ok(false);
+    }
     let column = column_index.map(|index| table.columns[index].name.clone());
     store
         .conn
@@ -465,7 +473,7 @@ fn record_conflict(
             ])
         })
         .map_err(store_error)?;
-    Ok(())
+    Ok(true)
 }
 
 impl ApplyTxn for ApplySession<'_> {

@@ -89,3 +89,55 @@ fn an_insert_deleted_in_the_same_transaction_deletes_nobody_elses_row() {
         "a logged only b's insert, nothing of its own no-op transaction"
     );
 }
+
+/// Two files inserting the same row with the same values, or setting a column to the
+/// same value concurrently, lost nothing; recording each such pair as a conflict (dozens
+/// per run) buried the real ones. A concurrent pair with different values is still
+/// recorded.
+#[test]
+fn concurrent_writes_of_the_same_value_are_not_conflicts_but_different_values_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    for p in [&a, &b] {
+        Connection::open(p)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+            .unwrap();
+    }
+    let sa = SqliteStore::track(&a, &["t"], StoreOptions::default()).unwrap();
+    let sb = SqliteStore::track(&b, &["t"], StoreOptions::default()).unwrap();
+    for p in [&a, &b] {
+        Connection::open(p)
+            .unwrap()
+            .execute_batch("INSERT INTO t VALUES (1, 'same', 5)")
+            .unwrap();
+    }
+    let mut stores = vec![sa, sb];
+    let reports = merge_all(&mut stores).unwrap();
+    assert_eq!(
+        reports.iter().map(|r| r.conflicts).sum::<u64>(),
+        0,
+        "{reports:?}"
+    );
+    for store in &stores {
+        assert!(store.conflicts().unwrap().is_empty());
+    }
+    Connection::open(&a)
+        .unwrap()
+        .execute_batch("UPDATE t SET qty = 6, name = 'from a' WHERE id = 1")
+        .unwrap();
+    Connection::open(&b)
+        .unwrap()
+        .execute_batch("UPDATE t SET qty = 6, name = 'from b' WHERE id = 1")
+        .unwrap();
+    merge_all(&mut stores).unwrap();
+    for store in &stores {
+        let conflicts = store.conflicts().unwrap();
+        let columns: Vec<_> = conflicts.iter().filter_map(|c| c.column.clone()).collect();
+        assert_eq!(
+            columns,
+            ["name"],
+            "only the differing column: {conflicts:?}"
+        );
+    }
+}

@@ -63,3 +63,11 @@ impl ConflictEntry {
         }
     }
 }
+
+/// Whether a concurrent pair is worth recording as a conflict once the local value is
+/// known: two concurrent writes of one column that wrote the same value lost nothing
+/// (two nodes inserting the same row, a client rewriting a value it read), and
+/// recording them only buries the conflicts that matter. Every other pair is recorded.
+pub fn is_real_conflict(kind: &str, local_value: &Value, remote_value: &Value) -> bool {
+    kind != "column" || local_value != remote_value
+}

@@ -33,7 +33,7 @@ mod records;
 mod store;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
-pub use conflict::ConflictEntry;
+pub use conflict::{ConflictEntry, is_real_conflict};
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
 pub use meta::node_id_from_meta;
