@@ -913,3 +913,36 @@ fn a_batch_in_pieces_announcing_more_than_the_limit_is_refused_before_it_is_buff
         arena.good_peer_unharmed_then_shutdown().await;
     });
 }
+
+/// A peer that speaks only protocol version 1 cannot take pieces: the node must never
+/// send it one (it could not decode it), and must say why the change cannot go, not
+/// retry in silence.
+#[test]
+fn a_peer_of_protocol_version_1_is_never_sent_a_piece_and_is_told_why() {
+    common::run(async {
+        let arena = Arena::new(|_| {}).await;
+        // 100 KB in one value: more than the node's 64 KiB frames.
+        insert_rows(arena.n.db(), [50], &"x".repeat(100_000));
+        let mut rogue = arena.rogue().await;
+        rogue.their_hello().await;
+        // Holding nothing, the rogue is owed every change, the large one included.
+        let mut mine = hello(arena.source.origin(), VersionVector::new());
+        mine.min_version = 1;
+        mine.max_version = 1;
+        mine.max_frame = MAX_FRAME;
+        rogue.send(Message::Hello(mine)).await;
+        let (frames, _end) = rogue.until_closed().await;
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, Frame::V1(Message::Piece(_)))),
+            "a version 1 peer was sent a Piece"
+        );
+        let Some(Frame::V1(Message::Error(error))) = frames.last() else {
+            panic!("the node closed without saying why: {frames:?}");
+        };
+        assert!(error.message.contains("protocol version 1"), "{error:?}");
+        arena.session_failed("protocol version 1").await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
