@@ -723,10 +723,7 @@ async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
     let store = shared.store.clone();
     let n = tokio::task::spawn_blocking(move || lock(&store).capture())
         .await
-        .map_err(|e| StoreError::Corrupt {
-            table: "capture",
-            detail: e.to_string(),
-        })??;
+        .map_err(|e| StoreError::CaptureStopped(e.to_string()))??;
     if n > 0 {
         shared.counters.captured.add(n);
         shared.log_changed.send_modify(|v| *v += 1);

@@ -746,12 +746,12 @@ async fn apply(
             match incoming(mapping, &changes) {
                 Ok(mapped) => store.apply_batch(&mapped),
                 // Found again, and set aside, below.
-                Err(failure) => Err(ApplyError::Source(failure.to_string())),
+                Err(failure) => Err(ApplyError::Mapping(failure.to_string())),
             }
         };
         match whole {
             Ok(report) => Ok(report),
-            Err(ApplyError::Row(_) | ApplyError::Source(_)) => {
+            Err(ApplyError::Row(_) | ApplyError::Mapping(_) | ApplyError::Source(_)) => {
                 let mut total = ApplyReport::default();
                 let mut start = 0;
                 for (i, change) in changes.iter().enumerate() {

@@ -159,6 +159,9 @@ pub enum StoreError {
     /// Concord's lock on the database could not be taken in time.
     #[error("another Concord process holds the lock on this database")]
     Locked,
+    /// The task running capture stopped unexpectedly (it panicked or was cancelled).
+    #[error("capture stopped unexpectedly: {0}")]
+    CaptureStopped(String),
     /// The companion lock file of a database could not be used.
     #[error("{path}: {error}")]
     LockFile {
@@ -265,6 +268,16 @@ pub enum ApplyError {
     /// Reading the source of changes failed.
     #[error("reading changes: {0}")]
     Source(String),
+    /// The apply transaction failed earlier and was rolled back; it takes no more
+    /// changes (open a new one).
+    #[error(
+        "this apply transaction failed earlier and was rolled back; nothing more is applied in it"
+    )]
+    Poisoned,
+    /// A link's schema mapping cannot convert a change of the batch (the message names
+    /// the change, the column and why).
+    #[error("{0}")]
+    Mapping(String),
     /// The store failed outside any one change.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -49,8 +49,6 @@ impl Default for TxnProgress {
     }
 }
 
-const POISONED: &str = "the session failed earlier and was rolled back";
-
 impl TxnProgress {
     /// Whether the changes applied so far end on a source-transaction boundary.
     pub fn at_boundary(&self) -> bool {
@@ -75,7 +73,7 @@ impl TxnProgress {
     /// Before applying `change`: refuses if the session failed earlier.
     pub fn start(&mut self, change: &Change) -> Result<(), ApplyError> {
         if self.poisoned {
-            return Err(ApplyError::Source(POISONED.into()));
+            return Err(ApplyError::Poisoned);
         }
         self.report.received += 1;
         self.last = Some((change.origin, change.seq));
@@ -136,7 +134,7 @@ impl TxnProgress {
     /// a source transaction (which would commit part of it).
     pub fn ready_to_commit(&mut self) -> Result<(), ApplyError> {
         if self.poisoned {
-            return Err(ApplyError::Source(POISONED.into()));
+            return Err(ApplyError::Poisoned);
         }
         if !self.at_boundary {
             let (origin, seq) = self.last.map(|(o, s)| (o.short(), s)).unwrap_or_default();
@@ -154,5 +152,21 @@ impl TxnProgress {
     /// The report, leaving an empty one.
     pub fn take_report(&mut self) -> ApplyReport {
         std::mem::take(&mut self.report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poisoned session once said "reading changes: ...", sending people to look for
+    /// a broken source of changes; it must say that the transaction itself failed.
+    #[test]
+    fn a_poisoned_transaction_says_it_failed_earlier_not_that_reading_failed() {
+        let mut progress = TxnProgress::default();
+        progress.poison();
+        let err = progress.ready_to_commit().unwrap_err().to_string();
+        assert!(err.contains("failed earlier and was rolled back"), "{err}");
+        assert!(!err.contains("reading changes"), "{err}");
     }
 }
