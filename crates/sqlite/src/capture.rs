@@ -15,10 +15,11 @@ use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 use rusqlite::{OptionalExtension, params_from_iter};
 
-use crate::codec::{self, LogBody, LogColumn, Sql};
+use crate::codec::{self, Sql};
 use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_REKEY, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
 use concord_store::StoreError;
+use concord_store::format::{self, LogBody, LogColumn};
 
 const PAGE: i64 = 2_000;
 
@@ -280,7 +281,7 @@ impl SqliteStore {
                 table.id,
                 key.as_bytes(),
                 write.causal_length.0 as i64,
-                codec::encode(&body)
+                format::encode(&body)
             ])?;
         let pos = self.conn.last_insert_rowid();
         self.save_clock(table.id, &key, &clock, existed)?;

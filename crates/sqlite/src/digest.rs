@@ -95,7 +95,7 @@ impl TableDigest {
                 for &i in &by_name {
                     hasher.update(info.columns[i].name.as_bytes());
                     hasher.update([0]);
-                    hasher.update(codec::encode(&values[i]));
+                    hasher.update(concord_store::format::encode(&values[i]));
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
                 insert.execute(rusqlite::params![key.as_bytes(), &hash[..]])?;

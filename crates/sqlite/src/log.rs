@@ -15,9 +15,9 @@ use concord_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::codec::{self, LogBody, StoredVersion};
 use crate::schema::VERBATIM_TABLE;
 use crate::store::SqliteStore;
+use concord_store::format::{self as codec, LogBody, StoredVersion};
 use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: usize = 1_000;

@@ -1,34 +1,22 @@
 //! The store handle: opening, tracking, untracking, and the state kept in memory.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use concord_core::merge::{ColumnClock, RowClock, Tombstone};
-use concord_core::{
-    CausalLength, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
-};
+use concord_core::merge::RowClock;
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
+use crate::codec;
+use concord_store::format::StoredVersion;
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreError, StoreOptions,
-    TrackError,
+    ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store,
+    StoreError, StoreOptions, TrackError,
 };
 
 use crate::log::LogReader;
 use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
-
-/// Origin ids and what is held from each.
-#[derive(Default, Debug)]
-pub(crate) struct Origins {
-    pub(crate) index_of: HashMap<NodeId, u32>,
-    pub(crate) node_of: HashMap<u32, NodeId>,
-    pub(crate) held: VersionVector,
-    /// The origin most recently looked up.
-    pub(crate) last: Option<(NodeId, u32)>,
-}
 
 /// A SQLite database tracked by Concord.
 pub struct SqliteStore {
@@ -49,12 +37,7 @@ pub struct SqliteStore {
     lock: Option<crate::FileLock>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use concord_store::engine::now_ms;
 
 /// Opens an existing database file (never creates one: a typo must not leave an empty
 /// file behind).
@@ -411,14 +394,10 @@ impl SqliteStore {
         let drift = self.clock.max_drift_ms();
         self.clock = HlcClock::new(Hlc::from_u64(hlc as u64), drift);
         self.origins = load_origins(conn)?;
-        self.local_index = *self
-            .origins
-            .index_of
-            .get(&self.node)
-            .ok_or(StoreError::Corrupt {
-                table: "__concord_origins",
-                detail: "the local node has no origin row".into(),
-            })?;
+        self.local_index = self.origins.index(self.node).ok_or(StoreError::Corrupt {
+            table: "__concord_origins",
+            detail: "the local node has no origin row".into(),
+        })?;
         self.schema_version = -1;
         self.refresh_schema()?;
         self.stale = false;
@@ -602,18 +581,11 @@ impl SqliteStore {
 
     /// The local index of `node`, registering it if new.
     pub(crate) fn origin_index(&mut self, node: NodeId) -> Result<u32, rusqlite::Error> {
-        // Most versions are this node's own (capture) or the last origin seen (a batch
-        // from one peer): answer those without hashing.
+        // Most versions are this node's own (capture): answer those without hashing.
         if node == self.node {
             return Ok(self.local_index);
         }
-        if let Some((last, i)) = self.origins.last
-            && last == node
-        {
-            return Ok(i);
-        }
-        if let Some(&i) = self.origins.index_of.get(&node) {
-            self.origins.last = Some((node, i));
+        if let Some(i) = self.origins.index(node) {
             return Ok(i);
         }
         self.conn.execute(
@@ -621,25 +593,12 @@ impl SqliteStore {
             [node.as_bytes().as_slice()],
         )?;
         let i = self.conn.last_insert_rowid() as u32;
-        self.origins.index_of.insert(node, i);
-        self.origins.node_of.insert(i, node);
+        self.origins.insert(i, node, 0);
         Ok(i)
     }
 
     pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, rusqlite::Error> {
-        Ok(StoredVersion(v.hlc.as_u64(), self.origin_index(v.origin)?))
-    }
-
-    pub(crate) fn version(&self, v: StoredVersion) -> Result<Version, String> {
-        let origin = self
-            .origins
-            .node_of
-            .get(&v.1)
-            .ok_or_else(|| format!("unknown origin index {}", v.1))?;
-        Ok(Version {
-            hlc: Hlc::from_u64(v.0),
-            origin: *origin,
-        })
+        concord_store::stored_version(v, &mut |node| self.origin_index(node))
     }
 
     /// Loads a row's clock; a row never seen has the default clock.
@@ -659,35 +618,9 @@ impl SqliteStore {
         let Some((cl, blob)) = row else {
             return Ok(RowClock::default());
         };
-        let stored: StoredClock = codec::decode(&blob).map_err(LoadClockError::Corrupt)?;
-        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
-        let mut columns = Vec::with_capacity(stored.columns.len());
-        for c in stored.columns {
-            columns.push(match c {
-                None => None,
-                Some(c) => Some(ColumnClock {
-                    version: conv(c.version)?,
-                    replaced: c.replaced.map(conv).transpose()?,
-                }),
-            });
-        }
-        let tombstone = match stored.tombstone {
-            None => None,
-            Some((v, seen)) => Some(Tombstone {
-                version: conv(v)?,
-                seen: seen.map(conv).transpose()?,
-            }),
-        };
-        if cl < 0 {
-            return Err(LoadClockError::Corrupt(format!(
-                "negative causal length {cl}"
-            )));
-        }
-        Ok(RowClock {
-            causal_length: CausalLength(cl as u64),
-            columns,
-            tombstone,
-        })
+        self.origins
+            .decode_clock(cl, &blob)
+            .map_err(LoadClockError::Corrupt)
     }
 
     /// Writes a row clock; `existed` says whether the row already had one (so one index
@@ -699,26 +632,7 @@ impl SqliteStore {
         clock: &RowClock,
         existed: bool,
     ) -> Result<(), rusqlite::Error> {
-        let mut stored = StoredClock {
-            columns: Vec::with_capacity(clock.columns.len()),
-            tombstone: None,
-        };
-        for c in &clock.columns {
-            stored.columns.push(match c {
-                None => None,
-                Some(c) => Some(StoredColumnClock {
-                    version: self.stored(c.version)?,
-                    replaced: c.replaced.map(|v| self.stored(v)).transpose()?,
-                }),
-            });
-        }
-        if let Some(t) = clock.tombstone {
-            stored.tombstone = Some((
-                self.stored(t.version)?,
-                t.seen.map(|v| self.stored(v)).transpose()?,
-            ));
-        }
-        let blob = codec::encode(&stored);
+        let blob = concord_store::encode_clock(clock, |node| self.origin_index(node))?;
         let mut stmt = self.conn.prepare_cached(if existed {
             "UPDATE __concord_rows SET cl = ?3, clock = ?4 WHERE tbl = ?1 AND pk = ?2"
         } else {
@@ -797,11 +711,7 @@ fn load_origins(conn: &Connection) -> Result<Origins, StoreError> {
             table: "__concord_origins",
             detail: e.to_string(),
         })?;
-        origins.index_of.insert(node, id as u32);
-        origins.node_of.insert(id as u32, node);
-        if seq > 0 {
-            origins.held.set(node, seq as u64);
-        }
+        origins.insert(id as u32, node, seq.max(0) as u64);
     }
     Ok(origins)
 }
@@ -928,6 +838,15 @@ impl Store for SqliteStore {
 
     fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
         Ok(Box::new(SqliteStore::begin_apply(self)?))
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.ensure_fresh()?;
+        let batch = self.options.apply_batch_changes;
+        concord_store::engine::apply_stream(self, batch, changes)
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {

@@ -20,14 +20,23 @@
 //! - [`TxnProgress`]: the state machine of an apply transaction (commit only at a
 //!   source-transaction boundary, poisoned after a failure, failures naming their
 //!   change), so each store's session only writes to its database.
+//! - [`engine`]: the apply algorithm, written once: a generic [`engine::ApplySession`]
+//!   over a narrow [`engine::ApplyBackend`] that each database implements with its SQL
+//!   dialect and driver.
+//! - [`format`] and [`Origins`]: the records stored inside a tracked database (row
+//!   clocks, log bodies), defined once and pinned byte for byte, and the origin map
+//!   they are read through.
 //! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
 mod check;
 mod conflict;
 mod cursor;
+pub mod engine;
 mod error;
+pub mod format;
 mod meta;
+mod origins;
 mod progress;
 mod records;
 mod store;
@@ -37,6 +46,7 @@ pub use conflict::{ConflictEntry, is_real_conflict};
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
 pub use meta::node_id_from_meta;
+pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use store::{ApplyTxn, LogRead, Store, merge_all, pull};

@@ -1,0 +1,619 @@
+//! The apply algorithm, written once for every store.
+//!
+//! Applying a remote change is the same work whatever the database: skip what is held,
+//! bound the change's clock, check it against the table, load the row's clock, let
+//! [`merge_remote`] decide, record the conflicts it reports, write the user's row as
+//! decided, save the clock, log the change as received so it can be relayed, and
+//! advance the version vector; commit only at a source-transaction boundary. An
+//! [`ApplySession`] does all of that. A database takes part through [`ApplyBackend`]:
+//! its transactions, its value conversion, and the reads and writes of its own tables,
+//! and nothing that decides anything. That is what keeps the three stores from
+//! drifting apart (they once had, each in its own copy of this loop).
+//!
+//! A backend may defer its writes (PostgreSQL keeps row clocks and log entries in a
+//! batch and writes them with `COPY`), as long as everything is written by
+//! [`ApplyBackend::commit`] and a clock read after a write sees that write.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use concord_core::merge::{Conflict, IncomingColumn, RowClock, RowEffect, merge_remote};
+use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version};
+
+use crate::format::{self, LogBody, LogColumn};
+use crate::origins::{Origins, stored_version};
+use crate::{
+    ApplyError, ApplyReport, ApplyTxn, CheckedChange, ConflictEntry, Failure, RowError, RowFailure,
+    StoreError, TxnProgress, check_change, is_real_conflict, newest_hlc,
+};
+
+/// The table id under which a change is logged verbatim (set aside, or relayed by a
+/// store without user tables): its body is the whole encoded [`Change`].
+pub const VERBATIM_TABLE: i64 = 0;
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the engine needs to know of a tracked table.
+pub trait TrackedTable {
+    /// The table's id in the store's metadata.
+    fn id(&self) -> i64;
+    /// The name changes carry.
+    fn name(&self) -> &str;
+    /// Positions of the primary-key columns, in key order.
+    fn key_columns(&self) -> &[usize];
+    /// The position of the column named `column`.
+    fn position_of(&self, column: &str) -> Option<usize>;
+    /// The name of the column at `index`.
+    fn column_name(&self, index: usize) -> &str;
+}
+
+/// A write to a user's row, as the merge decided it, with values already converted for
+/// the database. Columns are in ascending position, so one prepared statement serves
+/// every change that writes the same columns.
+pub enum RowWrite<'a, P> {
+    /// Delete the row.
+    Delete {
+        /// The key's values, in key order.
+        key: &'a [P],
+    },
+    /// Set `columns` to `values` in the existing row.
+    Update {
+        /// The key's values, in key order.
+        key: &'a [P],
+        /// Column positions written.
+        columns: &'a [usize],
+        /// Their values.
+        values: &'a [&'a P],
+    },
+    /// Insert the row with its key and `columns` set to `values` (the rest default).
+    Insert {
+        /// The key's values, in key order.
+        key: &'a [P],
+        /// Column positions written.
+        columns: &'a [usize],
+        /// Their values.
+        values: &'a [&'a P],
+    },
+}
+
+/// One entry to append to the change log.
+pub struct LogEntry<'a> {
+    /// The origin's index ([`Origins`]).
+    pub origin: u32,
+    /// The origin's sequence number.
+    pub seq: u64,
+    /// The change's clock.
+    pub hlc: u64,
+    /// The table's id, or [`VERBATIM_TABLE`].
+    pub table: i64,
+    /// The encoded primary key.
+    pub key: &'a [u8],
+    /// The row's causal length.
+    pub causal_length: u64,
+    /// A [`LogBody`], or the whole change for [`VERBATIM_TABLE`].
+    pub body: Vec<u8>,
+    /// Whether it ends its source transaction.
+    pub txn_end: bool,
+}
+
+/// One conflict to record.
+pub struct ConflictRow<'a> {
+    /// The table's name.
+    pub table: &'a str,
+    /// The row's key.
+    pub key: &'a PrimaryKey,
+    /// `column` or `update-vs-delete`.
+    pub kind: &'static str,
+    /// The column, for a column conflict.
+    pub column: Option<&'a str>,
+    /// The value held locally when the writes met.
+    pub local_value: &'a Value,
+    /// Its version.
+    pub local_version: Version,
+    /// The incoming value.
+    pub remote_value: &'a Value,
+    /// Its version.
+    pub remote_version: Version,
+    /// `local` or `remote`.
+    pub winner: &'static str,
+}
+
+/// A database's part in applying changes: its transactions and its own tables. It
+/// decides nothing; [`ApplySession`] calls it in the order the algorithm needs.
+pub trait ApplyBackend {
+    /// The store's description of a tracked table.
+    type Table: TrackedTable;
+    /// A value converted for the database, checked against its column.
+    type Param;
+
+    /// The origin map and version vector.
+    fn origins(&mut self) -> &mut Origins;
+    /// The replica's hybrid logical clock.
+    fn hlc(&mut self) -> &mut HlcClock;
+    /// Whether the store keeps no user tables and logs every change verbatim.
+    fn is_relay(&self) -> bool {
+        false
+    }
+    /// The tracked table named `name`.
+    fn table(&self, name: &str) -> Option<Arc<Self::Table>>;
+
+    /// Opens a write transaction in which capture is silent, and captures local writes
+    /// pending before it (so row clocks match the tables); returns how many it captured.
+    fn begin(&mut self) -> Result<u64, StoreError>;
+    /// Saves the held sequence of each `(origin index, seq)` and the clock, writes
+    /// anything deferred, and commits.
+    fn commit(&mut self, held: &[(u32, u64)]) -> Result<(), StoreError>;
+    /// Rolls back the open transaction and reloads what the store keeps in memory.
+    fn rollback(&mut self);
+
+    /// The index of `node`, allocated (inside the open transaction) if new.
+    fn origin_index(&mut self, node: NodeId) -> Result<u32, StoreError>;
+    /// Converts `value` for column `index` of `table`, refusing what the column cannot
+    /// hold exactly.
+    fn param(
+        &self,
+        table: &Self::Table,
+        index: usize,
+        value: &Value,
+    ) -> Result<Self::Param, RowError>;
+    /// Hints that `changes` are about to be applied, so their row clocks may be read at
+    /// once.
+    fn prefetch(&mut self, _changes: &[Change]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The row's clock; a row never seen has the default clock.
+    fn load_clock(&mut self, table: &Self::Table, key: &PrimaryKey) -> Result<RowClock, Failure>;
+    /// Saves the row's clock; `existed` says whether it had one.
+    fn save_clock(
+        &mut self,
+        table: &Self::Table,
+        key: &PrimaryKey,
+        clock: &RowClock,
+        existed: bool,
+    ) -> Result<(), StoreError>;
+    /// Writes the user's row; a refusal by the database is [`RowError::Refused`].
+    fn write_row(
+        &mut self,
+        table: &Self::Table,
+        write: RowWrite<'_, Self::Param>,
+    ) -> Result<(), Failure>;
+    /// The value column `index` of the row holds now (NULL if there is no row).
+    fn current_value(
+        &mut self,
+        table: &Self::Table,
+        index: usize,
+        key: &[Self::Param],
+    ) -> Result<Value, StoreError>;
+    /// Records a conflict.
+    fn record_conflict(&mut self, conflict: &ConflictRow<'_>) -> Result<(), StoreError>;
+    /// Appends an entry to the change log.
+    fn append_log(&mut self, entry: LogEntry<'_>) -> Result<(), StoreError>;
+    /// Records a change set aside, with why.
+    fn record_failure(&mut self, change: &Change, reason: &str) -> Result<(), StoreError>;
+}
+
+/// An open apply transaction over any store. Dropping it without
+/// [`ApplySession::commit`] rolls back.
+pub struct ApplySession<'s, B: ApplyBackend> {
+    store: &'s mut B,
+    open: bool,
+    dirty_origins: BTreeSet<u32>,
+    progress: TxnProgress,
+}
+
+impl<'s, B: ApplyBackend> ApplySession<'s, B> {
+    /// Opens an apply transaction on `store`.
+    pub fn begin(store: &'s mut B) -> Result<Self, ApplyError> {
+        let mut session = ApplySession {
+            store,
+            open: false,
+            dirty_origins: BTreeSet::new(),
+            progress: TxnProgress::default(),
+        };
+        session.open_transaction()?;
+        Ok(session)
+    }
+
+    fn open_transaction(&mut self) -> Result<(), ApplyError> {
+        self.progress.began();
+        // Marked open first: a failure inside `begin` must still roll back.
+        self.open = true;
+        match self.store.begin() {
+            Ok(n) => {
+                self.progress.report.captured += n;
+                Ok(())
+            }
+            Err(e) => {
+                self.progress.poison();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the changes applied so far end on a source-transaction boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.progress.at_boundary()
+    }
+
+    /// Changes applied in the current transaction.
+    pub fn in_transaction(&self) -> usize {
+        self.progress.in_txn
+    }
+
+    /// Hints that `changes` come next (see [`ApplyBackend::prefetch`]).
+    pub fn prefetch(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
+        if self.progress.is_poisoned() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.prefetch(changes) {
+            self.progress.poison();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Commits what was applied and opens a new transaction.
+    pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        self.commit_current()?;
+        self.open_transaction()
+    }
+
+    /// Commits and closes the session.
+    pub fn commit(mut self) -> Result<ApplyReport, ApplyError> {
+        self.commit_current()?;
+        Ok(self.progress.take_report())
+    }
+
+    fn commit_current(&mut self) -> Result<(), ApplyError> {
+        self.progress.ready_to_commit()?;
+        let origins = self.store.origins();
+        let held: Vec<(u32, u64)> = self
+            .dirty_origins
+            .iter()
+            .map(|&index| (index, origins.held_by_index(index)))
+            .collect();
+        if let Err(e) = self.store.commit(&held) {
+            self.progress.poison();
+            return Err(e.into());
+        }
+        self.open = false;
+        self.dirty_origins.clear();
+        self.progress.committed();
+        Ok(())
+    }
+
+    /// Applies one change inside the transaction.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        self.progress.start(change)?;
+        let outcome = self.apply_inner(change);
+        self.progress.finish(change, outcome)
+    }
+
+    /// Returns whether the change was new (false: already held, skipped).
+    fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
+        let store = &mut *self.store;
+        if store.origins().held.classify(&change.origin, change.seq)? == Advance::Duplicate {
+            self.progress.report.duplicates += 1;
+            return Ok(false);
+        }
+        let now = now_ms();
+        let newest = newest_hlc(change);
+        store.hlc().check(newest, now)?;
+        if store.is_relay() {
+            change.key.decode()?;
+            store.hlc().observe(newest, now)?;
+            self.log_verbatim(change).map_err(Failure::Store)?;
+            self.progress.report.applied += 1;
+            return Ok(true);
+        }
+        let table = store.table(&change.table).ok_or(RowError::UnknownTable)?;
+        let table = &*table;
+        let checked = check_change(change, table.key_columns().len(), |name| {
+            table.position_of(name)
+        })?;
+        let key_params: Vec<B::Param> = table
+            .key_columns()
+            .iter()
+            .zip(&checked.key_values)
+            .map(|(&index, value)| store.param(table, index, value))
+            .collect::<Result<_, _>>()?;
+        let params: Vec<B::Param> = change
+            .columns
+            .iter()
+            .zip(&checked.incoming)
+            .map(|(c, column)| store.param(table, column.index, &c.value))
+            .collect::<Result<_, _>>()?;
+        let CheckedChange { incoming, .. } = checked;
+        let mut clock = store.load_clock(table, &change.key)?;
+        let was_alive = clock.causal_length.is_alive();
+        let existed = clock.causal_length.0 > 0;
+        let decision = merge_remote(
+            &mut clock,
+            change.causal_length,
+            Version {
+                hlc: change.hlc,
+                origin: change.origin,
+            },
+            change.delete_seen,
+            &incoming,
+        );
+        for conflict in &decision.conflicts {
+            if record_conflict(store, table, change, &key_params, &incoming, conflict)? {
+                self.progress.report.conflicts += 1;
+            }
+        }
+        let mut winners: Vec<(usize, &B::Param)> = decision
+            .winners
+            .iter()
+            .map(|&pos| (incoming[pos].index, &params[pos]))
+            .filter(|(index, _)| !table.key_columns().contains(index))
+            .collect();
+        winners.sort_unstable_by_key(|(index, _)| *index);
+        let columns: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
+        let values: Vec<&B::Param> = winners.iter().map(|(_, p)| *p).collect();
+        let key = &key_params[..];
+        match decision.effect {
+            RowEffect::None => {}
+            RowEffect::Delete => store.write_row(table, RowWrite::Delete { key })?,
+            RowEffect::Update => {
+                if !columns.is_empty() {
+                    store.write_row(
+                        table,
+                        RowWrite::Update {
+                            key,
+                            columns: &columns,
+                            values: &values,
+                        },
+                    )?;
+                }
+            }
+            RowEffect::Recreate => {
+                if was_alive {
+                    store.write_row(table, RowWrite::Delete { key })?;
+                }
+                store.write_row(
+                    table,
+                    RowWrite::Insert {
+                        key,
+                        columns: &columns,
+                        values: &values,
+                    },
+                )?;
+            }
+        }
+        if decision.clock_changed {
+            store
+                .save_clock(table, &change.key, &clock, existed)
+                .map_err(Failure::Store)?;
+        }
+        store.hlc().observe(newest, now)?;
+
+        // Log the change as received, so this node can relay it unchanged.
+        let body = log_body(store, change, &incoming).map_err(Failure::Store)?;
+        let origin = store.origin_index(change.origin).map_err(Failure::Store)?;
+        store
+            .append_log(LogEntry {
+                origin,
+                seq: change.seq,
+                hlc: change.hlc.as_u64(),
+                table: table.id(),
+                key: change.key.as_bytes(),
+                causal_length: change.causal_length.0,
+                body: format::encode(&body),
+                txn_end: change.last_in_txn,
+            })
+            .map_err(Failure::Store)?;
+        store.origins().held.advance(change.origin, change.seq)?;
+        self.dirty_origins.insert(origin);
+        self.progress.in_txn += 1;
+        self.progress.report.applied += 1;
+        Ok(true)
+    }
+
+    /// Logs a change as received, without applying it, and records it as held. The
+    /// caller checked that its sequence follows what is held.
+    fn log_verbatim(&mut self, change: &Change) -> Result<(), StoreError> {
+        let origin = self.store.origin_index(change.origin)?;
+        self.store.append_log(LogEntry {
+            origin,
+            seq: change.seq,
+            hlc: change.hlc.as_u64(),
+            table: VERBATIM_TABLE,
+            key: change.key.as_bytes(),
+            causal_length: change.causal_length.0,
+            body: format::encode(change),
+            txn_end: change.last_in_txn,
+        })?;
+        let _ = self.store.origins().held.advance(change.origin, change.seq);
+        self.dirty_origins.insert(origin);
+        self.progress.in_txn += 1;
+        Ok(())
+    }
+
+    /// Sets a change aside: it is not applied, but recorded as a failure with `reason`
+    /// and kept in the log verbatim (so it is still relayed), and its sequence counts
+    /// as held so the stream from its origin keeps flowing. Used for a source
+    /// transaction that cannot be applied here, so one bad row never blocks a channel.
+    pub fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        let result = match self
+            .store
+            .origins()
+            .held
+            .classify(&change.origin, change.seq)
+        {
+            Ok(Advance::Duplicate) => return Ok(()),
+            Ok(Advance::Next) => self
+                .log_verbatim(change)
+                .and_then(|()| self.store.record_failure(change, reason))
+                .map_err(ApplyError::from),
+            Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
+                origin: change.origin.short(),
+                seq: change.seq,
+                table: change.table.clone(),
+                key: change.key.to_string(),
+                error: gap.into(),
+            }))),
+        };
+        self.progress.finish_set_aside(change, result)
+    }
+}
+
+impl<B: ApplyBackend> Drop for ApplySession<'_, B> {
+    fn drop(&mut self) {
+        if self.open {
+            self.store.rollback();
+        }
+    }
+}
+
+impl<B: ApplyBackend> ApplyTxn for ApplySession<'_, B> {
+    fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        ApplySession::apply(self, change)
+    }
+
+    fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        ApplySession::set_aside(self, change, reason)
+    }
+
+    fn at_boundary(&self) -> bool {
+        ApplySession::at_boundary(self)
+    }
+
+    fn in_transaction(&self) -> usize {
+        ApplySession::in_transaction(self)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        ApplySession::checkpoint(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError> {
+        ApplySession::commit(*self)
+    }
+}
+
+/// Changes read ahead by [`apply_stream`], so their row clocks are read at once.
+const READ_AHEAD: usize = 2_000;
+
+/// Applies a stream of changes, committing at source-transaction boundaries once
+/// `batch` changes are in the transaction. Memory use does not grow with the length of
+/// the stream. On error, everything since the last commit is rolled back; what was
+/// committed before stays (the version vector says what that was).
+pub fn apply_stream<B: ApplyBackend>(
+    store: &mut B,
+    batch: usize,
+    changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+) -> Result<ApplyReport, ApplyError> {
+    let batch = batch.max(1);
+    let mut session = ApplySession::begin(store)?;
+    let mut chunk: Vec<Change> = Vec::with_capacity(READ_AHEAD);
+    loop {
+        // Read ahead, so that the chunk's row clocks are read in one query. A source
+        // error ends the chunk: what came before it is applied first.
+        chunk.clear();
+        let mut source_error = None;
+        while chunk.len() < READ_AHEAD {
+            match changes.next() {
+                Some(Ok(change)) => chunk.push(change),
+                Some(Err(e)) => {
+                    source_error = Some(ApplyError::Source(e.to_string()));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let more = source_error.is_none() && chunk.len() == READ_AHEAD;
+        let mut prefetched = false;
+        for (i, change) in chunk.iter().enumerate() {
+            if !prefetched {
+                session.prefetch(&chunk[i..])?;
+                prefetched = true;
+            }
+            session.apply(change)?;
+            if session.at_boundary() && session.in_transaction() >= batch {
+                session.checkpoint()?;
+                // The new transaction captured local writes: clocks read before may be
+                // stale.
+                prefetched = false;
+            }
+        }
+        if let Some(e) = source_error {
+            return Err(e);
+        }
+        if !more {
+            break;
+        }
+    }
+    session.commit()
+}
+
+/// The body of `change`'s log entry, with its columns at their local positions.
+fn log_body<B: ApplyBackend>(
+    store: &mut B,
+    change: &Change,
+    incoming: &[IncomingColumn],
+) -> Result<LogBody, StoreError> {
+    let mut index_of = |node| store.origin_index(node);
+    let mut columns = Vec::with_capacity(change.columns.len());
+    for (c, inc) in change.columns.iter().zip(incoming) {
+        columns.push(LogColumn {
+            index: inc.index as u32,
+            value: c.value.clone(),
+            version: stored_version(c.version, &mut index_of)?,
+            replaced: c
+                .replaced
+                .map(|v| stored_version(v, &mut index_of))
+                .transpose()?,
+        });
+    }
+    Ok(LogBody {
+        columns,
+        delete_seen: change
+            .delete_seen
+            .map(|v| stored_version(v, &mut index_of))
+            .transpose()?,
+    })
+}
+
+/// Records `conflict` unless the two writes wrote the same value; returns whether it
+/// recorded it.
+fn record_conflict<B: ApplyBackend>(
+    store: &mut B,
+    table: &B::Table,
+    change: &Change,
+    key: &[B::Param],
+    incoming: &[IncomingColumn],
+    conflict: &Conflict,
+) -> Result<bool, Failure> {
+    let entry = ConflictEntry::of(change, incoming, conflict);
+    let local_value = match entry.column {
+        Some(index) => store
+            .current_value(table, index, key)
+            .map_err(Failure::Store)?,
+        None => Value::Null,
+    };
+    if !is_real_conflict(entry.kind, &local_value, &entry.remote_value) {
+        return Ok(false);
+    }
+    store
+        .record_conflict(&ConflictRow {
+            table: table.name(),
+            key: &change.key,
+            kind: entry.kind,
+            column: entry.column.map(|index| table.column_name(index)),
+            local_value: &local_value,
+            local_version: entry.local_version,
+            remote_value: &entry.remote_value,
+            remote_version: entry.remote_version,
+            winner: entry.winner,
+        })
+        .map_err(Failure::Store)?;
+    Ok(true)
+}
