@@ -19,11 +19,11 @@ use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 use mysql::prelude::Queryable;
 
-use crate::codec::{self, LogBody, LogColumn};
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, MyStore};
 use crate::types::parse;
 use concord_store::StoreError;
+use concord_store::format::{self as codec, LogBody, LogColumn};
 
 type PendingRow = (
     i64,

@@ -29,7 +29,6 @@
 
 mod apply;
 mod capture;
-mod codec;
 mod log;
 mod schema;
 mod store;

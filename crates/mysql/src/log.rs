@@ -16,9 +16,9 @@ use concord_core::{
 use mysql::Conn;
 use mysql::prelude::Queryable;
 
-use crate::codec::{self, LogBody, StoredVersion};
 use crate::schema::VERBATIM_TABLE;
 use crate::store::connect;
+use concord_store::format::{self as codec, LogBody, StoredVersion};
 use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: i64 = 1_000;

@@ -12,35 +12,24 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use concord_core::merge::{ColumnClock, RowClock, Tombstone};
-use concord_core::{
-    CausalLength, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
-};
+use concord_core::merge::RowClock;
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
-use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
 use crate::log::LogReader;
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
+use concord_store::format::{self as codec, StoredVersion};
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store, StoreOptions,
 };
-use concord_store::{StoreError, TrackError};
+use concord_store::{ApplyReport, StoreError, TrackError};
 
 /// Seconds to wait for Concord's lock on a database.
 const LOCK_WAIT_S: i64 = 60;
-
-/// Origin ids and what is held from each.
-#[derive(Default, Debug)]
-pub(crate) struct Origins {
-    pub(crate) index_of: HashMap<NodeId, i32>,
-    pub(crate) node_of: HashMap<i32, NodeId>,
-    pub(crate) held: VersionVector,
-}
 
 /// A MySQL/MariaDB database tracked by Concord.
 pub struct MyStore {
@@ -57,12 +46,7 @@ pub struct MyStore {
     lenient: bool,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use concord_store::engine::now_ms;
 
 /// Connects and fixes the session settings values depend on.
 pub(crate) fn connect(url: &str) -> Result<Conn, StoreError> {
@@ -287,14 +271,14 @@ impl MyStore {
             .collect();
         self.node = concord_store::node_id_from_meta(&meta, "concord_meta", FORMAT_VERSION)?;
         self.load_progress()?;
-        self.local_index = *self
-            .origins
-            .index_of
-            .get(&self.node)
-            .ok_or(StoreError::Corrupt {
-                table: "concord_origins",
-                detail: "the local node has no origin row".into(),
-            })?;
+        self.local_index =
+            self.origins
+                .index(self.node)
+                .map(|i| i as i32)
+                .ok_or(StoreError::Corrupt {
+                    table: "concord_origins",
+                    detail: "the local node has no origin row".into(),
+                })?;
         let mut tables = Vec::new();
         let rows: Vec<(i32, String)> = self
             .conn
@@ -358,11 +342,7 @@ impl MyStore {
                 table: "concord_origins",
                 detail: e.to_string(),
             })?;
-            origins.index_of.insert(node, id);
-            origins.node_of.insert(id, node);
-            if seq > 0 {
-                origins.held.set(node, seq as u64);
-            }
+            origins.insert(id as u32, node, seq.max(0) as u64);
         }
         self.origins = origins;
         Ok(())
@@ -552,36 +532,20 @@ impl MyStore {
         if node == self.node {
             return Ok(self.local_index);
         }
-        if let Some(&i) = self.origins.index_of.get(&node) {
-            return Ok(i);
+        if let Some(i) = self.origins.index(node) {
+            return Ok(i as i32);
         }
         self.conn.exec_drop(
             "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
             (node.as_bytes().to_vec(),),
         )?;
         let i = self.conn.last_insert_id() as i32;
-        self.origins.index_of.insert(node, i);
-        self.origins.node_of.insert(i, node);
+        self.origins.insert(i as u32, node, 0);
         Ok(i)
     }
 
     pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, mysql::Error> {
-        Ok(StoredVersion(
-            v.hlc.as_u64(),
-            self.origin_index(v.origin)? as u32,
-        ))
-    }
-
-    pub(crate) fn version(&self, v: StoredVersion) -> Result<Version, String> {
-        let origin = self
-            .origins
-            .node_of
-            .get(&(v.1 as i32))
-            .ok_or_else(|| format!("unknown origin index {}", v.1))?;
-        Ok(Version {
-            hlc: Hlc::from_u64(v.0),
-            origin: *origin,
-        })
+        concord_store::stored_version(v, &mut |node| self.origin_index(node).map(|i| i as u32))
     }
 
     /// Loads a row's clock; a row never seen has the default clock.
@@ -597,35 +561,9 @@ impl MyStore {
         let Some((cl, blob)) = row else {
             return Ok(RowClock::default());
         };
-        let stored: StoredClock = codec::decode(&blob).map_err(LoadClockError::Corrupt)?;
-        let conv = |v: StoredVersion| self.version(v).map_err(LoadClockError::Corrupt);
-        let mut columns = Vec::with_capacity(stored.columns.len());
-        for c in stored.columns {
-            columns.push(match c {
-                None => None,
-                Some(c) => Some(ColumnClock {
-                    version: conv(c.version)?,
-                    replaced: c.replaced.map(conv).transpose()?,
-                }),
-            });
-        }
-        let tombstone = match stored.tombstone {
-            None => None,
-            Some((v, seen)) => Some(Tombstone {
-                version: conv(v)?,
-                seen: seen.map(conv).transpose()?,
-            }),
-        };
-        if cl < 0 {
-            return Err(LoadClockError::Corrupt(format!(
-                "negative causal length {cl}"
-            )));
-        }
-        Ok(RowClock {
-            causal_length: CausalLength(cl as u64),
-            columns,
-            tombstone,
-        })
+        self.origins
+            .decode_clock(cl, &blob)
+            .map_err(LoadClockError::Corrupt)
     }
 
     /// Writes a row clock.
@@ -635,34 +573,12 @@ impl MyStore {
         key: &PrimaryKey,
         clock: &RowClock,
     ) -> Result<(), mysql::Error> {
-        let mut stored = StoredClock {
-            columns: Vec::with_capacity(clock.columns.len()),
-            tombstone: None,
-        };
-        for c in &clock.columns {
-            stored.columns.push(match c {
-                None => None,
-                Some(c) => Some(StoredColumnClock {
-                    version: self.stored(c.version)?,
-                    replaced: c.replaced.map(|v| self.stored(v)).transpose()?,
-                }),
-            });
-        }
-        if let Some(t) = clock.tombstone {
-            stored.tombstone = Some((
-                self.stored(t.version)?,
-                t.seen.map(|v| self.stored(v)).transpose()?,
-            ));
-        }
+        let blob =
+            concord_store::encode_clock(clock, |node| self.origin_index(node).map(|i| i as u32))?;
         self.conn.exec_drop(
             "INSERT INTO concord_rows(tbl, pk, cl, clock) VALUES (?, ?, ?, ?)
              ON DUPLICATE KEY UPDATE cl = VALUES(cl), clock = VALUES(clock)",
-            (
-                table,
-                key.as_bytes(),
-                clock.causal_length.0 as i64,
-                codec::encode(&stored),
-            ),
+            (table, key.as_bytes(), clock.causal_length.0 as i64, blob),
         )
     }
 
@@ -884,6 +800,15 @@ impl Store for MyStore {
 
     fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
         Ok(Box::new(MyStore::begin_apply(self)?))
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.ensure_fresh()?;
+        let batch = self.options.apply_batch_changes;
+        concord_store::engine::apply_stream(self, batch, changes)
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {

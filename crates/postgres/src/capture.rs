@@ -32,11 +32,11 @@ use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 
 use crate::batch::{LogEntry, MetaBatch};
-use crate::codec::{self, LogBody, LogColumn};
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, PgStore};
 use crate::types::{Raw, decode};
 use concord_store::StoreError;
+use concord_store::format::{self as codec, LogBody, LogColumn};
 
 const PAGE: usize = 2_000;
 

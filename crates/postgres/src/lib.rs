@@ -31,7 +31,6 @@
 mod apply;
 mod batch;
 mod capture;
-mod codec;
 mod log;
 mod schema;
 mod store;

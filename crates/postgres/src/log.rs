@@ -14,9 +14,9 @@ use concord_core::{
     CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
 };
 
-use crate::codec::{self, LogBody, StoredVersion};
 use crate::schema::VERBATIM_TABLE;
 use crate::store::{Connection, connect};
+use concord_store::format::{self as codec, LogBody, StoredVersion};
 use concord_store::{LogPage, LogRead, StoreError};
 
 const PAGE: i64 = 1_000;

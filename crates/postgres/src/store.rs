@@ -9,34 +9,25 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use concord_core::merge::{ColumnClock, RowClock, Tombstone};
-use concord_core::{
-    CausalLength, Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector,
-};
+use concord_core::merge::RowClock;
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use postgres::{Client, NoTls, Statement};
 
-use crate::codec::{self, StoredClock, StoredColumnClock, StoredVersion};
+use crate::apply::WriteKind;
+use crate::batch::MetaBatch;
 use crate::log::LogReader;
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
+use concord_store::format::{self as codec, StoredVersion};
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Store, StoreOptions,
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store, StoreOptions,
 };
 use concord_store::{ApplyReport, StoreError, TrackError};
 
 /// Key of the advisory lock serializing Concord's writers in one database ("concord").
 pub(crate) const LOCK_KEY: i64 = 0x0063_6f6e_636f_7264;
-
-/// Origin ids and what is held from each.
-#[derive(Default, Debug)]
-pub(crate) struct Origins {
-    pub(crate) index_of: HashMap<NodeId, i32>,
-    pub(crate) node_of: HashMap<i32, NodeId>,
-    pub(crate) held: VersionVector,
-}
 
 /// A PostgreSQL database tracked by Concord.
 pub struct PgStore {
@@ -53,14 +44,14 @@ pub struct PgStore {
     /// Load tables whose shape changed since tracking (for `untrack` only).
     lenient: bool,
     statements: HashMap<String, Statement>,
+    /// Row clocks and log entries of the open apply transaction not written yet.
+    pub(crate) apply_meta: MetaBatch,
+    /// User-table writes by (table id, kind, written columns), prepared once: building
+    /// their SQL text for every change cost more than the rest of the apply.
+    pub(crate) write_statements: HashMap<(i32, WriteKind, Vec<usize>), Statement>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use concord_store::engine::now_ms;
 
 /// Connects and fixes the session settings value text depends on.
 pub(crate) fn connect(url: &str) -> Result<Connection, StoreError> {
@@ -173,6 +164,8 @@ impl PgStore {
             stale: true,
             lenient,
             statements: HashMap::new(),
+            apply_meta: MetaBatch::default(),
+            write_statements: HashMap::new(),
         };
         store.reload()?;
         Ok(store)
@@ -279,14 +272,14 @@ impl PgStore {
             .collect();
         self.node = concord_store::node_id_from_meta(&meta, "concord.meta", FORMAT_VERSION)?;
         self.load_progress()?;
-        self.local_index = *self
-            .origins
-            .index_of
-            .get(&self.node)
-            .ok_or(StoreError::Corrupt {
-                table: "concord.origins",
-                detail: "the local node has no origin row".into(),
-            })?;
+        self.local_index =
+            self.origins
+                .index(self.node)
+                .map(|i| i as i32)
+                .ok_or(StoreError::Corrupt {
+                    table: "concord.origins",
+                    detail: "the local node has no origin row".into(),
+                })?;
         let mut tables = Vec::new();
         let rows = self.client.query(
             "SELECT id, schema_name, name FROM concord.tables WHERE tracked ORDER BY id",
@@ -335,6 +328,7 @@ impl PgStore {
         }
         self.tables = tables;
         self.statements.clear();
+        self.write_statements.clear();
         self.stale = false;
         Ok(())
     }
@@ -364,11 +358,7 @@ impl PgStore {
                 table: "concord.origins",
                 detail: e.to_string(),
             })?;
-            origins.index_of.insert(node, id);
-            origins.node_of.insert(id, node);
-            if seq > 0 {
-                origins.held.set(node, seq as u64);
-            }
+            origins.insert(id as u32, node, seq.max(0) as u64);
         }
         self.origins = origins;
         Ok(())
@@ -520,8 +510,8 @@ impl PgStore {
         if node == self.node {
             return Ok(self.local_index);
         }
-        if let Some(&i) = self.origins.index_of.get(&node) {
-            return Ok(i);
+        if let Some(i) = self.origins.index(node) {
+            return Ok(i as i32);
         }
         let stmt = self
             .statement("INSERT INTO concord.origins(node_id, seq) VALUES ($1, 0) RETURNING id")?;
@@ -529,28 +519,12 @@ impl PgStore {
             .client
             .query_one(&stmt, &[&node.as_bytes().as_slice()])?
             .get(0);
-        self.origins.index_of.insert(node, i);
-        self.origins.node_of.insert(i, node);
+        self.origins.insert(i as u32, node, 0);
         Ok(i)
     }
 
     pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, postgres::Error> {
-        Ok(StoredVersion(
-            v.hlc.as_u64(),
-            self.origin_index(v.origin)? as u32,
-        ))
-    }
-
-    pub(crate) fn version(&self, v: StoredVersion) -> Result<Version, String> {
-        let origin = self
-            .origins
-            .node_of
-            .get(&(v.1 as i32))
-            .ok_or_else(|| format!("unknown origin index {}", v.1))?;
-        Ok(Version {
-            hlc: Hlc::from_u64(v.0),
-            origin: *origin,
-        })
+        concord_store::stored_version(v, &mut |node| self.origin_index(node).map(|i| i as u32))
     }
 
     /// Loads a row's clock; a row never seen has the default clock.
@@ -571,57 +545,12 @@ impl PgStore {
 
     /// A row clock from its `concord.rows` columns.
     pub(crate) fn decode_clock(&self, cl: i64, clock: &[u8]) -> Result<RowClock, String> {
-        let stored: StoredClock = codec::decode(clock)?;
-        let conv = |v: StoredVersion| self.version(v);
-        let mut columns = Vec::with_capacity(stored.columns.len());
-        for c in stored.columns {
-            columns.push(match c {
-                None => None,
-                Some(c) => Some(ColumnClock {
-                    version: conv(c.version)?,
-                    replaced: c.replaced.map(conv).transpose()?,
-                }),
-            });
-        }
-        let tombstone = match stored.tombstone {
-            None => None,
-            Some((v, seen)) => Some(Tombstone {
-                version: conv(v)?,
-                seen: seen.map(conv).transpose()?,
-            }),
-        };
-        if cl < 0 {
-            return Err(format!("negative causal length {cl}"));
-        }
-        Ok(RowClock {
-            causal_length: CausalLength(cl as u64),
-            columns,
-            tombstone,
-        })
+        self.origins.decode_clock(cl, clock)
     }
 
     /// A row clock as `concord.rows.clock` holds it (registers origins seen first).
     pub(crate) fn encode_clock(&mut self, clock: &RowClock) -> Result<Vec<u8>, postgres::Error> {
-        let mut stored = StoredClock {
-            columns: Vec::with_capacity(clock.columns.len()),
-            tombstone: None,
-        };
-        for c in &clock.columns {
-            stored.columns.push(match c {
-                None => None,
-                Some(c) => Some(StoredColumnClock {
-                    version: self.stored(c.version)?,
-                    replaced: c.replaced.map(|v| self.stored(v)).transpose()?,
-                }),
-            });
-        }
-        if let Some(t) = clock.tombstone {
-            stored.tombstone = Some((
-                self.stored(t.version)?,
-                t.seen.map(|v| self.stored(v)).transpose()?,
-            ));
-        }
-        Ok(codec::encode(&stored))
+        concord_store::encode_clock(clock, |node| self.origin_index(node).map(|i| i as u32))
     }
 
     /// Persists the clock and the held sequence of `origin` (inside the caller's
@@ -854,7 +783,9 @@ impl Store for PgStore {
         &mut self,
         changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
     ) -> Result<ApplyReport, ApplyError> {
-        self.apply_stream(changes)
+        self.ensure_fresh()?;
+        let batch = self.options.apply_batch_changes;
+        concord_store::engine::apply_stream(self, batch, changes)
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {

@@ -175,21 +175,31 @@ fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
 }
 
 /// A value checked against its destination column, ready to bind as a parameter.
+/// Public only as the store's `ApplyBackend::Param`; nothing outside the crate builds one.
+#[allow(unreachable_pub)]
 #[derive(Debug, Clone)]
-pub(crate) enum Param {
+pub enum Param {
+    /// SQL NULL.
     Null,
+    /// An integer of any width.
     Int(i64),
+    /// A float of either width.
     Float(f64),
     /// Sent in text format (numeric).
     Numeric(String),
+    /// Text of any text type.
     Text(String),
+    /// A boolean.
     Bool(bool),
+    /// `bytea`.
     Bytes(Vec<u8>),
     /// Microseconds since 1970 (`i64::MAX`/`MIN`: ±infinity).
     Micros(i64),
     /// Days since 1970 (`i32::MAX`/`MIN`: ±infinity).
     Days(i32),
+    /// A UUID's bytes.
     Uuid([u8; 16]),
+    /// A JSON document's text (`json` or `jsonb`).
     Json(String),
 }
 
