@@ -2,7 +2,7 @@
 //!
 //! Why here: the exact last-writer check ([`crate::model::check_last_writer`]) needs
 //! every change to the shared rows with its versions, and every fault test gets them the
-//! same way, from a SQLite change log through Concord's own [`LogReader`] (the decoding
+//! same way, from a SQLite change log through Concord's own [`concord_store::LogReader`] (the decoding
 //! sync uses; the merge itself is predicted independently in [`crate::model`]). And
 //! every test checks that each node logs each origin's changes exactly once: per origin
 //! the entries are `min..=max` without holes or duplicates, `max` is what the node
@@ -13,13 +13,13 @@ use std::ops::Range;
 use std::path::Path;
 
 use concord_core::{Change, NodeId, Value, VersionVector};
-use concord_sqlite::LogReader;
+use concord_store::LogRead;
 
 use crate::model::{Key, LoggedChange, Version};
 
 /// Every change in the log of the SQLite file `store` (a database, or a relay's store).
 pub fn read_log(store: &Path) -> Result<Vec<Change>, String> {
-    let mut reader = LogReader::open(store).map_err(|e| e.to_string())?;
+    let mut reader = concord_sqlite::open_log(store).map_err(|e| e.to_string())?;
     let everything = VersionVector::new();
     let mut after = 0;
     let mut changes = Vec::new();

@@ -44,9 +44,6 @@ pub(crate) const FORMAT_VERSION: i64 = 1;
 /// Prefix of every trigger Concord installs: `concord_<table id>_{ins,upd,del}`.
 pub const TRIGGER_PREFIX: &str = "concord_";
 
-/// `concord_log.tbl` of an entry kept verbatim (a change set aside).
-pub(crate) const VERBATIM_TABLE: i32 = 0;
-
 pub(crate) const OP_INSERT: i16 = 1;
 pub(crate) const OP_UPDATE: i16 = 2;
 pub(crate) const OP_DELETE: i16 = 3;

@@ -18,7 +18,6 @@ use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, Ve
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
-use crate::log::LogReader;
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
@@ -812,7 +811,7 @@ impl Store for MyStore {
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
-        Ok(Box::new(LogReader::open(&self.url)?))
+        Ok(Box::new(crate::log::open_log(&self.url)?))
     }
 
     fn log_len(&mut self) -> Result<u64, StoreError> {

@@ -1,238 +1,125 @@
-//! Reading the change log: the only input to sync.
+//! PostgreSQL's part in reading the change log: [`LogSource`] over its own connection.
 //!
-//! The log holds every change this replica has, local and relayed, in the order it
-//! logged them (`pos`). Positions come from a sequence allocated under Concord's lock,
-//! so they are also commit order: a reader never finds a smaller position appear after
-//! it read a larger one. That order is causal: a change is logged after every change it
-//! could have seen. A [`ChangeCursor`] reads through its own connection, so a sync
-//! session reads while the store captures and applies, and it reads a page at a time,
-//! so memory stays flat whatever the log's length.
+//! Decoding and paging are [`concord_store::LogReader`]'s, the same for every store.
+//! Positions come from a sequence allocated under Concord's lock, so they are also
+//! commit order: a reader never finds a smaller position appear after it read a larger
+//! one. Rows are streamed from the server (`query_raw`), never collected.
 
-use std::collections::HashMap;
+use concord_core::{NodeId, VersionVector};
+use postgres::fallible_iterator::FallibleIterator;
 
-use concord_core::{
-    CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
-};
-
-use crate::schema::VERBATIM_TABLE;
 use crate::store::{Connection, connect};
-use concord_store::format::{self as codec, LogBody, StoredVersion};
-use concord_store::{LogPage, LogRead, StoreError};
+use concord_store::{LogSource, RawEntry, StoreError, TableColumns};
 
-const PAGE: i64 = 1_000;
-
-struct TableNames {
-    name: String,
-    columns: Vec<String>,
-}
-
-/// A read-only view of the change log through its own connection.
-pub(crate) struct LogReader {
+/// PostgreSQL's change log, read through its own connection.
+pub(crate) struct PgLog {
     client: Connection,
-    node_of: HashMap<i32, NodeId>,
-    tables: HashMap<i32, TableNames>,
 }
 
-impl LogReader {
-    /// Connects to the database at `url` and learns its origins and tables.
-    pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
-        let mut reader = LogReader {
-            client: connect(url)?,
-            node_of: HashMap::new(),
-            tables: HashMap::new(),
-        };
-        reader.refresh()?;
-        Ok(reader)
+/// Opens a reader on the change log of the database at `url`.
+pub(crate) fn open_log(url: &str) -> Result<concord_store::LogReader<PgLog>, StoreError> {
+    concord_store::LogReader::new(PgLog {
+        client: connect(url)?,
+    })
+}
+
+fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
+    NodeId::try_from(bytes).map_err(|e| StoreError::Corrupt {
+        table: "concord.origins",
+        detail: e.to_string(),
+    })
+}
+
+impl LogSource for PgLog {
+    fn log_table(&self) -> &'static str {
+        "concord.log"
     }
 
-    /// Re-reads origins and table names (new ones appear as the store learns them).
-    fn refresh(&mut self) -> Result<(), StoreError> {
-        for row in self
-            .client
+    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError> {
+        self.client
             .query("SELECT id, node_id FROM concord.origins", &[])?
-        {
-            let node =
-                NodeId::try_from(row.get::<_, &[u8]>(1)).map_err(|e| StoreError::Corrupt {
-                    table: "concord.origins",
-                    detail: e.to_string(),
-                })?;
-            self.node_of.insert(row.get(0), node);
-        }
-        for row in self.client.query(
-            "SELECT t.id, CASE WHEN t.schema_name = 'public' THEN t.name
-                               ELSE t.schema_name || '.' || t.name END,
-                    coalesce(array_agg(c.name ORDER BY c.position)
-                             FILTER (WHERE c.name IS NOT NULL), '{}')
-             FROM concord.tables t LEFT JOIN concord.columns c ON c.tbl = t.id
-             GROUP BY t.id",
-            &[],
-        )? {
-            self.tables.insert(
-                row.get(0),
-                TableNames {
-                    name: row.get(1),
-                    columns: row.get(2),
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// The position just before the first entry the target lacks, found through the
-    /// `(origin, seq)` index. An entry the target needs that is no longer in the log
-    /// (pruned) is an error naming it.
-    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
-        let mut start: i64 = self
-            .client
-            .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
-            .get(0);
-        let held: Vec<(i32, i64)> = self
-            .client
-            .query("SELECT id, seq FROM concord.origins WHERE seq > 0", &[])?
             .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        for (index, have) in held {
-            let Some(origin) = self.node_of.get(&index).copied() else {
-                continue;
-            };
-            let wanted = target.get(&origin);
-            if have as u64 <= wanted {
-                continue;
-            }
-            let pos = self.client.query_opt(
-                "SELECT pos FROM concord.log WHERE origin = $1 AND seq = $2",
-                &[&index, &(wanted as i64 + 1)],
-            )?;
-            match pos {
-                Some(row) => start = start.min(row.get::<_, i64>(0) - 1),
-                None => {
-                    return Err(StoreError::Pruned {
-                        origin: origin.to_string(),
-                        seq: wanted + 1,
-                    });
-                }
-            }
-        }
-        Ok(start)
+            .map(|row| Ok((row.get::<_, i32>(0) as u32, node_id(row.get(1))?)))
+            .collect()
     }
 
-    fn read_page(
-        &mut self,
-        after: i64,
-        target: &VersionVector,
-        limit: usize,
-    ) -> Result<LogPage, StoreError> {
-        let mut page = LogPage {
-            changes: Vec::new(),
-            last_pos: after,
-        };
-        let page_len = PAGE.max(limit as i64);
-        let rows = self.client.query(
-            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord.log
-             WHERE pos > $1 ORDER BY pos LIMIT $2",
-            &[&after, &page_len],
-        )?;
-        for r in rows {
-            let pos: i64 = r.get(0);
-            let corrupt = |detail: String| StoreError::Corrupt {
-                table: "concord.log",
-                detail: format!("entry {pos}: {detail}"),
-            };
-            let origin_index: i32 = r.get(1);
-            if !self.node_of.contains_key(&origin_index) {
-                self.refresh()?;
-            }
-            let origin = *self
-                .node_of
-                .get(&origin_index)
-                .ok_or_else(|| corrupt(format!("unknown origin index {origin_index}")))?;
-            let seq = r.get::<_, i64>(2) as u64;
-            page.last_pos = pos;
-            if target.contains(&origin, seq) {
-                continue;
-            }
-            let table_id: i32 = r.get(4);
-            let body: &[u8] = r.get(7);
-            if table_id == VERBATIM_TABLE {
-                let change: Change = codec::decode(body).map_err(corrupt)?;
-                page.changes.push(change);
-                continue;
-            }
-            if !self.tables.contains_key(&table_id) {
-                self.refresh()?;
-            }
-            let body: LogBody = codec::decode(body).map_err(corrupt)?;
-            let node_of = &self.node_of;
-            let version = |v: StoredVersion| -> Result<Version, StoreError> {
-                let origin = node_of
-                    .get(&(v.1 as i32))
-                    .ok_or_else(|| corrupt(format!("unknown origin index {}", v.1)))?;
-                Ok(Version {
-                    hlc: Hlc::from_u64(v.0),
-                    origin: *origin,
-                })
-            };
-            let table = self
-                .tables
-                .get(&table_id)
-                .ok_or_else(|| corrupt(format!("unknown table {table_id}")))?;
-            let mut columns = Vec::with_capacity(body.columns.len());
-            for c in body.columns {
-                let name = table
-                    .columns
-                    .get(c.index as usize)
-                    .ok_or_else(|| corrupt(format!("column {} out of range", c.index)))?;
-                columns.push(ColumnChange {
-                    column: name.clone(),
-                    value: c.value,
-                    version: version(c.version)?,
-                    replaced: c.replaced.map(version).transpose()?,
-                });
-            }
-            page.changes.push(Change {
-                origin,
-                seq,
-                hlc: Hlc::from_u64(r.get::<_, i64>(3) as u64),
-                table: table.name.clone(),
-                key: PrimaryKey::from_bytes_unchecked(r.get(5)),
-                causal_length: CausalLength(r.get::<_, i64>(6) as u64),
-                columns,
-                delete_seen: body.delete_seen.map(version).transpose()?,
-                last_in_txn: r.get(8),
-            });
-        }
-        Ok(page)
+    fn tables(&mut self) -> Result<Vec<TableColumns>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT t.id, CASE WHEN t.schema_name = 'public' THEN t.name
+                                   ELSE t.schema_name || '.' || t.name END,
+                        coalesce(array_agg(c.name ORDER BY c.position)
+                                 FILTER (WHERE c.name IS NOT NULL), '{}')
+                 FROM concord.tables t LEFT JOIN concord.columns c ON c.tbl = t.id
+                 GROUP BY t.id",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| TableColumns {
+                id: i64::from(row.get::<_, i32>(0)),
+                name: row.get(1),
+                columns: row.get(2),
+            })
+            .collect())
     }
-}
 
-impl LogRead for LogReader {
     fn held(&mut self) -> Result<VersionVector, StoreError> {
         let mut held = VersionVector::new();
         for row in self.client.query(
             "SELECT node_id, seq FROM concord.origins WHERE seq > 0",
             &[],
         )? {
-            let node =
-                NodeId::try_from(row.get::<_, &[u8]>(0)).map_err(|e| StoreError::Corrupt {
-                    table: "concord.origins",
-                    detail: e.to_string(),
-                })?;
-            held.set(node, row.get::<_, i64>(1) as u64);
+            held.set(node_id(row.get(0))?, row.get::<_, i64>(1) as u64);
         }
         Ok(held)
     }
 
-    fn start_for(&mut self, target: &VersionVector) -> Result<i64, StoreError> {
-        LogReader::start_for(self, target)
+    fn last_position(&mut self) -> Result<i64, StoreError> {
+        Ok(self
+            .client
+            .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
+            .get(0))
     }
 
-    fn read(
+    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT pos FROM concord.log WHERE origin = $1 AND seq = $2",
+                &[&(origin as i32), &(seq as i64)],
+            )?
+            .map(|row| row.get(0)))
+    }
+
+    fn scan(
         &mut self,
         after: i64,
-        target: &VersionVector,
         limit: usize,
-    ) -> Result<LogPage, StoreError> {
-        self.read_page(after, target, limit)
+        visit: &mut dyn FnMut(RawEntry) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let limit = limit as i64;
+        let mut rows = self.client.query_raw(
+            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord.log
+             WHERE pos > $1 ORDER BY pos LIMIT $2",
+            [&after, &limit],
+        )?;
+        while let Some(r) = rows.next()? {
+            let entry = RawEntry {
+                pos: r.get(0),
+                origin: r.get::<_, i32>(1) as u32,
+                seq: r.get::<_, i64>(2) as u64,
+                hlc: r.get::<_, i64>(3) as u64,
+                table: i64::from(r.get::<_, i32>(4)),
+                key: r.get(5),
+                causal_length: r.get::<_, i64>(6) as u64,
+                body: r.get(7),
+                txn_end: r.get(8),
+            };
+            if !visit(entry)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }

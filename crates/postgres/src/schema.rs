@@ -25,10 +25,6 @@ pub(crate) const FORMAT_VERSION: i64 = 1;
 /// Name of the capture trigger on every tracked table.
 pub const TRIGGER_NAME: &str = "concord_capture";
 
-/// `concord.log.tbl` of an entry kept verbatim: its body is the postcard encoding of the
-/// whole [`concord_core::Change`] (a change set aside because it could not be applied).
-pub(crate) const VERBATIM_TABLE: i32 = 0;
-
 /// Operation codes written by the trigger into `concord.pending.op`.
 pub(crate) const OP_INSERT: i16 = 1;
 pub(crate) const OP_UPDATE: i16 = 2;

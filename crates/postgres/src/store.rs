@@ -16,7 +16,6 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::apply::WriteKind;
 use crate::batch::MetaBatch;
-use crate::log::LogReader;
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
@@ -789,7 +788,7 @@ impl Store for PgStore {
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
-        Ok(Box::new(LogReader::open(&self.url)?))
+        Ok(Box::new(crate::log::open_log(&self.url)?))
     }
 
     fn log_len(&mut self) -> Result<u64, StoreError> {

@@ -43,6 +43,6 @@ pub use concord_store::{
 };
 pub use digest::{DigestError, TableDigest};
 pub use lock::FileLock;
-pub use log::LogReader;
+pub use log::{LogReader, SqliteLog, open_log};
 pub use schema::{TRIGGER_PREFIX, TableInfo};
 pub use store::SqliteStore;

@@ -96,11 +96,6 @@ CREATE TABLE IF NOT EXISTS __concord_conflicts(
 );
 ";
 
-/// `__concord_log.tbl` of an entry kept verbatim: its body is the postcard encoding of
-/// the whole [`concord_core::Change`]. Relays keep every change so, and so does a node
-/// for a change it set aside because it could not apply it.
-pub(crate) const VERBATIM_TABLE: i64 = 0;
-
 /// Operation codes written by the triggers into `__concord_pending.op`.
 pub(crate) const OP_INSERT: i64 = 1;
 pub(crate) const OP_UPDATE: i64 = 2;

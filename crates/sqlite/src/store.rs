@@ -15,7 +15,6 @@ use concord_store::{
     StoreError, StoreOptions, TrackError,
 };
 
-use crate::log::LogReader;
 use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
 
 /// A SQLite database tracked by Concord.
@@ -850,7 +849,7 @@ impl Store for SqliteStore {
     }
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
-        Ok(Box::new(LogReader::open(&self.path)?))
+        Ok(Box::new(crate::log::open_log(&self.path)?))
     }
 
     fn log_len(&mut self) -> Result<u64, StoreError> {

@@ -28,8 +28,9 @@ use crate::{
     StoreError, TxnProgress, check_change, is_real_conflict, newest_hlc,
 };
 
-/// The table id under which a change is logged verbatim (set aside, or relayed by a
-/// store without user tables): its body is the whole encoded [`Change`].
+/// `log.tbl` of an entry kept verbatim: its body is the encoding of the whole
+/// [`Change`]. Relays keep every change so, and so does a node for a change it set
+/// aside because it could not apply it.
 pub const VERBATIM_TABLE: i64 = 0;
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
