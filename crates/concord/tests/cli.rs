@@ -6,6 +6,8 @@
 //! * `info --json` and `conflicts --json` that do not parse or lack the fields scripts
 //!   rely on;
 //! * `merge` leaving the files different, or not settling;
+//! * `merge` failing as a whole on one transaction a file refuses, where a node would
+//!   set it aside and go on;
 //! * a concurrent edit that does not show up in `conflicts`;
 //! * `untrack` leaving any `__concord_*` table, index or trigger behind (a trigger left
 //!   behind would break every later write of the application);
@@ -380,6 +382,77 @@ fn merge_makes_two_files_written_by_plain_sql_identical_and_settles() {
         for r in report.as_array().unwrap() {
             assert_eq!(r["applied"], 0, "{report}");
         }
+    }
+}
+
+/// `concord merge` failed as a whole when one file refused one transaction, although
+/// its help says it behaves like network sync, where the node sets that transaction
+/// aside and applies the rest.
+#[test]
+fn merge_sets_aside_a_transaction_a_file_refuses_and_applies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_db(dir.path(), "a.db");
+    let b = dir.path().join("b.db");
+    Connection::open(&b)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT CHECK (v <> 'bad'), n INTEGER);",
+        )
+        .unwrap();
+    track(&a);
+    track(&b);
+    // One merge per transaction: SQLite's capture groups whatever committed between two
+    // captures as one source transaction, and a merge captures first.
+    let merge = || ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'good', 1)", [])
+        .unwrap();
+    merge();
+    app(&a)
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (2, 'bad', 2); INSERT INTO t VALUES (3, 'with bad', 3); COMMIT;",
+        )
+        .unwrap();
+    let out = merge();
+    assert!(out.contains("2 set aside (see `concord failures"), "{out}");
+    app(&a)
+        .execute("INSERT INTO t VALUES (4, 'later', 4)", [])
+        .unwrap();
+    merge();
+    let ids: Vec<Value> = dump(&b, "t").into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        ids,
+        vec![Value::Integer(1), Value::Integer(4)],
+        "b holds the transactions before and after the refused one, and nothing of it"
+    );
+    let failures = json(&ok(concord([
+        OsStr::new("failures"),
+        b.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    let failures = failures.as_array().unwrap();
+    assert_eq!(
+        failures.len(),
+        2,
+        "both changes of the transaction: {failures:?}"
+    );
+    assert!(
+        failures[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CHECK constraint failed"),
+        "{failures:?}"
+    );
+    // Set aside counts as held: merging again applies nothing and fails nothing.
+    let report = merge_report(&ok(concord([
+        OsStr::new("merge"),
+        a.as_os_str(),
+        b.as_os_str(),
+        OsStr::new("--json"),
+    ])));
+    for r in report.as_array().unwrap() {
+        assert_eq!(r["applied"], 0, "{report}");
+        assert_eq!(r["set_aside"], 0, "{report}");
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
-use concord_store::{ApplyError, ApplyReport, RowError, Store, StoreError};
+use concord_store::{ApplyError, ApplyReport, Store, StoreError};
 use concord_wire::{
     Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode,
     ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION,
@@ -727,9 +727,8 @@ impl LargeTransaction {
     }
 }
 
-/// Applies whole source transactions, mapped into this node's schema. If the batch is
-/// refused because of one change, each transaction is retried alone and the ones that
-/// still fail (or cannot be mapped) are set aside, so one bad row never blocks the rest.
+/// Applies whole source transactions, mapped into this node's schema, with the
+/// set-aside policy every caller shares ([`concord_store::apply_setting_aside`]).
 async fn apply(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
@@ -740,72 +739,13 @@ async fn apply(
     blocking(move || {
         let mapping = &peer.config.tables;
         let mut store = lock(&store);
-        let whole = if mapping.is_empty() {
-            store.apply_batch(&changes)
-        } else {
-            match incoming(mapping, &changes) {
-                Ok(mapped) => store.apply_batch(&mapped),
-                // Found again, and set aside, below.
-                Err(failure) => Err(ApplyError::Mapping(failure.to_string())),
-            }
-        };
-        match whole {
-            Ok(report) => Ok(report),
-            Err(ApplyError::Row(_) | ApplyError::Mapping(_) | ApplyError::Source(_)) => {
-                let mut total = ApplyReport::default();
-                let mut start = 0;
-                for (i, change) in changes.iter().enumerate() {
-                    if !change.last_in_txn {
-                        continue;
-                    }
-                    let group = &changes[start..=i];
-                    start = i + 1;
-                    let report = match apply_group(&mut **store, mapping, group) {
-                        Ok(r) => r,
-                        Err(GroupFailure::Refused(reason)) => {
-                            tracing::warn!(peer = %peer.config.name, error = %reason, changes = group.len(), "setting aside a source transaction that cannot be applied");
-                            store.set_aside(group, &reason)?
-                        }
-                        Err(GroupFailure::Apply(other)) => return Err(SessionError::Apply(other)),
-                    };
-                    total.absorb(&report);
-                }
-                Ok(total)
-            }
-            Err(other) => Err(SessionError::Apply(other)),
-        }
+        let map = |changes: &[Change]| incoming(mapping, changes).map_err(|e| words::chain(&e));
+        let prepare: Option<concord_store::Prepare<'_>> =
+            (!mapping.is_empty()).then_some(&map as concord_store::Prepare<'_>);
+        concord_store::apply_setting_aside(&mut **store, &changes, prepare)
+            .map_err(SessionError::Apply)
     })
     .await?
-}
-
-/// Why one source transaction was not applied.
-enum GroupFailure {
-    /// It cannot be applied here (a bad row, or a value the mapping cannot convert):
-    /// set it aside.
-    Refused(String),
-    /// The store failed: end the session.
-    Apply(ApplyError),
-}
-
-fn apply_group(
-    store: &mut dyn Store,
-    mapping: &LinkMapping,
-    group: &[Change],
-) -> Result<ApplyReport, GroupFailure> {
-    let mapped;
-    let group = if mapping.is_empty() {
-        group
-    } else {
-        mapped = incoming(mapping, group).map_err(|e| GroupFailure::Refused(words::chain(&e)))?;
-        &mapped[..]
-    };
-    match store.apply_batch(group) {
-        Ok(report) => Ok(report),
-        Err(ApplyError::Row(failure)) if !matches!(failure.error, RowError::Gap(_)) => {
-            Err(GroupFailure::Refused(words::chain(&failure)))
-        }
-        Err(other) => Err(GroupFailure::Apply(other)),
-    }
 }
 
 /// Maps received changes into this node's schema.

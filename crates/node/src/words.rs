@@ -7,27 +7,11 @@
 //! source, and whoever shows an error to a person shows the whole chain through
 //! [`chain`], so each cause appears exactly once.
 
-use std::error::Error;
 use std::time::Duration;
 
 use concord_wire::ErrorCode;
 
-/// An error and its causes, outermost first, joined by `: `. A cause whose text the
-/// message already ends with (an error type of another crate that repeats its source)
-/// is left out, so nothing is said twice.
-pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !text.is_empty() && !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
+pub(crate) use concord_store::error_chain as chain;
 
 /// A duration as people write it: `850 µs`, `7 ms`, `2.3 s`, `4 min 5 s`, `3 h 20 min`.
 pub(crate) fn duration(d: Duration) -> String {

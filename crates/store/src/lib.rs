@@ -51,7 +51,27 @@ pub use meta::node_id_from_meta;
 pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
-pub use store::{ApplyTxn, LogRead, Store, merge_all, pull};
+pub use store::{
+    ApplyTxn, LogRead, Prepare, Store, apply_setting_aside, apply_stream_setting_aside, merge_all,
+    pull,
+};
+
+/// An error and its causes, outermost first, joined by `: `. A cause whose text the
+/// message already ends with (an error type of another crate that repeats its source)
+/// is left out, so nothing is said twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
 
 /// A database URL fit to print: the password, if any, replaced by `***`.
 pub fn redact_url(url: &str) -> String {

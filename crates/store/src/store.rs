@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use concord_core::{Change, NodeId, VersionVector};
 
 use crate::{
-    ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, StoreError,
-    StoreOptions,
+    ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, RowError,
+    StoreError, StoreOptions,
 };
 
 /// A database tracked by Concord.
@@ -165,11 +165,158 @@ pub trait LogRead: Send {
     ) -> Result<LogPage, StoreError>;
 }
 
+/// Turns received changes into what a store applies (a link's schema mapping, say). An
+/// error says why they cannot be applied here; a transaction that fails so is set aside
+/// with that reason.
+pub type Prepare<'a> = &'a dyn Fn(&[Change]) -> Result<Vec<Change>, String>;
+
+/// Applies whole source transactions, the way every caller does (a node's session,
+/// `concord merge`): all of `changes` in one store transaction; if that is refused
+/// because of one change, each source transaction is retried alone, and those that
+/// still fail are set aside ([`Store::set_aside`]: recorded with the reason, kept in
+/// the log, counted as held), so one bad row never blocks the rest. A failure of the
+/// store itself (not of a change) is returned. `changes` must end a source transaction.
+pub fn apply_setting_aside(
+    store: &mut dyn Store,
+    changes: &[Change],
+    prepare: Option<Prepare<'_>>,
+) -> Result<ApplyReport, ApplyError> {
+    let whole = match prepare {
+        None => store.apply_batch(changes),
+        Some(prepare) => match prepare(changes) {
+            Ok(prepared) => store.apply_batch(&prepared),
+            // Found again, and set aside, below.
+            Err(reason) => Err(ApplyError::Mapping(reason)),
+        },
+    };
+    match whole {
+        Ok(report) => Ok(report),
+        Err(ApplyError::Row(_) | ApplyError::Mapping(_) | ApplyError::Source(_)) => {
+            let mut total = ApplyReport::default();
+            let mut start = 0;
+            for (i, change) in changes.iter().enumerate() {
+                if !change.last_in_txn {
+                    continue;
+                }
+                let group = &changes[start..=i];
+                start = i + 1;
+                let report = match apply_group(store, group, prepare) {
+                    Ok(report) => report,
+                    Err(GroupFailure::Refused(reason)) => {
+                        tracing::warn!(store = %store.location(), error = %reason, changes = group.len(), "setting aside a source transaction that cannot be applied");
+                        store.set_aside(group, &reason)?
+                    }
+                    Err(GroupFailure::Store(e)) => return Err(e),
+                };
+                total.absorb(&report);
+            }
+            Ok(total)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Why one source transaction was not applied.
+enum GroupFailure {
+    /// It cannot be applied here (a bad row, or changes `prepare` refused): set it
+    /// aside.
+    Refused(String),
+    /// The store failed: stop.
+    Store(ApplyError),
+}
+
+fn apply_group(
+    store: &mut dyn Store,
+    group: &[Change],
+    prepare: Option<Prepare<'_>>,
+) -> Result<ApplyReport, GroupFailure> {
+    let prepared;
+    let group = match prepare {
+        None => group,
+        Some(prepare) => {
+            prepared = prepare(group).map_err(GroupFailure::Refused)?;
+            &prepared[..]
+        }
+    };
+    match store.apply_batch(group) {
+        Ok(report) => Ok(report),
+        Err(ApplyError::Row(failure)) if !matches!(failure.error, RowError::Gap(_)) => {
+            Err(GroupFailure::Refused(crate::error_chain(&failure)))
+        }
+        Err(other) => Err(GroupFailure::Store(other)),
+    }
+}
+
+/// Applies a stream of changes as [`apply_setting_aside`] does, holding at most about
+/// [`StoreOptions::apply_batch_changes`] changes in memory. A source transaction larger
+/// than four batches cannot be held to be retried: it is streamed into one store
+/// transaction, whole or not at all, and if it fails the error is returned instead of
+/// setting it aside.
+pub fn apply_stream_setting_aside(
+    store: &mut dyn Store,
+    changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
+) -> Result<ApplyReport, ApplyError> {
+    let limit = store.options().apply_batch_changes.max(1);
+    let large = limit.saturating_mul(4);
+    let mut total = ApplyReport::default();
+    let mut batch: Vec<Change> = Vec::new();
+    while let Some(change) = changes.next() {
+        // (`changes` is also read by the inner loop of a large transaction.)
+        let change = match change {
+            Ok(change) => change,
+            Err(e) => {
+                // Apply the whole transactions read before the failure, then report it.
+                let whole = batch
+                    .iter()
+                    .rposition(|c| c.last_in_txn)
+                    .map_or(0, |i| i + 1);
+                if whole > 0 {
+                    total.absorb(&apply_setting_aside(store, &batch[..whole], None)?);
+                }
+                return Err(ApplyError::Source(e.to_string()));
+            }
+        };
+        let ends = change.last_in_txn;
+        batch.push(change);
+        if ends && batch.len() >= limit {
+            total.absorb(&apply_setting_aside(store, &batch, None)?);
+            batch.clear();
+        } else if !ends && batch.len() >= large {
+            let whole = batch
+                .iter()
+                .rposition(|c| c.last_in_txn)
+                .map_or(0, |i| i + 1);
+            if whole > 0 {
+                let rest = batch.split_off(whole);
+                total.absorb(&apply_setting_aside(store, &batch, None)?);
+                batch = rest;
+            }
+            let mut txn = store.begin_apply()?;
+            for change in batch.drain(..) {
+                txn.apply(&change)?;
+            }
+            for change in &mut *changes {
+                let change = change.map_err(|e| ApplyError::Source(e.to_string()))?;
+                txn.apply(&change)?;
+                if change.last_in_txn {
+                    break;
+                }
+            }
+            total.absorb(&txn.commit()?);
+        }
+    }
+    if !batch.is_empty() {
+        total.absorb(&apply_setting_aside(store, &batch, None)?);
+    }
+    Ok(total)
+}
+
 /// Applies to `destination` every change `source` holds that `destination` lacks,
 /// exactly as a network session would: the source's log, filtered by the destination's
-/// version vector, streamed into the destination's apply path. Pending local writes of
-/// the source are captured first (the destination captures its own when it opens its
-/// apply transaction). The two stores may be of different databases.
+/// version vector, streamed into the destination with the same set-aside policy
+/// ([`apply_stream_setting_aside`]). Pending local writes of the source are captured
+/// first (the destination captures its own when it opens its apply transaction). The
+/// two stores may be of different databases.
 pub fn pull(
     source: &mut dyn Store,
     destination: &mut dyn Store,
@@ -177,7 +324,7 @@ pub fn pull(
     source.capture()?;
     let wanted = destination.version_vector().clone();
     let mut cursor = source.changes_for(&wanted)?;
-    destination.apply_changes(&mut cursor)
+    apply_stream_setting_aside(destination, &mut cursor)
 }
 
 /// Merges every store with every other: first gathers everything into the first store,

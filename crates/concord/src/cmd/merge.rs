@@ -10,9 +10,11 @@ use concord_sqlite::{SqliteStore, merge_all};
 /// Bring tracked SQLite files into agreement, without a network.
 ///
 /// Every change one file holds and another lacks is applied to it, with the same merge
-/// rules, conflict recording and per-transaction atomicity as network sync. The files
-/// may be open in other programs meanwhile: Concord waits for their write locks and
-/// holds its own for one batch at a time.
+/// rules, conflict recording and per-transaction atomicity as network sync. A source
+/// transaction a file refuses (a constraint, a value its column cannot hold) is set
+/// aside there, as a node does: recorded for `concord failures`, and the rest goes on.
+/// The files may be open in other programs meanwhile: Concord waits for their write
+/// locks and holds its own for one batch at a time.
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// Two or more tracked SQLite files.
@@ -50,6 +52,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     "applied": r.applied,
                     "duplicates": r.duplicates,
                     "conflicts": r.conflicts,
+                    "set_aside": r.set_aside,
                     "captured": r.captured,
                 })
             })
@@ -57,7 +60,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for (path, r) in args.dbs.iter().zip(&reports) {
-            writeln!(
+            write!(
                 out,
                 "{}: applied {} changes ({} already held), {} conflicts recorded",
                 path.display(),
@@ -65,6 +68,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 r.duplicates,
                 r.conflicts
             )?;
+            if r.set_aside > 0 {
+                write!(
+                    out,
+                    ", {} set aside (see `concord failures {}`)",
+                    r.set_aside,
+                    path.display()
+                )?;
+            }
+            writeln!(out)?;
         }
     }
     out.flush()?;
