@@ -214,9 +214,14 @@ impl ApplyBackend for MyStore {
         Ok(())
     }
 
-    fn record_failure(&mut self, change: &Change, reason: &str) -> Result<(), StoreError> {
+    fn record_failure(
+        &mut self,
+        change: &Change,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
         self.conn.exec_drop(
-            "INSERT INTO concord_failures(origin, seq, tbl, key_text, error, at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO concord_failures(origin, seq, tbl, key_text, error, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 change.origin.to_string(),
                 change.seq as i64,
@@ -224,9 +229,29 @@ impl ApplyBackend for MyStore {
                 change.key.to_string(),
                 reason,
                 now_ms() as i64,
+                body,
             ),
         )?;
         Ok(())
+    }
+
+    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query("SELECT body FROM concord_failures WHERE body IS NOT NULL ORDER BY id")?)
+    }
+
+    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
+        self.conn.exec_drop(
+            "DELETE FROM concord_failures WHERE origin = ? AND seq = ?",
+            (origin.to_string(), seq as i64),
+        )?;
+        Ok(())
+    }
+
+    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
+        self.conn.query_drop("DELETE FROM concord_failures")?;
+        Ok(self.conn.affected_rows())
     }
 }
 

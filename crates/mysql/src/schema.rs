@@ -38,8 +38,14 @@ use mysql::prelude::Queryable;
 use crate::types::ColumnKind;
 use concord_store::TrackError;
 
-/// Version of the metadata layout written by this build.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// Version of the metadata layout written by this build. A database of an older
+/// version is upgraded when opened (`MyStore::migrate`); one of a newer version is
+/// refused.
+///
+/// - 1: the first release.
+/// - 2: `concord_failures.body` keeps each set-aside change whole, so it can be
+///   retried once the schema allows.
+pub(crate) const FORMAT_VERSION: i64 = 2;
 
 /// Prefix of every trigger Concord installs: `concord_<table id>_{ins,upd,del}`.
 pub const TRIGGER_PREFIX: &str = "concord_";
@@ -93,7 +99,8 @@ pub(crate) const METADATA_DDL: &[&str] = &[
         txn_end BOOLEAN NOT NULL, UNIQUE (origin, seq)) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS concord_failures(id BIGINT AUTO_INCREMENT PRIMARY KEY,
         origin VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, tbl VARCHAR(255) NOT NULL,
-        key_text TEXT NOT NULL, error TEXT NOT NULL, at BIGINT NOT NULL) ENGINE=InnoDB",
+        key_text TEXT NOT NULL, error TEXT NOT NULL, at BIGINT NOT NULL, body LONGBLOB NULL)
+        ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS concord_conflicts(id BIGINT AUTO_INCREMENT PRIMARY KEY,
         tbl VARCHAR(255) NOT NULL, pk VARBINARY(3000) NOT NULL, key_text TEXT NOT NULL,
         kind VARCHAR(32) NOT NULL, column_name VARCHAR(64) NULL, local_value LONGBLOB NOT NULL,

@@ -154,6 +154,7 @@ impl MyStore {
             stale: true,
             lenient,
         };
+        store.migrate()?;
         store.reload()?;
         Ok(store)
     }
@@ -262,6 +263,40 @@ impl MyStore {
         Ok(())
     }
     /// Reloads identity, tables, origins and clock from the database.
+    /// Upgrades the metadata of a database an older Concord tracked. MySQL commits DDL
+    /// implicitly, so each step is idempotent instead of transactional, and the format
+    /// is raised last: an upgrade cut short is completed at the next open.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let format: Option<String> = self
+            .conn
+            .query_first("SELECT v FROM concord_meta WHERE k = 'format'")?;
+        if format.as_deref() != Some("1") {
+            return Ok(());
+        }
+        lock(&mut self.conn)?;
+        let result = (|| -> Result<(), mysql::Error> {
+            let has_body: Option<i64> = self.conn.query_first(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+                 AND TABLE_NAME = 'concord_failures' AND COLUMN_NAME = 'body'",
+            )?;
+            if has_body.is_none() {
+                self.conn
+                    .query_drop("ALTER TABLE concord_failures ADD COLUMN body LONGBLOB NULL")?;
+            }
+            // Version 1 kept a set-aside change only in the log (verbatim, table 0).
+            self.conn.query_drop(
+                "UPDATE concord_failures f SET body = (
+                     SELECT l.body FROM concord_log l JOIN concord_origins o ON o.id = l.origin
+                     WHERE l.tbl = 0 AND lower(hex(o.node_id)) = f.origin AND l.seq = f.seq)
+                 WHERE f.body IS NULL",
+            )?;
+            self.conn
+                .query_drop("UPDATE concord_meta SET v = '2' WHERE k = 'format' AND v = '1'")
+        })();
+        unlock(&mut self.conn);
+        Ok(result?)
+    }
+
     pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
         let meta: HashMap<String, String> = self
             .conn
@@ -846,5 +881,15 @@ impl Store for MyStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         MyStore::failures(self)
+    }
+
+    fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::retry_set_aside(self)
+    }
+
+    fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::discard_set_aside(self, which)
     }
 }

@@ -721,14 +721,39 @@ async fn dial_once(
 
 async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
     let store = shared.store.clone();
-    let n = tokio::task::spawn_blocking(move || lock(&store).capture())
-        .await
-        .map_err(|e| StoreError::CaptureStopped(e.to_string()))??;
+    let n = tokio::task::spawn_blocking(move || {
+        let mut store = lock(&store);
+        let n = store.capture()?;
+        if store.take_schema_changed() {
+            // A change set aside for naming a column this database lacked may apply now.
+            retry_set_aside(&mut **store, "the schema changed");
+        }
+        Ok::<_, StoreError>(n)
+    })
+    .await
+    .map_err(|e| StoreError::CaptureStopped(e.to_string()))??;
     if n > 0 {
         shared.counters.captured.add(n);
         shared.log_changed.send_modify(|v| *v += 1);
     }
     Ok(n)
+}
+
+/// Tries again what the store set aside, saying why and what came of it. A failure is
+/// logged, not returned: the store keeps serving, and the changes stay set aside.
+pub(crate) fn retry_set_aside(store: &mut dyn Store, why: &str) {
+    match store.retry_set_aside() {
+        Ok(report) if report.applied > 0 => tracing::info!(
+            reason = why,
+            applied = report.applied,
+            still_set_aside = report.set_aside,
+            "applied changes that had been set aside"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(reason = why, error = %words::chain(&e), "retrying the changes set aside failed")
+        }
+    }
 }
 
 /// Watches the store's files (a SQLite database and its WAL); any modification wakes
@@ -795,6 +820,12 @@ async fn capture_loop(
         shared.config.sync.capture_poll_ms
     };
     let mut timer = tokio::time::interval(Duration::from_millis(period.max(10)));
+    // The schema may have changed while the node was stopped.
+    let store = shared.store.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        retry_set_aside(&mut **lock(&store), "the node started")
+    })
+    .await;
     loop {
         match events.as_mut() {
             Some(events) => {

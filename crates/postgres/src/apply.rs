@@ -283,10 +283,15 @@ impl ApplyBackend for PgStore {
         self.flush_if_full()
     }
 
-    fn record_failure(&mut self, change: &Change, reason: &str) -> Result<(), StoreError> {
+    fn record_failure(
+        &mut self,
+        change: &Change,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let stmt = self.statement(
-            "INSERT INTO concord.failures(origin, seq, tbl, key_text, error, at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO concord.failures(origin, seq, tbl, key_text, error, at, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )?;
         self.client.execute(
             &stmt,
@@ -297,9 +302,33 @@ impl ApplyBackend for PgStore {
                 &change.key.to_string(),
                 &reason,
                 &(now_ms() as i64),
+                &body,
             ],
         )?;
         Ok(())
+    }
+
+    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT body FROM concord.failures WHERE body IS NOT NULL ORDER BY id",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
+        let stmt = self.statement("DELETE FROM concord.failures WHERE origin = $1 AND seq = $2")?;
+        self.client
+            .execute(&stmt, &[&origin.to_string(), &(seq as i64)])?;
+        Ok(())
+    }
+
+    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
+        Ok(self.client.execute("DELETE FROM concord.failures", &[])?)
     }
 }
 

@@ -19,8 +19,26 @@ use postgres::Client;
 use crate::types::ColumnKind;
 use concord_store::TrackError;
 
-/// Version of the metadata layout written by this build.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// Version of the metadata layout written by this build. A database of an older
+/// version is upgraded when opened ([`MIGRATION_TO_2`]); one of a newer version is
+/// refused.
+///
+/// - 1: the first release.
+/// - 2: `concord.failures.body` keeps each set-aside change whole, so it can be
+///   retried once the schema allows.
+pub(crate) const FORMAT_VERSION: i64 = 2;
+
+/// Upgrades version 1 to 2, under Concord's lock: version 1 kept a set-aside change
+/// only in the log (verbatim, table 0), so it is copied from there while the log still
+/// holds it. Idempotent.
+pub(crate) const MIGRATION_TO_2: &str = "
+ALTER TABLE concord.failures ADD COLUMN IF NOT EXISTS body bytea;
+UPDATE concord.failures f SET body = (
+    SELECT l.body FROM concord.log l JOIN concord.origins o ON o.id = l.origin
+    WHERE l.tbl = 0 AND encode(o.node_id, 'hex') = f.origin AND l.seq = f.seq)
+WHERE f.body IS NULL;
+UPDATE concord.meta SET value = '2' WHERE key = 'format' AND value = '1';
+";
 
 /// Name of the capture trigger on every tracked table.
 pub const TRIGGER_NAME: &str = "concord_capture";
@@ -104,7 +122,8 @@ CREATE TABLE IF NOT EXISTS concord.failures(
     tbl text NOT NULL,
     key_text text NOT NULL,
     error text NOT NULL,
-    at bigint NOT NULL
+    at bigint NOT NULL,
+    body bytea
 );
 CREATE TABLE IF NOT EXISTS concord.conflicts(
     id bigserial PRIMARY KEY,

@@ -166,6 +166,7 @@ impl PgStore {
             apply_meta: MetaBatch::default(),
             write_statements: HashMap::new(),
         };
+        store.migrate()?;
         store.reload()?;
         Ok(store)
     }
@@ -257,6 +258,23 @@ impl PgStore {
                 // depends on its function in the schema.
                 client.batch_execute("DROP SCHEMA concord CASCADE")?;
             }
+            Ok(())
+        })
+    }
+
+    /// Upgrades the metadata of a database an older Concord tracked, in one transaction
+    /// under Concord's lock; nothing happens if it is current.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let format: Option<String> = self
+            .client
+            .query_opt("SELECT value FROM concord.meta WHERE key = 'format'", &[])?
+            .map(|r| r.get(0));
+        if format.as_deref() != Some("1") {
+            return Ok(());
+        }
+        in_transaction(&mut self.client, |client| -> Result<(), StoreError> {
+            client.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
+            client.batch_execute(schema::MIGRATION_TO_2)?;
             Ok(())
         })
     }
@@ -821,5 +839,15 @@ impl Store for PgStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         PgStore::failures(self)
+    }
+
+    fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::retry_set_aside(self)
+    }
+
+    fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::discard_set_aside(self, which)
     }
 }

@@ -220,11 +220,16 @@ impl ApplyBackend for SqliteStore {
         Ok(())
     }
 
-    fn record_failure(&mut self, change: &Change, reason: &str) -> Result<(), StoreError> {
+    fn record_failure(
+        &mut self,
+        change: &Change,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO __concord_failures(origin, seq, tbl, key_text, error, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO __concord_failures(origin, seq, tbl, key_text, error, at, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(rusqlite::params![
                 change.origin.to_string(),
@@ -232,9 +237,32 @@ impl ApplyBackend for SqliteStore {
                 change.table,
                 change.key.to_string(),
                 reason,
-                now_ms() as i64
+                now_ms() as i64,
+                body
             ])?;
         Ok(())
+    }
+
+    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let bodies = self
+            .conn
+            .prepare_cached(
+                "SELECT body FROM __concord_failures WHERE body IS NOT NULL ORDER BY id",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(bodies)
+    }
+
+    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM __concord_failures WHERE origin = ?1 AND seq = ?2")?
+            .execute(rusqlite::params![origin.to_string(), seq as i64])?;
+        Ok(())
+    }
+
+    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
+        Ok(self.conn.execute("DELETE FROM __concord_failures", [])? as u64)
     }
 }
 

@@ -13,8 +13,13 @@ use concord_store::TrackError;
 /// Prefix of every trigger Concord installs.
 pub const TRIGGER_PREFIX: &str = "__concord_trg_";
 
-/// Version of the metadata layout written by this build.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// Version of the metadata layout written by this build. A file of an older version is
+/// upgraded when opened ([`migrate`]); one of a newer version is refused.
+///
+/// - 1: the first release.
+/// - 2: `__concord_failures.body` keeps each set-aside change whole, so it can be
+///   retried once the schema allows.
+pub(crate) const FORMAT_VERSION: i64 = 2;
 
 /// Columns of a change mask: one bit per column, 63 columns per mask integer so the
 /// sign bit is never used.
@@ -79,7 +84,8 @@ CREATE TABLE IF NOT EXISTS __concord_failures(
     tbl TEXT NOT NULL,
     key_text TEXT NOT NULL,
     error TEXT NOT NULL,
-    at INTEGER NOT NULL
+    at INTEGER NOT NULL,
+    body BLOB
 );
 CREATE TABLE IF NOT EXISTS __concord_conflicts(
     id INTEGER PRIMARY KEY,
@@ -622,6 +628,45 @@ pub(crate) fn parents_first(count: usize, references: &[(usize, usize)]) -> Vec<
         order.push(next);
     }
     order
+}
+
+/// Upgrades the metadata of a file written by an older Concord, in one transaction;
+/// nothing happens if it is current (or newer, which [`crate::SqliteStore`] refuses).
+pub(crate) fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let format = |conn: &Connection| -> Result<i64, rusqlite::Error> {
+        conn.query_row(
+            "SELECT value FROM __concord_meta WHERE key = 'format'",
+            [],
+            |r| r.get(0),
+        )
+    };
+    if format(conn)? >= FORMAT_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        // Another process may have upgraded the file meanwhile.
+        if format(conn)? == 1 {
+            // Version 1 kept a set-aside change only in the log (verbatim, table 0):
+            // copy it from there while the log still holds it.
+            conn.execute_batch(
+                "ALTER TABLE __concord_failures ADD COLUMN body BLOB;
+                 UPDATE __concord_failures SET body = (
+                     SELECT l.body FROM __concord_log l JOIN __concord_origins o ON o.id = l.origin
+                     WHERE l.tbl = 0 AND lower(hex(o.node_id)) = __concord_failures.origin
+                       AND l.seq = __concord_failures.seq);
+                 UPDATE __concord_meta SET value = 2 WHERE key = 'format';",
+            )?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct SqliteStore {
     schema_version: i64,
     /// Set when a transaction rolled back: in-memory state must be reloaded.
     pub(crate) stale: bool,
+    /// Set when a tracked table's columns changed; taken by
+    /// [`Store::take_schema_changed`].
+    schema_changed: bool,
     /// A relay keeps and forwards changes without a user database.
     pub(crate) relay: bool,
     /// This process's exclusive hold on the file, when it took one ([`SqliteStore::hold`]).
@@ -142,9 +145,11 @@ impl SqliteStore {
             origins: Origins::default(),
             schema_version: -1,
             stale: true,
+            schema_changed: false,
             relay: false,
             lock: None,
         };
+        schema::migrate(&store.conn)?;
         store.reload()?;
         Ok(store)
     }
@@ -435,6 +440,7 @@ impl SqliteStore {
                     .zip(&current.columns)
                     .all(|(s, c)| s.0 == c.name && s.1 == c.declared_type);
             if !same {
+                self.schema_changed = true;
                 tracing::info!(table = %name, columns = current.columns.len(), "table schema changed; rebuilding capture");
                 let in_txn = !self.conn.is_autocommit();
                 if !in_txn {
@@ -870,5 +876,19 @@ impl Store for SqliteStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         SqliteStore::failures(self)
+    }
+
+    fn take_schema_changed(&mut self) -> bool {
+        std::mem::take(&mut self.schema_changed)
+    }
+
+    fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::retry_set_aside(self)
+    }
+
+    fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError> {
+        self.ensure_fresh()?;
+        concord_store::engine::discard_set_aside(self, which)
     }
 }

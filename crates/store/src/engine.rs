@@ -196,8 +196,29 @@ pub trait ApplyBackend {
     fn record_conflict(&mut self, conflict: &ConflictRow<'_>) -> Result<(), StoreError>;
     /// Appends an entry to the change log.
     fn append_log(&mut self, entry: LogEntry<'_>) -> Result<(), StoreError>;
-    /// Records a change set aside, with why.
-    fn record_failure(&mut self, change: &Change, reason: &str) -> Result<(), StoreError>;
+    /// Records a change set aside, with why and the whole change encoded (`body`), so
+    /// it can be retried after the log that also holds it was pruned.
+    fn record_failure(
+        &mut self,
+        change: &Change,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError>;
+    /// The encoded changes set aside and not retried successfully yet, oldest first.
+    /// Failures recorded without their change (by a version that did not keep it) are
+    /// left out: they can be listed and discarded, not retried.
+    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Removes the failure record of `(origin, seq)`.
+    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError>;
+    /// Removes every failure record; returns how many there were.
+    fn forget_all_failures(&mut self) -> Result<u64, StoreError>;
+}
+
+/// Whether a change is applied as it arrives, or again after it was set aside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    New,
+    SetAside,
 }
 
 /// An open apply transaction over any store. Dropping it without
@@ -293,14 +314,31 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
     /// Applies one change inside the transaction.
     pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
         self.progress.start(change)?;
-        let outcome = self.apply_inner(change);
+        let outcome = self.apply_inner(change, Mode::New);
+        self.progress.finish(change, outcome)
+    }
+
+    /// Applies a change this store set aside earlier: it is held and logged already, so
+    /// only the merge and its writes happen now, and its failure record goes.
+    fn reapply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        self.progress.start(change)?;
+        let outcome = self
+            .apply_inner(change, Mode::SetAside)
+            .and_then(|applied| {
+                self.store
+                    .forget_failure(change.origin, change.seq)
+                    .map_err(Failure::Store)?;
+                Ok(applied)
+            });
         self.progress.finish(change, outcome)
     }
 
     /// Returns whether the change was new (false: already held, skipped).
-    fn apply_inner(&mut self, change: &Change) -> Result<bool, Failure> {
+    fn apply_inner(&mut self, change: &Change, mode: Mode) -> Result<bool, Failure> {
         let store = &mut *self.store;
-        if store.origins().held.classify(&change.origin, change.seq)? == Advance::Duplicate {
+        if mode == Mode::New
+            && store.origins().held.classify(&change.origin, change.seq)? == Advance::Duplicate
+        {
             self.progress.report.duplicates += 1;
             return Ok(false);
         }
@@ -395,6 +433,12 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
                 .map_err(Failure::Store)?;
         }
         store.hlc().observe(newest, now)?;
+        if mode == Mode::SetAside {
+            // Logged (verbatim) and counted as held when it was set aside.
+            self.progress.in_txn += 1;
+            self.progress.report.applied += 1;
+            return Ok(true);
+        }
 
         // Log the change as received, so this node can relay it unchanged.
         let body = log_body(store, change, &incoming).map_err(Failure::Store)?;
@@ -419,9 +463,11 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
     }
 
     /// Logs a change as received, without applying it, and records it as held. The
-    /// caller checked that its sequence follows what is held.
-    fn log_verbatim(&mut self, change: &Change) -> Result<(), StoreError> {
+    /// caller checked that its sequence follows what is held. Returns the encoded
+    /// change.
+    fn log_verbatim(&mut self, change: &Change) -> Result<Vec<u8>, StoreError> {
         let origin = self.store.origin_index(change.origin)?;
+        let body = format::encode(change);
         self.store.append_log(LogEntry {
             origin,
             seq: change.seq,
@@ -429,13 +475,13 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             table: VERBATIM_TABLE,
             key: change.key.as_bytes(),
             causal_length: change.causal_length.0,
-            body: format::encode(change),
+            body: body.clone(),
             txn_end: change.last_in_txn,
         })?;
         let _ = self.store.origins().held.advance(change.origin, change.seq);
         self.dirty_origins.insert(origin);
         self.progress.in_txn += 1;
-        Ok(())
+        Ok(body)
     }
 
     /// Sets a change aside: it is not applied, but recorded as a failure with `reason`
@@ -452,7 +498,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             Ok(Advance::Duplicate) => return Ok(()),
             Ok(Advance::Next) => self
                 .log_verbatim(change)
-                .and_then(|()| self.store.record_failure(change, reason))
+                .and_then(|body| self.store.record_failure(change, &body, reason))
                 .map_err(ApplyError::from),
             Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
                 origin: change.origin.short(),
@@ -553,6 +599,96 @@ pub fn apply_stream<B: ApplyBackend>(
         }
     }
     session.commit()
+}
+
+/// The changes set aside, decoded and grouped into their source transactions, oldest
+/// first. A group cut short (its last change was discarded, or never recorded) ends
+/// where the next group's origin or sequence does not follow.
+fn set_aside_groups<B: ApplyBackend>(store: &mut B) -> Result<Vec<Vec<Change>>, ApplyError> {
+    let mut groups: Vec<Vec<Change>> = Vec::new();
+    let mut open = false;
+    for body in store.set_aside_changes()? {
+        let change: Change = format::decode(&body).map_err(|detail| StoreError::Corrupt {
+            table: "failures",
+            detail,
+        })?;
+        let follows = open
+            && groups
+                .last()
+                .and_then(|g| g.last())
+                .is_some_and(|prev: &Change| {
+                    prev.origin == change.origin && prev.seq + 1 == change.seq
+                });
+        open = !change.last_in_txn;
+        match groups.last_mut() {
+            Some(group) if follows => group.push(change),
+            _ => groups.push(vec![change]),
+        }
+    }
+    Ok(groups)
+}
+
+/// Tries again every source transaction set aside, each in its own store transaction:
+/// one the store now accepts (the column it names was added since, the constraint that
+/// refused it was relaxed) is applied whole and its failure records go; one still
+/// refused stays set aside. Merging is a join, so applying a change late gives the same
+/// rows as applying it on time. The report counts what was applied (`applied`) and
+/// what still waits (`set_aside`).
+pub fn retry_set_aside<B: ApplyBackend>(store: &mut B) -> Result<ApplyReport, ApplyError> {
+    let mut report = ApplyReport::default();
+    for group in set_aside_groups(store)? {
+        let mut session = ApplySession::begin(store)?;
+        let mut refused = false;
+        for change in &group {
+            match session.reapply(change) {
+                Ok(()) => {}
+                Err(ApplyError::Row(_)) => {
+                    refused = true;
+                    break;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if refused {
+            // Dropping the session rolls back whatever of the group was applied.
+            drop(session);
+            report.set_aside += group.len() as u64;
+        } else {
+            // Marked applied only once the commit succeeded.
+            report.absorb(&session.commit()?);
+        }
+    }
+    Ok(report)
+}
+
+/// Forgets source transactions set aside: every one, or the one holding change
+/// `(origin, seq)`. They stay in the log (and so are still relayed) but are never
+/// retried. Returns how many changes were forgotten.
+pub fn discard_set_aside<B: ApplyBackend>(
+    store: &mut B,
+    which: Option<(NodeId, u64)>,
+) -> Result<u64, ApplyError> {
+    let groups = match which {
+        None => Vec::new(),
+        Some(_) => set_aside_groups(store)?,
+    };
+    let session = ApplySession::begin(store)?;
+    let forgotten = match which {
+        None => session.store.forget_all_failures()?,
+        Some((origin, seq)) => {
+            let mut forgotten = 0;
+            let chosen = groups
+                .iter()
+                .filter(|g| g.iter().any(|c| c.origin == origin && c.seq == seq));
+            for change in chosen.flatten() {
+                session.store.forget_failure(change.origin, change.seq)?;
+                forgotten += 1;
+            }
+            forgotten
+        }
+    };
+    session.commit()?;
+    Ok(forgotten)
 }
 
 /// The body of `change`'s log entry, with its columns at their local positions.

@@ -73,6 +73,23 @@ pub trait Store: Send {
     /// Every change set aside because it could not be applied, oldest first.
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError>;
 
+    /// Whether a tracked table's columns changed since the last call (the store noticed
+    /// while capturing); a node then retries what was set aside
+    /// ([`Store::retry_set_aside`]), since a change naming a column this database did
+    /// not have may apply now.
+    fn take_schema_changed(&mut self) -> bool {
+        false
+    }
+
+    /// Tries again every source transaction set aside, applying those the store now
+    /// accepts (see [`crate::engine::retry_set_aside`]). The report counts what was
+    /// applied and what still waits (`set_aside`).
+    fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError>;
+
+    /// Forgets set-aside transactions: all, or the one holding `(origin, seq)`; they are
+    /// never retried. Returns how many changes were forgotten.
+    fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError>;
+
     /// Applies `changes` in one transaction: all of them, or none if any is bad. The
     /// last change must end a source transaction.
     fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {

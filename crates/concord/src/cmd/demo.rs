@@ -329,8 +329,17 @@ fn rows_where(path: &Path, filter: &str) -> anyhow::Result<Vec<Vec<String>>> {
     Ok(rows)
 }
 
+/// Whether two sites hold the same rows and the same changes: equal rows alone may be
+/// seen before the side whose write lost has received the winner's change (and so
+/// before it recorded its side of the conflict).
 fn same(a: &Site, b: &Site) -> anyhow::Result<bool> {
-    Ok(rows(a.db()?)? == rows(b.db()?)?)
+    if rows(a.db()?)? != rows(b.db()?)? {
+        return Ok(false);
+    }
+    let held = |site: &Site| -> anyhow::Result<_> {
+        Ok(SqliteStore::open(site.db()?)?.version_vector().clone())
+    };
+    Ok(held(a)? == held(b)?)
 }
 
 fn show(site: &Site) -> anyhow::Result<()> {

@@ -1,28 +1,113 @@
-//! `concord failures`: list the changes a node set aside.
+//! `concord failures`: list, retry or discard the changes a node set aside.
 
 use std::io::Write;
+
+use anyhow::Context;
+use concord_core::NodeId;
 
 use crate::output;
 
 /// List the changes set aside in a tracked SQLite file or a node's store (`--dir`, any
-/// store kind): changes from peers this database refused (a constraint, a value its
-/// column cannot hold, a mapping that cannot convert), with their origin, sequence,
-/// table, key, the reason and when. A set-aside change is still relayed to other peers
-/// and does not stop the stream; fix the cause and the rows converge on the next write.
+/// store kind): changes from peers this database refused (a column or table it does not
+/// have yet, a constraint, a value its column cannot hold, a mapping that cannot
+/// convert), with their origin, sequence, table, key, the reason and when.
+///
+/// A set-aside change does not stop the stream, is still relayed to other peers, and is
+/// kept whole with its source transaction. A node tries again by itself when its
+/// database's schema changes (a column added, say); `concord failures retry` tries
+/// now, after you fixed another cause; `concord failures discard` gives up on them.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
     #[command(flatten)]
-    target: super::target::Target,
+    target: Option<super::target::Target>,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Apply every set-aside transaction the database now accepts; the rest stay.
+    Retry {
+        #[command(flatten)]
+        target: super::target::Target,
+    },
+    /// Forget set-aside transactions for good (they stay in the log, so peers still
+    /// receive them): all of them, or the one holding change ORIGIN SEQ.
+    Discard {
+        #[command(flatten)]
+        target: super::target::Target,
+        /// Every set-aside transaction.
+        #[arg(long, conflicts_with_all = ["origin", "seq"], required_unless_present = "origin")]
+        all: bool,
+        /// The origin (node id) of a change in the transaction to forget.
+        #[arg(long, requires = "seq")]
+        origin: Option<NodeId>,
+        /// That change's sequence number.
+        #[arg(long, requires = "origin")]
+        seq: Option<u64>,
+    },
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let mut opened = args.target.open()?;
+    match args.action {
+        Some(Action::Retry { target }) => retry(&target),
+        Some(Action::Discard {
+            target,
+            all: _,
+            origin,
+            seq,
+        }) => discard(&target, origin.zip(seq)),
+        None => match args.target {
+            Some(target) => list(&target, args.json),
+            None => anyhow::bail!("name a SQLite file or give --dir NODE"),
+        },
+    }
+}
+
+fn retry(target: &super::target::Target) -> anyhow::Result<()> {
+    let _held = target.hold("concord failures retry")?;
+    let mut opened = target.open()?;
+    let report = opened
+        .store
+        .retry_set_aside()
+        .context("retrying the changes set aside")?;
+    let mut out = output::stdout();
+    writeln!(
+        out,
+        "applied {} set-aside changes; {} still set aside",
+        report.applied, report.set_aside
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn discard(target: &super::target::Target, which: Option<(NodeId, u64)>) -> anyhow::Result<()> {
+    let _held = target.hold("concord failures discard")?;
+    let mut opened = target.open()?;
+    let forgotten = opened
+        .store
+        .discard_set_aside(which)
+        .context("discarding changes set aside")?;
+    if forgotten == 0
+        && let Some((origin, seq)) = which
+    {
+        anyhow::bail!("no set-aside change {origin}/{seq} (see `concord failures`)");
+    }
+    let mut out = output::stdout();
+    writeln!(out, "discarded {forgotten} set-aside changes")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn list(target: &super::target::Target, json: bool) -> anyhow::Result<()> {
+    let mut opened = target.open()?;
     let failures = opened.store.failures()?;
     let mut out = output::stdout();
-    if args.json {
+    if json {
         let rows: Vec<_> = failures
             .iter()
             .map(|f| {

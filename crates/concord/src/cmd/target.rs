@@ -1,7 +1,8 @@
 //! Which store a read-only command (`conflicts`, `failures`, `info`) looks at: a SQLite
 //! file named directly, or the store of a node's data directory, whatever its kind
 //! (SQLite, PostgreSQL, MySQL/MariaDB, relay). Both are opened through the `Store`
-//! trait without tracking or installing anything, so looking never changes a database.
+//! trait without tracking or installing anything, so looking never changes a database
+//! (beyond upgrading, once, the metadata of a database an older Concord tracked).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,30 @@ pub(crate) struct Opened {
 }
 
 impl Target {
+    /// Takes the exclusive hold on the target's SQLite file, if it is one, for a command
+    /// that writes: a running node (or another command) holding it is named.
+    pub(crate) fn hold(&self, command: &str) -> anyhow::Result<Option<concord_sqlite::FileLock>> {
+        let file = match (&self.db, &self.dir) {
+            (Some(db), None) => Some(db.clone()),
+            (_, Some(dir)) => {
+                let config = NodeConfig::load(dir)?;
+                if config.store.relay {
+                    Some(dir.join("relay.db"))
+                } else if config.store.postgres.is_some() || config.store.mysql.is_some() {
+                    None
+                } else {
+                    let db = config.store.sqlite.clone().unwrap_or_default();
+                    Some(if db.is_absolute() { db } else { dir.join(db) })
+                }
+            }
+            (None, None) => None,
+        };
+        match file {
+            Some(file) => super::hold_file(&file, command),
+            None => Ok(None),
+        }
+    }
+
     /// The node's data directory, when one was given.
     pub(crate) fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
