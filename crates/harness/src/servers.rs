@@ -355,6 +355,17 @@ macro_rules! server_tests {
             fn $name($($arg: &str),*) $body
         )*
 
+        // Under the default test harness the `main` below never runs and the file would
+        // report "0 tests", silently: this test fails instead. (With `harness = false`,
+        // as such a file needs, `#[test]` functions are not compiled at all.)
+        #[test]
+        fn this_file_needs_harness_false_in_cargo_toml() {
+            ::std::panic!(
+                "the tests of this file did not run: add `[[test]] name = \"{}\" harness = false` to its crate's Cargo.toml",
+                ::std::module_path!()
+            );
+        }
+
         fn main() -> ::std::process::ExitCode {
             $crate::servers::run_tests(::std::vec![$(
                 $crate::servers::trial(

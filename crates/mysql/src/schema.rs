@@ -396,6 +396,26 @@ impl TableInfo {
         )
     }
 
+    /// SQL queuing, for every row where one of the columns from position `from` on is
+    /// set, an update of those columns: what was written to columns added after
+    /// tracking before the triggers knew them.
+    pub(crate) fn backfill_columns_sql(&self, from: usize) -> String {
+        let positions: Vec<String> = (from..self.columns.len()).map(|i| i.to_string()).collect();
+        let set: Vec<String> = self.columns[from..]
+            .iter()
+            .map(|c| format!("t.{} IS NOT NULL", quote(&c.name)))
+            .collect();
+        format!(
+            "INSERT INTO concord_pending(tbl, op, at, cols, k, v) SELECT {}, {OP_UPDATE}, {AT_EXPR}, '{}', {}, {} FROM {} AS t WHERE {}",
+            self.id,
+            positions.join(","),
+            self.key_json("t"),
+            self.values_json("t"),
+            self.qualified(),
+            set.join(" OR ")
+        )
+    }
+
     pub(crate) fn key_predicate(&self) -> String {
         self.key_columns
             .iter()

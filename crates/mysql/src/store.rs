@@ -25,7 +25,9 @@ use concord_store::format::{self as codec, StoredVersion};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store, StoreOptions,
 };
-use concord_store::{ApplyReport, StoreError, TrackError};
+use concord_store::{
+    ApplyReport, ColumnChange, ColumnSignature, StoreError, TrackError, compare_columns,
+};
 
 /// Seconds to wait for Concord's lock on a database.
 const LOCK_WAIT_S: i64 = 60;
@@ -43,6 +45,12 @@ pub struct MyStore {
     /// Set when a transaction rolled back: in-memory state must be reloaded.
     pub(crate) stale: bool,
     lenient: bool,
+    /// Why tracked tables are not synced (changed shape, gone); see `load_tables`.
+    problems: Vec<String>,
+    /// Set when tracked columns were added; taken by [`Store::take_schema_changed`].
+    schema_changed: bool,
+    /// The catalog summary the tables were last read at (`columns_signature`).
+    columns_signature: Vec<i64>,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -153,6 +161,9 @@ impl MyStore {
             origins: Origins::default(),
             stale: true,
             lenient,
+            problems: Vec::new(),
+            schema_changed: false,
+            columns_signature: Vec::new(),
         };
         store.migrate()?;
         store.reload()?;
@@ -313,7 +324,23 @@ impl MyStore {
                     table: "concord_origins",
                     detail: "the local node has no origin row".into(),
                 })?;
+        let tables = self.load_tables()?;
+        self.tables = tables;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Reads the tracked tables and follows what changed in their columns since they
+    /// were recorded ([`concord_store::compare_columns`]): columns added after the last
+    /// one are recorded and captured from now on (the triggers are rebuilt, and values
+    /// written to them before are queued from the rows); a table changed in any other
+    /// way, or gone, is left out with a problem saying so ([`Store::table_problems`]),
+    /// its triggers dropped so they cannot fail the application's writes, and every
+    /// other table keeps syncing. Runs outside any transaction: MySQL commits DDL
+    /// implicitly. (When opened only to untrack, every table that can be read is kept.)
+    fn load_tables(&mut self) -> Result<Vec<Arc<TableInfo>>, StoreError> {
         let mut tables = Vec::new();
+        self.problems.clear();
         let rows: Vec<(i32, String)> = self
             .conn
             .query("SELECT id, name FROM concord_tables WHERE tracked ORDER BY id")?;
@@ -323,32 +350,96 @@ impl MyStore {
                 Err(TrackError::Store(e)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(table = %name, error = %e, "tracked table cannot be read; it is skipped until fixed");
+                    self.problems.push(format!("tracked table {name} cannot be read ({e}); it is not synced until it is back or untracked"));
                     continue;
                 }
             };
             info.id = id;
-            let stored: Vec<(String, String)> = self.conn.exec(
+            let recorded: Vec<ColumnSignature> = self.conn.exec(
                 "SELECT name, type_name FROM concord_columns WHERE tbl = ? ORDER BY position",
                 (id,),
             )?;
-            let same = stored.len() == info.columns.len()
-                && stored
-                    .iter()
-                    .zip(&info.columns)
-                    .all(|(s, c)| s.0 == c.name && s.1 == c.type_name);
-            if !same && !self.lenient {
-                return Err(StoreError::Corrupt {
-                    table: "concord_columns",
-                    detail: format!(
-                        "table {} changed shape since it was tracked; schema changes are not supported yet (untrack and track it again)",
+            let current: Vec<ColumnSignature> = info
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_name.clone()))
+                .collect();
+            match compare_columns(&recorded, &current) {
+                ColumnChange::Same => {}
+                ColumnChange::Appended(added) => {
+                    self.follow_added_columns(&info, recorded.len())?;
+                    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+                    tracing::info!(table = %info.name, added = ?names, "columns added; capturing them from now on");
+                    self.schema_changed = true;
+                }
+                ColumnChange::Incompatible(why) if !self.lenient => {
+                    lock(&mut self.conn)?;
+                    let dropped = info
+                        .drop_trigger_sql()
+                        .into_iter()
+                        .try_for_each(|sql| self.conn.query_drop(sql));
+                    unlock(&mut self.conn);
+                    dropped?;
+                    tracing::warn!(table = %info.name, %why, "tracked table changed shape; capture of it stopped");
+                    self.problems.push(format!(
+                        "table {} changed in a way Concord cannot follow ({why}); it is not captured or applied until you untrack and track it again",
                         info.name
-                    ),
-                });
+                    ));
+                    continue;
+                }
+                ColumnChange::Incompatible(_) => {}
             }
             tables.push(Arc::new(info));
         }
-        self.tables = tables;
-        self.stale = false;
+        self.columns_signature = self.columns_signature()?;
+        Ok(tables)
+    }
+
+    /// Rebuilds the triggers of `info` for its columns from position `from` on, records
+    /// those columns, and queues what was written to them before the triggers knew
+    /// them, under Concord's lock.
+    fn follow_added_columns(&mut self, info: &TableInfo, from: usize) -> Result<(), StoreError> {
+        lock(&mut self.conn)?;
+        let result = (|| -> Result<(), StoreError> {
+            for sql in info.trigger_sql() {
+                self.conn.query_drop(sql)?;
+            }
+            in_transaction(&mut self.conn, |c| -> Result<(), StoreError> {
+                for (position, col) in info.columns.iter().enumerate().skip(from) {
+                    c.exec_drop(
+                        "INSERT INTO concord_columns(tbl, position, name, type_name, key_position) VALUES (?, ?, ?, ?, NULL)",
+                        (info.id, position as i32, &col.name, &col.type_name),
+                    )?;
+                }
+                c.query_drop(info.backfill_columns_sql(from))?;
+                Ok(())
+            })
+        })();
+        unlock(&mut self.conn);
+        result
+    }
+
+    /// A summary of the tracked tables' columns in the catalog: it changes when a
+    /// column is added, dropped, renamed or retyped, or a table dropped.
+    fn columns_signature(&mut self) -> Result<Vec<i64>, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> = self.conn.query_first(
+            "SELECT COUNT(*), COALESCE(SUM(c.ORDINAL_POSITION), 0),
+                    COALESCE(SUM(CRC32(CONCAT(c.TABLE_NAME, '.', c.COLUMN_NAME, ':', c.COLUMN_TYPE))), 0),
+                    (SELECT COUNT(*) FROM concord_tables WHERE tracked)
+             FROM information_schema.COLUMNS c
+             WHERE c.TABLE_SCHEMA = DATABASE()
+               AND c.TABLE_NAME IN (SELECT name FROM concord_tables WHERE tracked)",
+        )?;
+        let (a, b, c, d) = row.unwrap_or_default();
+        Ok(vec![a, b, c, d])
+    }
+
+    /// Follows schema changes of tracked tables since the last look (outside any
+    /// transaction).
+    fn follow_schema(&mut self) -> Result<(), StoreError> {
+        if self.columns_signature()? != self.columns_signature {
+            self.tables = self.load_tables()?;
+        }
         Ok(())
     }
 
@@ -395,7 +486,7 @@ impl MyStore {
         if self.stale {
             self.reload()?;
         }
-        Ok(())
+        self.follow_schema()
     }
 
     /// Takes Concord's lock and opens a transaction, with fresh progress.
@@ -881,6 +972,14 @@ impl Store for MyStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         MyStore::failures(self)
+    }
+
+    fn take_schema_changed(&mut self) -> bool {
+        std::mem::take(&mut self.schema_changed)
+    }
+
+    fn table_problems(&self) -> Vec<String> {
+        self.problems.clone()
     }
 
     fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {

@@ -108,6 +108,7 @@ concord_harness::server_tests! {
         a.cli("BEGIN; INSERT INTO people VALUES (1, 'ok', 1); INSERT INTO people VALUES (7, 'this name is far too long for b', 1); COMMIT");
         // Applied as one batch, the source transaction is refused naming the row, and
         // nothing of it is applied.
+        sa.capture().unwrap();
         let txn: Vec<_> = sa
             .changes_for(sb.version_vector())
             .unwrap()

@@ -473,7 +473,7 @@ impl Node {
 
     /// Captures pending local writes now (normally the file watcher does this).
     pub async fn capture_now(&self) -> Result<u64, NodeError> {
-        Ok(capture(&self.shared).await?)
+        Ok(capture(&self.shared).await?.0)
     }
 
     /// The node's status, as `/v1/status` serves it.
@@ -719,16 +719,18 @@ async fn dial_once(
     })
 }
 
-async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
+/// Captures local writes; returns how many, and the store's table problems (tables it
+/// does not sync now), which status reports like a failing capture.
+async fn capture(shared: &Arc<Shared>) -> Result<(u64, Vec<String>), StoreError> {
     let store = shared.store.clone();
-    let n = tokio::task::spawn_blocking(move || {
+    let (n, problems) = tokio::task::spawn_blocking(move || {
         let mut store = lock(&store);
         let n = store.capture()?;
         if store.take_schema_changed() {
             // A change set aside for naming a column this database lacked may apply now.
             retry_set_aside(&mut **store, "the schema changed");
         }
-        Ok::<_, StoreError>(n)
+        Ok::<_, StoreError>((n, store.table_problems()))
     })
     .await
     .map_err(|e| StoreError::CaptureStopped(e.to_string()))??;
@@ -736,7 +738,7 @@ async fn capture(shared: &Arc<Shared>) -> Result<u64, StoreError> {
         shared.counters.captured.add(n);
         shared.log_changed.send_modify(|v| *v += 1);
     }
-    Ok(n)
+    Ok((n, problems))
 }
 
 /// Tries again what the store set aside, saying why and what came of it. A failure is
@@ -839,7 +841,11 @@ async fn capture_loop(
             }
         }
         let result = capture(&shared).await;
-        let failing = result.as_ref().err().map(|e| words::chain(e));
+        let failing = match &result {
+            Err(e) => Some(words::chain(e)),
+            Ok((_, problems)) if !problems.is_empty() => Some(problems.join("; ")),
+            Ok(_) => None,
+        };
         let was_failing = std::mem::replace(
             &mut *shared
                 .capture_error
@@ -848,8 +854,16 @@ async fn capture_loop(
             failing.clone(),
         );
         match (result, failing) {
-            (Ok(0), _) => {}
-            (Ok(_), _) => prune(&shared).await,
+            (Ok((n, problems)), _) => {
+                if !problems.is_empty()
+                    && was_failing.as_deref() != Some(problems.join("; ").as_str())
+                {
+                    tracing::warn!(problems = %problems.join("; "), "some tracked tables are not synced");
+                }
+                if n > 0 {
+                    prune(&shared).await;
+                }
+            }
             (Err(_), Some(error)) => {
                 // Once per distinct failure, not every retry.
                 if was_failing.as_deref() != Some(error.as_str()) {

@@ -85,6 +85,7 @@ impl PgStore {
 
     /// The body of [`PgStore::capture`], inside the caller's locked transaction.
     pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
+        self.follow_schema()?;
         self.client.batch_execute(
             "DECLARE concord_pending NO SCROLL CURSOR FOR
              SELECT p.id, p.tbl, p.op, p.cols, p.at, g.last

@@ -394,6 +394,27 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
         )
     }
 
+    /// SQL queuing, for every row where one of the columns from position `from` on is
+    /// set, an update of those columns: what was written to columns added after
+    /// tracking before the trigger knew them (run with the canonical settings, once the
+    /// rebuilt trigger holds the table's lock).
+    pub(crate) fn backfill_columns_sql(&self, from: usize) -> String {
+        let positions: Vec<String> = (from..self.columns.len()).map(|i| i.to_string()).collect();
+        let set: Vec<String> = self.columns[from..]
+            .iter()
+            .map(|c| format!("t.{} IS NOT NULL", quote(&c.name)))
+            .collect();
+        format!(
+            "INSERT INTO concord.pending(tbl, op, at, cols, k, v) SELECT {}, {OP_UPDATE}, {AT_EXPR}, ARRAY[{}]::integer[], {}, {} FROM {} AS t WHERE {}",
+            self.id,
+            positions.join(", "),
+            self.key_array("t"),
+            self.values_array("t"),
+            self.qualified(),
+            set.join(" OR ")
+        )
+    }
+
     /// SQL decoding pending rows of this table: `id`, then the key, the old key and the
     /// values, each parsed back to the column type and read as [`ColumnKind::read_expr`].
     pub(crate) fn decode_pending_sql(&self) -> String {

@@ -23,7 +23,9 @@ use concord_store::format::{self as codec, StoredVersion};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store, StoreOptions,
 };
-use concord_store::{ApplyReport, StoreError, TrackError};
+use concord_store::{
+    ApplyReport, ColumnChange, ColumnSignature, StoreError, TrackError, compare_columns,
+};
 
 /// Key of the advisory lock serializing Concord's writers in one database ("concord").
 pub(crate) const LOCK_KEY: i64 = 0x0063_6f6e_636f_7264;
@@ -42,6 +44,12 @@ pub struct PgStore {
     pub(crate) stale: bool,
     /// Load tables whose shape changed since tracking (for `untrack` only).
     lenient: bool,
+    /// Why tracked tables are not synced (changed shape, gone); see `load_tables`.
+    problems: Vec<String>,
+    /// Set when tracked columns were added; taken by [`Store::take_schema_changed`].
+    schema_changed: bool,
+    /// The catalog summary the tables were last read at (`columns_signature`).
+    columns_signature: Vec<i64>,
     statements: HashMap<String, Statement>,
     /// Row clocks and log entries of the open apply transaction not written yet.
     pub(crate) apply_meta: MetaBatch,
@@ -162,6 +170,9 @@ impl PgStore {
             origins: Origins::default(),
             stale: true,
             lenient,
+            problems: Vec::new(),
+            schema_changed: false,
+            columns_signature: Vec::new(),
             statements: HashMap::new(),
             apply_meta: MetaBatch::default(),
             write_statements: HashMap::new(),
@@ -297,7 +308,24 @@ impl PgStore {
                     table: "concord.origins",
                     detail: "the local node has no origin row".into(),
                 })?;
+        let tables = self.load_tables(false)?;
+        self.tables = tables;
+        self.statements.clear();
+        self.write_statements.clear();
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Reads the tracked tables and follows what changed in their columns since they
+    /// were recorded ([`concord_store::compare_columns`]): columns added after the last
+    /// one are recorded and captured from now on (the trigger is rebuilt; `in_txn` says
+    /// the caller holds Concord's lock in an open transaction, else this takes its own);
+    /// a table changed in any other way, or gone, is left out with a problem saying so
+    /// ([`Store::table_problems`]), and every other table keeps syncing. (When opened
+    /// only to untrack, every table that can be read is kept.)
+    fn load_tables(&mut self, in_txn: bool) -> Result<Vec<Arc<TableInfo>>, StoreError> {
         let mut tables = Vec::new();
+        self.problems.clear();
         let rows = self.client.query(
             "SELECT id, schema_name, name FROM concord.tables WHERE tracked ORDER BY id",
             &[],
@@ -313,12 +341,16 @@ impl PgStore {
                 Ok(info) => info,
                 Err(TrackError::Store(e)) => return Err(e),
                 Err(e) => {
+                    let problem = format!(
+                        "tracked table {qualified} cannot be read ({e}); it is not synced until it is back or untracked"
+                    );
                     tracing::warn!(table = %qualified, error = %e, "tracked table cannot be read; it is skipped until fixed");
+                    self.problems.push(problem);
                     continue;
                 }
             };
             info.id = id;
-            let stored: Vec<(String, String)> = self
+            let recorded: Vec<ColumnSignature> = self
                 .client
                 .query(
                     "SELECT name, type_name FROM concord.columns WHERE tbl = $1 ORDER BY position",
@@ -327,26 +359,77 @@ impl PgStore {
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let same = stored.len() == info.columns.len()
-                && stored
-                    .iter()
-                    .zip(&info.columns)
-                    .all(|(s, c)| s.0 == c.name && s.1 == c.type_name);
-            if !same && !self.lenient {
-                return Err(StoreError::Corrupt {
-                    table: "concord.columns",
-                    detail: format!(
-                        "table {} changed shape since it was tracked; schema changes are not supported yet (untrack and track it again)",
+            let current: Vec<ColumnSignature> = info
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_name.clone()))
+                .collect();
+            match compare_columns(&recorded, &current) {
+                ColumnChange::Same => {}
+                ColumnChange::Appended(added) => {
+                    let from = recorded.len();
+                    // Rebuilding the trigger locks the table until commit, so the rows read
+                    // next hold every write made before it, and later writes are captured
+                    // whole. Writes of the new columns made before it (the old trigger
+                    // did not know them) are queued from the rows themselves.
+                    locked(&mut self.client, in_txn, |client| {
+                        install_columns(client, &info, from)?;
+                        client.batch_execute(&info.trigger_sql())?;
+                        client.batch_execute(&info.backfill_columns_sql(from))
+                    })?;
+                    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+                    tracing::info!(table = %info.name, added = ?names, "columns added; capturing them from now on");
+                    self.schema_changed = true;
+                }
+                ColumnChange::Incompatible(why) if !self.lenient => {
+                    // The trigger would name a column that is gone and fail every write
+                    // of the application: capture of this table stops instead.
+                    locked(&mut self.client, in_txn, |client| {
+                        client.batch_execute(&info.drop_trigger_sql())
+                    })?;
+                    let problem = format!(
+                        "table {} changed in a way Concord cannot follow ({why}); it is not captured or applied until you untrack and track it again",
                         info.name
-                    ),
-                });
+                    );
+                    tracing::warn!(table = %info.name, %why, "tracked table changed shape; capture of it stopped");
+                    self.problems.push(problem);
+                    continue;
+                }
+                ColumnChange::Incompatible(_) => {}
             }
             tables.push(Arc::new(info));
         }
-        self.tables = tables;
+        self.columns_signature = self.columns_signature()?;
+        Ok(tables)
+    }
+
+    /// A summary of the tracked tables' columns in the catalog: it changes when a
+    /// column is added, dropped, renamed or retyped, or a table dropped. Checked at
+    /// every capture, so a schema change is followed without a restart.
+    fn columns_signature(&mut self) -> Result<Vec<i64>, StoreError> {
+        let row = self.client.query_one(
+            "SELECT count(*), coalesce(sum(a.attnum), 0)::int8,
+                    coalesce(sum(hashtext(a.attname)), 0)::int8,
+                    coalesce(sum(a.atttypid::int8), 0)::int8,
+                    (SELECT count(*) FROM concord.tables t2 WHERE t2.tracked)
+             FROM concord.tables t
+             JOIN pg_attribute a
+               ON a.attrelid = to_regclass(quote_ident(t.schema_name) || '.' || quote_ident(t.name))
+             WHERE t.tracked AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
+        )?;
+        Ok((0..5).map(|i| row.get::<_, i64>(i)).collect())
+    }
+
+    /// Follows schema changes of tracked tables since the last look (inside the
+    /// caller's locked transaction).
+    pub(crate) fn follow_schema(&mut self) -> Result<(), StoreError> {
+        if self.columns_signature()? == self.columns_signature {
+            return Ok(());
+        }
+        self.tables = self.load_tables(true)?;
         self.statements.clear();
         self.write_statements.clear();
-        self.stale = false;
         Ok(())
     }
 
@@ -753,7 +836,33 @@ fn deadlocked(e: &TrackError) -> bool {
 /// Records a table's columns and (re)creates its trigger.
 fn install_table(client: &mut Client, info: &TableInfo) -> Result<(), postgres::Error> {
     client.execute("DELETE FROM concord.columns WHERE tbl = $1", &[&info.id])?;
-    for (position, col) in info.columns.iter().enumerate() {
+    install_columns(client, info, 0)?;
+    client.batch_execute(&info.trigger_sql())
+}
+
+/// Runs `f` holding Concord's lock: in the caller's transaction (`in_txn`), or in one
+/// of its own.
+fn locked(
+    client: &mut Client,
+    in_txn: bool,
+    f: impl FnOnce(&mut Client) -> Result<(), postgres::Error>,
+) -> Result<(), StoreError> {
+    if in_txn {
+        return Ok(f(client)?);
+    }
+    in_transaction(client, |client| -> Result<(), StoreError> {
+        client.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
+        Ok(f(client)?)
+    })
+}
+
+/// Records the columns of `info` from position `from` on.
+fn install_columns(
+    client: &mut Client,
+    info: &TableInfo,
+    from: usize,
+) -> Result<(), postgres::Error> {
+    for (position, col) in info.columns.iter().enumerate().skip(from) {
         let key_position = info
             .key_columns
             .iter()
@@ -764,7 +873,7 @@ fn install_table(client: &mut Client, info: &TableInfo) -> Result<(), postgres::
             &[&info.id, &(position as i32), &col.name, &col.type_name, &key_position],
         )?;
     }
-    client.batch_execute(&info.trigger_sql())
+    Ok(())
 }
 
 impl Store for PgStore {
@@ -839,6 +948,14 @@ impl Store for PgStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         PgStore::failures(self)
+    }
+
+    fn take_schema_changed(&mut self) -> bool {
+        std::mem::take(&mut self.schema_changed)
+    }
+
+    fn table_problems(&self) -> Vec<String> {
+        self.problems.clone()
     }
 
     fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {

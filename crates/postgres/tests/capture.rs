@@ -10,8 +10,13 @@
 //! - a key change is sent as an update of a key that no longer exists;
 //! - a table without a primary key is tracked, and rows cannot be identified;
 //! - `untrack` leaves a trigger, a function or the `concord` schema behind;
-//! - a table whose columns changed after tracking is captured with values in the wrong
-//!   columns instead of being refused, or can no longer be untracked.
+//! - a database tracked by metadata format 1 not opening, or losing its set-aside
+//!   changes;
+//! - a column added after tracking is never captured (or only after a restart), or its
+//!   values written before the store noticed it are lost;
+//! - a table whose columns changed otherwise is captured with values in the wrong
+//!   columns, breaks the application's writes through a trigger naming a dropped
+//!   column, stops the other tables, or can no longer be untracked.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -200,18 +205,89 @@ concord_harness::server_tests! {
         assert!(PgStore::open(&db.url).is_err());
     }
 
-    fn a_table_changed_after_tracking_is_refused_by_name_and_can_still_be_untracked(
+    fn a_column_added_after_tracking_is_captured_from_then_on_without_a_restart(
         server: postgres,
     ) {
         let db = TestDb::new(server, DDL);
-        drop(PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap());
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        db.psql("INSERT INTO items VALUES (1, 'before', 1)");
         db.psql("ALTER TABLE items ADD COLUMN colour text");
-        let err = PgStore::open(&db.url).err().expect("refused");
-        assert!(err.to_string().contains("items changed shape"), "{err}");
-        PgStore::untrack(&db.url, &["items"]).unwrap();
+        db.psql("INSERT INTO items VALUES (2, 'after', 2, 'red'); UPDATE items SET colour = 'blue' WHERE id = 1");
+        // Two inserts, and the colours written before the trigger knew the column,
+        // queued from the rows when the store noticed it.
+        assert_eq!(store.capture().unwrap(), 4);
+        let colour_of = |store: &PgStore, id: i64| {
+            all_changes(store)
+                .iter()
+                .filter(|c| c.key == key(id))
+                .flat_map(|c| c.columns.iter())
+                .filter(|c| c.column == "colour")
+                .map(|c| c.value.clone())
+                .next_back()
+        };
+        assert_eq!(colour_of(&store, 1), Some(Value::Text("blue".into())));
+        assert_eq!(colour_of(&store, 2), Some(Value::Text("red".into())));
+        db.psql("UPDATE items SET colour = 'green' WHERE id = 2");
+        assert_eq!(store.capture().unwrap(), 1);
+        assert_eq!(colour_of(&store, 2), Some(Value::Text("green".into())));
+        assert!(
+            concord_store::Store::take_schema_changed(&mut store),
+            "the store says its columns changed"
+        );
+        // A store opened afresh knows the column too.
+        let again = PgStore::open(&db.url).unwrap();
+        assert_eq!(again.tables()[0].columns.len(), 4);
+    }
+
+    fn a_dropped_column_stops_only_that_table_and_never_blocks_the_application(
+        server: postgres,
+    ) {
+        let db = TestDb::new(server, DDL);
+        let mut store =
+            PgStore::track(&db.url, &["items", "other"], StoreOptions::default()).unwrap();
+        db.psql("ALTER TABLE items DROP COLUMN qty");
+        assert_eq!(store.capture().unwrap(), 0);
+        let problems = concord_store::Store::table_problems(&store);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("items") && problems[0].contains("\"qty\" was dropped or renamed"),
+            "{problems:?}"
+        );
+        // The application writes the table as before; the other table still syncs.
+        db.psql("INSERT INTO items VALUES (5, 'written after the drop'); INSERT INTO other VALUES (1, 'still synced')");
+        assert_eq!(store.capture().unwrap(), 1);
+        assert_eq!(all_changes(&store).last().unwrap().table, "other");
+        // And the table can still be untracked.
+        drop(store);
+        PgStore::untrack(&db.url, &["items", "other"]).unwrap();
         assert_eq!(
             db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'concord'"),
             0
         );
+    }
+
+    fn a_database_of_format_1_opens_upgraded_and_keeps_its_set_aside_changes(server: postgres) {
+        let a = TestDb::new(server, "CREATE TABLE items(id bigint PRIMARY KEY, name text)");
+        let b = TestDb::new(server, "CREATE TABLE items(id bigint PRIMARY KEY, name varchar(3))");
+        let mut sa = PgStore::track(&a.url, &["items"], StoreOptions::default()).unwrap();
+        let mut sb = PgStore::track(&b.url, &["items"], StoreOptions::default()).unwrap();
+        a.psql("INSERT INTO items VALUES (1, 'too long for b')");
+        assert_eq!(concord_postgres::pull(&mut sa, &mut sb).unwrap().set_aside, 1);
+        drop(sb);
+        // What format 1 wrote: no body with the failure.
+        b.psql("ALTER TABLE concord.failures DROP COLUMN body; UPDATE concord.meta SET value = '1' WHERE key = 'format'");
+        let sb = PgStore::open(&b.url).unwrap();
+        assert_eq!(
+            b.count("SELECT value::bigint FROM concord.meta WHERE key = 'format'"),
+            2
+        );
+        assert_eq!(concord_store::Store::failures(&mut { sb }).unwrap().len(), 1);
+        // The body came back from the log: a constraint relaxed, the change applies.
+        b.psql("ALTER TABLE items ALTER COLUMN name TYPE text");
+        PgStore::track(&b.url, &["items"], StoreOptions::default()).unwrap();
+        let mut sb = PgStore::open(&b.url).unwrap();
+        let retried = concord_store::Store::retry_set_aside(&mut sb).unwrap();
+        assert_eq!((retried.applied, retried.set_aside), (1, 0), "{retried:?}");
+        assert_eq!(b.count("SELECT count(*) FROM items WHERE name = 'too long for b'"), 1);
     }
 }

@@ -30,6 +30,7 @@
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
 mod check;
+mod columns;
 mod conflict;
 mod cursor;
 pub mod engine;
@@ -43,6 +44,7 @@ mod records;
 mod store;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
+pub use columns::{ColumnChange, ColumnSignature, compare_columns};
 pub use conflict::{ConflictEntry, is_real_conflict};
 pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};

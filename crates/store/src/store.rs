@@ -81,6 +81,13 @@ pub trait Store: Send {
         false
     }
 
+    /// Why tracked tables are not synced now (a table gone, or changed in a way the
+    /// store cannot follow), one sentence each; empty when all are. A node reports them
+    /// as a capture problem in status and health.
+    fn table_problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Tries again every source transaction set aside, applying those the store now
     /// accepts (see [`crate::engine::retry_set_aside`]). The report counts what was
     /// applied and what still waits (`set_aside`).
