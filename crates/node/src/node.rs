@@ -251,6 +251,8 @@ pub(crate) struct Shared {
     refused: Mutex<VecDeque<Refused>>,
     /// Why the last capture failed, until one succeeds.
     capture_error: Mutex<Option<String>>,
+    /// Configured tables the node could not track at start, in words.
+    setup_problems: Vec<String>,
     started: Instant,
     listen: Option<SocketAddr>,
 }
@@ -328,7 +330,7 @@ impl Node {
         identity: Identity,
     ) -> Result<Node, NodeError> {
         config.check_own_fingerprint(identity.fingerprint(), &dir.join(NodeConfig::FILE))?;
-        let store = crate::setup::open_store(dir, &config).await?;
+        let (store, setup_problems) = crate::setup::open_store(dir, &config).await?;
         let store_location = store.location();
         let watch_paths = store.watch_paths();
         let recorder = PrometheusBuilder::new().build_recorder();
@@ -391,6 +393,7 @@ impl Node {
             shutdown: watch::channel(false).0,
             refused: Mutex::new(VecDeque::new()),
             capture_error: Mutex::new(None),
+            setup_problems,
             started: Instant::now(),
             listen,
             config,
@@ -723,7 +726,7 @@ async fn dial_once(
 /// does not sync now), which status reports like a failing capture.
 async fn capture(shared: &Arc<Shared>) -> Result<(u64, Vec<String>), StoreError> {
     let store = shared.store.clone();
-    let (n, problems) = tokio::task::spawn_blocking(move || {
+    let (n, mut problems) = tokio::task::spawn_blocking(move || {
         let mut store = lock(&store);
         let n = store.capture()?;
         if store.take_schema_changed() {
@@ -738,6 +741,7 @@ async fn capture(shared: &Arc<Shared>) -> Result<(u64, Vec<String>), StoreError>
         shared.counters.captured.add(n);
         shared.log_changed.send_modify(|v| *v += 1);
     }
+    problems.extend(shared.setup_problems.iter().cloned());
     Ok((n, problems))
 }
 

@@ -96,47 +96,72 @@ pub fn open_existing_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn St
 /// How long `serve` waits for another holder of its SQLite file to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// Tracks `tables` with `track`, leaving out configured tables that no longer exist (a
+/// table dropped while the node was stopped must not stop the others): each left out
+/// is returned as a problem, in words. Fails as `track` does if none is left.
+fn track_present<S>(
+    tables: &[String],
+    track: impl Fn(&[&str]) -> Result<S, TrackError>,
+) -> Result<(S, Vec<String>), TrackError> {
+    let mut present: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let mut problems = Vec::new();
+    loop {
+        match track(&present) {
+            Err(TrackError::NoSuchTable(gone))
+                if present.len() > 1 && present.contains(&gone.as_str()) =>
+            {
+                tracing::warn!(table = %gone, "a configured table does not exist; the others are synced");
+                problems.push(format!(
+                    "table {gone} is in concord.toml but does not exist; it is not synced (create it again and restart the node, or remove it from the configuration)"
+                ));
+                present.retain(|t| *t != gone);
+            }
+            other => return other.map(|store| (store, problems)),
+        }
+    }
+}
+
 /// Opens (and tracks, refreshing capture) the store `config` names; `dir` resolves a
 /// relative SQLite path and holds a relay's store. The synchronous drivers run off the
-/// async runtime's threads.
-pub async fn open_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn Store>, NodeError> {
+/// async runtime's threads. Configured tables that do not exist are left out and
+/// returned as problems (see `track_present`).
+pub async fn open_store(
+    dir: &Path,
+    config: &NodeConfig,
+) -> Result<(Box<dyn Store>, Vec<String>), NodeError> {
     let options = StoreOptions {
         max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
         ..StoreOptions::default()
     };
-    let tables: Vec<&str> = config.store.tables.iter().map(String::as_str).collect();
     // One Concord process at a time per SQLite file: a second `serve` of this node, or a
     // copy of its directory, is refused naming this one. A node restarted in the same
     // process waits a moment for its previous instance to let go.
     let holder = format!("concord serve --dir {}", dir.display());
     let lock = |path: &Path| FileLock::acquire(path, &holder, LOCK_WAIT);
-    let store: Box<dyn Store> = if config.store.relay {
+    let tables = config.store.tables.clone();
+    let opened: (Box<dyn Store>, Vec<String>) = if config.store.relay {
         let path = dir.join("relay.db");
         let held = lock(&path)?;
         let mut store = SqliteStore::open_relay(path, options)?;
         store.hold(held);
-        Box::new(store)
+        (Box::new(store), Vec::new())
     } else if let Some(url) = &config.store.postgres {
-        let (url, tables, options) = (url.clone(), config.store.tables.clone(), options);
+        let url = url.clone();
         // The synchronous drivers must not run on the async runtime's threads.
-        Box::new(
-            tokio::task::spawn_blocking(move || {
-                let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-                PgStore::track(&url, &tables, options)
-            })
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??,
-        )
+        let (store, problems) = tokio::task::spawn_blocking(move || {
+            track_present(&tables, |t| PgStore::track(&url, t, options.clone()))
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
+        (Box::new(store), problems)
     } else if let Some(url) = &config.store.mysql {
-        let (url, tables, options) = (url.clone(), config.store.tables.clone(), options);
-        Box::new(
-            tokio::task::spawn_blocking(move || {
-                let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-                MyStore::track(&url, &tables, options)
-            })
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??,
-        )
+        let url = url.clone();
+        let (store, problems) = tokio::task::spawn_blocking(move || {
+            track_present(&tables, |t| MyStore::track(&url, t, options.clone()))
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
+        (Box::new(store), problems)
     } else {
         let db = config.store.sqlite.clone().unwrap_or_default();
         let path = if db.is_absolute() { db } else { dir.join(db) };
@@ -146,11 +171,12 @@ pub async fn open_store(dir: &Path, config: &NodeConfig) -> Result<Box<dyn Store
         } else {
             None
         };
-        let mut store = SqliteStore::track(&path, &tables, options)?;
+        let (mut store, problems) =
+            track_present(&tables, |t| SqliteStore::track(&path, t, options.clone()))?;
         if let Some(held) = held {
             store.hold(held);
         }
-        Box::new(store)
+        (Box::new(store), problems)
     };
-    Ok(store)
+    Ok(opened)
 }

@@ -53,8 +53,9 @@ pub struct NodeStatus {
     /// Recent refused connections (unknown identities, failed handshakes), one entry
     /// per identity (or per address and reason when no certificate was presented).
     pub refused: Vec<Refused>,
-    /// Why capturing this node's own writes is failing, while it is: local writes wait
-    /// until it succeeds. `None` when the last capture succeeded.
+    /// Why capturing this node's own writes is failing, while it is (local writes wait
+    /// until it succeeds), or which tracked tables are not synced (a table gone, or
+    /// changed in a way Concord cannot follow). `None` when all is well.
     #[serde(default)]
     pub capture_error: Option<String>,
 }

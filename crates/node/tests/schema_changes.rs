@@ -103,3 +103,41 @@ fn a_column_added_on_one_node_then_the_other_ends_equal_with_nothing_set_aside()
         nb.shutdown().await;
     });
 }
+
+/// A tracked table dropped while the node was stopped made the next start fail (`table
+/// "u" does not exist`), so no table synced until someone edited the configuration.
+#[test]
+fn a_table_dropped_while_stopped_leaves_the_others_syncing_and_says_so() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let two = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+                   CREATE TABLE u(id INTEGER PRIMARY KEY, w TEXT)";
+        let (a, b) = (
+            Member::new(root.path(), "a", two),
+            Member::new(root.path(), "b", two),
+        );
+        let with_u = |mut config: concord_node::NodeConfig| {
+            config.store.tables.push("u".into());
+            config
+        };
+        let na = a.start_with(with_u(a.config(vec![b.dialing_in()]))).await;
+        na.shutdown().await;
+        write(a.db(), "DROP TABLE u");
+
+        let na = a.start_with(with_u(a.config(vec![b.dialing_in()]))).await;
+        let nb = b.start_with(with_u(b.config(vec![a.at(&na)]))).await;
+        wait_until("status to say which table is not synced", async || {
+            let problem = na.status().await.capture_error.unwrap_or_default();
+            if problem.contains("table u") && problem.contains("does not exist") {
+                return Ok(());
+            }
+            Err(format!("capture_error: {problem:?}"))
+        })
+        .await;
+        write(a.db(), "INSERT INTO t(id, v) VALUES (1, 'still synced')");
+        common::wait_for_rows("t at b", b.db(), &[(1, "still synced".into())]).await;
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}

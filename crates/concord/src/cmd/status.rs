@@ -64,7 +64,7 @@ pub(crate) fn render(status: &NodeStatus) -> String {
     );
     if let Some(error) = &status.capture_error {
         out.push_str(&format!(
-            "capture_error: {error} (this node's own writes wait until capture succeeds)\n"
+            "capture_error: {error} (the local writes it concerns are not sent until it is fixed)\n"
         ));
     }
     let mut rows = vec![
