@@ -58,12 +58,22 @@ async fn converged(members: &[&Member], nodes: &[&Node]) -> Result<(), String> {
         for m in &with_db[1..] {
             let got = rows(m.db());
             if got != expected {
+                // Enough to tell a stuck stream (holds differ) from a divergence (same
+                // holds, different rows) when this fails.
+                let mut holds_now = Vec::new();
+                for (mm, n) in members.iter().zip(nodes) {
+                    holds_now.push((mm.name.clone(), holds(&n.status().await)));
+                }
+                let count =
+                    |p: &Path, t: &str| common::scalar(p, &format!("SELECT count(*) FROM {t}"));
                 return Err(format!(
-                    "{} has {} rows, {} has {}",
+                    "{} has {expected:?}, {} has {got:?}; set aside {} / {}; conflicts {} / {}; holds {holds_now:?}",
                     first.name,
-                    expected.len(),
                     m.name,
-                    got.len()
+                    count(first.db(), "__concord_failures"),
+                    count(m.db(), "__concord_failures"),
+                    count(first.db(), "__concord_conflicts"),
+                    count(m.db(), "__concord_conflicts"),
                 ));
             }
         }

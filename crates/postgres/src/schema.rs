@@ -158,6 +158,8 @@ pub struct ColumnInfo {
     /// Its type as PostgreSQL prints it, e.g. `numeric(12,2)`.
     pub type_name: String,
     pub(crate) kind: ColumnKind,
+    /// What follows a parameter placeholder for this column (`$1::text::mood`).
+    pub(crate) cast: String,
 }
 
 /// A tracked table as Concord sees it.
@@ -212,13 +214,16 @@ impl TableInfo {
         };
         // Every unusable column and a missing key are reported together.
         let mut problems = Vec::new();
-        let mut unusable = std::collections::HashSet::new();
         let mut columns = Vec::new();
         let mut position_by_attnum = HashMap::new();
+        // A domain is read and written as its base type (its constraints still apply).
         for r in client.query(
-            "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
-                    format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a
+            "SELECT a.attnum, a.attname::text,
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+                    format_type(a.atttypid, a.atttypmod),
+                    CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attgenerated = ''
              ORDER BY a.attnum",
@@ -229,20 +234,22 @@ impl TableInfo {
             let type_oid: u32 = r.get(2);
             let typmod: i32 = r.get(3);
             let type_name: String = r.get(4);
-            let Some(kind) = ColumnKind::of(type_oid, typmod) else {
-                problems.push(TrackError::UnsupportedType {
-                    table: display.clone(),
-                    column,
-                    type_name,
-                });
-                unusable.insert(attnum);
-                continue;
+            let base_name: Option<String> = r.get(5);
+            let kind = ColumnKind::of(type_oid, typmod);
+            // How a parameter for the column is written: text through the type's input
+            // function for a type carried as text, the base type for a domain (whose
+            // checks PostgreSQL applies on assignment), else as it is.
+            let cast = match (kind, base_name) {
+                (ColumnKind::TextIo, _) => format!("::text::{type_name}"),
+                (_, Some(base)) => format!("::{base}"),
+                _ => String::new(),
             };
             position_by_attnum.insert(attnum, columns.len());
             columns.push(ColumnInfo {
                 name: column,
                 type_name,
                 kind,
+                cast,
             });
         }
         let mut key_columns = Vec::new();
@@ -255,9 +262,6 @@ impl TableInfo {
         )? {
             let attnum: i16 = r.get(0);
             has_key = true;
-            if unusable.contains(&attnum) {
-                continue;
-            }
             match position_by_attnum.get(&attnum) {
                 Some(&position) => key_columns.push(position),
                 None => problems.push(TrackError::Unsupported(
@@ -439,12 +443,24 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
         )
     }
 
+    /// The placeholder `$n` for a value of the column at `position`, cast as it needs
+    /// (`ColumnInfo::cast`).
+    fn placeholder(&self, position: usize, n: usize) -> String {
+        format!("${n}{}", self.columns[position].cast)
+    }
+
     /// `"k1" = $first AND "k2" = $first+1 ...`
     pub(crate) fn key_predicate(&self, first: usize) -> String {
         self.key_columns
             .iter()
             .enumerate()
-            .map(|(i, &p)| format!("{} = ${}", quote(&self.columns[p].name), first + i))
+            .map(|(i, &p)| {
+                format!(
+                    "{} = {}",
+                    quote(&self.columns[p].name),
+                    self.placeholder(p, first + i)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" AND ")
     }
@@ -472,7 +488,13 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
         let sets: Vec<String> = columns
             .iter()
             .enumerate()
-            .map(|(i, &p)| format!("{} = ${}", quote(&self.columns[p].name), i + 1))
+            .map(|(i, &p)| {
+                format!(
+                    "{} = {}",
+                    quote(&self.columns[p].name),
+                    self.placeholder(p, i + 1)
+                )
+            })
             .collect();
         format!(
             "UPDATE {} SET {} WHERE {}",
@@ -486,7 +508,11 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
     pub(crate) fn insert_sql(&self, columns: &[usize]) -> String {
         let all: Vec<usize> = self.key_columns.iter().chain(columns).copied().collect();
         let names: Vec<String> = all.iter().map(|&p| quote(&self.columns[p].name)).collect();
-        let params: Vec<String> = (1..=all.len()).map(|i| format!("${i}")).collect();
+        let params: Vec<String> = all
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| self.placeholder(p, i + 1))
+            .collect();
         format!(
             "INSERT INTO {} ({}) VALUES ({})",
             self.qualified(),

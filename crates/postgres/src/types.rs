@@ -54,13 +54,18 @@ pub(crate) enum ColumnKind {
     Uuid,
     Json,
     Jsonb,
+    /// Any other type (enums, arrays, `interval`, `inet`, `money`, ranges, composites,
+    /// ...): carried as its text form, read with `::text` and written back through the
+    /// type's own input function, which is exact between PostgreSQL servers. Other
+    /// stores receive the text.
+    TextIo,
 }
 
 impl ColumnKind {
-    /// The kind of a column of type `oid` with modifier `typmod`, if supported.
-    pub(crate) fn of(oid: u32, typmod: i32) -> Option<Self> {
+    /// The kind of a column of type `oid` with modifier `typmod`.
+    pub(crate) fn of(oid: u32, typmod: i32) -> Self {
         let modifier = (typmod >= 0).then_some(typmod);
-        Some(match oid {
+        match oid {
             o if o == Type::INT2.oid() => ColumnKind::Int2,
             o if o == Type::INT4.oid() => ColumnKind::Int4,
             o if o == Type::INT8.oid() => ColumnKind::Int8,
@@ -100,14 +105,14 @@ impl ColumnKind {
             o if o == Type::UUID.oid() => ColumnKind::Uuid,
             o if o == Type::JSON.oid() => ColumnKind::Json,
             o if o == Type::JSONB.oid() => ColumnKind::Jsonb,
-            _ => return None,
-        })
+            _ => ColumnKind::TextIo,
+        }
     }
 
     /// SQL that reads `expr` (of this kind) in the form [`decode`] expects.
     pub(crate) fn read_expr(self, expr: &str) -> String {
         match self {
-            ColumnKind::Numeric { .. } => format!("({expr})::text"),
+            ColumnKind::Numeric { .. } | ColumnKind::TextIo => format!("({expr})::text"),
             _ => expr.to_owned(),
         }
     }
@@ -137,7 +142,7 @@ pub(crate) fn decode(kind: ColumnKind, raw: Option<&[u8]>) -> Result<Value, Stri
         ColumnKind::Float4 => Value::Real(f64::from(f32::from_be_bytes(arr(fixed(4)?)))),
         ColumnKind::Float8 => Value::Real(f64::from_be_bytes(arr(fixed(8)?))),
         ColumnKind::Numeric { .. } => Value::Decimal(text(raw)?),
-        ColumnKind::Text { .. } => Value::Text(text(raw)?),
+        ColumnKind::Text { .. } | ColumnKind::TextIo => Value::Text(text(raw)?),
         ColumnKind::Bool => Value::Bool(fixed(1)?[0] != 0),
         ColumnKind::Bytea => Value::Blob(raw.to_vec()),
         ColumnKind::Timestamp { .. } => {
@@ -260,6 +265,13 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<Param, Mismatc
             }
             Ok(Param::Text(s.clone()))
         }
+        (ColumnKind::TextIo, Value::Text(s) | Value::Decimal(s) | Value::Json(s)) => {
+            if s.contains('\0') {
+                return no("PostgreSQL text cannot hold a NUL character");
+            }
+            Ok(Param::Text(s.clone()))
+        }
+        (ColumnKind::TextIo, Value::Integer(i)) => Ok(Param::Text(i.to_string())),
         (ColumnKind::Bool, Value::Bool(b)) => Ok(Param::Bool(*b)),
         (ColumnKind::Bool, Value::Integer(i @ (0 | 1))) => Ok(Param::Bool(*i == 1)),
         (ColumnKind::Bytea, Value::Blob(b)) => Ok(Param::Bytes(b.clone())),

@@ -274,6 +274,17 @@ impl ApplyBackend for SqliteStore {
 /// and STRICT tables enforce their types themselves (reported as a refused write).
 fn check_type(table: &TableInfo, index: usize, value: &Value) -> Result<(), RowError> {
     let column = &table.columns[index];
+    if let Value::Real(r) = value
+        && r.is_nan()
+    {
+        // SQLite stores a NaN bound as a parameter as NULL: refuse it visibly instead.
+        return Err(RowError::WrongType {
+            column: column.name.clone(),
+            declared: column.declared_type.clone(),
+            found: value.kind(),
+            detail: "SQLite cannot hold NaN (it would store NULL)".into(),
+        });
+    }
     let converted = match (column.affinity, value) {
         (Affinity::Integer | Affinity::Real | Affinity::Numeric, Value::Text(s)) => {
             looks_numeric(s)

@@ -253,6 +253,12 @@ fn a_value_the_column_would_silently_convert_is_refused_naming_the_column() {
         "{error:?}"
     );
     assert!(err.to_string().contains("\"name\""), "{err}");
+
+    // A NaN (a PostgreSQL double precision can hold one): SQLite would store NULL.
+    let mut bad = f.last_good();
+    bad.columns[1].value = Value::Real(f64::NAN);
+    let err = f.refuse(bad.clone());
+    assert!(err.to_string().contains("NaN"), "{err}");
     f.good_batch_still_applies();
 }
 
