@@ -37,8 +37,24 @@ pub(crate) enum ColumnKind {
         max_chars: Option<usize>,
         max_bytes: Option<usize>,
     },
-    /// `binary`, `varbinary`, the `blob` types (limit in bytes).
-    Blob { max_bytes: Option<usize> },
+    /// `varbinary`, the `blob` types (limit in bytes); `binary(n)` holds exactly `n`
+    /// bytes (`fixed`: a shorter value would be padded with zero bytes, so it is
+    /// refused).
+    Blob {
+        max_bytes: Option<usize>,
+        fixed: bool,
+    },
+    /// `bigint unsigned`: up to 18446744073709551615, carried as an `Integer` up to
+    /// `i64::MAX` and as an exact `Decimal` above it, never wrapped through a signed
+    /// integer.
+    UnsignedBig,
+    /// `double`: read as the shortest text that reads back as the same double.
+    Double,
+    /// `float`: a 32-bit float, widened exactly to a double.
+    Float,
+    /// `enum`, `set`, `year`, `time`: carried as their text, written back through
+    /// MariaDB's own conversion (strict mode refuses what does not fit).
+    TextIo,
     /// `datetime(fsp)`: wall time without a zone, read as if UTC.
     DateTime { fsp: u32 },
     /// `timestamp(fsp)`: an instant, stored in UTC.
@@ -83,8 +99,23 @@ impl ColumnKind {
             "smallint" => int(16),
             "mediumint" => int(24),
             "int" => int(32),
-            // bigint unsigned above i64::MAX has no exact Concord integer.
-            "bigint" if unsigned => return None,
+            "bigint" if unsigned => ColumnKind::UnsignedBig,
+            // A bit(n) value is a number below 2^n; bit(64) needs the unsigned range.
+            "bit" => match precision.and_then(|p| u32::try_from(p).ok()) {
+                Some(64) => ColumnKind::UnsignedBig,
+                Some(bits @ 1..=63) => ColumnKind::Int {
+                    min: 0,
+                    max: ((1u64 << bits) - 1) as i64,
+                },
+                _ => return None,
+            },
+            "double" => ColumnKind::Double,
+            "float" => ColumnKind::Float,
+            "enum" | "set" | "year" | "time" => ColumnKind::TextIo,
+            "binary" => ColumnKind::Blob {
+                max_bytes: size(max_bytes),
+                fixed: true,
+            },
             "bigint" => ColumnKind::Int {
                 min: i64::MIN,
                 max: i64::MAX,
@@ -106,6 +137,7 @@ impl ColumnKind {
             },
             "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnKind::Blob {
                 max_bytes: size(max_bytes),
+                fixed: false,
             },
             "datetime" => ColumnKind::DateTime {
                 fsp: u32::try_from(fsp.unwrap_or(0)).ok()?,
@@ -121,9 +153,13 @@ impl ColumnKind {
     /// SQL giving `r` (a column of this kind) as the text [`parse`] reads.
     pub(crate) fn text_expr(self, r: &str) -> String {
         match self {
-            ColumnKind::Int { .. } | ColumnKind::Bool | ColumnKind::Decimal { .. } => {
-                format!("CAST({r} AS CHAR)")
-            }
+            // `+ 0` reads a `bit(n)` column as its number (it is an Int kind).
+            ColumnKind::Int { .. } | ColumnKind::UnsignedBig => format!("CAST({r} + 0 AS CHAR)"),
+            ColumnKind::Bool
+            | ColumnKind::Decimal { .. }
+            | ColumnKind::Double
+            | ColumnKind::Float => format!("CAST({r} AS CHAR)"),
+            ColumnKind::TextIo => format!("HEX(CONVERT(CAST({r} AS CHAR) USING utf8mb4))"),
             ColumnKind::Text { .. } | ColumnKind::Json => {
                 format!("HEX(CONVERT({r} USING utf8mb4))")
             }
@@ -150,7 +186,20 @@ pub(crate) fn parse(kind: ColumnKind, text: Option<&str>) -> Result<Value, Strin
             n => Value::Integer(n),
         },
         ColumnKind::Decimal { .. } => Value::Decimal(s.to_owned()),
-        ColumnKind::Text { .. } => Value::Text(utf8(unhex(s)?)?),
+        ColumnKind::Text { .. } | ColumnKind::TextIo => Value::Text(utf8(unhex(s)?)?),
+        ColumnKind::UnsignedBig => match s.parse::<i64>() {
+            Ok(i) => Value::Integer(i),
+            Err(_) => match s.parse::<u64>() {
+                Ok(_) => Value::Decimal(s.to_owned()),
+                Err(e) => return Err(format!("unsigned integer {s:?}: {e}")),
+            },
+        },
+        ColumnKind::Double => {
+            Value::Real(s.parse::<f64>().map_err(|e| format!("double {s:?}: {e}"))?)
+        }
+        ColumnKind::Float => Value::Real(f64::from(
+            s.parse::<f32>().map_err(|e| format!("float {s:?}: {e}"))?,
+        )),
         ColumnKind::Json => Value::Json(utf8(unhex(s)?)?),
         ColumnKind::Blob { .. } => Value::Blob(unhex(s)?),
         ColumnKind::DateTime { .. } => Value::Timestamp(parse_datetime(s)?),
@@ -313,10 +362,47 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<My, Mismatch> 
             let s = format_uuid(u);
             check_len(&s, max_chars, max_bytes).map(|()| text(&s))
         }
-        (ColumnKind::Blob { max_bytes }, Value::Blob(b)) => match max_bytes {
+        (ColumnKind::Blob { max_bytes, fixed }, Value::Blob(b)) => match max_bytes {
             Some(max) if b.len() > max => no(&format!("longer than {max} bytes")),
+            Some(max) if fixed && b.len() < max => no(&format!(
+                "shorter than {max} bytes (binary({max}) would pad it with zero bytes)"
+            )),
             _ => Ok(My::Bytes(b.clone())),
         },
+        (ColumnKind::UnsignedBig, Value::Integer(i)) => match u64::try_from(*i) {
+            Ok(u) => Ok(My::UInt(u)),
+            Err(_) => no("the column is unsigned"),
+        },
+        (ColumnKind::UnsignedBig, Value::Decimal(s) | Value::Text(s)) => match s.parse::<u64>() {
+            Ok(u) => Ok(My::UInt(u)),
+            Err(_) => no("not an integer from 0 to 18446744073709551615"),
+        },
+        (ColumnKind::Double | ColumnKind::Float, Value::Real(r)) if !r.is_finite() => {
+            no("MariaDB cannot hold NaN or infinity")
+        }
+        (ColumnKind::Double, Value::Real(r)) => Ok(My::Double(*r)),
+        (ColumnKind::Float, Value::Real(r)) => {
+            let narrowed = *r as f32;
+            if f64::from(narrowed).to_bits() == r.to_bits() {
+                Ok(My::Float(narrowed))
+            } else {
+                no("float cannot represent it exactly")
+            }
+        }
+        (ColumnKind::Double | ColumnKind::Float, Value::Integer(i)) => {
+            let limit: u64 = if kind == ColumnKind::Float {
+                1 << 24
+            } else {
+                1 << 53
+            };
+            if i.unsigned_abs() <= limit {
+                Ok(My::Double(*i as f64))
+            } else {
+                no("the float cannot represent this integer exactly")
+            }
+        }
+        (ColumnKind::TextIo, Value::Text(s) | Value::Decimal(s)) => Ok(text(s)),
+        (ColumnKind::TextIo, Value::Integer(i)) => Ok(text(&i.to_string())),
         (
             ColumnKind::DateTime { fsp } | ColumnKind::Timestamp { fsp },
             Value::Timestamp(us) | Value::Integer(us),
@@ -417,6 +503,48 @@ fn check_decimal(s: &str, precision: u32, scale: u32, unsigned: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_the_newer_kinds_cannot_hold_exactly_are_refused_not_changed() {
+        let binary4 = ColumnKind::Blob {
+            max_bytes: Some(4),
+            fixed: true,
+        };
+        assert!(
+            to_param(binary4, &Value::Blob(vec![1])).is_err(),
+            "would be padded"
+        );
+        assert!(to_param(binary4, &Value::Blob(vec![1, 2, 3, 4])).is_ok());
+        assert!(to_param(ColumnKind::UnsignedBig, &Value::Integer(-1)).is_err());
+        assert!(matches!(
+            to_param(
+                ColumnKind::UnsignedBig,
+                &Value::Decimal("18446744073709551615".into())
+            ),
+            Ok(My::UInt(u64::MAX))
+        ));
+        assert!(
+            to_param(
+                ColumnKind::UnsignedBig,
+                &Value::Decimal("18446744073709551616".into())
+            )
+            .is_err()
+        );
+        assert!(
+            to_param(ColumnKind::Float, &Value::Real(0.1)).is_err(),
+            "0.1 is not a float"
+        );
+        assert!(to_param(ColumnKind::Float, &Value::Real(f64::from(0.1f32))).is_ok());
+        assert!(to_param(ColumnKind::Double, &Value::Real(f64::NAN)).is_err());
+        assert_eq!(
+            parse(ColumnKind::UnsignedBig, Some("18446744073709551615")).unwrap(),
+            Value::Decimal("18446744073709551615".into())
+        );
+        assert_eq!(
+            parse(ColumnKind::Float, Some("0.1")).unwrap(),
+            Value::Real(f64::from(0.1f32))
+        );
+    }
 
     #[test]
     fn dates_and_times_round_trip_through_text() {
