@@ -43,6 +43,42 @@ impl MyStore {
     }
 }
 
+/// Room for the rest of a statement in a packet: a value must leave this much.
+const STATEMENT_ROOM: usize = 64 * 1024;
+
+impl MyStore {
+    /// The largest value (or log body) a statement can carry to this server.
+    fn packet_room(&self) -> usize {
+        self.max_packet.saturating_sub(STATEMENT_ROOM)
+    }
+
+    /// A verbatim log body (a whole change) too large for the server's packet, with
+    /// its largest column values left out until it fits. Such a change was set aside
+    /// here because its values cannot be stored; this node relays it without them (its
+    /// failure record says so), rather than stopping the origin's stream for good.
+    fn without_oversized_values(&self, body: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut change: Change = codec::decode(body).map_err(|detail| StoreError::Corrupt {
+            table: "concord_log",
+            detail,
+        })?;
+        let mut encoded = body.to_vec();
+        while encoded.len() > self.packet_room() {
+            let Some(largest) = (0..change.columns.len())
+                .max_by_key(|&i| codec::encode(&change.columns[i].value).len())
+            else {
+                break;
+            };
+            let dropped = change.columns.remove(largest);
+            tracing::warn!(
+                origin = %change.origin.short(), seq = change.seq, table = %change.table, column = %dropped.column,
+                "a value larger than max_allowed_packet is left out of the change this node keeps and relays"
+            );
+            encoded = codec::encode(&change);
+        }
+        Ok(encoded)
+    }
+}
+
 impl TrackedTable for TableInfo {
     fn id(&self) -> i64 {
         i64::from(self.id)
@@ -107,7 +143,23 @@ impl ApplyBackend for MyStore {
     }
 
     fn param(&self, table: &TableInfo, index: usize, value: &Value) -> Result<My, RowError> {
-        param(table, index, value)
+        let param = param(table, index, value)?;
+        if let My::Bytes(bytes) = &param
+            && bytes.len() > self.packet_room()
+        {
+            let column = &table.columns[index];
+            return Err(RowError::WrongType {
+                column: column.name.clone(),
+                declared: column.type_name.clone(),
+                found: value.kind(),
+                detail: format!(
+                    "{} bytes do not fit the server's max_allowed_packet ({} bytes); raise it to replicate this value",
+                    bytes.len(),
+                    self.max_packet
+                ),
+            });
+        }
+        Ok(param)
     }
 
     fn load_clock(&mut self, table: &TableInfo, key: &PrimaryKey) -> Result<RowClock, Failure> {
@@ -197,7 +249,10 @@ impl ApplyBackend for MyStore {
         Ok(())
     }
 
-    fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
+    fn append_log(&mut self, mut e: LogEntry<'_>) -> Result<(), StoreError> {
+        if e.table == engine::VERBATIM_TABLE && e.body.len() > self.packet_room() {
+            e.body = self.without_oversized_values(&e.body)?;
+        }
         self.conn.exec_drop(
             "INSERT INTO concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -220,6 +275,9 @@ impl ApplyBackend for MyStore {
         body: &[u8],
         reason: &str,
     ) -> Result<(), StoreError> {
+        // A change this server cannot hold whole is recorded without it: it cannot be
+        // applied here later either.
+        let body = (body.len() <= self.packet_room()).then_some(body);
         self.conn.exec_drop(
             "INSERT INTO concord_failures(origin, seq, tbl, key_text, error, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (

@@ -51,6 +51,9 @@ pub struct MyStore {
     schema_changed: bool,
     /// The catalog summary the tables were last read at (`columns_signature`).
     columns_signature: Vec<i64>,
+    /// The server's `max_allowed_packet`: a value larger than it cannot be written
+    /// (the server would drop the connection), so it is refused before sending.
+    pub(crate) max_packet: usize,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -164,6 +167,7 @@ impl MyStore {
             problems: Vec::new(),
             schema_changed: false,
             columns_signature: Vec::new(),
+            max_packet: usize::MAX,
         };
         store.migrate()?;
         store.reload()?;
@@ -324,6 +328,9 @@ impl MyStore {
                     table: "concord_origins",
                     detail: "the local node has no origin row".into(),
                 })?;
+        let max_packet: Option<u64> = self.conn.query_first("SELECT @@max_allowed_packet")?;
+        self.max_packet =
+            max_packet.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let tables = self.load_tables()?;
         self.tables = tables;
         self.stale = false;
