@@ -103,7 +103,7 @@ impl TrackedTable for TableInfo {
 
 impl ApplyBackend for MyStore {
     type Table = TableInfo;
-    type Param = My;
+    type Param<'v> = My;
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins

@@ -92,7 +92,7 @@ fn sql_refs<'p>(params: &[&'p Param]) -> Vec<&'p (dyn ToSql + Sync)> {
 
 impl ApplyBackend for PgStore {
     type Table = TableInfo;
-    type Param = Param;
+    type Param<'v> = Param;
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins

@@ -60,7 +60,7 @@ fn refused(e: rusqlite::Error) -> Failure {
 
 impl ApplyBackend for SqliteStore {
     type Table = TableInfo;
-    type Param = Value;
+    type Param<'v> = &'v Value;
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins
@@ -106,9 +106,14 @@ impl ApplyBackend for SqliteStore {
         Ok(SqliteStore::origin_index(self, node)?)
     }
 
-    fn param(&self, table: &TableInfo, index: usize, value: &Value) -> Result<Value, RowError> {
+    fn param<'v>(
+        &self,
+        table: &TableInfo,
+        index: usize,
+        value: &'v Value,
+    ) -> Result<&'v Value, RowError> {
         check_type(table, index, value)?;
-        Ok(value.clone())
+        Ok(value)
     }
 
     fn load_clock(&mut self, table: &TableInfo, key: &PrimaryKey) -> Result<RowClock, Failure> {
@@ -130,16 +135,20 @@ impl ApplyBackend for SqliteStore {
         )?)
     }
 
-    fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, Value>) -> Result<(), Failure> {
+    fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, &Value>) -> Result<(), Failure> {
         let (sql, params): (Arc<str>, Vec<&Value>) = match write {
-            RowWrite::Delete { key } => (table.delete_sql(), key.iter().collect()),
+            RowWrite::Delete { key } => (table.delete_sql(), key.to_vec()),
             RowWrite::Update {
                 key,
                 columns,
                 values,
             } => (
                 table.update_sql(columns),
-                values.iter().copied().chain(key).collect(),
+                values
+                    .iter()
+                    .map(|v| **v)
+                    .chain(key.iter().copied())
+                    .collect(),
             ),
             RowWrite::Insert {
                 key,
@@ -147,7 +156,10 @@ impl ApplyBackend for SqliteStore {
                 values,
             } => (
                 table.insert_sql(columns),
-                key.iter().chain(values.iter().copied()).collect(),
+                key.iter()
+                    .copied()
+                    .chain(values.iter().map(|v| **v))
+                    .collect(),
             ),
         };
         let mut stmt = self.conn.prepare_cached(&sql).map_err(refused)?;
@@ -160,7 +172,7 @@ impl ApplyBackend for SqliteStore {
         &mut self,
         table: &TableInfo,
         index: usize,
-        key: &[Value],
+        key: &[&Value],
     ) -> Result<Value, StoreError> {
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
@@ -169,7 +181,7 @@ impl ApplyBackend for SqliteStore {
             table.key_predicate(1)
         );
         let value = self.conn.prepare_cached(&sql).and_then(|mut s| {
-            s.query_row(params_from_iter(key.iter().map(Sql)), |r| {
+            s.query_row(params_from_iter(key.iter().map(|v| Sql(v))), |r| {
                 Ok(codec::from_sql(r.get_ref(0)?))
             })
         });

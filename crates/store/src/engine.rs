@@ -24,8 +24,8 @@ use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version
 use crate::format::{self, LogBody, LogColumn};
 use crate::origins::{Origins, stored_version};
 use crate::{
-    ApplyError, ApplyReport, ApplyTxn, CheckedChange, ConflictEntry, Failure, RowError, RowFailure,
-    StoreError, TxnProgress, check_change, is_real_conflict, newest_hlc,
+    ApplyError, ApplyReport, ApplyTxn, ConflictEntry, Failure, RowError, RowFailure, StoreError,
+    TxnProgress, check_change, is_real_conflict, newest_hlc,
 };
 
 /// `log.tbl` of an entry kept verbatim: its body is the encoding of the whole
@@ -131,8 +131,9 @@ pub struct ConflictRow<'a> {
 pub trait ApplyBackend {
     /// The store's description of a tracked table.
     type Table: TrackedTable;
-    /// A value converted for the database, checked against its column.
-    type Param;
+    /// A value converted for the database, checked against its column. It may borrow
+    /// the change's value (SQLite binds it as it is), so a large value is never copied.
+    type Param<'v>;
 
     /// The origin map and version vector.
     fn origins(&mut self) -> &mut Origins;
@@ -158,12 +159,12 @@ pub trait ApplyBackend {
     fn origin_index(&mut self, node: NodeId) -> Result<u32, StoreError>;
     /// Converts `value` for column `index` of `table`, refusing what the column cannot
     /// hold exactly.
-    fn param(
+    fn param<'v>(
         &self,
         table: &Self::Table,
         index: usize,
-        value: &Value,
-    ) -> Result<Self::Param, RowError>;
+        value: &'v Value,
+    ) -> Result<Self::Param<'v>, RowError>;
     /// Hints that `changes` are about to be applied, so their row clocks may be read at
     /// once.
     fn prefetch(&mut self, _changes: &[Change]) -> Result<(), StoreError> {
@@ -183,14 +184,14 @@ pub trait ApplyBackend {
     fn write_row(
         &mut self,
         table: &Self::Table,
-        write: RowWrite<'_, Self::Param>,
+        write: RowWrite<'_, Self::Param<'_>>,
     ) -> Result<(), Failure>;
     /// The value column `index` of the row holds now (NULL if there is no row).
     fn current_value(
         &mut self,
         table: &Self::Table,
         index: usize,
-        key: &[Self::Param],
+        key: &[Self::Param<'_>],
     ) -> Result<Value, StoreError>;
     /// Records a conflict.
     fn record_conflict(&mut self, conflict: &ConflictRow<'_>) -> Result<(), StoreError>;
@@ -357,19 +358,19 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         let checked = check_change(change, table.key_columns().len(), |name| {
             table.position_of(name)
         })?;
-        let key_params: Vec<B::Param> = table
+        let key_params: Vec<B::Param<'_>> = table
             .key_columns()
             .iter()
             .zip(&checked.key_values)
             .map(|(&index, value)| store.param(table, index, value))
             .collect::<Result<_, _>>()?;
-        let params: Vec<B::Param> = change
+        let params: Vec<B::Param<'_>> = change
             .columns
             .iter()
             .zip(&checked.incoming)
             .map(|(c, column)| store.param(table, column.index, &c.value))
             .collect::<Result<_, _>>()?;
-        let CheckedChange { incoming, .. } = checked;
+        let incoming = &checked.incoming;
         let mut clock = store.load_clock(table, &change.key)?;
         let was_alive = clock.causal_length.is_alive();
         let existed = clock.causal_length.0 > 0;
@@ -381,14 +382,14 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
                 origin: change.origin,
             },
             change.delete_seen,
-            &incoming,
+            incoming,
         );
         for conflict in &decision.conflicts {
-            if record_conflict(store, table, change, &key_params, &incoming, conflict)? {
+            if record_conflict(store, table, change, &key_params, incoming, conflict)? {
                 self.progress.report.conflicts += 1;
             }
         }
-        let mut winners: Vec<(usize, &B::Param)> = decision
+        let mut winners: Vec<(usize, &B::Param<'_>)> = decision
             .winners
             .iter()
             .map(|&pos| (incoming[pos].index, &params[pos]))
@@ -396,7 +397,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             .collect();
         winners.sort_unstable_by_key(|(index, _)| *index);
         let columns: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
-        let values: Vec<&B::Param> = winners.iter().map(|(_, p)| *p).collect();
+        let values: Vec<&B::Param<'_>> = winners.iter().map(|(_, p)| *p).collect();
         let key = &key_params[..];
         match decision.effect {
             RowEffect::None => {}
@@ -441,7 +442,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         }
 
         // Log the change as received, so this node can relay it unchanged.
-        let body = log_body(store, change, &incoming).map_err(Failure::Store)?;
+        let body = log_body(store, change, incoming).map_err(Failure::Store)?;
         let origin = store.origin_index(change.origin).map_err(Failure::Store)?;
         store
             .append_log(LogEntry {
@@ -725,7 +726,7 @@ fn record_conflict<B: ApplyBackend>(
     store: &mut B,
     table: &B::Table,
     change: &Change,
-    key: &[B::Param],
+    key: &[B::Param<'_>],
     incoming: &[IncomingColumn],
     conflict: &Conflict,
 ) -> Result<bool, Failure> {
