@@ -91,7 +91,7 @@ impl LogSource for MyLog {
         &mut self,
         after: i64,
         limit: usize,
-        visit: &mut dyn FnMut(RawEntry) -> Result<bool, StoreError>,
+        visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         type Entry = (i64, i32, i64, i64, i32, Vec<u8>, i64, Vec<u8>, bool);
         let rows = self.conn.exec_iter(
@@ -111,9 +111,9 @@ impl LogSource for MyLog {
                 seq: seq as u64,
                 hlc: hlc as u64,
                 table: i64::from(table),
-                key,
+                key: &key,
                 causal_length: cl as u64,
-                body,
+                body: &body,
                 txn_end,
             };
             if !visit(entry)? {

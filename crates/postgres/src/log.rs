@@ -96,7 +96,7 @@ impl LogSource for PgLog {
         &mut self,
         after: i64,
         limit: usize,
-        visit: &mut dyn FnMut(RawEntry) -> Result<bool, StoreError>,
+        visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let limit = limit as i64;
         let mut rows = self.client.query_raw(

@@ -109,7 +109,7 @@ impl concord_store::LogSource for SqliteLog {
         &mut self,
         after: i64,
         limit: usize,
-        visit: &mut dyn FnMut(RawEntry) -> Result<bool, StoreError>,
+        visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM __concord_log \
@@ -117,15 +117,24 @@ impl concord_store::LogSource for SqliteLog {
         )?;
         let mut rows = stmt.query(rusqlite::params![after, limit as i64])?;
         while let Some(r) = rows.next()? {
+            let bytes = |i: usize| {
+                r.get_ref(i)?.as_blob().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Blob,
+                        Box::new(e),
+                    )
+                })
+            };
             let entry = RawEntry {
                 pos: r.get(0)?,
                 origin: r.get(1)?,
                 seq: r.get::<_, i64>(2)? as u64,
                 hlc: r.get::<_, i64>(3)? as u64,
                 table: r.get(4)?,
-                key: r.get(5)?,
+                key: bytes(5)?,
                 causal_length: r.get::<_, i64>(6)? as u64,
-                body: r.get(7)?,
+                body: bytes(7)?,
                 txn_end: r.get(8)?,
             };
             if !visit(entry)? {

@@ -28,8 +28,9 @@ const PAGE_ENTRIES: usize = 1_000;
 /// Bytes of log bodies per page, past which a page ends (after at least one entry).
 const PAGE_BYTES: usize = 8 << 20;
 
-/// One row of the log table, undecoded.
-pub struct RawEntry {
+/// One row of the log table, undecoded, borrowed from the driver's row so a large body
+/// is not copied before it is decoded.
+pub struct RawEntry<'a> {
     /// Its position in the log.
     pub pos: i64,
     /// The origin's index.
@@ -41,11 +42,11 @@ pub struct RawEntry {
     /// The table's id, or [`VERBATIM_TABLE`].
     pub table: i64,
     /// The encoded primary key.
-    pub key: Vec<u8>,
+    pub key: &'a [u8],
     /// The row's causal length.
     pub causal_length: u64,
     /// The body ([`LogBody`], or a whole change for [`VERBATIM_TABLE`]).
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
     /// Whether it ends its source transaction.
     pub txn_end: bool,
 }
@@ -80,7 +81,7 @@ pub trait LogSource: Send {
         &mut self,
         after: i64,
         limit: usize,
-        visit: &mut dyn FnMut(RawEntry) -> Result<bool, StoreError>,
+        visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
 }
 
@@ -158,7 +159,9 @@ impl<S: LogSource> LogReader<S> {
         let (node_of, tables) = (&self.node_of, &self.tables);
         let limit = limit.max(1);
         self.source
-            .scan(after, PAGE_ENTRIES.max(limit), &mut |entry: RawEntry| {
+            .scan(after, PAGE_ENTRIES.max(limit), &mut |entry: RawEntry<
+                '_,
+            >| {
                 if page.changes.len() >= limit || bytes >= PAGE_BYTES {
                     return Ok(false);
                 }
@@ -175,7 +178,7 @@ impl<S: LogSource> LogReader<S> {
                 }
                 bytes += entry.body.len();
                 if entry.table == VERBATIM_TABLE {
-                    let change: Change = format::decode(&entry.body)
+                    let change: Change = format::decode(entry.body)
                         .map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
                     page.changes.push(change);
                     return Ok(true);
@@ -183,8 +186,8 @@ impl<S: LogSource> LogReader<S> {
                 let table = tables.get(&entry.table).ok_or_else(|| {
                     corrupt(format!("entry {pos}: unknown table {}", entry.table))
                 })?;
-                let body: LogBody = format::decode(&entry.body)
-                    .map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
+                let body: LogBody =
+                    format::decode(entry.body).map_err(|e| corrupt(format!("entry {pos}: {e}")))?;
                 let version = |v: StoredVersion| -> Result<Version, StoreError> {
                     let origin = node_of.get(&v.1).ok_or_else(|| {
                         corrupt(format!("entry {pos}: unknown origin index {}", v.1))
@@ -211,7 +214,7 @@ impl<S: LogSource> LogReader<S> {
                     seq: entry.seq,
                     hlc: Hlc::from_u64(entry.hlc),
                     table: table.name.clone(),
-                    key: PrimaryKey::from_bytes_unchecked(entry.key),
+                    key: PrimaryKey::from_bytes_unchecked(entry.key.to_vec()),
                     causal_length: CausalLength(entry.causal_length),
                     columns,
                     delete_seen: body.delete_seen.map(version).transpose()?,
