@@ -269,6 +269,14 @@ impl ApplyBackend for MyStore {
         Ok(())
     }
 
+    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        self.conn.exec_drop(
+            "DELETE FROM concord_log WHERE origin = ? AND seq <= ?",
+            (origin as i32, seq as i64),
+        )?;
+        Ok(())
+    }
+
     fn record_failure(
         &mut self,
         change: &Change,

@@ -6,23 +6,159 @@
 //! commit order: a reader never finds a smaller position appear after it read a larger
 //! one. Rows are streamed from the server (`exec_iter`), never collected.
 
-use concord_core::{NodeId, VersionVector};
+use std::collections::HashMap;
+
+use concord_core::{NodeId, Value, VersionVector};
 use mysql::Conn;
 use mysql::prelude::Queryable;
 
+use crate::schema::{TableInfo, quote};
 use crate::store::connect;
-use concord_store::{LogSource, RawEntry, StoreError, TableColumns};
+use crate::types::{parse, to_param};
+use concord_store::{LogSource, RawClock, RawEntry, SnapshotSource, StoreError, TableColumns};
 
 /// MySQL's change log, read through its own connection.
 pub(crate) struct MyLog {
     conn: Conn,
+    /// Tracked tables as introspected, by id, with the statement that reads a row by
+    /// key as text (for snapshots).
+    tables: HashMap<i64, (TableInfo, String)>,
 }
 
 /// Opens a reader on the change log of the database at `url`.
 pub(crate) fn open_log(url: &str) -> Result<concord_store::LogReader<MyLog>, StoreError> {
     concord_store::LogReader::new(MyLog {
         conn: connect(url)?,
+        tables: HashMap::new(),
     })
+}
+
+/// Opens a snapshot of the rows of the database at `url` (see
+/// [`concord_store::SnapshotReader`]).
+pub(crate) fn open_snapshot(
+    url: &str,
+    node: NodeId,
+) -> Result<concord_store::SnapshotReader<MyLog>, StoreError> {
+    concord_store::SnapshotReader::begin(
+        MyLog {
+            conn: connect(url)?,
+            tables: HashMap::new(),
+        },
+        node,
+    )
+}
+
+impl MyLog {
+    /// Introspects the tracked table `id`, once.
+    fn table(&mut self, id: i64) -> Result<(), StoreError> {
+        if self.tables.contains_key(&id) {
+            return Ok(());
+        }
+        let name: Option<String> = self
+            .conn
+            .exec_first("SELECT name FROM concord_tables WHERE id = ?", (id,))?;
+        let name = name.ok_or(StoreError::Corrupt {
+            table: "concord_tables",
+            detail: format!("no table {id}"),
+        })?;
+        let info =
+            TableInfo::introspect(&mut self.conn, &name).map_err(|e| StoreError::Capture {
+                table: name.clone(),
+                key: "-".into(),
+                detail: concord_store::error_chain(&e),
+            })?;
+        let list = info
+            .columns
+            .iter()
+            .map(|c| c.kind.text_expr(&quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {list} FROM {} WHERE {}",
+            info.qualified(),
+            info.key_predicate()
+        );
+        self.tables.insert(id, (info, sql));
+        Ok(())
+    }
+}
+
+impl SnapshotSource for MyLog {
+    fn begin_snapshot(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_drop("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
+        self.conn
+            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")?;
+        Ok(())
+    }
+
+    fn end_snapshot(&mut self) -> Result<(), StoreError> {
+        self.conn.query_drop("COMMIT")?;
+        Ok(())
+    }
+
+    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<i32> = self
+            .conn
+            .query("SELECT id FROM concord_tables WHERE tracked")?;
+        Ok(ids.into_iter().map(i64::from).collect())
+    }
+
+    fn clocks(
+        &mut self,
+        table: i64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<RawClock>, StoreError> {
+        let rows: Vec<(Vec<u8>, i64, Vec<u8>)> = self.conn.exec(
+            "SELECT pk, cl, clock FROM concord_rows WHERE tbl = ? AND pk > ? ORDER BY pk LIMIT ?",
+            (table, after, limit as u64),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, causal_length, clock)| RawClock {
+                key,
+                causal_length,
+                clock,
+            })
+            .collect())
+    }
+
+    fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
+        self.table(table)?;
+        let MyLog { conn, tables } = self;
+        let Some((info, sql)) = tables.get(&table) else {
+            return Ok(None);
+        };
+        let bad = |detail: String| StoreError::Capture {
+            table: info.name.clone(),
+            key: format!("{key:?}"),
+            detail,
+        };
+        let params = info
+            .key_columns
+            .iter()
+            .zip(key)
+            .map(|(&index, value)| to_param(info.columns[index].kind, value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| bad(m.0))?;
+        let row: Option<mysql::Row> =
+            conn.exec_first(sql.as_str(), mysql::Params::Positional(params))?;
+        let Some(row) = row else { return Ok(None) };
+        info.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let text: Option<String> = row
+                    .get_opt(i)
+                    .transpose()
+                    .map_err(|e| bad(e.to_string()))?
+                    .flatten();
+                parse(c.kind, text.as_deref()).map_err(|d| bad(format!("column {:?}: {d}", c.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
 }
 
 fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {

@@ -186,6 +186,12 @@ impl Peer {
         rt.holds.get_or_insert_with(VersionVector::new).join(holds);
     }
 
+    /// The peer holds at least `holds` (it sent a snapshot reflecting them).
+    pub(crate) fn learn_holds(&self, holds: &VersionVector) {
+        let mut rt = self.runtime();
+        rt.holds.get_or_insert_with(VersionVector::new).join(holds);
+    }
+
     pub(crate) fn learn_held(&self, changes: &[Change]) {
         let mut rt = self.runtime();
         let holds = rt.holds.get_or_insert_with(VersionVector::new);
@@ -1028,6 +1034,8 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     applied: p.counters.applied.get(),
                     set_aside: p.counters.set_aside.get(),
                     conflicts: p.counters.conflicts.get(),
+                    snapshot_rows_sent: p.counters.snapshot_rows_sent.get(),
+                    snapshot_rows_received: p.counters.snapshot_rows_received.get(),
                     bytes_sent: p.counters.bytes_sent.get(),
                     bytes_received: p.counters.bytes_received.get(),
                     errors: p.counters.errors.get(),

@@ -30,7 +30,7 @@ use concord_store::{ApplyError, ApplyReport, Store, StoreError};
 use concord_wire::{
     Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode,
     ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION,
-    PROTOCOL_VERSION, Reassembler, WireError, encoded_size,
+    PROTOCOL_VERSION, Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WireError, encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -263,7 +263,7 @@ where
         theirs.holds,
         theirs.max_frame,
         // The session speaks the newest version both sides speak.
-        theirs.max_version.min(PROTOCOL_VERSION) >= PIECES_SINCE_VERSION,
+        theirs.max_version.min(PROTOCOL_VERSION),
     );
     let pinger = {
         let tx = tx.clone();
@@ -341,6 +341,7 @@ fn name(message: &Message) -> &'static str {
         Message::Pong(_) => "Pong",
         Message::Error(_) => "Error",
         Message::Piece(_) => "Piece",
+        Message::SnapshotEnd(_) => "SnapshotEnd",
     }
 }
 
@@ -362,6 +363,8 @@ pub(crate) fn lock(
 }
 
 /// Streams what the peer lacks: first the backlog, then new log entries as they appear.
+/// When the log no longer holds what the peer lacks and the peer speaks snapshots, a
+/// snapshot of every row goes first ([`send_snapshot`]).
 async fn send_loop(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
@@ -369,27 +372,48 @@ async fn send_loop(
     flow: Arc<Flow>,
     peer_holds: VersionVector,
     peer_max_frame: u32,
-    pieces: bool,
+    version: u16,
 ) -> Result<(), SessionError> {
     let sync = &shared.config.sync;
-    let store = shared.store.clone();
     let mut sent_holds = peer_holds;
-    let holds = sent_holds.clone();
-    let (mut reader, start) = blocking(move || {
-        let mut reader = lock(&store).log_reader()?;
-        let start = reader.start_for(&holds);
-        Ok::<_, StoreError>((reader, start))
-    })
-    .await??;
-    let mut after = start.map_err(|e| match e {
-        e @ StoreError::Pruned { .. } => SessionError::BehindRetention(e),
-        other => SessionError::Store(other),
-    })?;
-    let mut log_changed = shared.log_changed.subscribe();
-    let mut batch = 0u64;
     // Every frame must fit the smaller of the two frame limits.
     let max_frame = sync.max_frame_bytes.min(peer_max_frame);
-    let budget = (max_frame as usize).saturating_sub(BATCH_OVERHEAD);
+    let mut out = Outbox {
+        tx,
+        flow,
+        window: sync.window as u64,
+        batch: 0,
+        max_frame,
+        budget: (max_frame as usize).saturating_sub(BATCH_OVERHEAD),
+        pieces: version >= PIECES_SINCE_VERSION,
+    };
+    let mut snapshots = 0;
+    let (mut reader, mut after) = loop {
+        let store = shared.store.clone();
+        let holds = sent_holds.clone();
+        let (reader, start) = blocking(move || {
+            let mut reader = lock(&store).log_reader()?;
+            let start = reader.start_for(&holds);
+            Ok::<_, StoreError>((reader, start))
+        })
+        .await??;
+        match start {
+            Ok(start) => break (reader, start),
+            // One more snapshot at most: a log pruned past a snapshot's version vector
+            // while it was sent means this node writes faster than it keeps changes.
+            Err(e @ StoreError::Pruned { .. })
+                if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
+            {
+                tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
+                snapshots += 1;
+                let held = send_snapshot(&shared, &peer, &mut out).await?;
+                sent_holds.join(&held);
+            }
+            Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
+            Err(other) => return Err(SessionError::Store(other)),
+        }
+    };
+    let mut log_changed = shared.log_changed.subscribe();
     loop {
         log_changed.borrow_and_update();
         sent_holds.join(&peer.known_holds());
@@ -421,32 +445,116 @@ async fn send_loop(
         // peer holds each origin's changes contiguously): the session stops with the
         // error, which status shows, until the data or the mapping is fixed.
         let changes = outgoing(&peer.config.tables, page.changes)?;
-        for changes in split_by_size(changes, budget, pieces)? {
-            while batch.saturating_sub(flow.acked.load(Ordering::Acquire)) >= sync.window as u64 {
-                let notified = flow.ack.notified();
-                if batch.saturating_sub(flow.acked.load(Ordering::Acquire)) < sync.window as u64 {
-                    break;
-                }
-                notified.await;
+        peer.counters.sent.add(changes.len() as u64);
+        out.send(changes).await?;
+    }
+}
+
+/// Sends every tracked row's state, read in one consistent snapshot, then
+/// `SnapshotEnd`; returns the version vector the snapshot reflects, which the peer
+/// holds once it has merged it.
+async fn send_snapshot(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+) -> Result<VersionVector, SessionError> {
+    let store = shared.store.clone();
+    let mut snapshot = blocking(move || {
+        let mut store = lock(&store);
+        // Rows' clocks must describe their values: capture what is pending first.
+        store.capture()?;
+        store.snapshot()
+    })
+    .await??;
+    let limit = shared.config.sync.batch_changes;
+    loop {
+        let (s, rows) = blocking(move || {
+            let rows = snapshot.next_rows(limit);
+            (snapshot, rows)
+        })
+        .await?;
+        snapshot = s;
+        let rows = rows?;
+        if rows.is_empty() {
+            break;
+        }
+        peer.counters.snapshot_rows_sent.add(rows.len() as u64);
+        out.send(outgoing(&peer.config.tables, rows)?).await?;
+    }
+    let held = snapshot.held().clone();
+    out.send_snapshot_end(held.clone()).await?;
+    tracing::info!(peer = %peer.config.name, rows = peer.counters.snapshot_rows_sent.get(), "snapshot sent");
+    Ok(held)
+}
+
+/// Numbers batches, cuts them to the peer's frame size (in pieces when a change is too
+/// large for one), and keeps at most `window` of them unacknowledged.
+struct Outbox {
+    tx: mpsc::Sender<Frame>,
+    flow: Arc<Flow>,
+    window: u64,
+    /// The last batch number used.
+    batch: u64,
+    max_frame: u32,
+    budget: usize,
+    pieces: bool,
+}
+
+impl Outbox {
+    /// Waits until the window has room for one more batch, and numbers it.
+    async fn next_batch(&mut self) -> u64 {
+        while self
+            .batch
+            .saturating_sub(self.flow.acked.load(Ordering::Acquire))
+            >= self.window
+        {
+            let notified = self.flow.ack.notified();
+            if self
+                .batch
+                .saturating_sub(self.flow.acked.load(Ordering::Acquire))
+                < self.window
+            {
+                break;
             }
-            batch += 1;
-            peer.counters.sent.add(changes.len() as u64);
-            flow.sent.store(batch, Ordering::Release);
-            let batch = ChangeBatch { batch, changes };
-            if batch.changes.iter().map(encoded_size).sum::<usize>() > budget {
+            notified.await;
+        }
+        self.batch += 1;
+        self.flow.sent.store(self.batch, Ordering::Release);
+        self.batch
+    }
+
+    async fn frame(&self, message: Message) -> Result<(), SessionError> {
+        self.tx
+            .send(Frame::V1(message))
+            .await
+            .map_err(|_| SessionError::Closed)
+    }
+
+    async fn send(&mut self, changes: Vec<Change>) -> Result<(), SessionError> {
+        for changes in split_by_size(changes, self.budget, self.pieces)? {
+            let batch = ChangeBatch {
+                batch: self.next_batch().await,
+                changes,
+            };
+            if batch.changes.iter().map(encoded_size).sum::<usize>() > self.budget {
                 // One change too large for a frame: encode it once, drop the decoded
                 // copy, and send the encoding a piece at a time.
-                let in_pieces = BatchInPieces::new(&batch, max_frame)?;
+                let in_pieces = BatchInPieces::new(&batch, self.max_frame)?;
                 drop(batch);
                 for piece in in_pieces.pieces() {
-                    if tx.send(Frame::V1(Message::Piece(piece))).await.is_err() {
-                        return Err(SessionError::Closed);
-                    }
+                    self.frame(Message::Piece(piece)).await?;
                 }
-            } else if tx.send(Frame::V1(Message::Changes(batch))).await.is_err() {
-                return Err(SessionError::Closed);
+            } else {
+                self.frame(Message::Changes(batch)).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn send_snapshot_end(&mut self, holds: VersionVector) -> Result<(), SessionError> {
+        let batch = self.next_batch().await;
+        self.frame(Message::SnapshotEnd(SnapshotEnd { batch, holds }))
+            .await
     }
 }
 
@@ -555,7 +663,11 @@ where
                     )));
                 }
                 expected += 1;
-                peer.counters.received.add(batch.changes.len() as u64);
+                let rows = batch.changes.iter().filter(|c| c.seq == 0).count() as u64;
+                peer.counters.snapshot_rows_received.add(rows);
+                peer.counters
+                    .received
+                    .add(batch.changes.len() as u64 - rows);
                 peer.learn_held(&batch.changes);
                 let mut changes = batch.changes;
                 if let Some(mut open) = big.take() {
@@ -603,6 +715,33 @@ where
                 }
                 let ack = Frame::V1(Message::Ack(Ack {
                     batch: batch.batch,
+                    holds: last_holds.clone(),
+                }));
+                if tx.send(ack).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            Message::SnapshotEnd(end) => {
+                if end.batch != expected {
+                    return Err(SessionError::Unexpected(format!(
+                        "snapshot end {} out of order or replayed (expected {expected})",
+                        end.batch
+                    )));
+                }
+                expected += 1;
+                if !open_group.is_empty() || big.is_some() {
+                    return Err(SessionError::Unexpected(
+                        "snapshot end inside an incomplete source transaction".into(),
+                    ));
+                }
+                peer.learn_holds(&end.holds);
+                let report = adopt_snapshot(&shared, end.holds).await?;
+                account(&shared, &peer, &report);
+                shared.log_changed.send_modify(|v| *v += 1);
+                tracing::info!(peer = %peer.config.name, rows = peer.counters.snapshot_rows_received.get(), "snapshot merged");
+                last_holds = store_holds(&shared).await?;
+                let ack = Frame::V1(Message::Ack(Ack {
+                    batch: end.batch,
                     holds: last_holds.clone(),
                 }));
                 if tx.send(ack).await.is_err() {
@@ -744,6 +883,22 @@ async fn apply(
             (!mapping.is_empty()).then_some(&map as concord_store::Prepare<'_>);
         concord_store::apply_setting_aside(&mut **store, &changes, prepare)
             .map_err(SessionError::Apply)
+    })
+    .await?
+}
+
+/// Records, after every row of a snapshot was merged, that this node holds what the
+/// snapshot reflects.
+async fn adopt_snapshot(
+    shared: &Arc<Shared>,
+    holds: VersionVector,
+) -> Result<ApplyReport, SessionError> {
+    let store = shared.store.clone();
+    blocking(move || {
+        let mut store = lock(&store);
+        let mut txn = store.begin_apply()?;
+        txn.adopt_held(&holds)?;
+        Ok(txn.commit()?)
     })
     .await?
 }

@@ -127,6 +127,14 @@ pub struct PeerStatus {
     /// Conflicts recorded while applying the peer's changes, in the current (or last)
     /// session.
     pub conflicts: u64,
+    /// Rows' states sent to the peer in snapshots (because it needed changes no longer
+    /// in the log), in the current (or last) session.
+    #[serde(default)]
+    pub snapshot_rows_sent: u64,
+    /// Rows' states received from the peer in snapshots, in the current (or last)
+    /// session.
+    #[serde(default)]
+    pub snapshot_rows_received: u64,
     /// Bytes sent to the peer in the current (or last) session.
     pub bytes_sent: u64,
     /// Bytes received from the peer in the current (or last) session.
@@ -231,6 +239,16 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Conflicts recorded while applying the peer's changes since this process started.",
     ),
     (
+        "concord_snapshot_rows_sent_total",
+        Kind::Counter,
+        "Rows' states sent to the peer in snapshots (it needed changes no longer in the log) since this process started.",
+    ),
+    (
+        "concord_snapshot_rows_received_total",
+        Kind::Counter,
+        "Rows' states received from the peer in snapshots since this process started.",
+    ),
+    (
         "concord_bytes_sent_total",
         Kind::Counter,
         "Bytes sent to the peer since this process started.",
@@ -321,6 +339,8 @@ pub(crate) struct PeerCounters {
     pub(crate) applied: Count,
     pub(crate) set_aside: Count,
     pub(crate) conflicts: Count,
+    pub(crate) snapshot_rows_sent: Count,
+    pub(crate) snapshot_rows_received: Count,
     pub(crate) bytes_sent: Count,
     pub(crate) bytes_received: Count,
     pub(crate) errors: Count,
@@ -340,6 +360,12 @@ impl PeerCounters {
             applied: Count::new(recorder, "concord_changes_applied_total", l()),
             set_aside: Count::new(recorder, "concord_changes_set_aside_total", l()),
             conflicts: Count::new(recorder, "concord_peer_conflicts_total", l()),
+            snapshot_rows_sent: Count::new(recorder, "concord_snapshot_rows_sent_total", l()),
+            snapshot_rows_received: Count::new(
+                recorder,
+                "concord_snapshot_rows_received_total",
+                l(),
+            ),
             bytes_sent: Count::new(recorder, "concord_bytes_sent_total", l()),
             bytes_received: Count::new(recorder, "concord_bytes_received_total", l()),
             errors: Count::new(recorder, "concord_session_errors_total", l()),
@@ -359,6 +385,8 @@ impl PeerCounters {
             &self.applied,
             &self.set_aside,
             &self.conflicts,
+            &self.snapshot_rows_sent,
+            &self.snapshot_rows_received,
             &self.bytes_sent,
             &self.bytes_received,
         ] {

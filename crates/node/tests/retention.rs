@@ -1,59 +1,121 @@
 //! The change log is kept within the retention limit, and a peer that needs changes
-//! pruned from it is told so clearly (status, error, metric) instead of silently missing
-//! them.
+//! pruned from it catches up from a snapshot of rows with their clocks: nothing lost
+//! (its own writes while away survive and travel back), nothing resurrected (rows
+//! deleted while it was away stay deleted), and status and metrics say what happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
-use common::{DDL, Member, app, eventually, run, scalar};
+use common::{DDL, Member, app, eventually, peer, rows, run, write};
 use concord_node::config::SyncSection;
 
 #[test]
-fn a_peer_behind_the_retention_limit_is_reported_not_silently_skipped() {
+fn a_node_stopped_while_its_peer_writes_three_times_the_retention_converges_after_restart() {
     run(async {
         let root = tempfile::tempdir().unwrap();
         let a = Member::new(root.path(), "a", DDL);
         let b = Member::new(root.path(), "b", DDL);
-        let keep_ten = |mut config: concord_node::NodeConfig| {
+        let keep_twenty = |mut config: concord_node::NodeConfig| {
             config.sync = SyncSection {
-                retention_changes: 10,
+                retention_changes: 20,
                 ..config.sync
             };
             config
         };
-        let node_a = a.start_with(keep_ten(a.config(vec![b.dialing_in()]))).await;
-        // B is offline while A writes far more than A keeps.
+        let node_a = a
+            .start_with(keep_twenty(a.config(vec![b.dialing_in()])))
+            .await;
+        let node_b = b
+            .start_with(keep_twenty(b.config(vec![a.at(&node_a)])))
+            .await;
+        write(
+            a.db(),
+            "INSERT INTO t VALUES (1, 'one'); INSERT INTO t VALUES (2, 'two'); \
+             INSERT INTO t VALUES (3, 'three'); INSERT INTO t VALUES (4, 'four');",
+        );
+        eventually("B to receive A's first rows", async || {
+            rows(b.db()).len() == 4
+        })
+        .await;
+        node_b.shutdown().await;
+
+        // B is stopped while A writes three times what it keeps: updates, deletes,
+        // inserts, and a row inserted then deleted that B never saw.
         let writer = app(a.db());
-        for i in 0..50 {
+        writer
+            .execute_batch("DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (9, 'nine');")
+            .unwrap();
+        node_a.capture_now().await.unwrap();
+        writer.execute("DELETE FROM t WHERE id = 9", []).unwrap();
+        node_a.capture_now().await.unwrap();
+        for i in 0..60 {
             writer
-                .execute("INSERT INTO t VALUES (?1, 'x')", [i])
+                .execute(
+                    "INSERT OR REPLACE INTO t VALUES (?1, ?2)",
+                    (10 + i % 7, format!("a{i}")),
+                )
                 .unwrap();
             node_a.capture_now().await.unwrap();
         }
-        eventually("A's log to be pruned to 10 entries", async || {
-            node_a.status().await.log_entries <= 10
+        eventually("A's log to be pruned to 20 entries", async || {
+            node_a.status().await.log_entries <= 20
         })
         .await;
+        // Meanwhile B's application writes too, while B's node is down.
+        write(
+            b.db(),
+            "INSERT INTO t VALUES (100, 'from b'); UPDATE t SET v = 'b-three' WHERE id = 3;",
+        );
 
-        let node_b = b.start(vec![a.at(&node_a)]).await;
-        eventually("A to report B behind retention", async || {
-            let status = node_a.status().await;
-            let peer = &status.peers[0];
-            peer.behind_retention
-                && peer.lag_changes == 50
-                && peer
-                    .last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("retention"))
+        let node_b = b
+            .start_with(keep_twenty(b.config(vec![a.at(&node_a)])))
+            .await;
+        eventually("A and B to hold the same rows", async || {
+            let (ra, rb) = (rows(a.db()), rows(b.db()));
+            ra == rb && ra.iter().any(|r| r.0 == 100)
         })
         .await;
+        let final_rows = rows(a.db());
+        assert!(
+            final_rows.iter().all(|r| r.0 != 2 && r.0 != 9),
+            "{final_rows:?}"
+        );
+        assert!(
+            final_rows.contains(&(3, "b-three".into())),
+            "{final_rows:?}"
+        );
+        assert!(final_rows.contains(&(1, "one".into())), "{final_rows:?}");
+        assert_eq!(
+            final_rows.iter().filter(|r| r.0 >= 10 && r.0 < 17).count(),
+            7
+        );
+
+        let status_a = node_a.status().await;
+        let to_b = peer(&status_a, "b");
+        assert!(to_b.snapshot_rows_sent > 0, "{to_b:?}");
+        eventually("A to see B caught up", async || {
+            let status = node_a.status().await;
+            let p = peer(&status, "b");
+            !p.behind_retention && p.lag_changes == 0
+        })
+        .await;
+        let status_b = node_b.status().await;
+        assert!(peer(&status_b, "a").snapshot_rows_received > 0);
+        assert_eq!(peer(&status_b, "a").set_aside, 0, "{status_b:?}");
         let metrics = node_a.metrics().await;
         assert!(
-            metrics.contains("concord_peer_behind_retention{peer=\"b\"} 1"),
+            metrics.contains("concord_snapshot_rows_sent_total{peer=\"b\"}"),
             "{metrics}"
         );
-        // Nothing was silently skipped: B did not receive a partial history.
-        assert_eq!(scalar(b.db(), "SELECT count(*) FROM t"), 0);
+
+        // After the snapshot the log carries on as usual, both ways.
+        write(a.db(), "UPDATE t SET v = 'later' WHERE id = 1;");
+        write(b.db(), "INSERT INTO t VALUES (101, 'b again');");
+        eventually("later writes to cross after the snapshot", async || {
+            let (ra, rb) = (rows(a.db()), rows(b.db()));
+            ra == rb && ra.contains(&(1, "later".into())) && ra.iter().any(|r| r.0 == 101)
+        })
+        .await;
         node_a.shutdown().await;
         node_b.shutdown().await;
     });

@@ -18,12 +18,11 @@ use std::sync::Arc;
 
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
-use postgres::types::ToSql;
 
 use crate::batch::{FLUSH_AT, LogEntry as BatchEntry};
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, PgStore, now_ms};
-use crate::types::{Param, Raw, decode, to_param};
+use crate::types::{Param, Raw, decode, sql_refs, to_param};
 use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
 use concord_store::format as codec;
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
@@ -84,10 +83,6 @@ impl TrackedTable for TableInfo {
     fn column_name(&self, index: usize) -> &str {
         &self.columns[index].name
     }
-}
-
-fn sql_refs<'p>(params: &[&'p Param]) -> Vec<&'p (dyn ToSql + Sync)> {
-    params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect()
 }
 
 impl ApplyBackend for PgStore {
@@ -281,6 +276,14 @@ impl ApplyBackend for PgStore {
             txn_end: e.txn_end,
         });
         self.flush_if_full()
+    }
+
+    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        self.flush_apply_meta()?;
+        let stmt = self.statement("DELETE FROM concord.log WHERE origin = $1 AND seq <= $2")?;
+        self.client
+            .execute(&stmt, &[&(origin as i32), &(seq as i64)])?;
+        Ok(())
     }
 
     fn record_failure(

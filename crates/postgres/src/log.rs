@@ -5,22 +5,159 @@
 //! commit order: a reader never finds a smaller position appear after it read a larger
 //! one. Rows are streamed from the server (`query_raw`), never collected.
 
-use concord_core::{NodeId, VersionVector};
+use std::collections::HashMap;
+
+use concord_core::{NodeId, Value, VersionVector};
+use postgres::Statement;
 use postgres::fallible_iterator::FallibleIterator;
 
+use crate::schema::{TableInfo, quote};
 use crate::store::{Connection, connect};
-use concord_store::{LogSource, RawEntry, StoreError, TableColumns};
+use crate::types::{Param, Raw, decode, sql_refs, to_param};
+use concord_store::{LogSource, RawClock, RawEntry, SnapshotSource, StoreError, TableColumns};
 
 /// PostgreSQL's change log, read through its own connection.
 pub(crate) struct PgLog {
     client: Connection,
+    /// Tracked tables as introspected, by id, with the statement that reads a row by
+    /// key (for snapshots).
+    tables: HashMap<i64, (TableInfo, Statement)>,
 }
 
 /// Opens a reader on the change log of the database at `url`.
 pub(crate) fn open_log(url: &str) -> Result<concord_store::LogReader<PgLog>, StoreError> {
     concord_store::LogReader::new(PgLog {
         client: connect(url)?,
+        tables: HashMap::new(),
     })
+}
+
+/// Opens a snapshot of the rows of the database at `url` (see
+/// [`concord_store::SnapshotReader`]).
+pub(crate) fn open_snapshot(
+    url: &str,
+    node: NodeId,
+) -> Result<concord_store::SnapshotReader<PgLog>, StoreError> {
+    concord_store::SnapshotReader::begin(
+        PgLog {
+            client: connect(url)?,
+            tables: HashMap::new(),
+        },
+        node,
+    )
+}
+
+impl PgLog {
+    /// Introspects the tracked table `id`, once.
+    fn table(&mut self, id: i64) -> Result<(), StoreError> {
+        if !self.tables.contains_key(&id) {
+            let row = self.client.query_one(
+                "SELECT quote_ident(schema_name) || '.' || quote_ident(name) FROM concord.tables WHERE id = $1",
+                &[&(id as i32)],
+            )?;
+            let name: String = row.get(0);
+            let info = TableInfo::introspect(&mut self.client, &name).map_err(|e| {
+                StoreError::Capture {
+                    table: name.clone(),
+                    key: "-".into(),
+                    detail: concord_store::error_chain(&e),
+                }
+            })?;
+            let list = info
+                .columns
+                .iter()
+                .map(|c| c.kind.read_expr(&quote(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {list} FROM {} WHERE {}",
+                info.qualified(),
+                info.key_predicate(1)
+            );
+            let statement = self.client.prepare(&sql)?;
+            self.tables.insert(id, (info, statement));
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotSource for PgLog {
+    fn begin_snapshot(&mut self) -> Result<(), StoreError> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        Ok(())
+    }
+
+    fn end_snapshot(&mut self) -> Result<(), StoreError> {
+        self.client.batch_execute("COMMIT")?;
+        Ok(())
+    }
+
+    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .client
+            .query("SELECT id FROM concord.tables WHERE tracked", &[])?
+            .into_iter()
+            .map(|row| i64::from(row.get::<_, i32>(0)))
+            .collect())
+    }
+
+    fn clocks(
+        &mut self,
+        table: i64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<RawClock>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT pk, cl, clock FROM concord.rows WHERE tbl = $1 AND pk > $2 \
+                 ORDER BY pk LIMIT $3",
+                &[&(table as i32), &after, &(limit as i64)],
+            )?
+            .into_iter()
+            .map(|row| RawClock {
+                key: row.get(0),
+                causal_length: row.get(1),
+                clock: row.get(2),
+            })
+            .collect())
+    }
+
+    fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
+        self.table(table)?;
+        let PgLog { client, tables } = self;
+        let Some((info, statement)) = tables.get(&table) else {
+            return Ok(None);
+        };
+        let bad = |detail: String| StoreError::Capture {
+            table: info.name.clone(),
+            key: format!("{key:?}"),
+            detail,
+        };
+        let params = info
+            .key_columns
+            .iter()
+            .zip(key)
+            .map(|(&index, value)| to_param(info.columns[index].kind, value))
+            .collect::<Result<Vec<Param>, _>>()
+            .map_err(|m| bad(m.0))?;
+        let refs: Vec<&Param> = params.iter().collect();
+        let Some(row) = client.query_opt(statement, &sql_refs(&refs))? else {
+            return Ok(None);
+        };
+        info.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let raw = row
+                    .try_get::<_, Raw<'_>>(i)
+                    .map_err(|e| bad(e.to_string()))?;
+                decode(c.kind, raw.0).map_err(|d| bad(format!("column {:?}: {d}", c.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
 }
 
 fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {

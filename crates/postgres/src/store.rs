@@ -21,7 +21,8 @@ use crate::schema::{
 };
 use concord_store::format::{self as codec, StoredVersion};
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store, StoreOptions,
+    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
+    StoreOptions,
 };
 use concord_store::{
     ApplyReport, ColumnChange, ColumnSignature, StoreError, TrackError, compare_columns,
@@ -916,6 +917,10 @@ impl Store for PgStore {
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
         Ok(Box::new(crate::log::open_log(&self.url)?))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
+        Ok(Box::new(crate::log::open_snapshot(&self.url, self.node)?))
     }
 
     fn log_len(&mut self) -> Result<u64, StoreError> {

@@ -442,6 +442,11 @@ impl ToSql for Param {
 }
 
 /// Reads any column as its raw binary bytes; [`decode`] interprets them.
+/// Parameters as the driver takes them.
+pub(crate) fn sql_refs<'p>(params: &[&'p Param]) -> Vec<&'p (dyn ToSql + Sync)> {
+    params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect()
+}
+
 pub(crate) struct Raw<'a>(pub(crate) Option<&'a [u8]>);
 
 impl<'a> postgres::types::FromSql<'a> for Raw<'a> {

@@ -232,6 +232,13 @@ impl ApplyBackend for SqliteStore {
         Ok(())
     }
 
+    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM __concord_log WHERE origin = ?1 AND seq <= ?2")?
+            .execute(rusqlite::params![origin, seq as i64])?;
+        Ok(())
+    }
+
     fn record_failure(
         &mut self,
         change: &Change,

@@ -40,9 +40,10 @@ pub use apply::ApplySession;
 pub use concord_store::{
     ApplyError, ApplyReport, ApplyTxn, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
     LogRead, RowError, RowFailure, Store, StoreError, StoreOptions, TrackError, merge_all, pull,
+    pull_snapshot,
 };
 pub use digest::{DigestError, TableDigest};
 pub use lock::FileLock;
-pub use log::{LogReader, SqliteLog, open_log};
+pub use log::{LogReader, SnapshotReader, SqliteLog, open_log, open_snapshot};
 pub use schema::{TRIGGER_PREFIX, TableInfo};
 pub use store::SqliteStore;

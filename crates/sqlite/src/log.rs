@@ -6,15 +6,21 @@
 
 use std::path::Path;
 
-use concord_core::{NodeId, VersionVector};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
 
+use concord_core::{NodeId, Value, VersionVector};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+
+use crate::codec::{self, Sql};
+use crate::schema::quote;
 use crate::store::SqliteStore;
-use concord_store::{RawEntry, StoreError, TableColumns};
+use concord_store::{RawClock, RawEntry, StoreError, TableColumns};
 
 /// SQLite's change log, read through its own connection.
 pub struct SqliteLog {
     conn: Connection,
+    /// Per table id: the statement selecting a user's row by key (for snapshots).
+    select_row: HashMap<i64, String>,
 }
 
 /// A read-only view of a SQLite store's change log.
@@ -30,7 +36,136 @@ pub fn open_log(path: &Path) -> Result<LogReader, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    concord_store::LogReader::new(SqliteLog { conn })
+    concord_store::LogReader::new(SqliteLog::new(conn))
+}
+
+/// Opens a snapshot of a tracked database file: every tracked row with its clock, in
+/// one consistent read (see [`concord_store::SnapshotReader`]).
+pub fn open_snapshot(path: &Path, node: NodeId) -> Result<SnapshotReader, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    concord_store::SnapshotReader::begin(SqliteLog::new(conn), node)
+}
+
+/// A snapshot of a SQLite store's rows.
+pub type SnapshotReader = concord_store::SnapshotReader<SqliteLog>;
+
+impl SqliteLog {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            select_row: HashMap::new(),
+        }
+    }
+
+    /// `SELECT every column FROM the table WHERE key`, from the metadata's columns.
+    fn select_row_sql(&mut self, table: i64) -> Result<String, StoreError> {
+        if let Some(sql) = self.select_row.get(&table) {
+            return Ok(sql.clone());
+        }
+        let name: String = self.conn.query_row(
+            "SELECT name FROM __concord_tables WHERE id = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        let columns: Vec<(String, Option<i64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT name, key_position FROM __concord_columns WHERE tbl = ?1 ORDER BY position",
+            )?
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut key: Vec<(i64, &str)> = columns
+            .iter()
+            .filter_map(|(name, k)| k.map(|k| (k, name.as_str())))
+            .collect();
+        key.sort_unstable();
+        let list = columns
+            .iter()
+            .map(|(name, _)| quote(name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let predicate = key
+            .iter()
+            .enumerate()
+            .map(|(i, (_, name))| format!("{} IS ?{}", quote(name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!("SELECT {list} FROM {} WHERE {predicate}", quote(&name));
+        self.select_row.insert(table, sql.clone());
+        Ok(sql)
+    }
+}
+
+impl concord_store::SnapshotSource for SqliteLog {
+    fn begin_snapshot(&mut self) -> Result<(), StoreError> {
+        // A deferred transaction takes its snapshot at the first read, just below; WAL
+        // keeps that view while the store goes on writing.
+        self.conn.execute_batch("BEGIN")?;
+        self.conn
+            .query_row("SELECT count(*) FROM __concord_origins", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn end_snapshot(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM __concord_tables WHERE tracked")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn clocks(
+        &mut self,
+        table: i64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<RawClock>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT pk, cl, clock FROM __concord_rows WHERE tbl = ?1 AND pk > ?2 \
+                 ORDER BY pk LIMIT ?3",
+            )?
+            .query_map(rusqlite::params![table, after, limit as i64], |r| {
+                Ok(RawClock {
+                    key: r.get(0)?,
+                    causal_length: r.get(1)?,
+                    clock: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
+        let sql = self.select_row_sql(table)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let count = stmt.column_count();
+        let row = stmt
+            .query_row(params_from_iter(key.iter().map(Sql)), |r| {
+                (0..count)
+                    .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        row.into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|detail| StoreError::Capture {
+                table: format!("table {table}"),
+                key: format!("{key:?}"),
+                detail,
+            })
+    }
 }
 
 fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {

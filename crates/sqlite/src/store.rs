@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::codec;
 use concord_store::format::StoredVersion;
 use concord_store::{
-    ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, Store,
-    StoreError, StoreOptions, TrackError,
+    ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins,
+    SnapshotRead, Store, StoreError, StoreOptions, TrackError,
 };
 
 use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
@@ -856,6 +856,10 @@ impl Store for SqliteStore {
 
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
         Ok(Box::new(crate::log::open_log(&self.path)?))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
+        Ok(Box::new(crate::log::open_snapshot(&self.path, self.node)?))
     }
 
     fn log_len(&mut self) -> Result<u64, StoreError> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::merge::{Conflict, IncomingColumn, RowClock, RowEffect, merge_remote};
-use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version};
+use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 
 use crate::format::{self, LogBody, LogColumn};
 use crate::origins::{Origins, stored_version};
@@ -197,6 +197,8 @@ pub trait ApplyBackend {
     fn record_conflict(&mut self, conflict: &ConflictRow<'_>) -> Result<(), StoreError>;
     /// Appends an entry to the change log.
     fn append_log(&mut self, entry: LogEntry<'_>) -> Result<(), StoreError>;
+    /// Deletes the log entries of origin `origin` (an index) up to sequence `seq`.
+    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError>;
     /// Records a change set aside, with why and the whole change encoded (`body`), so
     /// it can be retried after the log that also holds it was pruned.
     fn record_failure(
@@ -215,11 +217,14 @@ pub trait ApplyBackend {
     fn forget_all_failures(&mut self) -> Result<u64, StoreError>;
 }
 
-/// Whether a change is applied as it arrives, or again after it was set aside.
+/// Whether a change is applied as it arrives, again after it was set aside, or is a
+/// row's state from a snapshot (sequence 0: merged, neither logged nor counted as held;
+/// see [`crate::SnapshotReader`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     New,
     SetAside,
+    RowState,
 }
 
 /// An open apply transaction over any store. Dropping it without
@@ -315,7 +320,12 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
     /// Applies one change inside the transaction.
     pub fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
         self.progress.start(change)?;
-        let outcome = self.apply_inner(change, Mode::New);
+        let mode = if change.seq == 0 {
+            Mode::RowState
+        } else {
+            Mode::New
+        };
+        let outcome = self.apply_inner(change, mode);
         self.progress.finish(change, outcome)
     }
 
@@ -347,6 +357,12 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         let newest = newest_hlc(change);
         store.hlc().check(newest, now)?;
         if store.is_relay() {
+            if mode == Mode::RowState {
+                return Err(RowError::Invalid(
+                    "a relay keeps no rows and cannot merge a snapshot's row state".into(),
+                )
+                .into());
+            }
             change.key.decode()?;
             store.hlc().observe(newest, now)?;
             self.log_verbatim(change).map_err(Failure::Store)?;
@@ -434,8 +450,9 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
                 .map_err(Failure::Store)?;
         }
         store.hlc().observe(newest, now)?;
-        if mode == Mode::SetAside {
-            // Logged (verbatim) and counted as held when it was set aside.
+        if mode != Mode::New {
+            // Logged (verbatim) and counted as held when it was set aside; a row's
+            // state is no change of any origin.
             self.progress.in_txn += 1;
             self.progress.report.applied += 1;
             return Ok(true);
@@ -490,6 +507,16 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
     /// as held so the stream from its origin keeps flowing. Used for a source
     /// transaction that cannot be applied here, so one bad row never blocks a channel.
     pub fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
+        if change.seq == 0 {
+            // A row's state from a snapshot: no sequence to hold or log, only the
+            // failure to record (with the state, so it can be retried).
+            let body = format::encode(change);
+            let result = self
+                .store
+                .record_failure(change, &body, reason)
+                .map_err(ApplyError::from);
+            return self.progress.finish_set_aside(change, result);
+        }
         let result = match self
             .store
             .origins()
@@ -510,6 +537,37 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             }))),
         };
         self.progress.finish_set_aside(change, result)
+    }
+}
+
+impl<B: ApplyBackend> ApplySession<'_, B> {
+    /// Records that everything `holds` names is held, without logging it (see
+    /// [`ApplyTxn::adopt_held`]).
+    pub fn adopt_held(&mut self, holds: &VersionVector) -> Result<(), ApplyError> {
+        self.progress.ready_to_commit()?;
+        for (origin, &seq) in holds.iter() {
+            if seq <= self.store.origins().held.get(origin) {
+                continue;
+            }
+            let index = match self.store.origin_index(*origin) {
+                Ok(index) => index,
+                Err(e) => {
+                    self.progress.poison();
+                    return Err(e.into());
+                }
+            };
+            // The log now misses this origin's changes up to `seq` (they arrived as
+            // rows): its earlier entries go too, so the log starts after the gap and a
+            // peer that needs them is told to take a snapshot ([`StoreError::Pruned`])
+            // instead of receiving a history with a hole in it.
+            if let Err(e) = self.store.drop_log_through(index, seq) {
+                self.progress.poison();
+                return Err(e.into());
+            }
+            self.store.origins().held.set(*origin, seq);
+            self.dirty_origins.insert(index);
+        }
+        Ok(())
     }
 }
 
@@ -540,6 +598,10 @@ impl<B: ApplyBackend> ApplyTxn for ApplySession<'_, B> {
 
     fn checkpoint(&mut self) -> Result<(), ApplyError> {
         ApplySession::checkpoint(self)
+    }
+
+    fn adopt_held(&mut self, holds: &VersionVector) -> Result<(), ApplyError> {
+        ApplySession::adopt_held(self, holds)
     }
 
     fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError> {

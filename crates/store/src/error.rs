@@ -138,6 +138,9 @@ pub enum StoreError {
         /// Its sequence number.
         seq: u64,
     },
+    /// The store cannot read a snapshot of its rows for a peer.
+    #[error("this {0} cannot provide a snapshot of its rows")]
+    NoSnapshot(&'static str),
     /// A metadata row could not be decoded.
     #[error("corrupt metadata in {table}: {detail}")]
     Corrupt {

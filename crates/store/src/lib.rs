@@ -26,6 +26,8 @@
 //! - [`format`] and [`Origins`]: the records stored inside a tracked database (row
 //!   clocks, log bodies), defined once and pinned byte for byte, and the origin map
 //!   they are read through.
+//! - [`SnapshotReader`]: every tracked row's state with its clock, read consistently,
+//!   for a replica the bounded log cannot serve (behind retention, new, restored).
 //! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
@@ -41,6 +43,7 @@ mod meta;
 mod origins;
 mod progress;
 mod records;
+mod snapshot;
 mod store;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
@@ -53,9 +56,10 @@ pub use meta::node_id_from_meta;
 pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
+pub use snapshot::{RawClock, SnapshotRead, SnapshotReader, SnapshotSource};
 pub use store::{
     ApplyTxn, LogRead, Prepare, Store, apply_setting_aside, apply_stream_setting_aside, merge_all,
-    pull,
+    pull, pull_snapshot,
 };
 
 /// An error and its causes, outermost first, joined by `: `. A cause whose text the

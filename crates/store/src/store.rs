@@ -12,7 +12,7 @@ use concord_core::{Change, NodeId, VersionVector};
 
 use crate::{
     ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, RowError,
-    StoreError, StoreOptions,
+    SnapshotRead, StoreError, StoreOptions,
 };
 
 /// A database tracked by Concord.
@@ -54,6 +54,14 @@ pub trait Store: Send {
     /// A reader of the change log with its own connection, so a sync session can read
     /// while the store captures and applies.
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError>;
+
+    /// A consistent snapshot of every tracked row's state, read through its own
+    /// connection, for a peer the log cannot serve (see [`crate::SnapshotReader`]).
+    /// Pending local writes should be captured first, so the rows' clocks describe
+    /// their values.
+    fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
+        Err(StoreError::NoSnapshot(self.system()))
+    }
 
     /// Entries in the change log.
     fn log_len(&mut self) -> Result<u64, StoreError>;
@@ -165,6 +173,11 @@ pub trait ApplyTxn {
 
     /// Commits what was applied and opens a new transaction.
     fn checkpoint(&mut self) -> Result<(), ApplyError>;
+
+    /// Records that this replica now holds everything `holds` names, without logging
+    /// those changes: used after every row of a snapshot taken at `holds` was merged
+    /// ([`crate::SnapshotReader`]).
+    fn adopt_held(&mut self, holds: &VersionVector) -> Result<(), ApplyError>;
 
     /// Commits and closes the transaction.
     fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError>;
@@ -341,14 +354,54 @@ pub fn apply_stream_setting_aside(
 /// ([`apply_stream_setting_aside`]). Pending local writes of the source are captured
 /// first (the destination captures its own when it opens its apply transaction). The
 /// two stores may be of different databases.
+///
+/// When the source's log no longer holds what the destination lacks (it was pruned),
+/// the destination is brought up to date from a snapshot of the source instead
+/// ([`pull_snapshot`]), then from the log.
 pub fn pull(
     source: &mut dyn Store,
     destination: &mut dyn Store,
 ) -> Result<ApplyReport, ApplyError> {
     source.capture()?;
     let wanted = destination.version_vector().clone();
-    let mut cursor = source.changes_for(&wanted)?;
-    apply_stream_setting_aside(destination, &mut cursor)
+    let mut total = ApplyReport::default();
+    let mut cursor = match source.changes_for(&wanted) {
+        Ok(cursor) => cursor,
+        Err(StoreError::Pruned { origin, seq }) => {
+            tracing::info!(source = %source.location(), destination = %destination.location(), %origin, seq, "the log no longer holds what the destination lacks; merging a snapshot");
+            total.absorb(&pull_snapshot(source, destination)?);
+            let wanted = destination.version_vector().clone();
+            source.changes_for(&wanted)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    total.absorb(&apply_stream_setting_aside(destination, &mut cursor)?);
+    Ok(total)
+}
+
+/// Merges every tracked row's state from a snapshot of `source` into `destination`,
+/// then records that `destination` holds what the snapshot reflects. Rows are merged
+/// (a join), so nothing the destination holds and the source lacks is lost; a row the
+/// destination refuses is set aside alone. Memory stays bounded by a page of rows.
+pub fn pull_snapshot(
+    source: &mut dyn Store,
+    destination: &mut dyn Store,
+) -> Result<ApplyReport, ApplyError> {
+    source.capture()?;
+    let mut snapshot = source.snapshot()?;
+    let limit = destination.options().apply_batch_changes.max(1);
+    let mut total = ApplyReport::default();
+    loop {
+        let rows = snapshot.next_rows(limit)?;
+        if rows.is_empty() {
+            break;
+        }
+        total.absorb(&apply_setting_aside(destination, &rows, None)?);
+    }
+    let mut txn = destination.begin_apply()?;
+    txn.adopt_held(snapshot.held())?;
+    total.absorb(&txn.commit()?);
+    Ok(total)
 }
 
 /// Merges every store with every other: first gathers everything into the first store,

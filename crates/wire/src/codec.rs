@@ -364,6 +364,13 @@ mod documented_examples {
                     }],
                 })),
             ),
+            (
+                "snapshot end",
+                Frame::V1(Message::SnapshotEnd(crate::message::SnapshotEnd {
+                    batch: 3,
+                    holds: holds.clone(),
+                })),
+            ),
             ("ack", Frame::V1(Message::Ack(Ack { batch: 1, holds }))),
             (
                 "piece",

@@ -4,14 +4,19 @@ use concord_core::{Change, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// The newest protocol version this build speaks. Version 2 adds [`Message::Piece`];
-/// everything else is as in version 1, which this build still speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// version 3 adds snapshots (rows' states as changes with sequence 0, closed by
+/// [`Message::SnapshotEnd`]); everything else is as in version 1, which this build
+/// still speaks.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The first protocol version in which [`Message::Piece`] may be sent.
 pub const PIECES_SINCE_VERSION: u16 = 2;
+
+/// The first protocol version in which a snapshot may be sent.
+pub const SNAPSHOTS_SINCE_VERSION: u16 = 3;
 
 /// The most changes one [`ChangeBatch`] may carry.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
@@ -40,6 +45,18 @@ pub enum Message {
     Error(ErrorMessage),
     /// A slice of a [`ChangeBatch`] too large for one frame (protocol version 2).
     Piece(Piece),
+    /// The end of a snapshot (protocol version 3): every row's state was sent, in
+    /// batches before this one, and the receiver, once it merged them, holds `holds`.
+    SnapshotEnd(SnapshotEnd),
+}
+
+/// Closes a snapshot. It is numbered like a batch and acknowledged like one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// Batch number in this session.
+    pub batch: u64,
+    /// The version vector the snapshot's rows reflect.
+    pub holds: VersionVector,
 }
 
 /// One slice of the postcard encoding of a [`ChangeBatch`] that does not fit in a frame.
