@@ -28,6 +28,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Version;
+use crate::merge::RowClock;
+
 /// A hash of one row's state, computed by the store.
 pub type ItemHash = [u8; 32];
 
@@ -89,6 +92,21 @@ pub struct Message {
     pub ranges: Vec<Range>,
 }
 
+impl Message {
+    /// Its size encoded as it crosses a network (postcard), for reports of what a
+    /// reconciliation cost.
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+
+    /// Whether this is the answer of a side that holds no items at all: one range over
+    /// every key, listing nothing. The starter then knows every item of its own is
+    /// missing there, without listing them through the rounds.
+    pub fn holds_nothing(&self) -> bool {
+        matches!(self.ranges.as_slice(), [Range { upper: Bound::End, mode: RangeMode::Items(items) }] if items.is_empty())
+    }
+}
+
 /// A key held differently by the two sides.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Difference {
@@ -113,6 +131,46 @@ pub trait ItemSource {
         to: &Bound,
         visit: &mut dyn FnMut(&[u8], &ItemHash) -> bool,
     ) -> Result<(), Self::Error>;
+}
+
+/// What an item's hash covers, chosen by the side that starts a reconciliation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Compare {
+    /// The row's clock ([`clock_hash`]): what catching up needs. Two replicas whose
+    /// clocks agree hold the same state, deleted rows included, and the clocks are read
+    /// without touching the users' rows.
+    Clocks,
+    /// The row's values by column name, live rows only: what a person checking that two
+    /// copies agree means by "the same" (`concord verify`).
+    Values,
+}
+
+/// The hash of a row's replicated state as every replica computes it, whatever the
+/// store or its column order: the causal length; for a deleted row its tombstone's
+/// version; for a live row the distinct versions of its columns, sorted. A version names
+/// one write, and a write sets the same columns everywhere, so equal clocks mean equal
+/// states. Column names are left out on purpose: a link that renames columns still
+/// compares equal rows as equal.
+pub fn clock_hash(clock: &RowClock) -> ItemHash {
+    let mut hasher = Sha256::new();
+    hasher.update(clock.causal_length.0.to_le_bytes());
+    let version = |hasher: &mut Sha256, v: &Version| {
+        hasher.update(v.hlc.as_u64().to_le_bytes());
+        hasher.update(v.origin.as_bytes());
+    };
+    if clock.causal_length.is_alive() {
+        let mut versions: Vec<Version> =
+            clock.columns.iter().flatten().map(|c| c.version).collect();
+        versions.sort();
+        versions.dedup();
+        for v in &versions {
+            version(&mut hasher, v);
+        }
+    } else if let Some(tombstone) = &clock.tombstone {
+        hasher.update([1]);
+        version(&mut hasher, &tombstone.version);
+    }
+    hasher.finalize().into()
 }
 
 /// Why a message could not be answered.
@@ -522,7 +580,7 @@ impl Reconciler {
         A: ItemSource<Error = E>,
         B: ItemSource<Error = E>,
     {
-        let size = |m: &Message| postcard::experimental::serialized_size(m).unwrap_or(0);
+        let size = Message::encoded_len;
         let mut run = LocalRun::default();
         let mut from_second = Vec::new();
         let mut message = self.initiate(first)?;
@@ -545,8 +603,10 @@ impl Reconciler {
         }
         // A difference the second side found and told the first about is in both lists;
         // one it found last (answering the first's item list) only in its own.
+        let known: std::collections::HashSet<Vec<u8>> =
+            run.differences.iter().map(|d| d.key.clone()).collect();
         for d in from_second {
-            if !run.differences.iter().any(|mine| mine.key == d.key) {
+            if !known.contains(&d.key) {
                 run.differences.push(Difference {
                     key: d.key,
                     here: d.there,
@@ -598,6 +658,61 @@ impl ItemSource for SortedItems {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merge::{ColumnClock, Tombstone};
+    use crate::{CausalLength, Hlc, NodeId};
+
+    fn version(ms: u64, node: u8) -> Version {
+        Version {
+            hlc: Hlc::new(ms, 0),
+            origin: NodeId::from_bytes([node; 16]),
+        }
+    }
+
+    fn column(ms: u64, node: u8) -> Option<ColumnClock> {
+        Some(ColumnClock {
+            version: version(ms, node),
+            replaced: None,
+        })
+    }
+
+    #[test]
+    fn clock_hashes_agree_across_column_orders_and_differ_for_any_other_write() {
+        let a = RowClock {
+            causal_length: CausalLength(1),
+            columns: vec![column(5, 1), column(7, 2), None],
+            tombstone: None,
+        };
+        // Another store declares the columns in another order (or has one more).
+        let reordered = RowClock {
+            causal_length: CausalLength(1),
+            columns: vec![None, column(7, 2), column(5, 1), None],
+            tombstone: None,
+        };
+        assert_eq!(clock_hash(&a), clock_hash(&reordered));
+        let newer = RowClock {
+            columns: vec![column(5, 1), column(8, 2), None],
+            ..a.clone()
+        };
+        assert_ne!(clock_hash(&a), clock_hash(&newer));
+        let other_life = RowClock {
+            causal_length: CausalLength(3),
+            ..a.clone()
+        };
+        assert_ne!(clock_hash(&a), clock_hash(&other_life));
+        let deleted = |by: u8| RowClock {
+            causal_length: CausalLength(2),
+            columns: vec![column(5, 1)],
+            tombstone: Some(Tombstone {
+                version: version(9, by),
+                seen: None,
+            }),
+        };
+        assert_ne!(clock_hash(&deleted(1)), clock_hash(&deleted(2)));
+        // A deleted row's leftover column clocks do not matter, only its delete.
+        let mut bare = deleted(1);
+        bare.columns.clear();
+        assert_eq!(clock_hash(&deleted(1)), clock_hash(&bare));
+    }
 
     fn item(n: u32, version: u8) -> (Vec<u8>, ItemHash) {
         let key = n.to_be_bytes().to_vec();

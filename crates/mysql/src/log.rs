@@ -15,7 +15,10 @@ use mysql::prelude::Queryable;
 use crate::schema::{TableInfo, quote};
 use crate::store::connect;
 use crate::types::{parse, to_param};
-use concord_store::{LogSource, RawClock, RawEntry, SnapshotSource, StoreError, TableColumns};
+use concord_store::{
+    KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
+    clock_page_sql, keyset_page_sql,
+};
 
 /// MySQL's change log, read through its own connection.
 pub(crate) struct MyLog {
@@ -67,14 +70,9 @@ impl MyLog {
                 key: "-".into(),
                 detail: concord_store::error_chain(&e),
             })?;
-        let list = info
-            .columns
-            .iter()
-            .map(|c| c.kind.text_expr(&quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ");
         let sql = format!(
-            "SELECT {list} FROM {} WHERE {}",
+            "SELECT {} FROM {} WHERE {}",
+            select_list(&info),
             info.qualified(),
             info.key_predicate()
         );
@@ -107,13 +105,17 @@ impl SnapshotSource for MyLog {
     fn clocks(
         &mut self,
         table: i64,
-        after: &[u8],
+        start: KeyStart<'_>,
+        below: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<RawClock>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64, Vec<u8>)> = self.conn.exec(
-            "SELECT pk, cl, clock FROM concord_rows WHERE tbl = ? AND pk > ? ORDER BY pk LIMIT ?",
-            (table, after, limit as u64),
-        )?;
+        let sql = clock_page_sql("concord_rows", start, below.is_some(), |_| "?".into());
+        let rows: Vec<(Vec<u8>, i64, Vec<u8>)> = match below {
+            Some(below) => self
+                .conn
+                .exec(&sql, (table, start.key(), below, limit as u64))?,
+            None => self.conn.exec(&sql, (table, start.key(), limit as u64))?,
+        };
         Ok(rows
             .into_iter()
             .map(|(key, causal_length, clock)| RawClock {
@@ -130,35 +132,100 @@ impl SnapshotSource for MyLog {
         let Some((info, sql)) = tables.get(&table) else {
             return Ok(None);
         };
-        let bad = |detail: String| StoreError::Capture {
-            table: info.name.clone(),
-            key: format!("{key:?}"),
-            detail,
-        };
-        let params = info
-            .key_columns
-            .iter()
-            .zip(key)
-            .map(|(&index, value)| to_param(info.columns[index].kind, value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| bad(m.0))?;
+        let params = key_params(info, key)?;
         let row: Option<mysql::Row> =
             conn.exec_first(sql.as_str(), mysql::Params::Positional(params))?;
-        let Some(row) = row else { return Ok(None) };
-        info.columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let text: Option<String> = row
-                    .get_opt(i)
-                    .transpose()
-                    .map_err(|e| bad(e.to_string()))?
-                    .flatten();
-                parse(c.kind, text.as_deref()).map_err(|d| bad(format!("column {:?}: {d}", c.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        row.map(|row| decode_row(info, &row, key)).transpose()
     }
+
+    fn user_rows(
+        &mut self,
+        table: i64,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<RowPage, StoreError> {
+        self.table(table)?;
+        let MyLog { conn, tables } = self;
+        let Some((info, _)) = tables.get(&table) else {
+            return Ok(RowPage {
+                columns: Vec::new(),
+                key: Vec::new(),
+                rows: Vec::new(),
+            });
+        };
+        let keys: Vec<String> = info
+            .key_columns
+            .iter()
+            .map(|&p| quote(&info.columns[p].name))
+            .collect();
+        let placeholders = vec!["?".to_owned(); keys.len()];
+        let sql = keyset_page_sql(
+            &select_list(info),
+            &info.qualified(),
+            &keys,
+            after.map(|_| placeholders.as_slice()),
+            limit,
+        );
+        let params = key_params(info, after.unwrap_or(&[]))?;
+        let rows: Vec<mysql::Row> = if params.is_empty() {
+            conn.query(sql)?
+        } else {
+            conn.exec(sql, mysql::Params::Positional(params))?
+        };
+        let rows = rows
+            .iter()
+            .map(|row| decode_row(info, row, &[]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RowPage {
+            columns: info.columns.iter().map(|c| c.name.clone()).collect(),
+            key: info.key_columns.clone(),
+            rows,
+        })
+    }
+}
+
+/// Every column of `info` as canonical text, as the snapshot reads it.
+fn select_list(info: &TableInfo) -> String {
+    info.columns
+        .iter()
+        .map(|c| c.kind.text_expr(&quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn row_error(info: &TableInfo, key: &[Value], detail: String) -> StoreError {
+    StoreError::Capture {
+        table: info.name.clone(),
+        key: format!("{key:?}"),
+        detail,
+    }
+}
+
+/// `key`'s values as parameters for `info`'s key columns.
+fn key_params(info: &TableInfo, key: &[Value]) -> Result<Vec<mysql::Value>, StoreError> {
+    info.key_columns
+        .iter()
+        .zip(key)
+        .map(|(&index, value)| to_param(info.columns[index].kind, value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| row_error(info, key, m.0))
+}
+
+/// A row read with [`select_list`], every column parsed.
+fn decode_row(info: &TableInfo, row: &mysql::Row, key: &[Value]) -> Result<Vec<Value>, StoreError> {
+    info.columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let text: Option<String> = row
+                .get_opt(i)
+                .transpose()
+                .map_err(|e| row_error(info, key, e.to_string()))?
+                .flatten();
+            parse(c.kind, text.as_deref())
+                .map_err(|d| row_error(info, key, format!("column {:?}: {d}", c.name)))
+        })
+        .collect()
 }
 
 fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {

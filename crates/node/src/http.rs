@@ -18,6 +18,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/v1/status", get(v1_status))
+        .route("/v1/verify", get(v1_verify))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %crate::words::chain(&e), "HTTP server stopped");
@@ -47,4 +48,45 @@ async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn v1_status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(status(&shared).await)
+}
+
+/// What `/v1/verify` takes: `?peer=NAME`, and `&tables=T1,T2` (default: every tracked
+/// table).
+#[derive(serde::Deserialize)]
+struct VerifyQuery {
+    peer: String,
+    #[serde(default)]
+    tables: Option<String>,
+}
+
+/// Compares tables with a peer by values over its live session (range reconciliation)
+/// and lists every key held differently: 200 with a [`crate::VerifyReport`], or an error
+/// status with `{"error": ...}` saying why it could not run.
+async fn v1_verify(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<VerifyQuery>,
+) -> axum::response::Response {
+    let tables = query
+        .tables
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match crate::reconcile::verify(&shared, &query.peer, tables).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            let code = match e {
+                crate::VerifyError::UnknownPeer(_) | crate::VerifyError::UnknownTable(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                crate::VerifyError::NotConnected(_) | crate::VerifyError::Unsupported(_) => {
+                    StatusCode::CONFLICT
+                }
+                crate::VerifyError::Session { .. } => StatusCode::BAD_GATEWAY,
+            };
+            (code, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }

@@ -111,9 +111,26 @@ pub(crate) struct Peer {
     pub(crate) config: PeerConfig,
     pub(crate) counters: PeerCounters,
     runtime: Mutex<PeerRuntime>,
+    /// The running session's reconciliations, for `/v1/verify`.
+    reconciles: Mutex<Option<Arc<crate::reconcile::Link>>>,
 }
 
 impl Peer {
+    /// The running session's reconciliation link, if a session is up.
+    pub(crate) fn reconciles(&self) -> Option<Arc<crate::reconcile::Link>> {
+        self.reconciles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_reconciles(&self, link: Option<Arc<crate::reconcile::Link>>) {
+        *self
+            .reconciles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = link;
+    }
+
     fn runtime(&self) -> std::sync::MutexGuard<'_, PeerRuntime> {
         self.runtime
             .lock()
@@ -361,6 +378,7 @@ impl Node {
                         node: None,
                         last_seen: None,
                     }),
+                    reconciles: Mutex::new(None),
                 })
             })
             .collect();
@@ -1036,6 +1054,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     conflicts: p.counters.conflicts.get(),
                     snapshot_rows_sent: p.counters.snapshot_rows_sent.get(),
                     snapshot_rows_received: p.counters.snapshot_rows_received.get(),
+                    reconcile_bytes: p.counters.reconcile_bytes.get(),
                     bytes_sent: p.counters.bytes_sent.get(),
                     bytes_received: p.counters.bytes_received.get(),
                     errors: p.counters.errors.get(),

@@ -30,7 +30,8 @@ use concord_store::{ApplyError, ApplyReport, Store, StoreError};
 use concord_wire::{
     Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode,
     ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION,
-    PROTOCOL_VERSION, Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WireError, encoded_size,
+    PROTOCOL_VERSION, RECONCILE_SINCE_VERSION, Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd,
+    WireError, encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +40,7 @@ use tokio_util::codec::Framed;
 
 use crate::identity::Fingerprint;
 use crate::node::{Peer, Shared};
+use crate::reconcile::{Answerer, Link, rows_by_key, table_rows};
 use crate::words;
 
 /// Why a session ended.
@@ -255,15 +257,22 @@ where
         let _ = sink.close().await;
         Ok::<(), SessionError>(())
     };
+    // The session speaks the newest version both sides speak.
+    let version = theirs.max_version.min(PROTOCOL_VERSION);
+    let link = Arc::new(Link::new(
+        tx.clone(),
+        version >= RECONCILE_SINCE_VERSION,
+        stall,
+    ));
+    peer.set_reconciles(Some(link.clone()));
     let sender = send_loop(
         shared.clone(),
         peer.clone(),
-        tx.clone(),
         flow.clone(),
+        link.clone(),
         theirs.holds,
         theirs.max_frame,
-        // The session speaks the newest version both sides speak.
-        theirs.max_version.min(PROTOCOL_VERSION),
+        version,
     );
     let pinger = {
         let tx = tx.clone();
@@ -285,6 +294,7 @@ where
         peer.clone(),
         tx.clone(),
         flow.clone(),
+        link,
         stall,
     );
     let mut shutdown = shared.shutdown.subscribe();
@@ -313,6 +323,7 @@ where
         let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
     }
     writer.abort();
+    peer.set_reconciles(None);
     result
 }
 
@@ -342,6 +353,8 @@ fn name(message: &Message) -> &'static str {
         Message::Error(_) => "Error",
         Message::Piece(_) => "Piece",
         Message::SnapshotEnd(_) => "SnapshotEnd",
+        Message::Reconcile(_) => "Reconcile",
+        Message::ReconcileAnswer(_) => "ReconcileAnswer",
     }
 }
 
@@ -368,8 +381,8 @@ pub(crate) fn lock(
 async fn send_loop(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
-    tx: mpsc::Sender<Frame>,
     flow: Arc<Flow>,
+    link: Arc<Link>,
     peer_holds: VersionVector,
     peer_max_frame: u32,
     version: u16,
@@ -379,7 +392,7 @@ async fn send_loop(
     // Every frame must fit the smaller of the two frame limits.
     let max_frame = sync.max_frame_bytes.min(peer_max_frame);
     let mut out = Outbox {
-        tx,
+        tx: link.frames(),
         flow,
         window: sync.window as u64,
         batch: 0,
@@ -404,9 +417,14 @@ async fn send_loop(
             Err(e @ StoreError::Pruned { .. })
                 if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
             {
-                tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
                 snapshots += 1;
-                let held = send_snapshot(&shared, &peer, &mut out).await?;
+                let held = if link.supported {
+                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; reconciling and sending the rows that differ");
+                    send_differences(&shared, &peer, &link, &mut out).await?
+                } else {
+                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
+                    send_snapshot(&shared, &peer, &mut out).await?
+                };
                 sent_holds.join(&held);
             }
             Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
@@ -484,6 +502,86 @@ async fn send_snapshot(
     let held = snapshot.held().clone();
     out.send_snapshot_end(held.clone()).await?;
     tracing::info!(peer = %peer.config.name, rows = peer.counters.snapshot_rows_sent.get(), "snapshot sent");
+    Ok(held)
+}
+
+/// Reconciles every tracked table with the peer by row clocks and sends the states of
+/// the rows that differ and this node holds, all read in one consistent snapshot, then
+/// `SnapshotEnd`; returns the version vector the snapshot reflects. Rows the peer holds
+/// and this node lacks are the peer's to send.
+async fn send_differences(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    link: &Link,
+    out: &mut Outbox,
+) -> Result<VersionVector, SessionError> {
+    let store = shared.store.clone();
+    let snapshot = blocking(move || {
+        let mut store = lock(&store);
+        // Rows' clocks must describe their values: capture what is pending first.
+        store.capture()?;
+        store.snapshot()
+    })
+    .await??;
+    let tables = snapshot.table_names();
+    let held = snapshot.held().clone();
+    let mut slot = Some(snapshot);
+    let page = shared.config.sync.batch_changes.max(1);
+    let (mut messages, mut bytes, mut rows) = (0, 0, 0);
+    for table in tables {
+        let wire = peer
+            .config
+            .tables
+            .by_local(&table)
+            .map_or_else(|| table.clone(), |t| t.remote.clone());
+        let outcome = link
+            .table(
+                &mut slot,
+                &table,
+                &wire,
+                concord_core::reconcile::Compare::Clocks,
+            )
+            .await?;
+        messages += outcome.messages;
+        bytes += outcome.bytes;
+        if outcome.peer_empty {
+            // The peer holds none of this table (a new node): every row goes.
+            let mut after = Vec::new();
+            loop {
+                let (states, next) = table_rows(&mut slot, &table, after, page).await?;
+                rows += states.len();
+                peer.counters.snapshot_rows_sent.add(states.len() as u64);
+                if !states.is_empty() {
+                    out.send(outgoing(&peer.config.tables, states)?).await?;
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            continue;
+        }
+        let keys: Vec<Vec<u8>> = outcome
+            .differences
+            .into_iter()
+            .filter(|d| d.here.is_some())
+            .map(|d| d.key)
+            .collect();
+        for keys in keys.chunks(page) {
+            let states = rows_by_key(&mut slot, &table, keys.to_vec()).await?;
+            rows += states.len();
+            peer.counters.snapshot_rows_sent.add(states.len() as u64);
+            if !states.is_empty() {
+                out.send(outgoing(&peer.config.tables, states)?).await?;
+            }
+        }
+    }
+    if let Some(mut snapshot) = slot.take() {
+        blocking(move || snapshot.finish()).await??;
+    }
+    peer.counters.reconcile_bytes.add(bytes as u64);
+    out.send_snapshot_end(held.clone()).await?;
+    tracing::info!(peer = %peer.config.name, rows, messages, bytes, "rows that differ sent");
     Ok(held)
 }
 
@@ -608,7 +706,7 @@ fn split_by_size(
     Ok(batches)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, SessionError> {
     tokio::task::spawn_blocking(f)
@@ -623,11 +721,13 @@ async fn receive_loop<R>(
     peer: Arc<Peer>,
     tx: mpsc::Sender<Frame>,
     flow: Arc<Flow>,
+    link: Arc<Link>,
     stall: Duration,
 ) -> Result<(), SessionError>
 where
     R: futures::Stream<Item = Result<Frame, WireError>> + Unpin,
 {
+    let mut answerer = Answerer::default();
     let mut expected = 1u64;
     let mut pieces = Reassembler::new(DEFAULT_MAX_BATCH_BYTES);
     let mut open_group: Vec<Change> = Vec::new();
@@ -734,6 +834,8 @@ where
                         "snapshot end inside an incomplete source transaction".into(),
                     ));
                 }
+                // The reconciliation that preceded it is over.
+                answerer = Answerer::default();
                 peer.learn_holds(&end.holds);
                 let report = adopt_snapshot(&shared, end.holds).await?;
                 account(&shared, &peer, &report);
@@ -764,6 +866,17 @@ where
                     return Err(SessionError::Closed);
                 }
             }
+            Message::Reconcile(step) => {
+                let answer = answerer.answer(&shared, &peer.config.tables, step).await?;
+                if tx
+                    .send(Frame::V1(Message::ReconcileAnswer(answer)))
+                    .await
+                    .is_err()
+                {
+                    return Err(SessionError::Closed);
+                }
+            }
+            Message::ReconcileAnswer(answer) => link.answered(answer).await?,
             Message::Pong(_) | Message::Piece(_) => {}
             Message::Hello(_) => return Err(SessionError::Unexpected("a second Hello".into())),
             Message::Error(e) => {

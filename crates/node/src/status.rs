@@ -135,6 +135,10 @@ pub struct PeerStatus {
     /// session.
     #[serde(default)]
     pub snapshot_rows_received: u64,
+    /// Bytes of range-reconciliation messages sent and received to find which rows to
+    /// send the peer instead of a whole snapshot, in the current (or last) session.
+    #[serde(default)]
+    pub reconcile_bytes: u64,
     /// Bytes sent to the peer in the current (or last) session.
     pub bytes_sent: u64,
     /// Bytes received from the peer in the current (or last) session.
@@ -249,6 +253,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Rows' states received from the peer in snapshots since this process started.",
     ),
     (
+        "concord_reconcile_bytes_total",
+        Kind::Counter,
+        "Bytes of range-reconciliation messages exchanged to find the rows the peer lacks since this process started.",
+    ),
+    (
         "concord_bytes_sent_total",
         Kind::Counter,
         "Bytes sent to the peer since this process started.",
@@ -341,6 +350,7 @@ pub(crate) struct PeerCounters {
     pub(crate) conflicts: Count,
     pub(crate) snapshot_rows_sent: Count,
     pub(crate) snapshot_rows_received: Count,
+    pub(crate) reconcile_bytes: Count,
     pub(crate) bytes_sent: Count,
     pub(crate) bytes_received: Count,
     pub(crate) errors: Count,
@@ -366,6 +376,7 @@ impl PeerCounters {
                 "concord_snapshot_rows_received_total",
                 l(),
             ),
+            reconcile_bytes: Count::new(recorder, "concord_reconcile_bytes_total", l()),
             bytes_sent: Count::new(recorder, "concord_bytes_sent_total", l()),
             bytes_received: Count::new(recorder, "concord_bytes_received_total", l()),
             errors: Count::new(recorder, "concord_session_errors_total", l()),
@@ -387,6 +398,7 @@ impl PeerCounters {
             &self.conflicts,
             &self.snapshot_rows_sent,
             &self.snapshot_rows_received,
+            &self.reconcile_bytes,
             &self.bytes_sent,
             &self.bytes_received,
         ] {

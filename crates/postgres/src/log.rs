@@ -14,7 +14,10 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::schema::{TableInfo, quote};
 use crate::store::{Connection, connect};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
-use concord_store::{LogSource, RawClock, RawEntry, SnapshotSource, StoreError, TableColumns};
+use concord_store::{
+    KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
+    clock_page_sql, keyset_page_sql,
+};
 
 /// PostgreSQL's change log, read through its own connection.
 pub(crate) struct PgLog {
@@ -63,14 +66,9 @@ impl PgLog {
                     detail: concord_store::error_chain(&e),
                 }
             })?;
-            let list = info
-                .columns
-                .iter()
-                .map(|c| c.kind.read_expr(&quote(&c.name)))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sql = format!(
-                "SELECT {list} FROM {} WHERE {}",
+                "SELECT {} FROM {} WHERE {}",
+                select_list(&info),
                 info.qualified(),
                 info.key_predicate(1)
             );
@@ -105,16 +103,17 @@ impl SnapshotSource for PgLog {
     fn clocks(
         &mut self,
         table: i64,
-        after: &[u8],
+        start: KeyStart<'_>,
+        below: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<RawClock>, StoreError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT pk, cl, clock FROM concord.rows WHERE tbl = $1 AND pk > $2 \
-                 ORDER BY pk LIMIT $3",
-                &[&(table as i32), &after, &(limit as i64)],
-            )?
+        let sql = clock_page_sql("concord.rows", start, below.is_some(), |n| format!("${n}"));
+        let (table, key, limit) = (table as i32, start.key(), limit as i64);
+        let rows = match below {
+            Some(below) => self.client.query(&sql, &[&table, &key, &below, &limit])?,
+            None => self.client.query(&sql, &[&table, &key, &limit])?,
+        };
+        Ok(rows
             .into_iter()
             .map(|row| RawClock {
                 key: row.get(0),
@@ -130,34 +129,106 @@ impl SnapshotSource for PgLog {
         let Some((info, statement)) = tables.get(&table) else {
             return Ok(None);
         };
-        let bad = |detail: String| StoreError::Capture {
-            table: info.name.clone(),
-            key: format!("{key:?}"),
-            detail,
-        };
-        let params = info
-            .key_columns
-            .iter()
-            .zip(key)
-            .map(|(&index, value)| to_param(info.columns[index].kind, value))
-            .collect::<Result<Vec<Param>, _>>()
-            .map_err(|m| bad(m.0))?;
+        let params = key_params(info, key)?;
         let refs: Vec<&Param> = params.iter().collect();
         let Some(row) = client.query_opt(statement, &sql_refs(&refs))? else {
             return Ok(None);
         };
-        info.columns
+        decode_row(info, &row, key).map(Some)
+    }
+
+    fn user_rows(
+        &mut self,
+        table: i64,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<RowPage, StoreError> {
+        self.table(table)?;
+        let PgLog { client, tables } = self;
+        let Some((info, _)) = tables.get(&table) else {
+            return Ok(RowPage {
+                columns: Vec::new(),
+                key: Vec::new(),
+                rows: Vec::new(),
+            });
+        };
+        let keys: Vec<String> = info
+            .key_columns
+            .iter()
+            .map(|&p| quote(&info.columns[p].name))
+            .collect();
+        let placeholders: Vec<String> = info
+            .key_columns
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let raw = row
-                    .try_get::<_, Raw<'_>>(i)
-                    .map_err(|e| bad(e.to_string()))?;
-                decode(c.kind, raw.0).map_err(|d| bad(format!("column {:?}: {d}", c.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .map(|(i, &p)| info.placeholder(p, i + 1))
+            .collect();
+        let sql = keyset_page_sql(
+            &select_list(info),
+            &info.qualified(),
+            &keys,
+            after.map(|_| placeholders.as_slice()),
+            limit,
+        );
+        let params = key_params(info, after.unwrap_or(&[]))?;
+        let refs: Vec<&Param> = params.iter().collect();
+        let rows = client
+            .query(&sql, &sql_refs(&refs))?
+            .iter()
+            .map(|row| decode_row(info, row, &[]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RowPage {
+            columns: info.columns.iter().map(|c| c.name.clone()).collect(),
+            key: info.key_columns.clone(),
+            rows,
+        })
     }
+}
+
+/// Every column of `info`, as the snapshot reads it.
+fn select_list(info: &TableInfo) -> String {
+    info.columns
+        .iter()
+        .map(|c| c.kind.read_expr(&quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn row_error(info: &TableInfo, key: &[Value], detail: String) -> StoreError {
+    StoreError::Capture {
+        table: info.name.clone(),
+        key: format!("{key:?}"),
+        detail,
+    }
+}
+
+/// `key`'s values as parameters for `info`'s key columns.
+fn key_params(info: &TableInfo, key: &[Value]) -> Result<Vec<Param>, StoreError> {
+    info.key_columns
+        .iter()
+        .zip(key)
+        .map(|(&index, value)| to_param(info.columns[index].kind, value))
+        .collect::<Result<Vec<Param>, _>>()
+        .map_err(|m| row_error(info, key, m.0))
+}
+
+/// A row read with [`select_list`], every column decoded.
+fn decode_row(
+    info: &TableInfo,
+    row: &postgres::Row,
+    key: &[Value],
+) -> Result<Vec<Value>, StoreError> {
+    info.columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let raw = row
+                .try_get::<_, Raw<'_>>(i)
+                .map_err(|e| row_error(info, key, e.to_string()))?;
+            decode(c.kind, raw.0)
+                .map_err(|d| row_error(info, key, format!("column {:?}: {d}", c.name)))
+        })
+        .collect()
 }
 
 fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {

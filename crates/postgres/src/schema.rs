@@ -445,7 +445,7 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
 
     /// The placeholder `$n` for a value of the column at `position`, cast as it needs
     /// (`ColumnInfo::cast`).
-    fn placeholder(&self, position: usize, n: usize) -> String {
+    pub(crate) fn placeholder(&self, position: usize, n: usize) -> String {
         format!("${n}{}", self.columns[position].cast)
     }
 

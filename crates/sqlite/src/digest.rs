@@ -1,13 +1,13 @@
 //! A table's rows as reconciliation items: what `concord verify` compares.
 //!
-//! Why a temporary table: reconciliation reads a side's rows by ranges of *encoded*
-//! keys ([`concord_core::PrimaryKey`]), many times, in that order. SQLite orders a table
-//! by its key columns' values, which agrees with the encoding within one storage class
-//! but not across them (SQLite interleaves integers and reals numerically), and it cannot
+//! Reconciliation reads a side's rows by ranges of *encoded* keys
+//! ([`concord_core::PrimaryKey`]), many times, in that order. SQLite orders a table by
+//! its key columns' values, which agrees with the encoding within one storage class but
+//! not across them (SQLite interleaves integers and reals numerically), and it cannot
 //! seek to an encoded bound. So the table is read once, each row's key encoded and its
-//! values hashed, into a temporary `WITHOUT ROWID` table keyed by the encoded key; every
-//! range is then one indexed query. The temporary table lives in SQLite's temporary
-//! storage (a file, not memory), so memory stays flat whatever the table's size.
+//! values hashed ([`concord_store::values_hash`], as nodes hash rows for `verify`), into
+//! an [`ItemSpill`] on disk that answers every range; memory stays flat whatever the
+//! table's size.
 //!
 //! Any table with a primary key can be digested, tracked or not: comparing a restored
 //! backup, or a file written while capture was off, is the point.
@@ -17,7 +17,8 @@ use std::path::Path;
 use concord_core::reconcile::{Bound, ItemHash, ItemSource};
 use concord_core::{PrimaryKey, Value};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
-use sha2::{Digest, Sha256};
+
+use concord_store::ItemSpill;
 
 use crate::codec;
 use crate::schema::{TableInfo, quote};
@@ -45,7 +46,7 @@ pub enum DigestError {
 pub struct TableDigest {
     conn: Connection,
     table: TableInfo,
-    rows: u64,
+    items: ItemSpill,
 }
 
 impl TableDigest {
@@ -59,26 +60,18 @@ impl TableDigest {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let info = TableInfo::introspect_for_reading(&conn, table)?;
-        conn.execute_batch(
-            "PRAGMA temp_store = FILE;
-             CREATE TEMP TABLE concord_digest(pk BLOB PRIMARY KEY, hash BLOB NOT NULL) WITHOUT ROWID;",
-        )?;
-        let mut by_name: Vec<usize> = (0..info.columns.len()).collect();
-        by_name.sort_by(|&a, &b| info.columns[a].name.cmp(&info.columns[b].name));
+        let mut items = ItemSpill::new().map_err(|e| bad_spill(table, &e))?;
         let columns: Vec<String> = info.columns.iter().map(|c| quote(&c.name)).collect();
         let bad = |detail: String| DigestError::Value {
             table: table.to_owned(),
             detail,
         };
-        let mut rows = 0u64;
         {
             let mut read = conn.prepare(&format!(
                 "SELECT {} FROM main.{}",
                 columns.join(", "),
                 quote(table)
             ))?;
-            let mut insert =
-                conn.prepare("INSERT INTO temp.concord_digest(pk, hash) VALUES (?1, ?2)")?;
             let mut cursor = read.query([])?;
             while let Some(row) = cursor.next()? {
                 let mut values = Vec::with_capacity(columns.len());
@@ -91,27 +84,28 @@ impl TableDigest {
                     .map(|&p| values[p].clone())
                     .collect();
                 let key = PrimaryKey::encode(&key_values).map_err(|e| bad(e.to_string()))?;
-                let mut hasher = Sha256::new();
-                for &i in &by_name {
-                    hasher.update(info.columns[i].name.as_bytes());
-                    hasher.update([0]);
-                    hasher.update(concord_store::format::encode(&values[i]));
-                }
-                let hash: [u8; 32] = hasher.finalize().into();
-                insert.execute(rusqlite::params![key.as_bytes(), &hash[..]])?;
-                rows += 1;
+                let hash = concord_store::values_hash(
+                    info.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .zip(values.iter()),
+                );
+                items
+                    .add(key.as_bytes(), &hash)
+                    .map_err(|e| bad_spill(table, &e))?;
             }
         }
+        items.seal().map_err(|e| bad_spill(table, &e))?;
         Ok(Self {
             conn,
             table: info,
-            rows,
+            items,
         })
     }
 
     /// How many rows the table holds.
     pub fn rows(&self) -> u64 {
-        self.rows
+        self.items.len()
     }
 
     /// The row with encoded key `key`, as column names and values, if the table holds it.
@@ -169,29 +163,16 @@ impl ItemSource for TableDigest {
         to: &Bound,
         visit: &mut dyn FnMut(&[u8], &ItemHash) -> bool,
     ) -> Result<(), DigestError> {
-        let mut stmt = match to {
-            Bound::Below(_) => self.conn.prepare_cached(
-                "SELECT pk, hash FROM temp.concord_digest WHERE pk >= ?1 AND pk < ?2 ORDER BY pk",
-            )?,
-            Bound::End => self.conn.prepare_cached(
-                "SELECT pk, hash FROM temp.concord_digest WHERE pk >= ?1 ORDER BY pk",
-            )?,
-        };
-        let mut rows = match to {
-            Bound::Below(upper) => stmt.query(rusqlite::params![from, upper])?,
-            Bound::End => stmt.query(rusqlite::params![from])?,
-        };
-        while let Some(row) = rows.next()? {
-            let key: Vec<u8> = row.get(0)?;
-            let hash: Vec<u8> = row.get(1)?;
-            let hash: [u8; 32] = hash.try_into().map_err(|_| DigestError::Value {
-                table: self.table.name.clone(),
-                detail: "a digest hash is not 32 bytes".into(),
-            })?;
-            if !visit(&key, &hash) {
-                break;
-            }
-        }
-        Ok(())
+        let table = self.table.name.clone();
+        self.items
+            .scan(from, to, visit)
+            .map_err(|e| bad_spill(&table, &e))
+    }
+}
+
+fn bad_spill(table: &str, e: &concord_store::StoreError) -> DigestError {
+    DigestError::Value {
+        table: table.to_owned(),
+        detail: format!("keeping its digest: {e}"),
     }
 }

@@ -14,13 +14,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 use crate::codec::{self, Sql};
 use crate::schema::quote;
 use crate::store::SqliteStore;
-use concord_store::{RawClock, RawEntry, StoreError, TableColumns};
+use concord_store::{
+    KeyStart, RawClock, RawEntry, RowPage, StoreError, TableColumns, clock_page_sql,
+    keyset_page_sql,
+};
 
 /// SQLite's change log, read through its own connection.
 pub struct SqliteLog {
     conn: Connection,
-    /// Per table id: the statement selecting a user's row by key (for snapshots).
-    select_row: HashMap<i64, String>,
+    /// Per table id: how to read its users' rows (for snapshots).
+    row_reads: HashMap<i64, RowReads>,
 }
 
 /// A read-only view of a SQLite store's change log.
@@ -53,18 +56,30 @@ pub fn open_snapshot(path: &Path, node: NodeId) -> Result<SnapshotReader, StoreE
 /// A snapshot of a SQLite store's rows.
 pub type SnapshotReader = concord_store::SnapshotReader<SqliteLog>;
 
+/// How the snapshot reads one table's own rows, from the metadata's columns.
+#[derive(Clone)]
+struct RowReads {
+    table: String,
+    columns: Vec<String>,
+    /// Key column positions, in key order.
+    key: Vec<usize>,
+    /// Every column, quoted, for a select list.
+    list: String,
+    /// `SELECT every column FROM the table WHERE key`.
+    by_key: String,
+}
+
 impl SqliteLog {
     fn new(conn: Connection) -> Self {
         Self {
             conn,
-            select_row: HashMap::new(),
+            row_reads: HashMap::new(),
         }
     }
 
-    /// `SELECT every column FROM the table WHERE key`, from the metadata's columns.
-    fn select_row_sql(&mut self, table: i64) -> Result<String, StoreError> {
-        if let Some(sql) = self.select_row.get(&table) {
-            return Ok(sql.clone());
+    fn row_reads(&mut self, table: i64) -> Result<RowReads, StoreError> {
+        if let Some(reads) = self.row_reads.get(&table) {
+            return Ok(reads.clone());
         }
         let name: String = self.conn.query_row(
             "SELECT name FROM __concord_tables WHERE id = ?1",
@@ -78,11 +93,13 @@ impl SqliteLog {
             )?
             .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let mut key: Vec<(i64, &str)> = columns
+        let mut key: Vec<(i64, usize)> = columns
             .iter()
-            .filter_map(|(name, k)| k.map(|k| (k, name.as_str())))
+            .enumerate()
+            .filter_map(|(position, (_, k))| k.map(|k| (k, position)))
             .collect();
         key.sort_unstable();
+        let key: Vec<usize> = key.into_iter().map(|(_, p)| p).collect();
         let list = columns
             .iter()
             .map(|(name, _)| quote(name))
@@ -91,12 +108,44 @@ impl SqliteLog {
         let predicate = key
             .iter()
             .enumerate()
-            .map(|(i, (_, name))| format!("{} IS ?{}", quote(name), i + 1))
+            .map(|(i, &p)| format!("{} IS ?{}", quote(&columns[p].0), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let sql = format!("SELECT {list} FROM {} WHERE {predicate}", quote(&name));
-        self.select_row.insert(table, sql.clone());
-        Ok(sql)
+        let reads = RowReads {
+            by_key: format!("SELECT {list} FROM {} WHERE {predicate}", quote(&name)),
+            table: quote(&name),
+            columns: columns.into_iter().map(|(name, _)| name).collect(),
+            key,
+            list,
+        };
+        self.row_reads.insert(table, reads.clone());
+        Ok(reads)
+    }
+
+    /// Runs a query of user rows with `params`, every column decoded.
+    fn read_rows(
+        &mut self,
+        table: i64,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<Vec<Value>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let count = stmt.column_count();
+        let rows = stmt
+            .query_map(params_from_iter(params.iter().map(Sql)), |r| {
+                (0..count)
+                    .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|row| row.into_iter().collect::<Result<Vec<_>, _>>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|detail| StoreError::Capture {
+                table: format!("table {table}"),
+                key: format!("{params:?}"),
+                detail,
+            })
     }
 }
 
@@ -126,45 +175,65 @@ impl concord_store::SnapshotSource for SqliteLog {
     fn clocks(
         &mut self,
         table: i64,
-        after: &[u8],
+        start: KeyStart<'_>,
+        below: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<RawClock>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT pk, cl, clock FROM __concord_rows WHERE tbl = ?1 AND pk > ?2 \
-                 ORDER BY pk LIMIT ?3",
-            )?
-            .query_map(rusqlite::params![table, after, limit as i64], |r| {
-                Ok(RawClock {
-                    key: r.get(0)?,
-                    causal_length: r.get(1)?,
-                    clock: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?)
+        let sql = clock_page_sql("__concord_rows", start, below.is_some(), |n| {
+            format!("?{n}")
+        });
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok(RawClock {
+                key: r.get(0)?,
+                causal_length: r.get(1)?,
+                clock: r.get(2)?,
+            })
+        };
+        let rows = match below {
+            Some(below) => stmt.query_map(
+                rusqlite::params![table, start.key(), below, limit as i64],
+                read,
+            )?,
+            None => stmt.query_map(rusqlite::params![table, start.key(), limit as i64], read)?,
+        };
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
-        let sql = self.select_row_sql(table)?;
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let count = stmt.column_count();
-        let row = stmt
-            .query_row(params_from_iter(key.iter().map(Sql)), |r| {
-                (0..count)
-                    .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .optional()?;
-        let Some(row) = row else { return Ok(None) };
-        row.into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
-            .map_err(|detail| StoreError::Capture {
-                table: format!("table {table}"),
-                key: format!("{key:?}"),
-                detail,
-            })
+        let reads = self.row_reads(table)?;
+        Ok(self
+            .read_rows(table, &reads.by_key, key)?
+            .into_iter()
+            .next())
+    }
+
+    fn user_rows(
+        &mut self,
+        table: i64,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<RowPage, StoreError> {
+        let reads = self.row_reads(table)?;
+        let keys: Vec<String> = reads
+            .key
+            .iter()
+            .map(|&p| quote(&reads.columns[p]))
+            .collect();
+        let placeholders: Vec<String> = (1..=keys.len()).map(|n| format!("?{n}")).collect();
+        let sql = keyset_page_sql(
+            &reads.list,
+            &format!("main.{}", reads.table),
+            &keys,
+            after.map(|_| placeholders.as_slice()),
+            limit,
+        );
+        let rows = self.read_rows(table, &sql, after.unwrap_or(&[]))?;
+        Ok(RowPage {
+            columns: reads.columns,
+            key: reads.key,
+            rows,
+        })
     }
 }
 

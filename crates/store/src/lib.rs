@@ -44,6 +44,7 @@ mod origins;
 mod progress;
 mod records;
 mod snapshot;
+mod spill;
 mod store;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
@@ -56,10 +57,14 @@ pub use meta::node_id_from_meta;
 pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
-pub use snapshot::{RawClock, SnapshotRead, SnapshotReader, SnapshotSource};
+pub use snapshot::{
+    KeyStart, RawClock, RowPage, SnapshotRead, SnapshotReader, SnapshotSource, TableItems,
+    clock_page_sql, keyset_page_sql, values_hash,
+};
+pub use spill::ItemSpill;
 pub use store::{
-    ApplyTxn, LogRead, Prepare, Store, apply_setting_aside, apply_stream_setting_aside, merge_all,
-    pull, pull_snapshot,
+    ApplyTxn, LogRead, Prepare, Store, apply_setting_aside, apply_stream_setting_aside,
+    compare_stores, merge_all, pull, pull_snapshot,
 };
 
 /// An error and its causes, outermost first, joined by `: `. A cause whose text the

@@ -20,8 +20,15 @@
 //!
 //! A database takes part through [`SnapshotSource`]: a consistent read, its row-clock
 //! table in key order, and its users' rows by key. Decoding is done here, once.
+//!
+//! The same consistent read serves range-based reconciliation
+//! ([`concord_core::reconcile`]): the row-clock table is already ordered by encoded key,
+//! so a side's items are its row clocks (or its rows' values) read range by range, and
+//! only the rows found to differ are then read whole and sent. A catch-up that finds ten
+//! rows different among a million sends ten rows, not a million.
 
 use concord_core::merge::RowClock;
+use concord_core::reconcile::{Bound, Compare, ItemHash, ItemSource, clock_hash};
 use concord_core::{
     CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Value, Version, VersionVector,
 };
@@ -29,12 +36,85 @@ use concord_core::{
 use crate::StoreError;
 use crate::logread::{LogSource, TableColumns};
 use crate::origins::Origins;
+use crate::spill::ItemSpill;
 
 /// Row clocks read per page.
 const PAGE_ROWS: usize = 1_000;
 
 /// Bytes of values per page, past which a page ends (after at least one row).
 const PAGE_BYTES: usize = 8 << 20;
+
+/// Where a read of row clocks starts, in encoded-key order.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyStart<'a> {
+    /// At keys strictly above these bytes.
+    After(&'a [u8]),
+    /// At these bytes or above.
+    AtLeast(&'a [u8]),
+}
+
+/// The query a store runs for [`SnapshotSource::clocks`], in its dialect: `rows` is its
+/// row-clock table and `placeholder(n)` its n-th parameter (from 1). Parameters: the
+/// table id, the start key, the upper bound (only when `below`), the row limit.
+pub fn clock_page_sql(
+    rows: &str,
+    start: KeyStart<'_>,
+    below: bool,
+    placeholder: impl Fn(usize) -> String,
+) -> String {
+    let from = match start {
+        KeyStart::After(_) => ">",
+        KeyStart::AtLeast(_) => ">=",
+    };
+    let (upper, limit) = if below {
+        (format!(" AND pk < {}", placeholder(3)), placeholder(4))
+    } else {
+        (String::new(), placeholder(3))
+    };
+    format!(
+        "SELECT pk, cl, clock FROM {rows} WHERE tbl = {} AND pk {from} {}{upper} ORDER BY pk LIMIT {limit}",
+        placeholder(1),
+        placeholder(2)
+    )
+}
+
+impl KeyStart<'_> {
+    /// The start key's bytes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KeyStart::After(key) | KeyStart::AtLeast(key) => key,
+        }
+    }
+}
+
+/// A page of a table's own rows, read in the database's key order.
+pub struct RowPage {
+    /// The table's columns, by position.
+    pub columns: Vec<String>,
+    /// The positions of its key columns, in key order.
+    pub key: Vec<usize>,
+    /// The rows: every column's value, by position.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// The query a store runs for [`SnapshotSource::user_rows`]: `list` selects every
+/// column, `keys` are the quoted key columns and `after` (for every page but the first)
+/// their placeholders, in the store's dialect. Row-value comparison (`(a, b) > (?, ?)`)
+/// is keyset pagination in the database's own order, which every supported database
+/// evaluates with the primary key's index.
+pub fn keyset_page_sql(
+    list: &str,
+    table: &str,
+    keys: &[String],
+    after: Option<&[String]>,
+    limit: usize,
+) -> String {
+    let keys = keys.join(", ");
+    let filter = after.map_or_else(String::new, |after| {
+        format!(" WHERE ({keys}) > ({})", after.join(", "))
+    });
+    format!("SELECT {list} FROM {table}{filter} ORDER BY {keys} LIMIT {limit}")
+}
 
 /// One row of the row-clock table.
 pub struct RawClock {
@@ -55,17 +135,27 @@ pub trait SnapshotSource: LogSource {
     fn end_snapshot(&mut self) -> Result<(), StoreError>;
     /// The ids of the tables tracked now.
     fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError>;
-    /// Up to `limit` row clocks of table `table` whose encoded keys sort above `after`
-    /// (bytewise), in that order.
+    /// Up to `limit` row clocks of table `table` whose encoded keys sort from `start`
+    /// and below `below` (bytewise), in that order ([`clock_page_sql`]).
     fn clocks(
         &mut self,
         table: i64,
-        after: &[u8],
+        start: KeyStart<'_>,
+        below: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<RawClock>, StoreError>;
     /// The values of the user's row of `table` with key `key` (its key columns' values,
     /// in key order), every column by position, or `None` if there is no such row.
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError>;
+    /// Up to `limit` rows of the users' table `table` whose keys (its key columns'
+    /// values, in key order) sort after `after` in the database's own order
+    /// ([`keyset_page_sql`]), from the first when `after` is `None`.
+    fn user_rows(
+        &mut self,
+        table: i64,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<RowPage, StoreError>;
 }
 
 /// A snapshot being read, page by page.
@@ -75,6 +165,73 @@ pub trait SnapshotRead: Send {
     /// The next rows' states (changes with sequence 0), at most about `limit`; empty
     /// once every tracked row was read (the read transaction then ends).
     fn next_rows(&mut self, limit: usize) -> Result<Vec<Change>, StoreError>;
+    /// The names of the tables the snapshot describes.
+    fn table_names(&self) -> Vec<String>;
+    /// Calls `visit` with each row of `table` whose encoded key lies in `[from, to)`, in
+    /// key order, with its hash as `compare` defines it, until `visit` returns false. A
+    /// table the snapshot does not describe holds no rows.
+    fn scan(
+        &mut self,
+        table: &str,
+        compare: Compare,
+        from: &[u8],
+        to: &Bound,
+        visit: &mut dyn FnMut(&[u8], &ItemHash) -> bool,
+    ) -> Result<(), StoreError>;
+    /// The states of the rows of `table` with these encoded keys (as [`SnapshotRead::
+    /// next_rows`] gives them), skipping keys it does not hold.
+    fn rows_by_key(&mut self, table: &str, keys: &[Vec<u8>]) -> Result<Vec<Change>, StoreError>;
+    /// The states of up to `limit` rows of `table` whose encoded keys sort above
+    /// `after`, in key order, and the last key read (`None` at the table's end): for
+    /// sending a whole table to a peer that holds none of it.
+    fn table_rows(
+        &mut self,
+        table: &str,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Change>, Option<Vec<u8>>), StoreError>;
+    /// Ends the read early (it also ends when the snapshot is dropped).
+    fn finish(&mut self) -> Result<(), StoreError>;
+}
+
+/// One table of a snapshot as an [`ItemSource`], for [`concord_core::reconcile`].
+pub struct TableItems<'a> {
+    /// The snapshot read.
+    pub snapshot: &'a mut dyn SnapshotRead,
+    /// The table, by its name in this store.
+    pub table: &'a str,
+    /// What the hashes cover.
+    pub compare: Compare,
+}
+
+impl ItemSource for TableItems<'_> {
+    type Error = StoreError;
+
+    fn scan(
+        &mut self,
+        from: &[u8],
+        to: &Bound,
+        visit: &mut dyn FnMut(&[u8], &ItemHash) -> bool,
+    ) -> Result<(), StoreError> {
+        self.snapshot
+            .scan(self.table, self.compare, from, to, visit)
+    }
+}
+
+/// The hash of a live row's values for [`Compare::Values`]: each column's name and
+/// stored encoding, in name order, so two stores that declare the columns in different
+/// orders agree. `concord verify` of two files hashes rows the same way.
+pub fn values_hash<'a>(columns: impl IntoIterator<Item = (&'a str, &'a Value)>) -> ItemHash {
+    use sha2::{Digest, Sha256};
+    let mut columns: Vec<(&str, &Value)> = columns.into_iter().collect();
+    columns.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = Sha256::new();
+    for (name, value) in columns {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(crate::format::encode(value));
+    }
+    hasher.finalize().into()
 }
 
 /// Reads a snapshot through any [`SnapshotSource`].
@@ -88,6 +245,8 @@ pub struct SnapshotReader<S: SnapshotSource> {
     current: usize,
     after: Vec<u8>,
     done: bool,
+    /// The items of the table last compared by values.
+    spill: Option<(String, ItemSpill)>,
 }
 
 impl<S: SnapshotSource> SnapshotReader<S> {
@@ -117,6 +276,7 @@ impl<S: SnapshotSource> SnapshotReader<S> {
             current: 0,
             after: Vec::new(),
             done: false,
+            spill: None,
         })
     }
 
@@ -127,22 +287,59 @@ impl<S: SnapshotSource> SnapshotReader<S> {
         }
     }
 
-    /// The change that carries `clock`'s state, or `None` for a live row whose user row
-    /// is gone (its delete is still to be captured, and will travel by the log).
-    fn row_state(
-        &mut self,
-        table: usize,
-        raw: RawClock,
-    ) -> Result<Option<(Change, usize)>, StoreError> {
-        let clock: RowClock = self
-            .origins
+    fn decode(&self, table: usize, raw: &RawClock) -> Result<RowClock, StoreError> {
+        self.origins
             .decode_clock(raw.causal_length, &raw.clock)
             .map_err(|e| {
                 self.corrupt(format!(
                     "clock of a row of table {}: {e}",
                     self.tables[table].name
                 ))
-            })?;
+            })
+    }
+
+    /// Reads every row of the users' table once into a spill of (encoded key, values
+    /// hash), for comparing by values.
+    fn spill_values(&mut self, index: usize) -> Result<ItemSpill, StoreError> {
+        let id = self.tables[index].id;
+        let name = self.tables[index].name.clone();
+        let mut spill = ItemSpill::new()?;
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            let page = self.source.user_rows(id, after.as_deref(), PAGE_ROWS)?;
+            let full = page.rows.len() == PAGE_ROWS;
+            for row in page.rows {
+                let key: Vec<Value> = page
+                    .key
+                    .iter()
+                    .map(|&p| row.get(p).cloned().unwrap_or(Value::Null))
+                    .collect();
+                let encoded = PrimaryKey::encode(&key)
+                    .map_err(|e| self.corrupt(format!("a key of table {name}: {e}")))?;
+                let hash = values_hash(page.columns.iter().map(String::as_str).zip(row.iter()));
+                spill.add(encoded.as_bytes(), &hash)?;
+                after = Some(key);
+            }
+            if !full {
+                break;
+            }
+        }
+        spill.seal()?;
+        Ok(spill)
+    }
+
+    fn table_index(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name == name)
+    }
+
+    /// The change that carries `raw`'s state, or `None` for a live row whose user row
+    /// is gone (its delete is still to be captured, and will travel by the log).
+    fn row_state(
+        &mut self,
+        table: usize,
+        raw: RawClock,
+    ) -> Result<Option<(Change, usize)>, StoreError> {
+        let clock = self.decode(table, &raw)?;
         let key = PrimaryKey::from_bytes_unchecked(raw.key);
         let name = self.tables[table].name.clone();
         if !clock.causal_length.is_alive() {
@@ -242,7 +439,9 @@ impl<S: SnapshotSource> SnapshotRead for SnapshotReader<S> {
                 break;
             };
             let id = table.id;
-            let clocks = self.source.clocks(id, &self.after, limit - rows.len())?;
+            let clocks =
+                self.source
+                    .clocks(id, KeyStart::After(&self.after), None, limit - rows.len())?;
             if clocks.is_empty() {
                 self.current += 1;
                 self.after.clear();
@@ -261,5 +460,115 @@ impl<S: SnapshotSource> SnapshotRead for SnapshotReader<S> {
             }
         }
         Ok(rows)
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn scan(
+        &mut self,
+        table: &str,
+        compare: Compare,
+        from: &[u8],
+        to: &Bound,
+        visit: &mut dyn FnMut(&[u8], &ItemHash) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(index) = self.table_index(table) else {
+            return Ok(());
+        };
+        if compare == Compare::Values {
+            if self.spill.as_ref().is_none_or(|(t, _)| t != table) {
+                self.spill = None;
+                let spill = self.spill_values(index)?;
+                self.spill = Some((table.to_owned(), spill));
+            }
+            return match &mut self.spill {
+                Some((_, spill)) => spill.scan(from, to, visit),
+                None => Ok(()),
+            };
+        }
+        let id = self.tables[index].id;
+        let below = match to {
+            Bound::Below(bytes) => Some(bytes.as_slice()),
+            Bound::End => None,
+        };
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = match &after {
+                Some(key) => KeyStart::After(key),
+                None => KeyStart::AtLeast(from),
+            };
+            let page = self.source.clocks(id, start, below, PAGE_ROWS)?;
+            let full = page.len() == PAGE_ROWS;
+            for raw in page {
+                let clock = self.decode(index, &raw)?;
+                if !visit(&raw.key, &clock_hash(&clock)) {
+                    return Ok(());
+                }
+                after = Some(raw.key);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn rows_by_key(&mut self, table: &str, keys: &[Vec<u8>]) -> Result<Vec<Change>, StoreError> {
+        let Some(index) = self.table_index(table) else {
+            return Ok(Vec::new());
+        };
+        let id = self.tables[index].id;
+        let mut rows = Vec::new();
+        for key in keys {
+            let mut upper = key.clone();
+            upper.push(0);
+            let Some(raw) = self
+                .source
+                .clocks(id, KeyStart::AtLeast(key), Some(&upper), 1)?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            if let Some((change, _)) = self.row_state(index, raw)? {
+                rows.push(change);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn table_rows(
+        &mut self,
+        table: &str,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Change>, Option<Vec<u8>>), StoreError> {
+        let Some(index) = self.table_index(table) else {
+            return Ok((Vec::new(), None));
+        };
+        let id = self.tables[index].id;
+        let limit = limit.clamp(1, PAGE_ROWS);
+        let page = self
+            .source
+            .clocks(id, KeyStart::After(after), None, limit)?;
+        let last = (page.len() == limit)
+            .then(|| page.last().map(|raw| raw.key.clone()))
+            .flatten();
+        let mut rows = Vec::with_capacity(page.len());
+        for raw in page {
+            if let Some((change, _)) = self.row_state(index, raw)? {
+                rows.push(change);
+            }
+        }
+        Ok((rows, last))
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        if !self.done {
+            self.done = true;
+            self.source.end_snapshot()?;
+        }
+        Ok(())
     }
 }

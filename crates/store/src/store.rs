@@ -8,11 +8,12 @@
 
 use std::path::PathBuf;
 
+use concord_core::reconcile::{Bound, Compare, LocalRun, ReconcileError, Reconciler};
 use concord_core::{Change, NodeId, VersionVector};
 
 use crate::{
     ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, RowError,
-    SnapshotRead, StoreError, StoreOptions,
+    SnapshotRead, StoreError, StoreOptions, TableItems,
 };
 
 /// A database tracked by Concord.
@@ -379,10 +380,14 @@ pub fn pull(
     Ok(total)
 }
 
-/// Merges every tracked row's state from a snapshot of `source` into `destination`,
-/// then records that `destination` holds what the snapshot reflects. Rows are merged
-/// (a join), so nothing the destination holds and the source lacks is lost; a row the
-/// destination refuses is set aside alone. Memory stays bounded by a page of rows.
+/// Merges into `destination` the state of every tracked row of `source` that it holds
+/// differently, then records that `destination` holds what the snapshot reflects. Which
+/// rows differ is found by range reconciliation of row clocks between a consistent read
+/// of each side ([`concord_core::reconcile`]), so rows both already agree on are not
+/// read whole nor merged again; a table the destination holds nothing of is copied
+/// whole without reconciling. Rows are merged (a join), so nothing the destination holds
+/// and the source lacks is lost; a row the destination refuses is set aside alone.
+/// Memory stays bounded by a page of rows plus the keys that differ.
 pub fn pull_snapshot(
     source: &mut dyn Store,
     destination: &mut dyn Store,
@@ -391,17 +396,112 @@ pub fn pull_snapshot(
     let mut snapshot = source.snapshot()?;
     let limit = destination.options().apply_batch_changes.max(1);
     let mut total = ApplyReport::default();
-    loop {
-        let rows = snapshot.next_rows(limit)?;
-        if rows.is_empty() {
-            break;
+    for table in snapshot.table_names() {
+        let differing = {
+            let mut theirs = destination.snapshot()?;
+            let found = differing_keys(snapshot.as_mut(), theirs.as_mut(), &table)?;
+            theirs.finish()?;
+            found
+        };
+        match differing {
+            None => {
+                let mut after = Vec::new();
+                loop {
+                    let (rows, next) = snapshot.table_rows(&table, &after, limit)?;
+                    if !rows.is_empty() {
+                        total.absorb(&apply_setting_aside(destination, &rows, None)?);
+                    }
+                    match next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+            }
+            Some(keys) => {
+                for keys in keys.chunks(limit) {
+                    let rows = snapshot.rows_by_key(&table, keys)?;
+                    if !rows.is_empty() {
+                        total.absorb(&apply_setting_aside(destination, &rows, None)?);
+                    }
+                }
+            }
         }
-        total.absorb(&apply_setting_aside(destination, &rows, None)?);
     }
+    let held = snapshot.held().clone();
+    snapshot.finish()?;
     let mut txn = destination.begin_apply()?;
-    txn.adopt_held(snapshot.held())?;
+    txn.adopt_held(&held)?;
     total.absorb(&txn.commit()?);
     Ok(total)
+}
+
+/// The keys of the rows of `table` that `ours` holds and `theirs` holds differently
+/// (by row clock), or `None` when `theirs` holds no row of the table at all.
+fn differing_keys(
+    ours: &mut dyn SnapshotRead,
+    theirs: &mut dyn SnapshotRead,
+    table: &str,
+) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    let mut empty = true;
+    theirs.scan(table, Compare::Clocks, &[], &Bound::End, &mut |_, _| {
+        empty = false;
+        false
+    })?;
+    if empty {
+        return Ok(None);
+    }
+    let run = reconcile_reads(ours, theirs, table, Compare::Clocks)?;
+    Ok(Some(
+        run.differences
+            .into_iter()
+            .filter(|d| d.here.is_some())
+            .map(|d| d.key)
+            .collect(),
+    ))
+}
+
+fn reconcile_reads(
+    first: &mut dyn SnapshotRead,
+    second: &mut dyn SnapshotRead,
+    table: &str,
+    compare: Compare,
+) -> Result<LocalRun, StoreError> {
+    let mut first = TableItems {
+        snapshot: first,
+        table,
+        compare,
+    };
+    let mut second = TableItems {
+        snapshot: second,
+        table,
+        compare,
+    };
+    Reconciler::default()
+        .run_local(&mut first, &mut second)
+        .map_err(|e| match e {
+            ReconcileError::Source(e) => e,
+            ReconcileError::Invalid(why) => StoreError::Corrupt {
+                table: "reconciliation",
+                detail: why,
+            },
+        })
+}
+
+/// Compares `table` of two stores (of any kinds) by values, each read in one consistent
+/// read, and returns every key they hold differently (`here` is `first`'s side) with
+/// what the comparison cost. Rows no clock describes (written while capture was off)
+/// count: the users' tables are read, not Concord's metadata. Nothing is written.
+pub fn compare_stores(
+    first: &dyn Store,
+    second: &dyn Store,
+    table: &str,
+) -> Result<LocalRun, StoreError> {
+    let mut a = first.snapshot()?;
+    let mut b = second.snapshot()?;
+    let run = reconcile_reads(a.as_mut(), b.as_mut(), table, Compare::Values)?;
+    a.finish()?;
+    b.finish()?;
+    Ok(run)
 }
 
 /// Merges every store with every other: first gathers everything into the first store,

@@ -373,6 +373,35 @@ mod documented_examples {
             ),
             ("ack", Frame::V1(Message::Ack(Ack { batch: 1, holds }))),
             (
+                "reconcile",
+                Frame::V1(Message::Reconcile(crate::message::Reconcile {
+                    id: 1,
+                    table: "t".into(),
+                    compare: concord_core::reconcile::Compare::Clocks,
+                    message: concord_core::reconcile::Message {
+                        ranges: vec![
+                            concord_core::reconcile::Range {
+                                upper: concord_core::reconcile::Bound::Below(vec![0x14, 0x80]),
+                                mode: concord_core::reconcile::RangeMode::Fingerprint(
+                                    concord_core::reconcile::Fingerprint([0x11; 16]),
+                                ),
+                            },
+                            concord_core::reconcile::Range {
+                                upper: concord_core::reconcile::Bound::End,
+                                mode: concord_core::reconcile::RangeMode::Skip,
+                            },
+                        ],
+                    },
+                })),
+            ),
+            (
+                "reconcile answer",
+                Frame::V1(Message::ReconcileAnswer(crate::message::ReconcileAnswer {
+                    id: 1,
+                    message: None,
+                })),
+            ),
+            (
                 "piece",
                 Frame::V1(Message::Piece(crate::message::Piece {
                     batch: 2,

@@ -1,13 +1,15 @@
 //! Protocol messages.
 
+use concord_core::reconcile::{Compare, Message as RangeMessage};
 use concord_core::{Change, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// The newest protocol version this build speaks. Version 2 adds [`Message::Piece`];
 /// version 3 adds snapshots (rows' states as changes with sequence 0, closed by
-/// [`Message::SnapshotEnd`]); everything else is as in version 1, which this build
-/// still speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// [`Message::SnapshotEnd`]); version 4 adds range reconciliation
+/// ([`Message::Reconcile`], [`Message::ReconcileAnswer`]); everything else is as in
+/// version 1, which this build still speaks.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -17,6 +19,9 @@ pub const PIECES_SINCE_VERSION: u16 = 2;
 
 /// The first protocol version in which a snapshot may be sent.
 pub const SNAPSHOTS_SINCE_VERSION: u16 = 3;
+
+/// The first protocol version in which reconciliation messages may be sent.
+pub const RECONCILE_SINCE_VERSION: u16 = 4;
 
 /// The most changes one [`ChangeBatch`] may carry.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
@@ -48,6 +53,36 @@ pub enum Message {
     /// The end of a snapshot (protocol version 3): every row's state was sent, in
     /// batches before this one, and the receiver, once it merged them, holds `holds`.
     SnapshotEnd(SnapshotEnd),
+    /// One step of a range reconciliation of one table (protocol version 4), from the
+    /// side that started it; answered with [`Message::ReconcileAnswer`] with the same id.
+    Reconcile(Reconcile),
+    /// The answer to [`Message::Reconcile`] (protocol version 4).
+    ReconcileAnswer(ReconcileAnswer),
+}
+
+/// One step of a reconciliation, from the side that started it. The first step of an
+/// id carries the starter's [`concord_core::reconcile::Reconciler::initiate`] message;
+/// each next one its answer to the previous [`ReconcileAnswer`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// Chosen by the starter, unique among its reconciliations in this session.
+    pub id: u64,
+    /// The table, by the name changes to the receiver carry.
+    pub table: String,
+    /// What the items' hashes cover.
+    pub compare: Compare,
+    /// The ranges.
+    pub message: RangeMessage,
+}
+
+/// The answering side's reply to one [`Reconcile`] step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileAnswer {
+    /// The id of the step answered.
+    pub id: u64,
+    /// The ranges, or `None` when the answering side has nothing left to say: the
+    /// reconciliation is complete.
+    pub message: Option<RangeMessage>,
 }
 
 /// Closes a snapshot. It is numbered like a batch and acknowledged like one.

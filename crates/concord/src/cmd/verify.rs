@@ -1,7 +1,8 @@
-//! `concord verify`: which rows two SQLite files hold differently.
+//! `concord verify`: which rows two SQLite files, or a running node and its peer, hold
+//! differently.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use concord_core::PrimaryKey;
@@ -10,24 +11,38 @@ use concord_sqlite::TableDigest;
 
 use crate::output;
 
-/// Compare tables of two SQLite files and list every row that differs.
+/// List every row that differs between two copies of a table.
 ///
 /// For when in doubt: after restoring a backup, after writes made while capture was off,
-/// or to check that two replicas agree. Each table (with a primary key) is compared by
-/// range-based reconciliation, as two nodes would do over the network: fingerprints of
-/// key ranges narrow the search to the rows that differ, so the cost grows with the
-/// number of differences, not the table's size; the messages and bytes it would take
-/// are reported. Rows are compared by value (every column, by name), whether or not the
-/// files are tracked, and the files are only read. Exits 0 when every table agrees, 1
-/// when some row differs.
+/// or to check that two replicas agree. Two forms:
+///
+///   concord verify FIRST.db SECOND.db        two SQLite files, read only
+///   concord verify --dir DIR --peer NAME     a running node and one of its peers
+///
+/// Each table (with a primary key) is compared by range-based reconciliation:
+/// fingerprints of key ranges narrow the search to the rows that differ, so the cost
+/// grows with the number of differences, not the table's size; the messages and bytes
+/// it took are reported. Rows are compared by value (every column, by name). With
+/// --dir, the node (`concord serve --dir DIR`, asked over its HTTP address) compares
+/// over its live session with the peer, each side reading its own database in one
+/// consistent read; nothing is written. Exits 0 when every table agrees, 1 when some
+/// row differs.
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// The first SQLite file.
-    first: PathBuf,
+    #[arg(required_unless_present = "dir", conflicts_with_all = ["dir", "peer"])]
+    first: Option<PathBuf>,
     /// The second SQLite file.
-    second: PathBuf,
+    #[arg(required_unless_present = "dir")]
+    second: Option<PathBuf>,
+    /// A running node's data directory: compare its database with a peer's.
+    #[arg(long, requires = "peer")]
+    dir: Option<PathBuf>,
+    /// The peer to compare with (its name in the node's [[peers]]).
+    #[arg(long, requires = "dir")]
+    peer: Option<String>,
     /// A table to compare (repeatable; default: every table with a primary key that
-    /// both files hold).
+    /// both files hold, or every tracked table of the node).
     #[arg(long = "table")]
     tables: Vec<String>,
     /// Print as JSON.
@@ -37,10 +52,97 @@ pub(crate) struct Args {
 
 /// Runs the command; returns whether every table agrees.
 pub(crate) fn run(args: Args) -> anyhow::Result<bool> {
-    let tables = if args.tables.is_empty() {
-        common_tables(&args)?
+    match (&args.dir, &args.peer, &args.first, &args.second) {
+        (Some(dir), Some(peer), _, _) => with_peer(dir, peer, &args.tables, args.json),
+        (_, _, Some(first), Some(second)) => files(first, second, &args.tables, args.json),
+        _ => anyhow::bail!("give two SQLite files, or --dir DIR --peer NAME"),
+    }
+}
+
+/// Asks the running node in `dir` to compare with `peer` (`/v1/verify`).
+fn with_peer(dir: &Path, peer: &str, tables: &[String], json: bool) -> anyhow::Result<bool> {
+    let config = concord_node::NodeConfig::load(dir)?;
+    let http = config
+        .node
+        .http
+        .context("the node has no `http` address in its [node] section")?;
+    let url = format!("http://{http}/v1/verify");
+    let mut request = ureq::get(&url).query("peer", peer);
+    if !tables.is_empty() {
+        request = request.query("tables", tables.join(","));
+    }
+    let mut response = request
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .with_context(|| {
+            format!(
+                "asking {url} (is `concord serve --dir {}` running?)",
+                dir.display()
+            )
+        })?;
+    if !response.status().is_success() {
+        let body: serde_json::Value = response
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|_| serde_json::json!({"error": "no reason given"}));
+        anyhow::bail!(
+            "{}",
+            body.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("the node could not compare")
+        );
+    }
+    let report: concord_node::VerifyReport = response
+        .body_mut()
+        .read_json()
+        .context("reading the node's verify report")?;
+    let agree = report.tables.iter().all(|t| t.differences.is_empty());
+    let mut out = output::stdout();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        args.tables.clone()
+        for table in &report.tables {
+            writeln!(
+                out,
+                "{}: {} differ from peer {} (found in {} message{}, {} bytes)",
+                table.table,
+                table.differences.len(),
+                report.peer,
+                table.messages,
+                if table.messages == 1 { "" } else { "s" },
+                table.bytes
+            )?;
+            if !table.differences.is_empty() {
+                let mut rows = vec![vec!["KEY".to_owned(), "DIFFERENCE".to_owned()]];
+                rows.extend(table.differences.iter().map(|d| {
+                    let what = match (d.here, d.there) {
+                        (true, false) => "only on this node".to_owned(),
+                        (false, true) => format!("only on {}", report.peer),
+                        _ => "values differ".to_owned(),
+                    };
+                    vec![d.key.clone(), what]
+                }));
+                out.write_all(output::table(&rows).as_bytes())?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(agree)
+}
+
+/// Compares two SQLite files in this process.
+fn files(first: &Path, second: &Path, tables: &[String], json: bool) -> anyhow::Result<bool> {
+    let args = FilePair {
+        first: first.to_path_buf(),
+        second: second.to_path_buf(),
+        json,
+    };
+    let tables = if !tables.is_empty() {
+        tables.to_vec()
+    } else {
+        common_tables(&args)?
     };
     let mut out = output::stdout();
     let mut report = Vec::new();
@@ -90,8 +192,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<bool> {
     Ok(agree)
 }
 
+/// The two files compared, and how to print.
+struct FilePair {
+    first: PathBuf,
+    second: PathBuf,
+    json: bool,
+}
+
 /// Tables with a primary key in both files, Concord's own left out.
-fn common_tables(args: &Args) -> anyhow::Result<Vec<String>> {
+fn common_tables(args: &FilePair) -> anyhow::Result<Vec<String>> {
     let names = |path: &PathBuf| -> anyhow::Result<Vec<String>> {
         let conn =
             rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
