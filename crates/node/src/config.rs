@@ -376,8 +376,8 @@ impl NodeConfig {
              max_frame_bytes = {max_frame}\n\
              # A peer that stops reading or writing for this long is disconnected.\n\
              stall_timeout_s = 30\n\
-             # The change log keeps at most this many entries; a peer that needs older ones is\n\
-             # reported behind retention.\n\
+             # The change log keeps at most this many entries; a peer that needs older ones\n\
+             # catches up from the rows that differ (range reconciliation) instead.\n\
              retention_changes = 1000000\n\
              \n\
              # One [[peers]] table per node this one syncs with. Give `address` to dial the\n\

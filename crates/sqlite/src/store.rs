@@ -859,6 +859,12 @@ impl Store for SqliteStore {
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
+        // A relay holds changes, not rows: a snapshot of it would describe no row and
+        // yet claim its whole version vector, and a peer adopting it would lose every
+        // change pruned from the relay's log. It refuses instead, and says so.
+        if self.relay {
+            return Err(StoreError::NoSnapshot("relay"));
+        }
         Ok(Box::new(crate::log::open_snapshot(&self.path, self.node)?))
     }
 

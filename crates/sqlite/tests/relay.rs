@@ -107,3 +107,31 @@ fn a_set_aside_transaction_does_not_block_the_changes_after_it() {
     pull(&mut b, &mut c).unwrap();
     assert_eq!(dump(&c_path), dump(&a_path));
 }
+
+/// A relay keeps changes, not rows. Once its log is pruned past what a replica lacks,
+/// the replica cannot catch up from it, and must be told so: a "snapshot" of a relay
+/// would describe no row while claiming the relay's whole version vector, and the
+/// replica adopting it would lose every pruned change for good.
+#[test]
+fn a_pruned_relay_refuses_to_serve_a_snapshot_instead_of_losing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, mut a) = tracked(dir.path(), "a.db", DDL);
+    let (b_path, mut b) = tracked(dir.path(), "b.db", DDL);
+    let mut hub =
+        SqliteStore::open_relay(dir.path().join("hub.db"), StoreOptions::default()).unwrap();
+    let app = Connection::open(&a_path).unwrap();
+    for i in 0..10 {
+        app.execute("INSERT INTO t VALUES (?1, 'v')", [i]).unwrap();
+        a.capture().unwrap();
+    }
+    pull(&mut a, &mut hub).unwrap();
+    hub.prune_log(3).unwrap();
+    assert!(matches!(
+        hub.snapshot().err(),
+        Some(concord_sqlite::StoreError::NoSnapshot("relay"))
+    ));
+    let err = pull(&mut hub, &mut b).unwrap_err().to_string();
+    assert!(err.contains("relay") && err.contains("retention"), "{err}");
+    assert!(dump(&b_path).is_empty());
+    assert!(b.version_vector().is_empty(), "B adopted what it never got");
+}

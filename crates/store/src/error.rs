@@ -139,7 +139,9 @@ pub enum StoreError {
         seq: u64,
     },
     /// The store cannot read a snapshot of its rows for a peer.
-    #[error("this {0} cannot provide a snapshot of its rows")]
+    #[error(
+        "this {0} cannot provide a snapshot of its rows, so a peer that lacks changes pruned from its log cannot catch up from it; raise its `retention_changes` above what its peers may miss"
+    )]
     NoSnapshot(&'static str),
     /// A metadata row could not be decoded.
     #[error("corrupt metadata in {table}: {detail}")]
