@@ -24,7 +24,12 @@
 //! * a shared row whose value is a committed write but not the last writer's (by
 //!   version, per column, with causal lengths deciding deletes);
 //! * nodes that do not converge (same rows, same version vectors, nothing pending)
-//!   within a bound once the network heals.
+//!   within a bound once the network heals;
+//! * (mesh) a node down while the others write more than their logs keep
+//!   (`retention_changes` 200 in the mesh): it must catch up by reconciliation and
+//!   snapshot rows, and the others from it, with nothing lost or resurrected. The mesh
+//!   therefore prunes, and its last-writer check (which needs every change of a row)
+//!   is skipped; the hub keeps its whole log and runs it.
 //!
 //! How the checking stays exact is explained in `concord_harness::model`. Each test
 //! prints its seed; set `CONCORD_HARNESS_SEED` to replay the same schedule of writes and
@@ -71,11 +76,17 @@ const STALL_TIMEOUT_S: u64 = 3;
 /// The nodes' default `retention_changes`.
 const DEFAULT_RETENTION_CHANGES: u64 = 1_000_000;
 
-/// The retention the nodes run with. A long run logs more than the default keeps; it
-/// raises the limit so the last-writer check, which needs every change of a row, runs
+/// The mesh's retention: small, so an outage of a few seconds outlasts it.
+const MESH_RETENTION_CHANGES: u64 = 200;
+
+/// The retention the nodes run with. The mesh prunes early (see
+/// [`MESH_RETENTION_CHANGES`]). In the hub, a long run logs more than the default keeps;
+/// it raises the limit so the last-writer check, which needs every change of a row, runs
 /// over the whole run instead of skipping itself once the oldest entries are pruned.
-fn retention_changes() -> u64 {
-    if minutes().is_some() {
+fn retention_changes(shape: Shape) -> u64 {
+    if shape == Shape::Mesh {
+        MESH_RETENTION_CHANGES
+    } else if minutes().is_some() {
         100_000_000
     } else {
         DEFAULT_RETENTION_CHANGES
@@ -168,16 +179,16 @@ struct Files {
 /// One node's data directory and addresses.
 type NodeDir = node::NodeDir<Files>;
 
-fn settings() -> Settings {
+fn settings(shape: Shape) -> Settings {
     Settings {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_concord")),
         stall_timeout_s: STALL_TIMEOUT_S,
         default_retention: DEFAULT_RETENTION_CHANGES,
-        retention: retention_changes(),
+        retention: retention_changes(shape),
     }
 }
 
-fn init_node(root: &Path, name: &str, relay: bool) -> NodeDir {
+fn init_node(root: &Path, name: &str, relay: bool, shape: Shape) -> NodeDir {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let (args, files): (&[&str], Files) = if relay {
@@ -195,7 +206,7 @@ fn init_node(root: &Path, name: &str, relay: bool) -> NodeDir {
         };
         (&["--sqlite", "app.db", "--tables", "t"], files)
     };
-    node::init(&settings(), dir, name, args, files).unwrap_or_else(|e| panic!("{e}"))
+    node::init(&settings(shape), dir, name, args, files).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn open_reader(db: &Path) -> rusqlite::Result<Connection> {
@@ -562,6 +573,10 @@ enum Fault {
     Kill {
         node: usize,
     },
+    /// The node is down while the others write more than their logs keep.
+    LongOutage {
+        node: usize,
+    },
 }
 
 /// Counts of what was injected, for the report.
@@ -583,6 +598,10 @@ struct Injected {
     kills: u32,
     kills_while_catching_up: u32,
     kills_of_the_hub: u32,
+    /// Outages during which the other writers committed more than twice the retention.
+    long_outages: u32,
+    /// Of those, how many the restarted node caught up from with snapshot rows.
+    long_outages_healed_by_snapshot: u32,
 }
 
 /// What the faults act on: the node processes, their directories and the links.
@@ -675,6 +694,11 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
     schedule.push(Fault::Kill {
         node: rng.index(nodes),
     });
+    if net.shape == Shape::Mesh {
+        schedule.push(Fault::LongOutage {
+            node: rng.index(WRITERS),
+        });
+    }
     rng.shuffle(&mut schedule);
     println!("{:?} fault schedule: {schedule:?}", net.shape);
     episodes::run_schedule(&run.control, rng, schedule, |fault, rng| {
@@ -756,8 +780,64 @@ fn fault_round(run: &Run, rng: &mut Rng, net: &Net<'_>, injected: &mut Injected)
             Fault::Kill { node } => {
                 net.kill_and_restart(run, node, ms(rng, 200, 2000), injected);
             }
+            Fault::LongOutage { node } => long_outage(run, net, node, injected),
         }
     });
+}
+
+/// Stops `node` until the other writers have committed more than twice what the logs
+/// keep (at most 90 s), restarts it, and checks that it caught up with snapshot rows:
+/// an outage the logs could still serve would prove nothing here.
+fn long_outage(run: &Run, net: &Net<'_>, node: usize, injected: &mut Injected) {
+    let others = |counts: Vec<usize>| -> usize {
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(w, _)| *w != node)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    lock(&net.nodes[node]).kill().unwrap();
+    let before = others(run.histories.transactions());
+    let enough = 2 * MESH_RETENTION_CHANGES as usize;
+    let down = Instant::now();
+    while others(run.histories.transactions()) - before < enough
+        && down.elapsed() < Duration::from_secs(90)
+        && !run.control.stopped()
+    {
+        nap(&run.control, Duration::from_millis(200));
+    }
+    let written = others(run.histories.transactions()) - before;
+    println!(
+        "{:?} long outage of {}: {written} transactions by the others in {:.1?}",
+        net.shape,
+        net.shape.name(node),
+        down.elapsed()
+    );
+    lock(&net.nodes[node]).restart().unwrap();
+    if written < enough {
+        return;
+    }
+    injected.long_outages += 1;
+    let http = net.dirs[node].http;
+    let healed = status::poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || status::status(http).ok(),
+        |s| {
+            s.as_ref().is_some_and(|s| {
+                s["peers"].as_array().is_some_and(|peers| {
+                    peers
+                        .iter()
+                        .any(|p| p["snapshot_rows_received"].as_u64().unwrap_or(0) > 0)
+                })
+            })
+        },
+    )
+    .is_ok();
+    if healed {
+        injected.long_outages_healed_by_snapshot += 1;
+    }
 }
 
 /// What the nodes look like after the run: the writers' tables and pending writes,
@@ -842,7 +922,7 @@ fn run_topology(shape: Shape) {
     let root = tempfile::tempdir().unwrap();
     let nodes_n = shape.nodes();
     let dirs: Vec<NodeDir> = (0..nodes_n)
-        .map(|i| init_node(root.path(), &shape.name(i), shape.is_hub(i)))
+        .map(|i| init_node(root.path(), &shape.name(i), shape.is_hub(i), shape))
         .collect();
 
     // One node's clock is off, for its serve process and its writer, if libfaketime is
@@ -970,8 +1050,12 @@ fn run_topology(shape: Shape) {
     for (i, d) in dirs.iter().enumerate() {
         let counts = changelog::sqlite_log_counts(&d.store.log).unwrap();
         let held = observed.holds[i].as_ref().unwrap();
-        let node_pruned = changelog::check_log_counts(&d.name, counts, held, retention_changes())
-            .unwrap_or_else(|e| panic!("{shape:?} seed {seed:#x}: {e}"));
+        let node_pruned = if shape == Shape::Mesh {
+            changelog::check_log_counts_with_snapshots(&d.name, counts, held)
+        } else {
+            changelog::check_log_counts(&d.name, counts, held, retention_changes(shape))
+        }
+        .unwrap_or_else(|e| panic!("{shape:?} seed {seed:#x}: {e}"));
         pruned |= i == 0 && node_pruned;
     }
 
@@ -1061,6 +1145,12 @@ fn run_topology(shape: Shape) {
             && injected.slow_links == rounds,
         "{injected:?}"
     );
+    if shape == Shape::Mesh {
+        assert!(
+            injected.long_outages >= 1 && injected.long_outages_healed_by_snapshot >= 1,
+            "no outage outlasted the logs, or none was healed by a snapshot: {injected:?}"
+        );
+    }
     assert!(
         txns > 100,
         "too little workload to mean anything: {txns} transactions"

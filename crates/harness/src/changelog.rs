@@ -157,6 +157,39 @@ pub fn check_log_counts(
     Ok(pruned)
 }
 
+/// The check of [`check_log_counts`] for nodes that may have caught up from snapshots:
+/// a node that adopted a snapshot holds changes it never logged, and drops the entries
+/// below them, so an origin's entries may start anywhere, or be absent although the
+/// node holds some of its changes. What still holds: per origin the entries are
+/// contiguous, nothing is logged twice, the newest entry is what the node holds, and no
+/// origin is logged that the node does not hold. `Ok(true)` if some origin's entries do
+/// not start at 1 or are absent.
+pub fn check_log_counts_with_snapshots(
+    name: &str,
+    counts: LogCounts,
+    held: &BTreeMap<String, u64>,
+) -> Result<bool, String> {
+    let mut shortened = false;
+    for (origin, (count, min, max)) in &counts {
+        if *count != max - min + 1 {
+            return Err(format!(
+                "{name} logs {count} changes of origin {origin} for sequences {min}..={max}"
+            ));
+        }
+        if held.get(origin) != Some(max) {
+            return Err(format!(
+                "{name} logs origin {origin} up to {max} but holds {:?} of it",
+                held.get(origin)
+            ));
+        }
+        shortened |= *min > 1;
+    }
+    shortened |= held
+        .iter()
+        .any(|(origin, &seq)| seq > 0 && !counts.contains_key(origin));
+    Ok(shortened)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +226,28 @@ mod tests {
         let behind = counts(&[("a", (3, 1, 3))]);
         let e = check_log_counts("n0", behind, &held(&[("a", 4)]), 100).unwrap_err();
         assert!(e.contains("differs from its version vector"), "{e}");
+    }
+
+    #[test]
+    fn after_snapshots_a_log_may_start_late_or_be_absent_but_never_has_holes() {
+        let adopted = counts(&[("a", (2, 7, 8))]);
+        assert_eq!(
+            check_log_counts_with_snapshots("n0", adopted, &held(&[("a", 8), ("b", 4)])),
+            Ok(true)
+        );
+        let whole = counts(&[("a", (3, 1, 3))]);
+        assert_eq!(
+            check_log_counts_with_snapshots("n0", whole, &held(&[("a", 3)])),
+            Ok(false)
+        );
+        let hole = counts(&[("a", (2, 6, 8))]);
+        let e = check_log_counts_with_snapshots("n0", hole, &held(&[("a", 8)])).unwrap_err();
+        assert!(e.contains("logs 2 changes"), "{e}");
+        let stale = counts(&[("a", (2, 7, 8))]);
+        let e = check_log_counts_with_snapshots("n0", stale, &held(&[("a", 9)])).unwrap_err();
+        assert!(e.contains("holds Some(9)"), "{e}");
+        let unknown = counts(&[("c", (1, 1, 1))]);
+        let e = check_log_counts_with_snapshots("n0", unknown, &held(&[])).unwrap_err();
+        assert!(e.contains("holds None"), "{e}");
     }
 }
