@@ -7,7 +7,8 @@
 //! message type, no protocol version in common, a frame of an unknown protocol version,
 //! a stream cut inside a frame, a replayed batch, a batch ending inside a transaction
 //! followed by a disconnect, a peer that stops reading, a peer idling inside a
-//! transaction too large to buffer) and for an unconfigured identity:
+//! transaction too large to buffer, reconciliation ranges that lie about the key space,
+//! an answer to a reconciliation never started) and for an unconfigured identity:
 //! * the node does not close the session, or closes it without telling why (the rogue
 //!   must see the node's `Error` frame, or the end of the stream where no frame can get
 //!   through);
@@ -943,6 +944,63 @@ fn a_peer_of_protocol_version_1_is_never_sent_a_piece_and_is_told_why() {
         };
         assert!(error.message.contains("protocol version 1"), "{error:?}");
         arena.session_failed("protocol version 1").await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_reconciliation_whose_ranges_lie_closes_the_session_and_changes_nothing() {
+    use concord_core::reconcile::{
+        Bound, Compare, Fingerprint, Message as Ranges, Range, RangeMode,
+    };
+    common::run(async {
+        let arena = Arena::new(|_| {}).await;
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(arena.source.origin()).await;
+        // Ranges that do not cover the key space: the last one stops short of the end.
+        rogue
+            .send(Message::Reconcile(concord_wire::Reconcile {
+                id: 1,
+                table: "t".into(),
+                compare: Compare::Clocks,
+                message: Ranges {
+                    ranges: vec![Range {
+                        upper: Bound::Below(vec![0x14, 0x80]),
+                        mode: RangeMode::Fingerprint(Fingerprint([7; 16])),
+                    }],
+                },
+            }))
+            .await;
+        rogue
+            .expect_error_then_close(ErrorCode::Unexpected, "reconciliation")
+            .await;
+        arena
+            .session_failed("does not end at the end of the key space")
+            .await;
+        arena.nothing_applied().await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn an_answer_to_a_reconciliation_never_started_closes_the_session() {
+    common::run(async {
+        let arena = Arena::new(|_| {}).await;
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(arena.source.origin()).await;
+        rogue
+            .send(Message::ReconcileAnswer(concord_wire::ReconcileAnswer {
+                id: 99,
+                message: None,
+            }))
+            .await;
+        rogue
+            .expect_error_then_close(ErrorCode::Unexpected, "never started")
+            .await;
+        arena
+            .session_failed("an answer to reconciliation 99 that was never started")
+            .await;
+        arena.nothing_applied().await;
         arena.good_peer_unharmed_then_shutdown().await;
     });
 }
