@@ -89,7 +89,9 @@ fn a_user_trigger_writing_the_row_concord_applies_is_captured_and_the_copies_agr
     );
 
     // b applies a's update; b's own trigger stamps the row as b. That stamp is b's
-    // write: it is captured and reaches a.
+    // write: it is captured and reaches a. (b applies a few milliseconds later, so its
+    // stamp is the later write, as it would be across a network.)
+    std::thread::sleep(std::time::Duration::from_millis(10));
     let (sa, rest) = stores.split_first_mut().unwrap();
     let sb = &mut rest[0];
     pull(sa, sb).unwrap();
@@ -110,6 +112,7 @@ fn a_user_trigger_writing_the_row_concord_applies_is_captured_and_the_copies_agr
     // Concord's own writes are still not captured again: nothing bounces, and a
     // write on b travels back and is stamped by a's trigger in turn.
     sqlite3_shell(b, "UPDATE t SET v = 'three' WHERE id = 1;");
+    std::thread::sleep(std::time::Duration::from_millis(10));
     merge_until_quiet(&mut stores);
     no_failures(&stores);
     assert_eq!(dump_file(a, "t", "id"), dump_file(b, "t", "id"));
