@@ -7,9 +7,11 @@
 //! rules run. Values are checked against SQLite's type affinity ([`check_type`]), and
 //! the user's row is written through statements cached per column set.
 //!
-//! **Only Concord's own writes go uncaptured.** Before each statement Concord sets the
-//! marker row to the table and key of the row it writes; the capture triggers are
-//! silent for that row alone. A user trigger fired by Concord's write that writes other
+//! **Only Concord's own writes go uncaptured.** Before each statement on a table with
+//! triggers of its own, Concord sets the marker row to the table and key of the row it
+//! writes; the capture triggers are silent for that row alone. (For a table without,
+//! nothing but Concord's statement can write, so the marker silences every row,
+//! `MARK_ALL`, set once for a run of such statements: no cost where no trigger is.) A user trigger fired by Concord's write that writes other
 //! rows or tables is captured as usual: those are this node's own writes, and they must
 //! travel or the copies drift. A trigger (or a column default) may also write the very
 //! row Concord writes; its capture trigger is silenced with Concord's, so Concord
@@ -28,7 +30,7 @@ use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, Sql};
 use crate::schema::{
-    Affinity, COLUMNS_PER_MASK, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
+    Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
 };
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
@@ -94,8 +96,10 @@ impl ApplyBackend for SqliteStore {
 
     fn begin(&mut self) -> Result<u64, StoreError> {
         self.unfolded = false;
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE; INSERT INTO __concord_applying(tbl) VALUES (NULL);")?;
+        self.marked_all = true;
+        self.conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; INSERT INTO __concord_applying(tbl) VALUES ({MARK_ALL});"
+        ))?;
         self.capture_in_txn()
     }
 
@@ -158,18 +162,30 @@ impl ApplyBackend for SqliteStore {
             | RowWrite::Update { key, .. }
             | RowWrite::Insert { key, .. } => key,
         };
-        // Name the row this statement writes: its capture triggers stay silent, those
-        // of any other row a user trigger writes do not.
-        let key_sql: Vec<Sql<'_>> = key.iter().map(|v| Sql(v)).collect();
-        self.conn
-            .prepare_cached(&table.mark_sql)
-            .and_then(|mut s| {
-                s.execute(params_from_iter(
-                    std::iter::once(&table.id as &dyn rusqlite::ToSql)
-                        .chain(key_sql.iter().map(|k| k as &dyn rusqlite::ToSql)),
-                ))
-            })
-            .map_err(|e| Failure::Store(e.into()))?;
+        if table.user_triggers {
+            // Name the row this statement writes: its capture triggers stay silent,
+            // those of any other row a user trigger writes do not.
+            let key_sql: Vec<Sql<'_>> = key.iter().map(|v| Sql(v)).collect();
+            self.conn
+                .prepare_cached(&table.mark_sql)
+                .and_then(|mut s| {
+                    s.execute(params_from_iter(
+                        std::iter::once(&table.id as &dyn rusqlite::ToSql)
+                            .chain(key_sql.iter().map(|k| k as &dyn rusqlite::ToSql)),
+                    ))
+                })
+                .map_err(|e| Failure::Store(e.into()))?;
+            self.marked_all = false;
+        } else if !self.marked_all {
+            // Nothing but this statement can write now (the table has no triggers of
+            // its own and foreign-key actions are off): silence every row, once for a
+            // run of such statements, so they cost nothing extra.
+            self.conn
+                .prepare_cached("UPDATE __concord_applying SET tbl = ?1")
+                .and_then(|mut s| s.execute([MARK_ALL]))
+                .map_err(|e| Failure::Store(e.into()))?;
+            self.marked_all = true;
+        }
         // Only then can the database write this row beyond the statement itself.
         let watch = table.user_triggers
             || matches!(&write, RowWrite::Insert { columns, .. } if table.defaults_left_out(columns));
@@ -454,7 +470,7 @@ impl SqliteStore {
             .collect();
         let same: Option<Vec<bool>> = self
             .conn
-            .prepare(&sql)?
+            .prepare_cached(&sql)?
             .query_row(params_from_iter(params.iter()), |r| {
                 (0..expected.len()).map(|n| r.get(n)).collect()
             })

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS __concord_pending(
     k0
 );
 -- One row while Concord applies: the table and key of the row its current statement
--- writes, which only that statement's own capture triggers stay silent for.
+-- writes, which only that statement's own capture triggers stay silent for (tbl = -1:
+-- every row, while it writes tables without triggers of their own).
 CREATE TABLE IF NOT EXISTS __concord_applying(tbl INTEGER, k0);
 CREATE TABLE IF NOT EXISTS __concord_rows(
     tbl INTEGER NOT NULL,
@@ -106,6 +107,10 @@ CREATE TABLE IF NOT EXISTS __concord_conflicts(
     winner TEXT NOT NULL
 );
 ";
+
+/// `__concord_applying.tbl` while Concord writes a table with no triggers of its own:
+/// no other write can happen then, and the capture triggers are silent for every row.
+pub(crate) const MARK_ALL: i64 = -1;
 
 /// Operation codes written by the triggers into `__concord_pending.op`.
 pub(crate) const OP_INSERT: i64 = 1;
@@ -441,8 +446,10 @@ impl TableInfo {
         let id = self.id;
         let table = quote(&self.name);
         let ncols = self.columns.len();
-        // Silent only for the row Concord's current statement writes (see apply.rs):
-        // whatever else the database writes meanwhile is captured.
+        // Silent only for the row Concord's current statement writes, or for every row
+        // while it writes tables with no triggers of their own (`tbl` = -1; nothing else
+        // can write then); see apply.rs. Whatever else the database writes meanwhile is
+        // captured.
         let silent = |side: &str| {
             let keys = self
                 .key_columns
@@ -450,7 +457,9 @@ impl TableInfo {
                 .enumerate()
                 .map(|(i, &p)| format!(" AND k{i} IS {side}.{}", quote(&self.columns[p].name)))
                 .collect::<String>();
-            format!("NOT EXISTS (SELECT 1 FROM __concord_applying WHERE tbl = {id}{keys})")
+            format!(
+                "NOT EXISTS (SELECT 1 FROM __concord_applying WHERE tbl = {MARK_ALL} OR (tbl = {id}{keys}))"
+            )
         };
         let (silent_new, silent_old) = (silent("NEW"), silent("OLD"));
         let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";

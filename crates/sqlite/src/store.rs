@@ -41,6 +41,9 @@ pub struct SqliteStore {
     /// trigger fired): those writes are folded into the log before the next change is
     /// merged and before the commit (`apply.rs`).
     pub(crate) unfolded: bool,
+    /// In an apply transaction: whether the marker silences every row (`MARK_ALL`)
+    /// rather than naming one.
+    pub(crate) marked_all: bool,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -153,6 +156,7 @@ impl SqliteStore {
             relay: false,
             lock: None,
             unfolded: false,
+            marked_all: false,
         };
         schema::migrate(&store.conn)?;
         store.reload()?;

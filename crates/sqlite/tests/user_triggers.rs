@@ -148,6 +148,14 @@ fn audit_rows_a_trigger_inserts_while_concord_applies_travel_and_nothing_is_set_
     sqlite3_shell(a, "INSERT INTO t VALUES (1, 'one');");
     merge_until_quiet(&mut stores);
     sqlite3_shell(a, "UPDATE t SET v = 'two' WHERE id = 1;");
+    // In one apply transaction b writes t (a table with a trigger: only that row is
+    // silenced), then a's audit row (a table without: every row is): b's own audit row
+    // is its only change, and nothing a sent is captured again.
+    let (sa, rest) = stores.split_first_mut().unwrap();
+    let sb = &mut rest[0];
+    pull(sa, sb).unwrap();
+    sb.capture().unwrap();
+    assert_eq!(sb.version_vector().get(&sb.node_id()), 1);
     merge_until_quiet(&mut stores);
     no_failures(&stores);
     let notes = "SELECT note FROM trig_audit ORDER BY note";
