@@ -11,16 +11,17 @@
 //! triggers of its own, Concord sets the marker row to the table and key of the row it
 //! writes; the capture triggers are silent for that row alone. (For a table without,
 //! nothing but Concord's statement can write, so the marker silences every row,
-//! `MARK_ALL`, set once for a run of such statements: no cost where no trigger is.) A user trigger fired by Concord's write that writes other
-//! rows or tables is captured as usual: those are this node's own writes, and they must
-//! travel or the copies drift. A trigger (or a column default) may also write the very
-//! row Concord writes; its capture trigger is silenced with Concord's, so Concord
-//! compares the row after its statement with what the statement alone leaves (the
-//! values it wrote, the others as they were before) and queues every column that
-//! differs as a local update ([`SqliteStore::note_database_writes`]). Only tables with
-//! triggers of their own (or an insert leaving a defaulted column out) pay for that
-//! comparison. Local writes made during an apply are folded into the log before the
-//! next change is merged and before the commit, so the merge rules always see them.
+//! `MARK_ALL`, set once for a run of such statements: no cost where there is no
+//! trigger.) A user trigger fired by Concord's write that writes other rows or tables
+//! is captured as usual: those are this node's own writes, and they must travel or the
+//! copies drift. A trigger (or a column default) may also write the very row Concord
+//! writes; its capture trigger is silenced with Concord's, so Concord compares the row
+//! after its statement with what the statement alone leaves (the values it wrote, the
+//! others as they were before) and queues every column that differs as a local update
+//! ([`SqliteStore::note_database_writes`]). Only tables with triggers of their own (or
+//! an insert leaving a defaulted column out) pay for that comparison. Local writes made
+//! during an apply are folded into the log before the next change is merged and before
+//! the commit, so the merge rules always see them.
 
 use std::sync::Arc;
 
@@ -187,8 +188,12 @@ impl ApplyBackend for SqliteStore {
             self.marked_all = true;
         }
         // Only then can the database write this row beyond the statement itself.
-        let watch = table.user_triggers
-            || matches!(&write, RowWrite::Insert { columns, .. } if table.defaults_left_out(columns));
+        let watch = match &write {
+            RowWrite::Insert { columns, .. } => {
+                table.user_triggers || table.defaults_left_out(columns)
+            }
+            _ => table.user_triggers,
+        };
         let before = match &write {
             RowWrite::Update { key, .. } if watch => self
                 .stored_row(table, key)
