@@ -997,3 +997,37 @@ fn text_that_is_not_utf8_is_carried_byte_for_byte_and_stops_no_other_write() {
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02X}")).collect()
 }
+
+/// Concord's triggers on a table with a UNIQUE constraint include the two that record
+/// rows a REPLACE evicts. Rebuilding the triggers (tracking the table again, or a column
+/// added) dropped only the others, so creating them again failed ("trigger already
+/// exists"): an ADD COLUMN on such a table stopped capture.
+#[test]
+fn a_table_with_a_unique_column_keeps_capturing_after_a_column_is_added_or_it_is_tracked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, mut stores) = tracked_files(
+        dir.path(),
+        &["a.db", "b.db"],
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE);",
+        &["u"],
+    );
+    let a = &paths[0];
+    let app = app_connection(a);
+    app.execute_batch("INSERT INTO u VALUES (1, 'x@example.org');")
+        .unwrap();
+    SqliteStore::track(a, &["u"], StoreOptions::default()).expect("tracked again");
+    app.execute_batch(
+        "ALTER TABLE u ADD COLUMN name TEXT; INSERT INTO u VALUES (2, 'y@example.org', 'y');",
+    )
+    .unwrap();
+    stores[0]
+        .capture()
+        .expect("capture goes on after ADD COLUMN");
+    Connection::open(&paths[1])
+        .unwrap()
+        .execute_batch("ALTER TABLE u ADD COLUMN name TEXT;")
+        .unwrap();
+    let reports = merge_all(&mut stores).unwrap();
+    assert!(reports.iter().all(|r| r.set_aside == 0), "{reports:?}");
+    assert_eq!(dump_file(a, "u", "id"), dump_file(&paths[1], "u", "id"));
+}
