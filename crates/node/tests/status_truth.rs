@@ -355,45 +355,154 @@ async fn c_id(c: &Member) -> concord_core::NodeId {
         .node_id()
 }
 
-/// A capture that keeps failing (a text value that is not UTF-8) used to be retried
-/// every second behind `/health` saying ok and status showing nothing: the node looked
-/// healthy while none of its writes left it. Status and `/health` must name the failure
-/// while it lasts, and clear once capture succeeds again.
+/// A capture that keeps failing used to be retried every second behind `/health`
+/// saying ok and status showing nothing: the node looked healthy while none of its
+/// writes left it. Here a row's metadata is damaged for real (its clock is garbage), so
+/// every capture fails on the write to that row. `/health` (over HTTP) and status must
+/// name the failure while it lasts, and clear once capture succeeds again.
 #[test]
 fn a_failing_capture_shows_in_status_and_health_until_it_succeeds() {
     common::run(async {
         let root = tempfile::tempdir().unwrap();
         let a = Member::new(root.path(), "a", DDL);
-        let na = a.start(Vec::new()).await;
+        let mut config = a.config(Vec::new());
+        config.node.http = Some("127.0.0.1:0".parse().unwrap());
+        let na = a.start_with(config).await;
+        let base = format!("http://{}", na.http_addr().expect("http is configured"));
+        insert_rows(a.db(), 1..=1, "a ");
+        eventually("row 1 captured", async || na.status().await.captured == 1).await;
+        let clock: Vec<u8> = common::app(a.db())
+            .query_row("SELECT clock FROM __concord_rows", [], |r| r.get(0))
+            .unwrap();
         write(
             a.db(),
-            "INSERT INTO t(id, v) VALUES (4, CAST(x'ff' AS TEXT))",
+            "UPDATE __concord_rows SET clock = x'ffffffffffffffffffffff'",
         );
-        wait_until("the capture failure in status and health", async || {
+        write(a.db(), "UPDATE t SET v = 'changed' WHERE id = 1");
+        wait_until("the capture failure in status and /health", async || {
+            let (code, _, body) = get(format!("{base}/health")).await;
+            let health: serde_json::Value = serde_json::from_str(&body).unwrap();
             let status = na.status().await;
-            let health = na.health();
-            match (&status.capture_error, health.status.as_str()) {
-                (Some(e), "capture_failing") if e.contains("UTF-8") => Ok(()),
-                other => Err(format!("{other:?}")),
+            match (code, health["status"].as_str(), &status.capture_error) {
+                (503, Some("capture_failing"), Some(e)) if e.contains("corrupt") => Ok(()),
+                other => Err(format!("{other:?} {body}")),
             }
         })
         .await;
+        let (_, _, body) = get(format!("{base}/health")).await;
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
-            na.health()
-                .capture_error
-                .is_some_and(|e| e.contains("UTF-8")),
-            "/health says why"
+            health["capture_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("corrupt")),
+            "/health says why: {body}"
         );
-        write(a.db(), "DELETE FROM t WHERE id = 4");
-        write(a.db(), "INSERT INTO t(id, v) VALUES (5, 'fine')");
+        let (_, _, body) = get(format!("{base}/v1/status")).await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            status["capture_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("corrupt")),
+            "/v1/status says why: {body}"
+        );
+
+        // Repaired, capture works again and both say so.
+        app_connection_restore(a.db(), &clock);
         wait_until("capture to work again", async || {
+            let (code, _, body) = get(format!("{base}/health")).await;
             let status = na.status().await;
-            match (&status.capture_error, na.health().status.as_str()) {
-                (None, "ok") => Ok(()),
-                other => Err(format!("{other:?}")),
+            match (code, &status.capture_error, status.captured) {
+                (200, None, 2) => Ok(()),
+                other => Err(format!("{other:?} {body}")),
             }
         })
         .await;
         na.shutdown().await;
     });
+}
+
+fn app_connection_restore(db: &std::path::Path, clock: &[u8]) {
+    common::app(db)
+        .execute("UPDATE __concord_rows SET clock = ?1", [clock])
+        .unwrap();
+}
+
+/// Text that is not UTF-8 (`CAST(x'ff' AS TEXT)`, written by the `sqlite3` shell) used
+/// to stop capture of every table while `/health` said ok. It is carried as its bytes:
+/// the peer holds them byte for byte, and a row written afterwards to another table
+/// arrives; the node never reports capture failing.
+#[test]
+fn text_that_is_not_utf8_reaches_the_peer_byte_for_byte_and_stops_no_other_table() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let ddl = format!("{DDL}; CREATE TABLE vals(id INTEGER PRIMARY KEY, v TEXT);");
+        let (a, b) = (
+            Member::new(root.path(), "a", &ddl),
+            Member::new(root.path(), "b", &ddl),
+        );
+        let both = |member: &Member, peers| {
+            let mut config = member.config(peers);
+            config.store.tables.push("vals".into());
+            config
+        };
+        let na = a.start_with(both(&a, vec![b.dialing_in()])).await;
+        let nb = b.start_with(both(&b, vec![a.at(&na)])).await;
+        sqlite3(a.db(), "insert into vals values(4, cast(x'ff' as text));");
+        sqlite3(a.db(), "insert into t values(1, 'written after');");
+        wait_for_rows(
+            "the row written after it",
+            b.db(),
+            &[(1, "written after".to_owned())],
+        )
+        .await;
+        let hex = |db: &std::path::Path| -> String {
+            common::app(db)
+                .query_row("SELECT hex(v) FROM vals WHERE id = 4", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(hex(b.db()), "FF");
+        assert_eq!(hex(b.db()), hex(a.db()));
+        assert_eq!(na.status().await.capture_error, None);
+        assert_eq!(na.health().status, "ok");
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+/// Runs `sql` in the `sqlite3` shell: a separate process with no Concord code.
+fn sqlite3(db: &std::path::Path, sql: &str) {
+    let out = std::process::Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 30000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 shell is installed (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn get(url: String) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), content_type, body)
+    })
+    .await
+    .unwrap()
 }

@@ -2,20 +2,37 @@
 //!
 //! The algorithm is [`concord_store::engine`]'s, the same for every store; this module
 //! supplies only SQLite's SQL. An apply transaction is `BEGIN IMMEDIATE` with a row in
-//! `__concord_applying`, which only that transaction sees and which silences the
-//! capture triggers, so applied writes are not captured again. Opening it first folds
+//! `__concord_applying`, which only that transaction sees. Opening it first folds
 //! pending local writes into the log, so row clocks match the table when the merge
 //! rules run. Values are checked against SQLite's type affinity ([`check_type`]), and
 //! the user's row is written through statements cached per column set.
+//!
+//! **Only Concord's own writes go uncaptured.** Before each statement on a table with
+//! triggers of its own, Concord sets the marker row to the table and key of the row it
+//! writes; the capture triggers are silent for that row alone. (For a table without,
+//! nothing but Concord's statement can write, so the marker silences every row,
+//! `MARK_ALL`, set once for a run of such statements: no cost where there is no
+//! trigger.) A user trigger fired by Concord's write that writes other rows or tables
+//! is captured as usual: those are this node's own writes, and they must travel or the
+//! copies drift. A trigger (or a column default) may also write the very row Concord
+//! writes; its capture trigger is silenced with Concord's, so Concord compares the row
+//! after its statement with what the statement alone leaves (the values it wrote, the
+//! others as they were before) and queues every column that differs as a local update
+//! ([`SqliteStore::note_database_writes`]). Only tables with triggers of their own (or
+//! an insert leaving a defaulted column out) pay for that comparison. Local writes made
+//! during an apply are folded into the log before the next change is merged and before
+//! the commit, so the merge rules always see them.
 
 use std::sync::Arc;
 
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
-use rusqlite::params_from_iter;
+use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, Sql};
-use crate::schema::{Affinity, TableInfo, quote};
+use crate::schema::{
+    Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
+};
 use crate::store::{LoadClockError, SqliteStore, now_ms};
 use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
@@ -79,12 +96,16 @@ impl ApplyBackend for SqliteStore {
     }
 
     fn begin(&mut self) -> Result<u64, StoreError> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE; INSERT INTO __concord_applying VALUES (1);")?;
+        self.unfolded = false;
+        self.marked_all = true;
+        self.conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; INSERT INTO __concord_applying(tbl) VALUES ({MARK_ALL});"
+        ))?;
         self.capture_in_txn()
     }
 
     fn commit(&mut self, held: &[(u32, u64)]) -> Result<(), StoreError> {
+        self.fold_database_writes()?;
         for &(index, seq) in held {
             self.save_progress(index, seq)?;
         }
@@ -117,6 +138,7 @@ impl ApplyBackend for SqliteStore {
     }
 
     fn load_clock(&mut self, table: &TableInfo, key: &PrimaryKey) -> Result<RowClock, Failure> {
+        self.fold_database_writes().map_err(Failure::Store)?;
         SqliteStore::load_clock(self, table.id, key).map_err(|e| match e {
             LoadClockError::Sqlite(e) => Failure::Store(e.into()),
             LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
@@ -136,6 +158,48 @@ impl ApplyBackend for SqliteStore {
     }
 
     fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, &Value>) -> Result<(), Failure> {
+        let key: &[&Value] = match &write {
+            RowWrite::Delete { key }
+            | RowWrite::Update { key, .. }
+            | RowWrite::Insert { key, .. } => key,
+        };
+        if table.user_triggers {
+            // Name the row this statement writes: its capture triggers stay silent,
+            // those of any other row a user trigger writes do not.
+            let key_sql: Vec<Sql<'_>> = key.iter().map(|v| Sql(v)).collect();
+            self.conn
+                .prepare_cached(&table.mark_sql)
+                .and_then(|mut s| {
+                    s.execute(params_from_iter(
+                        std::iter::once(&table.id as &dyn rusqlite::ToSql)
+                            .chain(key_sql.iter().map(|k| k as &dyn rusqlite::ToSql)),
+                    ))
+                })
+                .map_err(|e| Failure::Store(e.into()))?;
+            self.marked_all = false;
+        } else if !self.marked_all {
+            // Nothing but this statement can write now (the table has no triggers of
+            // its own and foreign-key actions are off): silence every row, once for a
+            // run of such statements, so they cost nothing extra.
+            self.conn
+                .prepare_cached("UPDATE __concord_applying SET tbl = ?1")
+                .and_then(|mut s| s.execute([MARK_ALL]))
+                .map_err(|e| Failure::Store(e.into()))?;
+            self.marked_all = true;
+        }
+        // Only then can the database write this row beyond the statement itself.
+        let watch = match &write {
+            RowWrite::Insert { columns, .. } => {
+                table.user_triggers || table.defaults_left_out(columns)
+            }
+            _ => table.user_triggers,
+        };
+        let before = match &write {
+            RowWrite::Update { key, .. } if watch => self
+                .stored_row(table, key)
+                .map_err(|e| Failure::Store(e.into()))?,
+            _ => None,
+        };
         let (sql, params): (Arc<str>, Vec<&Value>) = match write {
             RowWrite::Delete { key } => (table.delete_sql(), key.to_vec()),
             RowWrite::Update {
@@ -162,9 +226,17 @@ impl ApplyBackend for SqliteStore {
                     .collect(),
             ),
         };
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(refused)?;
-        stmt.execute(params_from_iter(params.into_iter().map(Sql)))
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.execute(params_from_iter(params.into_iter().map(Sql))))
             .map_err(refused)?;
+        if watch {
+            self.note_database_writes(table, &write, before)
+                .map_err(|e| Failure::Store(e.into()))?;
+        }
+        if table.user_triggers {
+            self.unfolded = true;
+        }
         Ok(())
     }
 
@@ -282,6 +354,188 @@ impl ApplyBackend for SqliteStore {
 
     fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
         Ok(self.conn.execute("DELETE FROM __concord_failures", [])? as u64)
+    }
+}
+
+impl SqliteStore {
+    /// Folds local writes the database made during this apply (see the module docs)
+    /// into the log, so the next merge and the commit see them.
+    fn fold_database_writes(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.unfolded) {
+            self.capture_in_txn()?;
+        }
+        Ok(())
+    }
+
+    /// The row with `key`, every column as SQLite holds it, if it exists.
+    fn stored_row(
+        &self,
+        table: &TableInfo,
+        key: &[&Value],
+    ) -> Result<Option<Vec<codec::Stored>>, rusqlite::Error> {
+        let mut stmt = self.conn.prepare_cached(&table.select_sql)?;
+        let mut rows = stmt.query(params_from_iter(key.iter().map(|v| Sql(v))))?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        (0..table.columns.len())
+            .map(|i| row.get_ref(i).map(codec::Stored::from))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// After Concord's own statement `write` (the row was `before` it, for an update):
+    /// queues as local writes what the database changed in that row beyond the
+    /// statement itself, which the capture triggers, silent for this row, did not
+    /// record. A column counts when it does not hold what the statement alone would
+    /// leave: the value Concord wrote, else (an update) its value before, else (an
+    /// insert) NULL. Comparison is SQLite's `IS` against the column, so the column's
+    /// affinity applies to the expected value as it did when it was written. A row the
+    /// database removed is queued as a delete, one it brought back as an insert.
+    fn note_database_writes(
+        &mut self,
+        table: &TableInfo,
+        write: &RowWrite<'_, &Value>,
+        before: Option<Vec<codec::Stored>>,
+    ) -> Result<(), rusqlite::Error> {
+        enum Expected<'a> {
+            Wrote(&'a Value),
+            Was(codec::Stored),
+            Null,
+        }
+        let (key, expected): (&[&Value], Vec<(usize, Expected<'_>)>) = match write {
+            RowWrite::Delete { key } => {
+                if self.stored_row(table, key)?.is_some() {
+                    self.queue_local(table, key, OP_INSERT, None)?;
+                }
+                return Ok(());
+            }
+            RowWrite::Update {
+                key,
+                columns,
+                values,
+            } => {
+                let Some(before) = before else {
+                    // Concord updated no row: nothing the database did here is new.
+                    return Ok(());
+                };
+                let mut before: Vec<Option<codec::Stored>> = before.into_iter().map(Some).collect();
+                let expected = (0..table.columns.len())
+                    .filter(|i| !table.key_columns.contains(i))
+                    .map(|i| match columns.iter().position(|&c| c == i) {
+                        Some(at) => (i, Expected::Wrote(values[at])),
+                        None => (i, before[i].take().map_or(Expected::Null, Expected::Was)),
+                    })
+                    .collect();
+                (key, expected)
+            }
+            RowWrite::Insert {
+                key,
+                columns,
+                values,
+            } => {
+                let expected = (0..table.columns.len())
+                    .filter(|i| !table.key_columns.contains(i))
+                    .map(|i| match columns.iter().position(|&c| c == i) {
+                        Some(at) => (i, Expected::Wrote(values[at])),
+                        None => (i, Expected::Null),
+                    })
+                    .collect();
+                (key, expected)
+            }
+        };
+        if expected.is_empty() {
+            return Ok(());
+        }
+        let tests = expected
+            .iter()
+            .enumerate()
+            .map(|(n, (i, _))| format!("({} IS ?{})", quote(&table.columns[*i].name), n + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {tests} FROM {} WHERE {}",
+            quote(&table.name),
+            table.key_predicate(expected.len() + 1)
+        );
+        let null = Value::Null;
+        let params: Vec<Box<dyn rusqlite::ToSql + '_>> = expected
+            .iter()
+            .map(|(_, e)| -> Box<dyn rusqlite::ToSql + '_> {
+                match e {
+                    Expected::Wrote(v) => Box::new(Sql(v)),
+                    Expected::Was(stored) => Box::new(stored.clone()),
+                    Expected::Null => Box::new(Sql(&null)),
+                }
+            })
+            .chain(
+                key.iter()
+                    .map(|v| -> Box<dyn rusqlite::ToSql + '_> { Box::new(Sql(v)) }),
+            )
+            .collect();
+        let same: Option<Vec<bool>> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params_from_iter(params.iter()), |r| {
+                (0..expected.len()).map(|n| r.get(n)).collect()
+            })
+            .optional()?;
+        let Some(same) = same else {
+            // The database removed (or re-keyed) the row Concord wrote; a re-key was
+            // captured, a removal of this row was not.
+            return self.queue_local(table, key, OP_DELETE, None);
+        };
+        let changed: Vec<usize> = expected
+            .iter()
+            .zip(same)
+            .filter(|(_, same)| !same)
+            .map(|((i, _), _)| *i)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.queue_local(table, key, OP_UPDATE, Some(&changed))
+    }
+
+    /// Adds a pending local write of the row with `key`, as its capture trigger would
+    /// have: `columns` are the changed ones of an update.
+    fn queue_local(
+        &mut self,
+        table: &TableInfo,
+        key: &[&Value],
+        op: i64,
+        columns: Option<&[usize]>,
+    ) -> Result<(), rusqlite::Error> {
+        let mut masks = vec![0i64; table.mask_count()];
+        for &c in columns.unwrap_or_default() {
+            masks[c / COLUMNS_PER_MASK] |= 1i64 << (c % COLUMNS_PER_MASK);
+        }
+        let key_cols = (0..key.len())
+            .map(|i| format!(", k{i}"))
+            .collect::<String>();
+        let mask_cols = (0..masks.len())
+            .map(|m| format!(", m{m}"))
+            .collect::<String>();
+        let marks = (0..key.len() + masks.len())
+            .map(|i| format!(", ?{}", i + 5))
+            .collect::<String>();
+        let sql = format!(
+            "INSERT INTO __concord_pending(tbl, op, ncols, at{key_cols}{mask_cols}) VALUES (?1, ?2, ?3, ?4{marks})"
+        );
+        let head: [&dyn rusqlite::ToSql; 4] = [
+            &table.id,
+            &op,
+            &(table.columns.len() as i64),
+            &(now_ms() as i64),
+        ];
+        let keys: Vec<Sql<'_>> = key.iter().map(|v| Sql(v)).collect();
+        self.conn.prepare_cached(&sql)?.execute(params_from_iter(
+            head.into_iter()
+                .chain(keys.iter().map(|k| k as &dyn rusqlite::ToSql))
+                .chain(masks.iter().map(|m| m as &dyn rusqlite::ToSql)),
+        ))?;
+        self.unfolded = true;
+        Ok(())
     }
 }
 

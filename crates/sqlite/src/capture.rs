@@ -15,7 +15,7 @@ use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 use rusqlite::{OptionalExtension, params_from_iter};
 
-use crate::codec::{self, Sql};
+use crate::codec;
 use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_REKEY, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
 use concord_store::StoreError;
@@ -31,6 +31,9 @@ struct Pending {
     at: i64,
     masks: Vec<i64>,
     key: Vec<Value>,
+    /// The key as SQLite holds it, to find the row by: text that is not UTF-8 is a
+    /// blob in `key` ([`codec::from_sql`]) and would match no row.
+    stored_key: Vec<codec::Stored>,
     /// For a key change: the old key.
     old_key: Vec<Value>,
 }
@@ -134,6 +137,11 @@ impl SqliteStore {
                     .collect()
             };
             let key = read_key(&key_cols)?;
+            let stored_key = key_cols
+                .iter()
+                .take(key_len)
+                .map(|&c| r.get_ref(c).map(codec::Stored::from))
+                .collect::<Result<_, _>>()?;
             let old_key = if op == OP_REKEY {
                 read_key(&old_key_cols)?
             } else {
@@ -150,6 +158,7 @@ impl SqliteStore {
                     .map(|&c| r.get::<_, Option<i64>>(c).map(Option::unwrap_or_default))
                     .collect::<Result<_, _>>()?,
                 key,
+                stored_key,
                 old_key,
             });
         }
@@ -184,8 +193,9 @@ impl SqliteStore {
             None
         } else {
             let mut stmt = self.conn.prepare_cached(&table.select_sql)?;
+            // Every step that reads the row reads the pending row's own (new) key.
             let row = stmt
-                .query_row(params_from_iter(key_values.iter().map(Sql)), |r| {
+                .query_row(params_from_iter(pending.stored_key.iter()), |r| {
                     (0..ncols)
                         .map(|i| Ok(codec::from_sql(r.get_ref(i)?)))
                         .collect::<Result<Vec<_>, _>>()

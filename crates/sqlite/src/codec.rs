@@ -26,18 +26,62 @@ impl ToSql for Sql<'_> {
     }
 }
 
-/// Reads a SQLite value. Text that is not UTF-8 is refused: it cannot be sent to a
-/// store that checks encodings.
+/// Reads a SQLite value. SQLite does not check that TEXT is UTF-8 (`CAST(x'ff' AS
+/// TEXT)` stores the byte as text), and a [`Value::Text`] must be: such text is read as
+/// the [`Value::Blob`] of its bytes, so it is carried losslessly instead of stopping
+/// capture of every table. A SQLite replica stores it as a BLOB of the same bytes; a
+/// store whose column cannot hold bytes refuses it there, visibly (the change is set
+/// aside), rather than Concord changing it (`docs/sqlite-store.md`, Value mapping).
+/// Every SQLite value has a `Value` now; the `Result` stays for the callers that
+/// already handle a refusal.
 pub(crate) fn from_sql(value: ValueRef<'_>) -> Result<Value, String> {
     Ok(match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),
         ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(
-            std::str::from_utf8(t)
-                .map_err(|_| "text is not valid UTF-8".to_owned())?
-                .to_owned(),
-        ),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(text) => Value::Text(text.to_owned()),
+            Err(_) => Value::Blob(t.to_vec()),
+        },
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
     })
+}
+
+/// A value exactly as SQLite held it, text bytes included, to find a row by: a key of
+/// text that is not UTF-8 reads as a [`Value::Blob`] ([`from_sql`]), which would match
+/// no row if bound back, since SQLite never finds a TEXT value equal to a BLOB.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored(StoredKind);
+
+#[derive(Clone, Debug)]
+enum StoredKind {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl From<ValueRef<'_>> for Stored {
+    fn from(value: ValueRef<'_>) -> Self {
+        Stored(match value {
+            ValueRef::Null => StoredKind::Null,
+            ValueRef::Integer(i) => StoredKind::Integer(i),
+            ValueRef::Real(r) => StoredKind::Real(r),
+            ValueRef::Text(t) => StoredKind::Text(t.to_vec()),
+            ValueRef::Blob(b) => StoredKind::Blob(b.to_vec()),
+        })
+    }
+}
+
+impl ToSql for Stored {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match &self.0 {
+            StoredKind::Null => ValueRef::Null,
+            StoredKind::Integer(i) => ValueRef::Integer(*i),
+            StoredKind::Real(r) => ValueRef::Real(*r),
+            StoredKind::Text(t) => ValueRef::Text(t),
+            StoredKind::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
 }

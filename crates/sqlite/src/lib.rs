@@ -18,9 +18,10 @@
 //! and it marks the last change of each capture as the end of a transaction group.
 //!
 //! ## Applying without echo
-//! [`ApplySession`] writes remote changes while a row in `__concord_applying` exists in
-//! its (uncommitted) transaction; the triggers test for it and stay silent, so applied
-//! writes are not captured again. Before applying, the session captures pending local
+//! [`ApplySession`] names, in a row of `__concord_applying` that only its (uncommitted)
+//! transaction sees, the row each of its statements writes; the triggers stay silent
+//! for that row alone, so applied writes are not captured again while whatever a user's
+//! trigger writes meanwhile is (see `apply.rs`). Before applying, the session captures pending local
 //! writes in the same transaction, so metadata always matches the table when merge
 //! decisions are made. The decisions themselves come from [`concord_core::merge`]: this
 //! crate never decides a merge, it reads metadata and applies what the core decided.

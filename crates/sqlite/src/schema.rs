@@ -19,7 +19,10 @@ pub const TRIGGER_PREFIX: &str = "__concord_trg_";
 /// - 1: the first release.
 /// - 2: `__concord_failures.body` keeps each set-aside change whole, so it can be
 ///   retried once the schema allows.
-pub(crate) const FORMAT_VERSION: i64 = 2;
+/// - 3: `__concord_applying` names the row Concord is writing (`tbl`, `k0…`) and the
+///   capture triggers are silent only for that row, so writes the database makes while
+///   Concord applies (user triggers, defaults) are captured.
+pub(crate) const FORMAT_VERSION: i64 = 3;
 
 /// Columns of a change mask: one bit per column, 63 columns per mask integer so the
 /// sign bit is never used.
@@ -57,7 +60,10 @@ CREATE TABLE IF NOT EXISTS __concord_pending(
     m0 INTEGER,
     k0
 );
-CREATE TABLE IF NOT EXISTS __concord_applying(x);
+-- One row while Concord applies: the table and key of the row its current statement
+-- writes, which only that statement's own capture triggers stay silent for (tbl = -1:
+-- every row, while it writes tables without triggers of their own).
+CREATE TABLE IF NOT EXISTS __concord_applying(tbl INTEGER, k0);
 CREATE TABLE IF NOT EXISTS __concord_rows(
     tbl INTEGER NOT NULL,
     pk BLOB NOT NULL,
@@ -101,6 +107,10 @@ CREATE TABLE IF NOT EXISTS __concord_conflicts(
     winner TEXT NOT NULL
 );
 ";
+
+/// `__concord_applying.tbl` while Concord writes a table with no triggers of its own:
+/// no other write can happen then, and the capture triggers are silent for every row.
+pub(crate) const MARK_ALL: i64 = -1;
 
 /// Operation codes written by the triggers into `__concord_pending.op`.
 pub(crate) const OP_INSERT: i64 = 1;
@@ -167,6 +177,15 @@ pub struct TableInfo {
     pub(crate) select_sql: String,
     /// Column positions of each UNIQUE constraint other than the primary key.
     pub(crate) unique_sets: Vec<Vec<usize>>,
+    /// Whether the table has triggers of its own (not Concord's): they may write while
+    /// Concord applies a change, and those writes are this node's.
+    pub(crate) user_triggers: bool,
+    /// Per column: whether it has a default other than NULL, which an INSERT naming
+    /// fewer columns fills in.
+    pub(crate) has_default: Vec<bool>,
+    /// `UPDATE __concord_applying SET tbl = ?1, k0 = ?2, …`: names the row Concord's next
+    /// statement writes.
+    pub(crate) mark_sql: String,
     /// Apply statements by kind and column set, built once: formatting SQL for every
     /// change was a measurable share of apply time.
     sql_cache: Mutex<HashMap<(u8, u64), Arc<str>>>,
@@ -220,21 +239,25 @@ impl TableInfo {
             ));
         }
         let mut stmt = conn.prepare(
-            "SELECT name, type, pk, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid",
+            "SELECT name, type, pk, \"notnull\", dflt_value IS NOT NULL AND upper(dflt_value) <> 'NULL' \
+             FROM pragma_table_info(?1) ORDER BY cid",
         )?;
         let mut columns = Vec::new();
         let mut keys: Vec<(i64, usize)> = Vec::new();
         let mut nullable_keys = Vec::new();
+        let mut has_default = Vec::new();
         let rows = stmt.query_map([name], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, bool>(3)?,
+                r.get::<_, bool>(4)?,
             ))
         })?;
         for row in rows {
-            let (col, declared_type, pk, not_null) = row?;
+            let (col, declared_type, pk, not_null, default) = row?;
+            has_default.push(default);
             if pk > 0 {
                 keys.push((pk, columns.len()));
                 if !not_null {
@@ -275,8 +298,17 @@ impl TableInfo {
         }
         keys.sort();
         let unique_sets = unique_sets(conn, name)?;
+        let user_triggers = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE \
+             AND name NOT LIKE '\\_\\_concord\\_%' ESCAPE '\\'",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
         let mut info = TableInfo {
             unique_sets,
+            user_triggers,
+            has_default,
+            mark_sql: String::new(),
             id: 0,
             name: name.to_owned(),
             position_of: columns
@@ -290,7 +322,23 @@ impl TableInfo {
             sql_cache: Mutex::new(HashMap::new()),
         };
         info.select_sql = info.select_row_sql();
+        info.mark_sql = format!(
+            "UPDATE __concord_applying SET tbl = ?1, {}",
+            (0..info.key_columns.len())
+                .map(|i| format!("k{i} = ?{}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(info)
+    }
+
+    /// Whether an INSERT naming the key and `columns` leaves out a column the database
+    /// fills with a default other than NULL.
+    pub(crate) fn defaults_left_out(&self, columns: &[usize]) -> bool {
+        self.has_default
+            .iter()
+            .enumerate()
+            .any(|(i, &default)| default && !columns.contains(&i) && !self.key_columns.contains(&i))
     }
 
     pub(crate) fn mask_count(&self) -> usize {
@@ -398,7 +446,22 @@ impl TableInfo {
         let id = self.id;
         let table = quote(&self.name);
         let ncols = self.columns.len();
-        let silent = "NOT EXISTS (SELECT 1 FROM __concord_applying)";
+        // Silent only for the row Concord's current statement writes, or for every row
+        // while it writes tables with no triggers of their own (`tbl` = -1; nothing else
+        // can write then); see apply.rs. Whatever else the database writes meanwhile is
+        // captured.
+        let silent = |side: &str| {
+            let keys = self
+                .key_columns
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| format!(" AND k{i} IS {side}.{}", quote(&self.columns[p].name)))
+                .collect::<String>();
+            format!(
+                "NOT EXISTS (SELECT 1 FROM __concord_applying WHERE tbl = {MARK_ALL} OR (tbl = {id}{keys}))"
+            )
+        };
+        let (silent_new, silent_old) = (silent("NEW"), silent("OLD"));
         let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
         let key_cols = (0..self.key_columns.len())
             .map(|i| format!("k{i}"))
@@ -459,14 +522,14 @@ impl TableInfo {
         let p = TRIGGER_PREFIX;
         let mut triggers = vec![
             format!(
-                "CREATE TRIGGER {p}{id}_ins AFTER INSERT ON {table} WHEN {silent} BEGIN \
+                "CREATE TRIGGER {p}{id}_ins AFTER INSERT ON {table} WHEN {silent_new} BEGIN \
                  {pending}) VALUES ({id}, {OP_INSERT}, {ncols}, {now}, {}); END",
                 key_vals("NEW")
             ),
             // One update trigger for both cases: a second trigger for key changes cost
             // its WHEN test on every update (measured ~0.15x of an update).
             format!(
-                "CREATE TRIGGER {p}{id}_upd AFTER UPDATE ON {table} WHEN {silent} BEGIN \
+                "CREATE TRIGGER {p}{id}_upd AFTER UPDATE ON {table} WHEN {silent_new} BEGIN \
                  {pending}, {old_cols}, {mask_cols}) VALUES ({id}, \
                  CASE WHEN {same_key} THEN {OP_UPDATE} ELSE {OP_REKEY} END, {ncols}, {now}, {}, {}, {}); END",
                 key_vals("NEW"),
@@ -474,7 +537,7 @@ impl TableInfo {
                 masks.join(", ")
             ),
             format!(
-                "CREATE TRIGGER {p}{id}_del AFTER DELETE ON {table} WHEN {silent} BEGIN \
+                "CREATE TRIGGER {p}{id}_del AFTER DELETE ON {table} WHEN {silent_old} BEGIN \
                  {pending}) VALUES ({id}, {OP_DELETE}, {ncols}, {now}, {}); END",
                 key_vals("OLD")
             ),
@@ -512,11 +575,11 @@ impl TableInfo {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             triggers.push(format!(
-                "CREATE TRIGGER {p}{id}_evict_ins BEFORE INSERT ON {table} WHEN {silent} BEGIN \
+                "CREATE TRIGGER {p}{id}_evict_ins BEFORE INSERT ON {table} WHEN {silent_new} BEGIN \
                  {pending}) SELECT {id}, {OP_EVICT}, {ncols}, {now}, {own_key} FROM {table} WHERE {collides}; END"
             ));
             triggers.push(format!(
-                "CREATE TRIGGER {p}{id}_evict_upd BEFORE UPDATE ON {table} WHEN {silent} BEGIN \
+                "CREATE TRIGGER {p}{id}_evict_upd BEFORE UPDATE ON {table} WHEN {silent_new} BEGIN \
                  {pending}) SELECT {id}, {OP_EVICT}, {ncols}, {now}, {own_key} FROM {table} \
                  WHERE ({collides}) AND NOT ({not_old}); END"
             ));
@@ -524,13 +587,17 @@ impl TableInfo {
         triggers
     }
 
-    pub(crate) fn trigger_names(id: i64) -> [String; 4] {
+    /// Every trigger name Concord may have installed on table `id` (`_rekey` is no
+    /// longer made; the evict triggers exist only on tables with UNIQUE constraints).
+    pub(crate) fn trigger_names(id: i64) -> [String; 6] {
         let p = TRIGGER_PREFIX;
         [
             format!("{p}{id}_ins"),
             format!("{p}{id}_upd"),
             format!("{p}{id}_rekey"),
             format!("{p}{id}_del"),
+            format!("{p}{id}_evict_ins"),
+            format!("{p}{id}_evict_upd"),
         ]
     }
 }
@@ -573,6 +640,32 @@ pub(crate) fn widen_pending(
                 conn.execute_batch(&format!("ALTER TABLE __concord_pending ADD COLUMN {col}"))?;
             }
         }
+    }
+    widen_applying(conn, keys)
+}
+
+/// Adds `k{i}` columns to the apply marker until it can name a row of `keys` key
+/// columns.
+fn widen_applying(conn: &Connection, keys: usize) -> Result<(), rusqlite::Error> {
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('__concord_applying')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for col in ["tbl".to_owned()]
+        .into_iter()
+        .chain((0..keys).map(|i| format!("k{i}")))
+    {
+        if !existing.contains(&col) {
+            conn.execute_batch(&format!("ALTER TABLE __concord_applying ADD COLUMN {col}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops every capture trigger of table `id`.
+pub(crate) fn drop_triggers(conn: &Connection, id: i64) -> Result<(), rusqlite::Error> {
+    for name in TableInfo::trigger_names(id) {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&name)))?;
     }
     Ok(())
 }
@@ -657,6 +750,34 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
                        AND l.seq = __concord_failures.seq);
                  UPDATE __concord_meta SET value = 2 WHERE key = 'format';",
             )?;
+        }
+        if format(conn)? == 2 {
+            // Version 2 silenced capture for the whole apply transaction (a marker row
+            // with one column `x`): name the row instead, and rebuild every tracked
+            // table's triggers to look at it.
+            widen_applying(conn, 0)?;
+            let tracked: Vec<(i64, String)> = conn
+                .prepare("SELECT id, name FROM __concord_tables WHERE tracked = 1")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, name) in tracked {
+                let mut info = match TableInfo::introspect(conn, &name) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        // Its old triggers stay (they are silent throughout an apply, as
+                        // before); the next refresh reports the table.
+                        tracing::warn!(table = %name, error = %e, "tracked table cannot be read; its capture triggers are not upgraded");
+                        continue;
+                    }
+                };
+                info.id = id;
+                widen_pending(conn, info.key_columns.len(), info.mask_count())?;
+                drop_triggers(conn, id)?;
+                for sql in info.trigger_sql() {
+                    conn.execute_batch(&sql)?;
+                }
+            }
+            conn.execute_batch("UPDATE __concord_meta SET value = 3 WHERE key = 'format';")?;
         }
         Ok(())
     })();

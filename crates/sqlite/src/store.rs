@@ -15,7 +15,7 @@ use concord_store::{
     SnapshotRead, Store, StoreError, StoreOptions, TrackError,
 };
 
-use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, quote};
+use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, drop_triggers, quote};
 
 /// A SQLite database tracked by Concord.
 pub struct SqliteStore {
@@ -37,6 +37,13 @@ pub struct SqliteStore {
     pub(crate) relay: bool,
     /// This process's exclusive hold on the file, when it took one ([`SqliteStore::hold`]).
     lock: Option<crate::FileLock>,
+    /// Set in an apply transaction when the database itself may have written (a user
+    /// trigger fired): those writes are folded into the log before the next change is
+    /// merged and before the commit (`apply.rs`).
+    pub(crate) unfolded: bool,
+    /// In an apply transaction: whether the marker silences every row (`MARK_ALL`)
+    /// rather than naming one.
+    pub(crate) marked_all: bool,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -148,6 +155,8 @@ impl SqliteStore {
             schema_changed: false,
             relay: false,
             lock: None,
+            unfolded: false,
+            marked_all: false,
         };
         schema::migrate(&store.conn)?;
         store.reload()?;
@@ -727,13 +736,6 @@ fn load_columns(conn: &Connection, table: i64) -> Result<Vec<(String, String)>, 
     )?
     .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
     .collect()
-}
-
-fn drop_triggers(conn: &Connection, table: i64) -> Result<(), rusqlite::Error> {
-    for name in TableInfo::trigger_names(table) {
-        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&name)))?;
-    }
-    Ok(())
 }
 
 /// Records a table's columns and (re)creates its triggers.

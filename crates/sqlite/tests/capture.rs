@@ -901,3 +901,133 @@ fn merging_while_another_connection_writes_concurrently_converges() {
     assert_eq!(stores[1].pending_len().unwrap(), 0);
     assert_eq!(stores[0].version_vector(), stores[1].version_vector());
 }
+
+/// SQLite stores whatever bytes it is given as TEXT (`CAST(x'ff' AS TEXT)`), and such
+/// a value used to stop capture of every table: capture retried forever with `text is
+/// not valid UTF-8` and every later write, to any table, stayed pending. It is carried
+/// as the bytes it is (a blob), in a value column and in a key column, and the writes
+/// after it flow.
+#[test]
+fn text_that_is_not_utf8_is_carried_byte_for_byte_and_stops_no_other_write() {
+    if !sqlite3_shell_available(
+        "text_that_is_not_utf8_is_carried_byte_for_byte_and_stops_no_other_write",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, mut stores) = tracked_files(
+        dir.path(),
+        &["a.db", "b.db"],
+        "CREATE TABLE vals(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE other(id INTEGER PRIMARY KEY, note TEXT);
+         CREATE TABLE tk(k TEXT PRIMARY KEY NOT NULL, v TEXT);",
+        &["vals", "other", "tk"],
+    );
+    let (a, b) = (&paths[0], &paths[1]);
+    sqlite3_shell(a, "insert into vals values(4, cast(x'ff' as text));");
+    sqlite3_shell(a, "insert into other values(1, 'written after');");
+    sqlite3_shell(
+        a,
+        "insert into tk values(cast(x'c328' as text), 'bad key');
+         update tk set v = 'updated' where k = cast(x'c328' as text);
+         update vals set v = cast(x'fe00ff' as text) || 'tail' where id = 4;
+         insert into vals values(5, 'plain');",
+    );
+    let (sa, rest) = stores.split_first_mut().unwrap();
+    let sb = &mut rest[0];
+    sa.capture()
+        .expect("capture does not stop on text that is not UTF-8");
+    assert_eq!(
+        sa.pending_len().unwrap(),
+        0,
+        "nothing waits behind the value"
+    );
+    let report = pull(sa, sb).unwrap();
+    assert_eq!(report.set_aside, 0, "{report:?}");
+    assert!(sb.failures().unwrap().is_empty());
+
+    let bytes = |path: &std::path::Path, sql: &str| -> Vec<(String, String)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let vals = "SELECT id || '', hex(v) FROM vals ORDER BY id";
+    assert_eq!(
+        bytes(b, vals),
+        vec![
+            ("4".to_owned(), "FE00FF7461696C".to_owned()),
+            ("5".to_owned(), hex("plain"))
+        ]
+    );
+    assert_eq!(bytes(b, vals), bytes(a, vals), "byte for byte");
+    let keyed = "SELECT hex(k), v FROM tk";
+    assert_eq!(
+        bytes(b, keyed),
+        vec![("C328".to_owned(), "updated".to_owned())]
+    );
+    assert_eq!(
+        dump_file(b, "other", "id"),
+        vec![row(&[i(1), s("written after")])],
+        "a later row of another table arrives"
+    );
+    // The replica holds the bytes as a blob: SQLite stores what it was given.
+    let kind: String = Connection::open(b)
+        .unwrap()
+        .query_row("SELECT typeof(v) FROM vals WHERE id = 4", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kind, "blob");
+
+    // Nothing bounces, and the origin keeps capturing the row by its text key.
+    assert_eq!(sb.capture().unwrap(), 0);
+    sqlite3_shell(
+        a,
+        "update tk set v = 'again' where k = cast(x'c328' as text);",
+    );
+    assert_eq!(sa.capture().unwrap(), 1);
+    pull(sa, sb).unwrap();
+    assert_eq!(
+        bytes(b, keyed),
+        vec![("C328".to_owned(), "again".to_owned())]
+    );
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Concord's triggers on a table with a UNIQUE constraint include the two that record
+/// rows a REPLACE evicts. Rebuilding the triggers (tracking the table again, or a column
+/// added) dropped only the others, so creating them again failed ("trigger already
+/// exists"): an ADD COLUMN on such a table stopped capture.
+#[test]
+fn a_table_with_a_unique_column_keeps_capturing_after_a_column_is_added_or_it_is_tracked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, mut stores) = tracked_files(
+        dir.path(),
+        &["a.db", "b.db"],
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE);",
+        &["u"],
+    );
+    let a = &paths[0];
+    let app = app_connection(a);
+    app.execute_batch("INSERT INTO u VALUES (1, 'x@example.org');")
+        .unwrap();
+    SqliteStore::track(a, &["u"], StoreOptions::default()).expect("tracked again");
+    app.execute_batch(
+        "ALTER TABLE u ADD COLUMN name TEXT; INSERT INTO u VALUES (2, 'y@example.org', 'y');",
+    )
+    .unwrap();
+    stores[0]
+        .capture()
+        .expect("capture goes on after ADD COLUMN");
+    Connection::open(&paths[1])
+        .unwrap()
+        .execute_batch("ALTER TABLE u ADD COLUMN name TEXT;")
+        .unwrap();
+    let reports = merge_all(&mut stores).unwrap();
+    assert!(reports.iter().all(|r| r.set_aside == 0), "{reports:?}");
+    assert_eq!(dump_file(a, "u", "id"), dump_file(&paths[1], "u", "id"));
+}

@@ -1,7 +1,8 @@
 //! Opening a database an older Concord tracked. Risk covered: a newer Concord that
 //! misreads, refuses or damages a file written by a released version (its row clocks,
 //! log, conflicts and set-aside changes), or that loses the set-aside changes it
-//! could retry.
+//! could retry, or whose capture triggers keep silencing writes the database itself
+//! makes while Concord applies (format 3).
 //!
 //! `fixtures/format-1.db` was written by Concord with metadata format 1 (before
 //! set-aside changes were kept whole): table `c(id, name CHECK (name <> 'bad'), n)`
@@ -43,7 +44,7 @@ fn a_file_written_by_format_1_opens_upgraded_with_everything_it_held() {
     let path = copy_fixture(dir.path());
     assert_eq!(format(&path), 1);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(format(&path), 2, "opened, the file is upgraded");
+    assert_eq!(format(&path), 3, "opened, the file is upgraded");
 
     // What it held reads as before.
     assert_eq!(store.tables().len(), 1);
@@ -98,5 +99,61 @@ fn a_file_of_a_newer_format_is_refused_naming_both_versions() {
         )
         .unwrap();
     let err = SqliteStore::open(&path).err().expect("refused").to_string();
-    assert!(err.contains("99") && err.contains('2'), "{err}");
+    assert!(err.contains("99") && err.contains('3'), "{err}");
+}
+
+/// Format 2's triggers were silent for a whole apply transaction. Upgraded, they are
+/// silent only for the row Concord writes: a user trigger's write during an apply is
+/// captured in the old file too, and Concord's own write still is not.
+#[test]
+fn an_upgraded_file_captures_what_a_user_trigger_writes_while_concord_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_fixture(dir.path());
+    let mut old = SqliteStore::open(&path).unwrap();
+    let triggers: Vec<String> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '__concord%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(triggers.len(), 3, "{triggers:?}");
+    assert!(
+        triggers.iter().all(|t| t.contains("(tbl = 1 AND k0 IS")),
+        "{triggers:?}"
+    );
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER mark AFTER INSERT ON c BEGIN
+                 UPDATE c SET n = 42 WHERE id = new.id;
+             END;",
+        )
+        .unwrap();
+
+    let peer = dir.path().join("peer.db");
+    Connection::open(&peer)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE c(id integer primary key, name text, n integer);
+             INSERT INTO c VALUES (7, 'seven', 7);",
+        )
+        .unwrap();
+    let mut peer = SqliteStore::track(&peer, &["c"], Default::default()).unwrap();
+    let own_before = old.version_vector().get(&old.node_id());
+    let report = concord_sqlite::pull(&mut peer, &mut old).unwrap();
+    assert_eq!(report.set_aside, 0, "{report:?}");
+    old.capture().unwrap();
+    assert_eq!(
+        old.version_vector().get(&old.node_id()),
+        own_before + 1,
+        "the trigger's write of n is the old file's own change; the applied row is not"
+    );
+    concord_sqlite::pull(&mut old, &mut peer).unwrap();
+    let n: i64 = Connection::open(peer.path())
+        .unwrap()
+        .query_row("SELECT n FROM c WHERE id = 7", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 42, "the trigger's write reached the peer");
 }
