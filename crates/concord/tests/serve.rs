@@ -434,7 +434,7 @@ fn verify_between_two_running_nodes_lists_every_row_that_differs() {
     // Writes made while capture is off: the sync never hears of them.
     write(
         &db2,
-        "INSERT INTO __concord_applying VALUES (1); \
+        "INSERT INTO __concord_applying(tbl) VALUES (-1); \
          UPDATE t SET v = 'drifted' WHERE id = 7; DELETE FROM t WHERE id = 150; \
          INSERT INTO t VALUES (1000, 'only on n2'); \
          DELETE FROM __concord_applying",
