@@ -158,12 +158,12 @@ impl SnapshotSource for MyLog {
             .iter()
             .map(|&p| quote(&info.columns[p].name))
             .collect();
-        let placeholders = vec!["?".to_owned(); keys.len()];
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
             &keys,
-            after.map(|_| placeholders.as_slice()),
+            after.is_some(),
+            |_| "?".to_owned(),
             limit,
         );
         let params = key_params(info, after.unwrap_or(&[]))?;

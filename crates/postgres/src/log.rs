@@ -157,17 +157,12 @@ impl SnapshotSource for PgLog {
             .iter()
             .map(|&p| quote(&info.columns[p].name))
             .collect();
-        let placeholders: Vec<String> = info
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| info.placeholder(p, i + 1))
-            .collect();
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
             &keys,
-            after.map(|_| placeholders.as_slice()),
+            after.is_some(),
+            |i| info.placeholder(info.key_columns[i], i + 1),
             limit,
         );
         let params = key_params(info, after.unwrap_or(&[]))?;

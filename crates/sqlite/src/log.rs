@@ -220,12 +220,12 @@ impl concord_store::SnapshotSource for SqliteLog {
             .iter()
             .map(|&p| quote(&reads.columns[p]))
             .collect();
-        let placeholders: Vec<String> = (1..=keys.len()).map(|n| format!("?{n}")).collect();
         let sql = keyset_page_sql(
             &reads.list,
             &format!("main.{}", reads.table),
             &keys,
-            after.map(|_| placeholders.as_slice()),
+            after.is_some(),
+            |i| format!("?{}", i + 1),
             limit,
         );
         let rows = self.read_rows(table, &sql, after.unwrap_or(&[]))?;

@@ -98,22 +98,29 @@ pub struct RowPage {
 }
 
 /// The query a store runs for [`SnapshotSource::user_rows`]: `list` selects every
-/// column, `keys` are the quoted key columns and `after` (for every page but the first)
-/// their placeholders, in the store's dialect. Row-value comparison (`(a, b) > (?, ?)`)
-/// is keyset pagination in the database's own order, which every supported database
-/// evaluates with the primary key's index.
+/// column, `keys` are the quoted key columns, and with `after` the page starts after the
+/// key given as parameters (`placeholder(i)` is the i-th key column's, from 0), in the
+/// store's dialect. Row-value comparison (`(a, b) > (?, ?)`) is keyset pagination in the
+/// database's own order, which every supported database evaluates with the primary
+/// key's index.
 pub fn keyset_page_sql(
     list: &str,
     table: &str,
     keys: &[String],
-    after: Option<&[String]>,
+    after: bool,
+    placeholder: impl Fn(usize) -> String,
     limit: usize,
 ) -> String {
-    let keys = keys.join(", ");
-    let filter = after.map_or_else(String::new, |after| {
-        format!(" WHERE ({keys}) > ({})", after.join(", "))
-    });
-    format!("SELECT {list} FROM {table}{filter} ORDER BY {keys} LIMIT {limit}")
+    let filter = if after {
+        let params: Vec<String> = (0..keys.len()).map(placeholder).collect();
+        format!(" WHERE ({}) > ({})", keys.join(", "), params.join(", "))
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT {list} FROM {table}{filter} ORDER BY {} LIMIT {limit}",
+        keys.join(", ")
+    )
 }
 
 /// One row of the row-clock table.
