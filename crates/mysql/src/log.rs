@@ -17,7 +17,7 @@ use crate::store::connect;
 use crate::types::{parse, to_param};
 use concord_store::{
     KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
-    clock_page_sql, keyset_page_sql,
+    clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
 };
 
 /// MySQL's change log, read through its own connection.
@@ -138,6 +138,36 @@ impl SnapshotSource for MyLog {
         row.map(|row| decode_row(info, &row, key)).transpose()
     }
 
+    fn rows_values(
+        &mut self,
+        table: i64,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Option<Vec<Value>>>, StoreError> {
+        self.table(table)?;
+        let MyLog { conn, tables } = self;
+        let Some((info, _)) = tables.get(&table) else {
+            return Ok(vec![None; keys.len()]);
+        };
+        let tuple = format!("({})", vec!["?"; info.key_columns.len()].join(", "));
+        let tuples = vec![tuple; keys.len()];
+        let sql = rows_by_keys_sql(
+            &select_list(info),
+            &info.qualified(),
+            &key_list(info),
+            &tuples,
+        );
+        let mut params = Vec::with_capacity(keys.len() * info.key_columns.len());
+        for key in keys {
+            params.extend(key_params(info, key)?);
+        }
+        let rows: Vec<mysql::Row> = conn.exec(sql, mysql::Params::Positional(params))?;
+        let found = rows
+            .iter()
+            .map(|row| decode_row(info, row, &[]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(in_key_order(keys, &info.key_columns, found))
+    }
+
     fn user_rows(
         &mut self,
         table: i64,
@@ -153,15 +183,10 @@ impl SnapshotSource for MyLog {
                 rows: Vec::new(),
             });
         };
-        let keys: Vec<String> = info
-            .key_columns
-            .iter()
-            .map(|&p| quote(&info.columns[p].name))
-            .collect();
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
-            &keys,
+            &key_list(info),
             after.is_some(),
             |_| "?".to_owned(),
             limit,
@@ -182,6 +207,14 @@ impl SnapshotSource for MyLog {
             rows,
         })
     }
+}
+
+/// The quoted key columns of `info`, in key order.
+fn key_list(info: &TableInfo) -> Vec<String> {
+    info.key_columns
+        .iter()
+        .map(|&p| quote(&info.columns[p].name))
+        .collect()
 }
 
 /// Every column of `info` as canonical text, as the snapshot reads it.

@@ -16,7 +16,7 @@ use crate::store::{Connection, connect};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
 use concord_store::{
     KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
-    clock_page_sql, keyset_page_sql,
+    clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
 };
 
 /// PostgreSQL's change log, read through its own connection.
@@ -137,6 +137,47 @@ impl SnapshotSource for PgLog {
         decode_row(info, &row, key).map(Some)
     }
 
+    fn rows_values(
+        &mut self,
+        table: i64,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Option<Vec<Value>>>, StoreError> {
+        self.table(table)?;
+        let PgLog { client, tables } = self;
+        let Some((info, _)) = tables.get(&table) else {
+            return Ok(vec![None; keys.len()]);
+        };
+        let width = info.key_columns.len();
+        let tuples: Vec<String> = (0..keys.len())
+            .map(|row| {
+                let params: Vec<String> = info
+                    .key_columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| info.placeholder(p, row * width + i + 1))
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = rows_by_keys_sql(
+            &select_list(info),
+            &info.qualified(),
+            &key_list(info),
+            &tuples,
+        );
+        let mut params = Vec::with_capacity(keys.len() * width);
+        for key in keys {
+            params.extend(key_params(info, key)?);
+        }
+        let refs: Vec<&Param> = params.iter().collect();
+        let found = client
+            .query(&sql, &sql_refs(&refs))?
+            .iter()
+            .map(|row| decode_row(info, row, &[]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(in_key_order(keys, &info.key_columns, found))
+    }
+
     fn user_rows(
         &mut self,
         table: i64,
@@ -152,15 +193,10 @@ impl SnapshotSource for PgLog {
                 rows: Vec::new(),
             });
         };
-        let keys: Vec<String> = info
-            .key_columns
-            .iter()
-            .map(|&p| quote(&info.columns[p].name))
-            .collect();
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
-            &keys,
+            &key_list(info),
             after.is_some(),
             |i| info.placeholder(info.key_columns[i], i + 1),
             limit,
@@ -178,6 +214,14 @@ impl SnapshotSource for PgLog {
             rows,
         })
     }
+}
+
+/// The quoted key columns of `info`, in key order.
+fn key_list(info: &TableInfo) -> Vec<String> {
+    info.key_columns
+        .iter()
+        .map(|&p| quote(&info.columns[p].name))
+        .collect()
 }
 
 /// Every column of `info`, as the snapshot reads it.

@@ -59,7 +59,7 @@ pub use progress::{Failure, TxnProgress};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use snapshot::{
     KeyStart, RawClock, RowPage, SnapshotRead, SnapshotReader, SnapshotSource, TableItems,
-    clock_page_sql, keyset_page_sql, values_hash,
+    clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql, values_hash,
 };
 pub use spill::ItemSpill;
 pub use store::{

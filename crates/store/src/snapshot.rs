@@ -44,6 +44,9 @@ const PAGE_ROWS: usize = 1_000;
 /// Bytes of values per page, past which a page ends (after at least one row).
 const PAGE_BYTES: usize = 8 << 20;
 
+/// Users' rows read in one query, at most.
+const VALUE_BATCH: usize = 200;
+
 /// Where a read of row clocks starts, in encoded-key order.
 #[derive(Clone, Copy, Debug)]
 pub enum KeyStart<'a> {
@@ -123,6 +126,45 @@ pub fn keyset_page_sql(
     )
 }
 
+/// The query a store runs for [`SnapshotSource::rows_values`]: every column (`list`)
+/// of the rows whose key columns (`keys`, quoted) equal one of `tuples` (each the
+/// parenthesised placeholders of one key, in the store's dialect).
+pub fn rows_by_keys_sql(list: &str, table: &str, keys: &[String], tuples: &[String]) -> String {
+    format!(
+        "SELECT {list} FROM {table} WHERE ({}) IN ({})",
+        keys.join(", "),
+        tuples.join(", ")
+    )
+}
+
+/// Puts rows found by [`rows_by_keys_sql`] (in any order, each with every column) in
+/// the order of `keys`, `None` where no row has that key. Rows are matched by their
+/// encoded keys, as the store encodes them everywhere else.
+pub fn in_key_order(
+    keys: &[Vec<Value>],
+    key_columns: &[usize],
+    found: Vec<Vec<Value>>,
+) -> Vec<Option<Vec<Value>>> {
+    let encode = |values: &[Value]| {
+        PrimaryKey::encode(values)
+            .ok()
+            .map(|k| k.as_bytes().to_vec())
+    };
+    let mut by_key: std::collections::HashMap<Vec<u8>, Vec<Value>> = found
+        .into_iter()
+        .filter_map(|row| {
+            let key: Vec<Value> = key_columns
+                .iter()
+                .map(|&p| row.get(p).cloned().unwrap_or(Value::Null))
+                .collect();
+            Some((encode(&key)?, row))
+        })
+        .collect();
+    keys.iter()
+        .map(|key| encode(key).and_then(|k| by_key.remove(&k)))
+        .collect()
+}
+
 /// One row of the row-clock table.
 pub struct RawClock {
     /// The encoded primary key.
@@ -154,6 +196,15 @@ pub trait SnapshotSource: LogSource {
     /// The values of the user's row of `table` with key `key` (its key columns' values,
     /// in key order), every column by position, or `None` if there is no such row.
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError>;
+    /// [`SnapshotSource::row_values`] of each key, in order. A server store answers in
+    /// one query; the default asks row by row.
+    fn rows_values(
+        &mut self,
+        table: i64,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Option<Vec<Value>>>, StoreError> {
+        keys.iter().map(|key| self.row_values(table, key)).collect()
+    }
     /// Up to `limit` rows of the users' table `table` whose keys (its key columns'
     /// values, in key order) sort after `after` in the database's own order
     /// ([`keyset_page_sql`]), from the first when `after` is `None`.
@@ -254,6 +305,8 @@ pub struct SnapshotReader<S: SnapshotSource> {
     done: bool,
     /// The items of the table last compared by values.
     spill: Option<(String, ItemSpill)>,
+    /// The largest row's values seen so far, in bytes: sizes the batches of rows read.
+    largest_row: usize,
 }
 
 impl<S: SnapshotSource> SnapshotReader<S> {
@@ -284,6 +337,7 @@ impl<S: SnapshotSource> SnapshotReader<S> {
             after: Vec::new(),
             done: false,
             spill: None,
+            largest_row: 0,
         })
     }
 
@@ -339,49 +393,40 @@ impl<S: SnapshotSource> SnapshotReader<S> {
         self.tables.iter().position(|t| t.name == name)
     }
 
-    /// The change that carries `raw`'s state, or `None` for a live row whose user row
-    /// is gone (its delete is still to be captured, and will travel by the log).
-    fn row_state(
-        &mut self,
-        table: usize,
-        raw: RawClock,
-    ) -> Result<Option<(Change, usize)>, StoreError> {
-        let clock = self.decode(table, &raw)?;
-        let key = PrimaryKey::from_bytes_unchecked(raw.key);
-        let name = self.tables[table].name.clone();
-        if !clock.causal_length.is_alive() {
-            let (version, seen) = match clock.tombstone {
-                Some(t) => (t.version, t.seen),
-                None => (
-                    Version {
-                        hlc: Hlc::from_u64(0),
-                        origin: self.node,
-                    },
-                    None,
-                ),
-            };
-            return Ok(Some((
-                Change {
-                    origin: version.origin,
-                    seq: 0,
-                    hlc: version.hlc,
-                    table: name,
-                    key,
-                    causal_length: clock.causal_length,
-                    columns: Vec::new(),
-                    delete_seen: seen,
-                    last_in_txn: true,
+    /// The change that carries a deleted row's state.
+    fn dead_change(&self, table: usize, key: PrimaryKey, clock: &RowClock) -> Change {
+        let (version, seen) = match clock.tombstone {
+            Some(t) => (t.version, t.seen),
+            None => (
+                Version {
+                    hlc: Hlc::from_u64(0),
+                    origin: self.node,
                 },
-                0,
-            )));
-        }
-        let key_values = key
-            .decode()
-            .map_err(|e| self.corrupt(format!("key of a row of table {name}: {e}")))?;
-        let id = self.tables[table].id;
-        let Some(values) = self.source.row_values(id, &key_values)? else {
-            return Ok(None);
+                None,
+            ),
         };
+        Change {
+            origin: version.origin,
+            seq: 0,
+            hlc: version.hlc,
+            table: self.tables[table].name.clone(),
+            key,
+            causal_length: clock.causal_length,
+            columns: Vec::new(),
+            delete_seen: seen,
+            last_in_txn: true,
+        }
+    }
+
+    /// The change that carries a live row's state, from its clock and its values, and
+    /// roughly how many bytes its values take.
+    fn live_change(
+        &self,
+        table: usize,
+        key: PrimaryKey,
+        clock: &RowClock,
+        values: &[Value],
+    ) -> (Change, usize) {
         let mut columns = Vec::new();
         let mut bytes = 0;
         for (index, column) in clock.columns.iter().enumerate() {
@@ -404,20 +449,75 @@ impl<S: SnapshotSource> SnapshotReader<S> {
             hlc: Hlc::from_u64(0),
             origin: self.node,
         });
-        Ok(Some((
-            Change {
-                origin: newest.origin,
-                seq: 0,
-                hlc: newest.hlc,
-                table: name,
-                key,
-                causal_length: CausalLength(clock.causal_length.0),
-                columns,
-                delete_seen: None,
-                last_in_txn: true,
-            },
-            bytes,
-        )))
+        let change = Change {
+            origin: newest.origin,
+            seq: 0,
+            hlc: newest.hlc,
+            table: self.tables[table].name.clone(),
+            key,
+            causal_length: CausalLength(clock.causal_length.0),
+            columns,
+            delete_seen: None,
+            last_in_txn: true,
+        };
+        (change, bytes)
+    }
+
+    /// The states of the rows `raws` of table `table` (in order), reading the users'
+    /// rows a batch at a time, until their values reach `budget` bytes: the changes,
+    /// their bytes, and how many of `raws` were used. A live row whose user row is gone
+    /// has no state here (its delete is still to be captured, and travels by the log).
+    ///
+    /// Batches grow while rows are small and shrink to one row once a large value was
+    /// seen, so a page holds about `budget` bytes, never many large values at once.
+    fn states(
+        &mut self,
+        table: usize,
+        raws: Vec<RawClock>,
+        budget: usize,
+    ) -> Result<(Vec<Change>, usize, usize), StoreError> {
+        let id = self.tables[table].id;
+        let name = self.tables[table].name.clone();
+        let mut changes = Vec::with_capacity(raws.len());
+        let (mut bytes, mut used) = (0usize, 0usize);
+        let mut raws = raws.into_iter().peekable();
+        while raws.peek().is_some() && bytes < budget {
+            let batch = (PAGE_BYTES / self.largest_row.max(1)).clamp(1, VALUE_BATCH);
+            let mut live: Vec<(usize, PrimaryKey, RowClock)> = Vec::new();
+            let mut keys: Vec<Vec<Value>> = Vec::new();
+            let mut slots: Vec<Option<Change>> = Vec::new();
+            for raw in raws.by_ref().take(batch) {
+                used += 1;
+                let clock = self.decode(table, &raw)?;
+                let key = PrimaryKey::from_bytes_unchecked(raw.key);
+                if clock.causal_length.is_alive() {
+                    keys.push(
+                        key.decode().map_err(|e| {
+                            self.corrupt(format!("key of a row of table {name}: {e}"))
+                        })?,
+                    );
+                    live.push((slots.len(), key, clock));
+                    slots.push(None);
+                } else {
+                    slots.push(Some(self.dead_change(table, key, &clock)));
+                }
+            }
+            let values = if keys.is_empty() {
+                Vec::new()
+            } else {
+                self.source.rows_values(id, &keys)?
+            };
+            for ((slot, key, clock), values) in live.into_iter().zip(values) {
+                if let Some(values) = values {
+                    let (change, size) = self.live_change(table, key, &clock, &values);
+                    self.largest_row = self.largest_row.max(size);
+                    bytes = bytes.saturating_add(size);
+                    slots[slot] = Some(change);
+                }
+            }
+            changes.extend(slots.into_iter().flatten());
+        }
+        Ok((changes, bytes, used))
     }
 }
 
@@ -454,17 +554,14 @@ impl<S: SnapshotSource> SnapshotRead for SnapshotReader<S> {
                 self.after.clear();
                 continue;
             }
-            for raw in clocks {
-                if bytes >= PAGE_BYTES {
-                    // The rest of this page is read again next time, from `after`.
-                    break;
-                }
-                self.after.clone_from(&raw.key);
-                if let Some((change, size)) = self.row_state(self.current, raw)? {
-                    bytes += size;
-                    rows.push(change);
-                }
+            let keys: Vec<Vec<u8>> = clocks.iter().map(|raw| raw.key.clone()).collect();
+            let (states, size, used) = self.states(self.current, clocks, PAGE_BYTES - bytes)?;
+            // What was not used is read again next time, from `after`.
+            if let Some(last) = used.checked_sub(1).and_then(|i| keys.get(i)) {
+                self.after.clone_from(last);
             }
+            bytes += size;
+            rows.extend(states);
         }
         Ok(rows)
     }
@@ -526,23 +623,18 @@ impl<S: SnapshotSource> SnapshotRead for SnapshotReader<S> {
             return Ok(Vec::new());
         };
         let id = self.tables[index].id;
-        let mut rows = Vec::new();
+        let mut raws = Vec::with_capacity(keys.len());
         for key in keys {
             let mut upper = key.clone();
             upper.push(0);
-            let Some(raw) = self
-                .source
-                .clocks(id, KeyStart::AtLeast(key), Some(&upper), 1)?
-                .into_iter()
-                .next()
-            else {
-                continue;
-            };
-            if let Some((change, _)) = self.row_state(index, raw)? {
-                rows.push(change);
-            }
+            raws.extend(
+                self.source
+                    .clocks(id, KeyStart::AtLeast(key), Some(&upper), 1)?
+                    .into_iter()
+                    .next(),
+            );
         }
-        Ok(rows)
+        Ok(self.states(index, raws, usize::MAX)?.0)
     }
 
     fn table_rows(
@@ -559,15 +651,15 @@ impl<S: SnapshotSource> SnapshotRead for SnapshotReader<S> {
         let page = self
             .source
             .clocks(id, KeyStart::After(after), None, limit)?;
-        let last = (page.len() == limit)
-            .then(|| page.last().map(|raw| raw.key.clone()))
-            .flatten();
-        let mut rows = Vec::with_capacity(page.len());
-        for raw in page {
-            if let Some((change, _)) = self.row_state(index, raw)? {
-                rows.push(change);
-            }
-        }
+        let full = page.len() == limit;
+        let keys: Vec<Vec<u8>> = page.iter().map(|raw| raw.key.clone()).collect();
+        let (rows, _, used) = self.states(index, page, PAGE_BYTES)?;
+        // Continue after the last row used: the rest of a page cut short by its bytes,
+        // or the next page.
+        let last = match used.checked_sub(1).and_then(|i| keys.get(i)) {
+            Some(last) if full || used < keys.len() => Some(last.clone()),
+            _ => None,
+        };
         Ok((rows, last))
     }
 
