@@ -393,9 +393,9 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<My, Mismatch> 
             Ok(u) => Ok(My::UInt(u)),
             Err(_) => no("not an integer from 0 to 18446744073709551615"),
         },
-        (ColumnKind::Double | ColumnKind::Float, Value::Real(r)) if !r.is_finite() => {
-            no("MariaDB cannot hold NaN or infinity")
-        }
+        (ColumnKind::Double | ColumnKind::Float, Value::Real(r)) if !r.is_finite() => no(&format!(
+            "{r} cannot be stored: MariaDB's floats hold no NaN or infinity"
+        )),
         (ColumnKind::Double, Value::Real(r)) => Ok(My::Double(*r)),
         (ColumnKind::Float, Value::Real(r)) => {
             let narrowed = *r as f32;

@@ -9,7 +9,9 @@
 //!   `0.1000000000000000055511151231257827021181583404541015625` rounded to `0.10`);
 //! - a float whose shortest decimal the column would round (`0.125` into two places) or
 //!   overflow (`1e20`) is written changed instead of set aside, or sets aside more than
-//!   its own source transaction, or is refused without naming column, type and value.
+//!   its own source transaction, or is refused without naming column, type and value;
+//! - an infinity (SQLite's `REAL` holds one) bound for a `DOUBLE`, which cannot hold it,
+//!   is changed instead of set aside with its source transaction, naming the value.
 
 mod common;
 
@@ -64,5 +66,34 @@ concord_harness::server_tests! {
             assert!(overflow.contains(needle), "{needle} in {overflow}");
         }
         assert_eq!(sink.version_vector(), source.version_vector(), "set-aside changes count as held");
+    }
+
+    fn a_sqlite_infinity_bound_for_a_mariadb_double_is_set_aside_naming_it(base: mysql) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("readings.db");
+        let lite = rusqlite::Connection::open(&file).unwrap();
+        lite.execute_batch("CREATE TABLE readings(id INTEGER PRIMARY KEY, r REAL)").unwrap();
+        let mut source =
+            concord_sqlite::SqliteStore::track(&file, &["readings"], StoreOptions::default()).unwrap();
+        let db = TestDb::new(base, &["CREATE TABLE readings(id INT PRIMARY KEY, r DOUBLE)"]);
+        let mut sink = MyStore::track(&db.url, &["readings"], StoreOptions::default()).unwrap();
+        for sql in [
+            "INSERT INTO readings VALUES (1, 9e999)",
+            "INSERT INTO readings VALUES (2, -9e999)",
+            "INSERT INTO readings VALUES (3, 1.5)",
+        ] {
+            lite.execute_batch(sql).unwrap();
+            concord_sqlite::Store::capture(&mut source).unwrap();
+        }
+        let report = pull(&mut source, &mut sink).unwrap();
+        assert_eq!((report.applied, report.set_aside), (1, 2), "{report:?}");
+        let rows: Vec<(i32, f64)> = db.conn().query("SELECT id, r FROM readings").unwrap();
+        assert_eq!(rows, [(3, 1.5)]);
+        let failures = sink.failures().unwrap();
+        for (failure, value) in failures.iter().zip(["value: inf ", "value: -inf "]) {
+            for needle in ["\"r\"", "double", value] {
+                assert!(failure.error.contains(needle), "{needle} in {}", failure.error);
+            }
+        }
     }
 }

@@ -6,7 +6,10 @@
 //!   the column holds that number exactly, or is written as the float's binary expansion
 //!   instead of the shortest decimal that reads back as the same float; one the column
 //!   would round (`0.125`) or overflow (`1e20`) is written changed, or sets aside more
-//!   than its own source transaction.
+//!   than its own source transaction;
+//! - a `double precision` NaN arrives in SQLite as NULL (SQLite cannot store a NaN)
+//!   instead of being set aside with its source transaction, naming column and value;
+//! - `Infinity` and `-Infinity`, which SQLite's `REAL` holds, are refused or changed.
 
 mod common;
 
@@ -55,5 +58,69 @@ concord_harness::server_tests! {
                 assert!(failure.error.contains(needle), "{needle} in {}", failure.error);
             }
         }
+    }
+
+    fn a_postgres_nan_is_set_aside_by_sqlite_and_infinities_arrive_exactly(server: postgres) {
+        let db = TestDb::new(server, "CREATE TABLE readings(id bigint PRIMARY KEY, r double precision);");
+        let dir = tempfile::tempdir().unwrap();
+        let (path, lite) = sqlite_file(&dir, "CREATE TABLE readings(id INTEGER PRIMARY KEY, r REAL)");
+        let mut pg = PgStore::track(&db.url, &["readings"], Default::default()).unwrap();
+        let mut sqlite = SqliteStore::track(&path, &["readings"], Default::default()).unwrap();
+        // Each statement its own source transaction.
+        for sql in [
+            "INSERT INTO readings VALUES (1, 'NaN')",
+            "INSERT INTO readings VALUES (2, 'Infinity')",
+            "INSERT INTO readings VALUES (3, '-Infinity')",
+            "INSERT INTO readings VALUES (4, 1.5)",
+        ] {
+            db.psql(sql);
+        }
+        let report = pull(&mut pg, &mut sqlite).unwrap();
+        assert_eq!((report.applied, report.set_aside), (3, 1), "{report:?}");
+        let rows: Vec<(i64, Option<f64>)> = lite
+            .prepare("SELECT id, r FROM readings ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(2, Some(f64::INFINITY)), (3, Some(f64::NEG_INFINITY)), (4, Some(1.5))],
+            "the NaN is not stored as NULL, the infinities are kept"
+        );
+        let failures = sqlite.failures().unwrap();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        for needle in ["\"r\"", "NaN"] {
+            assert!(failures[0].error.contains(needle), "{needle} in {}", failures[0].error);
+        }
+
+        // The same through a snapshot of PostgreSQL's rows (catch-up past retention).
+        let other = dir.path().join("snapshot.db");
+        rusqlite::Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE readings(id INTEGER PRIMARY KEY, r REAL)")
+            .unwrap();
+        let mut fresh = SqliteStore::track(&other, &["readings"], Default::default()).unwrap();
+        let snap = concord_store::pull_snapshot(&mut pg, &mut fresh).unwrap();
+        assert_eq!(snap.set_aside, 1, "{snap:?}");
+        let nulls: i64 = rusqlite::Connection::open(&other)
+            .unwrap()
+            .query_row("SELECT count(*) FROM readings WHERE r IS NULL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(nulls, 0, "the snapshot's NaN is not stored as NULL");
+
+        // SQLite's own write of an infinity reaches PostgreSQL exactly.
+        lite.execute_batch("INSERT INTO readings VALUES (5, -9e999)").unwrap();
+        let back = pull(&mut sqlite, &mut pg).unwrap();
+        assert_eq!((back.applied, back.set_aside), (1, 0), "{back:?}");
+        let pg_rows: Vec<String> = db
+            .client()
+            .query("SELECT id || ' ' || r::text FROM readings ORDER BY id", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(pg_rows, ["1 NaN", "2 Infinity", "3 -Infinity", "4 1.5", "5 -Infinity"]);
     }
 }
