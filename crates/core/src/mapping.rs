@@ -29,7 +29,7 @@
 //!
 //! The module is pure: no IO, no clock. The conversions lean on well-kept crates
 //! (`uuid`, `jiff` for the calendar and offsets, `bigdecimal` for a float's exact
-//! expansion, `serde_json` for JSON syntax); this module adds only the strictness that
+//! expansion and a decimal's digits, `serde_json` for JSON syntax); this module adds only the strictness that
 //! makes every cast exact or an error (which spellings are accepted, what would round).
 //! `docs/schema-mapping.md` in the repository describes the configuration and the rules
 //! in prose.
@@ -1081,6 +1081,117 @@ fn real_to_decimal(r: f64) -> Result<String, String> {
         return Err("negative zero has no decimal counterpart".into());
     }
     Ok(exact_decimal(r))
+}
+
+/// Why a float cannot be written into a decimal column without changing it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RealToDecimalError {
+    /// NaN and the infinities have no decimal counterpart.
+    #[error("{value} has no decimal counterpart")]
+    NotFinite {
+        /// `NaN`, `inf` or `-inf`.
+        value: String,
+    },
+    /// A decimal has no negative zero; writing `0` would change the float's sign.
+    #[error("-0 (negative zero) has no decimal counterpart")]
+    NegativeZero,
+    /// The shortest decimal has more fractional digits than the column keeps.
+    #[error(
+        "{decimal} has {digits} fractional digits, the column keeps {scale} (it would be rounded)"
+    )]
+    Rounded {
+        /// The float's shortest decimal.
+        decimal: String,
+        /// Its fractional digits.
+        digits: u64,
+        /// The column's scale.
+        scale: u32,
+    },
+    /// The shortest decimal has more integer digits than the column allows.
+    #[error("{decimal} has {digits} integer digits, the column allows {allowed}")]
+    TooLarge {
+        /// The float's shortest decimal.
+        decimal: String,
+        /// Its integer digits.
+        digits: u64,
+        /// What `precision - scale` allows.
+        allowed: u32,
+    },
+    /// The float's text did not read back as a decimal (a bug, never expected).
+    #[error("internal error: {decimal} does not read as a decimal")]
+    Unreadable {
+        /// The text.
+        decimal: String,
+    },
+}
+
+/// The decimal a float written into a `decimal`/`numeric` column becomes: the shortest
+/// decimal that reads back as the same `f64` (`2.25`, `0.1`, never
+/// `0.1000000000000000055511151231257827021181583404541015625`), because that is the
+/// number the writer meant and the one every float parser agrees on. It is accepted only
+/// when it fits the column as it is: `precision` total digits of which `scale` are
+/// fractional (`None`: unconstrained, as PostgreSQL's bare `numeric`); a float whose
+/// shortest decimal the column would round or overflow is refused, as are NaN, the
+/// infinities and negative zero, which no decimal column holds.
+///
+/// The result is plain decimal text (no exponent, `-` only when negative), as the stores
+/// send decimals. This is not the link mapping's [`cast`] from `real` to `decimal`,
+/// which must be invertible and so writes the float's exact binary expansion.
+pub fn real_to_decimal_column(
+    r: f64,
+    precision: Option<u32>,
+    scale: Option<u32>,
+) -> Result<String, RealToDecimalError> {
+    if !r.is_finite() {
+        return Err(RealToDecimalError::NotFinite {
+            value: r.to_string(),
+        });
+    }
+    if r == 0.0 && r.is_sign_negative() {
+        return Err(RealToDecimalError::NegativeZero);
+    }
+    // `Display` of a float is the shortest decimal that parses back to it, written
+    // without an exponent.
+    let decimal = r.to_string();
+    let Some(scale) = scale else {
+        return Ok(decimal);
+    };
+    let Some((fraction, integer)) = decimal_digits(&decimal) else {
+        return Err(RealToDecimalError::Unreadable { decimal });
+    };
+    if fraction > u64::from(scale) {
+        return Err(RealToDecimalError::Rounded {
+            decimal,
+            digits: fraction,
+            scale,
+        });
+    }
+    if let Some(precision) = precision {
+        let allowed = precision.saturating_sub(scale);
+        if integer > u64::from(allowed) {
+            return Err(RealToDecimalError::TooLarge {
+                decimal,
+                digits: integer,
+                allowed,
+            });
+        }
+    }
+    Ok(decimal)
+}
+
+/// The significant fractional and integer digits of plain decimal text (trailing
+/// fractional zeros and leading integer zeros do not count), read by `bigdecimal`.
+fn decimal_digits(decimal: &str) -> Option<(u64, u64)> {
+    let d = decimal.parse::<bigdecimal::BigDecimal>().ok()?.normalized();
+    if bigdecimal::Zero::is_zero(&d) {
+        return Some((0, 0));
+    }
+    // value = unscaled · 10^-exponent, with no trailing zeros in `unscaled`.
+    let (_, exponent) = d.as_bigint_and_exponent();
+    let fraction = exponent.max(0).unsigned_abs();
+    let integer = (i128::from(d.digits()) - i128::from(exponent)).max(0);
+    Some((fraction, u64::try_from(integer).ok()?))
 }
 
 /// Largest magnitude at which every integer is a float (2^53); beyond it, some are not.

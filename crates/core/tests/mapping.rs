@@ -8,7 +8,8 @@
 //! email varchar(320), balance decimal(12,2))`.
 
 use concord_core::mapping::{
-    ColumnMapping, DefaultValue, Direction, Kind, LinkMapping, MappingError, TableMapping,
+    ColumnMapping, DefaultValue, Direction, Kind, LinkMapping, MappingError, RealToDecimalError,
+    TableMapping, real_to_decimal_column,
 };
 use concord_core::{CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Value, Version};
 use proptest::prelude::*;
@@ -587,4 +588,116 @@ fn validate_refuses_a_default_on_a_column_the_remote_has() {
         message.contains("remove `remote` or `default`"),
         "{message}"
     );
+}
+
+// A float written into a decimal column (a SQLite REAL bound for MariaDB's DECIMAL(10,2)
+// or PostgreSQL's numeric(10,2)) goes through its shortest decimal.
+
+#[test]
+fn a_real_the_decimal_column_holds_is_written_as_its_shortest_decimal() {
+    let cents = |r: f64| real_to_decimal_column(r, Some(10), Some(2));
+    assert_eq!(cents(2.25).as_deref(), Ok("2.25"));
+    // 0.1 is not exactly a float, but "0.1" is the decimal that reads back as this float.
+    assert_eq!(cents(0.1).as_deref(), Ok("0.1"));
+    assert_eq!(cents(-12.5).as_deref(), Ok("-12.5"));
+    assert_eq!(cents(0.0).as_deref(), Ok("0"));
+    assert_eq!(cents(100.0).as_deref(), Ok("100"));
+    assert_eq!(cents(99_999_999.99).as_deref(), Ok("99999999.99"));
+    assert_eq!(
+        real_to_decimal_column(1e20, None, None).as_deref(),
+        Ok("100000000000000000000")
+    );
+    assert_eq!(
+        real_to_decimal_column(1e-7, Some(10), Some(7)).as_deref(),
+        Ok("0.0000001")
+    );
+    assert_eq!(
+        real_to_decimal_column(0.125, None, None).as_deref(),
+        Ok("0.125")
+    );
+}
+
+#[test]
+fn a_real_the_decimal_column_would_round_or_overflow_is_refused_naming_the_value() {
+    let cents = |r: f64| real_to_decimal_column(r, Some(10), Some(2));
+    let e = cents(0.125).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RealToDecimalError::Rounded {
+                digits: 3,
+                scale: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("0.125"), "{e}");
+    let e = cents(1e20).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RealToDecimalError::TooLarge {
+                digits: 21,
+                allowed: 8,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("100000000000000000000"), "{e}");
+    assert!(
+        cents(100_000_000.0).is_err(),
+        "9 integer digits in decimal(10,2)"
+    );
+    // The float nearest 0.1 + 0.2 is not the float nearest 0.3: its shortest decimal
+    // is 0.30000000000000004, which two places would round.
+    assert!(cents(0.1 + 0.2).is_err());
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let e = real_to_decimal_column(bad, None, None).unwrap_err();
+        assert!(matches!(e, RealToDecimalError::NotFinite { .. }), "{e:?}");
+    }
+    assert_eq!(
+        real_to_decimal_column(-0.0, None, None),
+        Err(RealToDecimalError::NegativeZero)
+    );
+}
+
+proptest! {
+    #[test]
+    fn a_real_written_into_a_decimal_reads_back_as_the_same_float(
+        bits in any::<u64>(),
+        precision in 1u32..40,
+        scale in 0u32..40,
+    ) {
+        let r = f64::from_bits(bits);
+        let scale = scale.min(precision);
+        if let Ok(d) = real_to_decimal_column(r, None, None) {
+            prop_assert_eq!(d.parse::<f64>().unwrap().to_bits(), bits);
+        } else {
+            prop_assert!(!r.is_finite() || bits == 1 << 63);
+        }
+        if let Ok(d) = real_to_decimal_column(r, Some(precision), Some(scale)) {
+            prop_assert_eq!(d.parse::<f64>().unwrap().to_bits(), bits);
+            let body = d.trim_start_matches('-');
+            let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+            prop_assert!(frac.len() <= scale as usize, "{} in ({}, {})", d, precision, scale);
+            prop_assert!(
+                int.trim_start_matches('0').len() <= (precision - scale) as usize,
+                "{} in ({}, {})", d, precision, scale
+            );
+        }
+    }
+
+    #[test]
+    fn a_real_written_as_a_short_decimal_is_accepted_by_a_column_of_that_scale(
+        m in any::<i32>(),
+        k in 0u32..7,
+    ) {
+        // The float nearest m / 10^k, as a program computing cents would write it.
+        let r = f64::from(m) / 10f64.powi(k as i32);
+        let d = real_to_decimal_column(r, Some(10 + k), Some(k)).unwrap();
+        let scaled: bigdecimal::BigDecimal = d.parse().unwrap();
+        prop_assert_eq!(scaled, bigdecimal::BigDecimal::new(m.into(), i64::from(k)));
+    }
 }

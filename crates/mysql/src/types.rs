@@ -14,7 +14,10 @@
 //! against the column *before* the server sees it, because MariaDB rounds extra decimal
 //! and fractional-second digits silently even in strict mode: a value the column could
 //! only hold by rounding or truncating is refused with the reason, and the caller names
-//! table, key and column. The table of the mapping is in `docs/mysql-store.md`.
+//! table, key and column. A float bound for a `decimal` column (a SQLite `REAL`, a
+//! PostgreSQL `double precision`) goes in as its shortest decimal when the column holds
+//! that exactly (`concord_core::mapping::real_to_decimal_column`). The table of the
+//! mapping is in `docs/mysql-store.md`.
 
 use concord_core::Value;
 use mysql::Value as My;
@@ -346,6 +349,19 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<My, Mismatch> 
             check_decimal(&s, precision, scale, unsigned).map(|()| text(&s))
         }
         (
+            ColumnKind::Decimal {
+                precision,
+                scale,
+                unsigned,
+            },
+            Value::Real(r),
+        ) => {
+            // A float goes in as its shortest decimal, or not at all.
+            let s = concord_core::mapping::real_to_decimal_column(*r, Some(precision), Some(scale))
+                .map_err(|e| Mismatch(e.to_string()))?;
+            check_decimal(&s, precision, scale, unsigned).map(|()| text(&s))
+        }
+        (
             ColumnKind::Text {
                 max_chars,
                 max_bytes,
@@ -377,9 +393,9 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<My, Mismatch> 
             Ok(u) => Ok(My::UInt(u)),
             Err(_) => no("not an integer from 0 to 18446744073709551615"),
         },
-        (ColumnKind::Double | ColumnKind::Float, Value::Real(r)) if !r.is_finite() => {
-            no("MariaDB cannot hold NaN or infinity")
-        }
+        (ColumnKind::Double | ColumnKind::Float, Value::Real(r)) if !r.is_finite() => no(&format!(
+            "{r} cannot be stored: MariaDB's floats hold no NaN or infinity"
+        )),
         (ColumnKind::Double, Value::Real(r)) => Ok(My::Double(*r)),
         (ColumnKind::Float, Value::Real(r)) => {
             let narrowed = *r as f32;
@@ -574,6 +590,25 @@ mod tests {
         assert!(to_param(k, &Value::Decimal("1234567890.12".into())).is_ok());
         assert!(to_param(k, &Value::Decimal("1.234".into())).is_err());
         assert!(to_param(k, &Value::Decimal("12345678901".into())).is_err());
-        assert!(to_param(k, &Value::Real(1.5)).is_err());
+    }
+
+    #[test]
+    fn a_real_goes_into_a_decimal_as_its_shortest_decimal_or_is_refused() {
+        let k = ColumnKind::Decimal {
+            precision: 10,
+            scale: 2,
+            unsigned: false,
+        };
+        assert!(matches!(to_param(k, &Value::Real(2.25)), Ok(My::Bytes(b)) if b == b"2.25"));
+        assert!(matches!(to_param(k, &Value::Real(0.1)), Ok(My::Bytes(b)) if b == b"0.1"));
+        for bad in [0.125, 1e20, f64::NAN, f64::INFINITY, -0.0] {
+            assert!(to_param(k, &Value::Real(bad)).is_err(), "{bad}");
+        }
+        let unsigned = ColumnKind::Decimal {
+            precision: 10,
+            scale: 2,
+            unsigned: true,
+        };
+        assert!(to_param(unsigned, &Value::Real(-1.5)).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! event rather than an error, a refused identity with its fingerprint, and a dialer
 //! refused by its peer told which fingerprint to add where.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,8 @@ use crate::config::{ConfigError, NodeConfig, PeerConfig};
 use crate::identity::{Fingerprint, Identity, IdentityError};
 use crate::session::{self, SessionError, lock};
 use crate::status::{
-    Health, MissingPeer, NodeCounters, NodeStatus, OriginHeld, PeerCounters, PeerStatus, Refused,
+    Health, MissingPeer, NodeCounters, NodeStatus, OriginFailures, OriginHeld, PeerCounters,
+    PeerStatus, Refused, failures_by_origin,
 };
 use crate::tls::{self, TlsError};
 use crate::words;
@@ -248,6 +249,8 @@ struct StoreState {
     log_entries: u64,
     conflicts: u64,
     failures: u64,
+    /// The set-aside changes by origin, for the rows of the peers they came from.
+    failures_by_origin: HashMap<NodeId, OriginFailures>,
 }
 
 /// What the tasks of a node share.
@@ -985,18 +988,20 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
         // Status must answer while the store is busy (a large transaction holds it for
         // as long as it streams in): after a short wait it reports what the store last
         // said. A capture or a batch holds it for milliseconds, so status is fresh then.
-        let (held, log_entries, conflicts, failures) = {
+        let (held, log_entries, conflicts, failures, failures_by_origin) = {
             let mut last = s.last_store_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match lock_briefly(&s.store) {
                 Ok(mut store) => {
                     if status_reader.is_none() {
                         *status_reader = store.log_reader().ok();
                     }
+                    let records = store.failures().unwrap_or_default();
                     *last = StoreState {
                         held: store.version_vector().clone(),
                         log_entries: store.log_len().unwrap_or(0),
                         conflicts: store.conflict_count().unwrap_or(0),
-                        failures: store.failures().map(|f| f.len() as u64).unwrap_or(0),
+                        failures: records.len() as u64,
+                        failures_by_origin: failures_by_origin(&records),
                     };
                 }
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => {
@@ -1006,14 +1011,14 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
-            (last.held.clone(), last.log_entries, last.conflicts, last.failures)
+            (last.held.clone(), last.log_entries, last.conflicts, last.failures, last.failures_by_origin.clone())
         };
         let reader = &mut *status_reader;
         let peers: Vec<PeerStatus> = s
             .peers
             .iter()
             .map(|p| {
-                let (link, last_error, last_event, session_s, holds) = {
+                let (link, last_error, last_event, session_s, holds, node) = {
                     let rt = p.runtime();
                     (
                         rt.link.clone(),
@@ -1021,8 +1026,10 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                         rt.last_event.clone(),
                         rt.session_since.map(|t| t.elapsed().as_secs()),
                         rt.holds.clone(),
+                        rt.node,
                     )
                 };
+                let set_aside = node.and_then(|n| failures_by_origin.get(&n)).cloned().unwrap_or_default();
                 let lag = match &holds {
                     Some(h) => lag_of(reader, &held, h),
                     None => Lag { changes: held.count_missing_in(&VersionVector::new()), seconds: 0.0, behind: false },
@@ -1058,6 +1065,8 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     bytes_sent: p.counters.bytes_sent.get(),
                     bytes_received: p.counters.bytes_received.get(),
                     errors: p.counters.errors.get(),
+                    failures: set_aside.count,
+                    last_failure: set_aside.latest.map(|(_, why)| why),
                 }
             })
             .collect();

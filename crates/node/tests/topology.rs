@@ -12,7 +12,8 @@
 //! * a node that was down misses what was written meanwhile, or receives it twice;
 //! * a source transaction that becomes visible at a peer in part;
 //! * one transaction a destination refuses (a constraint it alone has) blocks everything
-//!   after it, or is applied in part;
+//!   after it, or is applied in part, or its peer's status row does not say so (how
+//!   many of its changes wait here, and why the latest was set aside);
 //! * `/health`, `/v1/status` and `/metrics` missing, unparsable, or reporting a wrong
 //!   lag for a peer; `/health` saying ok while a configured peer is missing;
 //! * a transaction whose changes do not fit in one frame blocks the channel forever;
@@ -423,6 +424,10 @@ fn a_transaction_the_destination_refuses_is_set_aside_and_later_ones_still_arriv
         );
         let from_a = peer(&status, "a");
         assert_eq!(from_a.set_aside, 2, "{from_a:?}");
+        // The peer's row says its writes are waiting here, and why.
+        assert_eq!(from_a.failures, 2, "{from_a:?}");
+        let why = from_a.last_failure.as_deref().unwrap_or_default();
+        assert!(why.contains("CHECK"), "{from_a:?}");
         assert_eq!(from_a.state, "connected", "{from_a:?}");
         assert_eq!(
             from_a.errors, 0,

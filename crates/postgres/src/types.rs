@@ -11,8 +11,10 @@
 //! it, so that a value the column could only hold by rounding or truncating (a decimal
 //! with more fractional digits than the scale, text longer than `varchar(n)`, a float
 //! that `real` cannot represent, sub-precision microseconds in `timestamp(p)`) is refused
-//! with an error naming the column instead of being silently changed. The table of what
-//! maps to what is in `docs/postgres-store.md`.
+//! with an error naming the column instead of being silently changed. A float bound for
+//! a `numeric` column goes in as its shortest decimal when the column holds that exactly
+//! (`concord_core::mapping::real_to_decimal_column`). The table of what maps to what is
+//! in `docs/postgres-store.md`.
 
 use std::error::Error as StdError;
 
@@ -249,6 +251,12 @@ pub(crate) fn to_param(kind: ColumnKind, value: &Value) -> Result<Param, Mismatc
         (ColumnKind::Numeric { precision, scale }, Value::Decimal(s) | Value::Text(s)) => {
             check_decimal(s, precision, scale).map(|()| Param::Numeric(s.clone()))
         }
+        (ColumnKind::Numeric { precision, scale }, Value::Real(r)) => {
+            // A float goes in as its shortest decimal, or not at all.
+            let s = concord_core::mapping::real_to_decimal_column(*r, precision, scale)
+                .map_err(|e| Mismatch(e.to_string()))?;
+            check_decimal(&s, precision, scale).map(|()| Param::Numeric(s))
+        }
         (ColumnKind::Numeric { precision, scale }, Value::Integer(i)) => {
             let s = i.to_string();
             check_decimal(&s, precision, scale).map(|()| Param::Numeric(s))
@@ -478,7 +486,30 @@ mod tests {
         assert!(to_param(kind, &Value::Decimal("1.234".into())).is_err());
         assert!(to_param(kind, &Value::Decimal("12345678901.5".into())).is_err());
         assert!(to_param(kind, &Value::Decimal("1e5".into())).is_err());
-        assert!(to_param(kind, &Value::Real(1.5)).is_err());
+    }
+
+    #[test]
+    fn a_real_goes_into_a_numeric_as_its_shortest_decimal_or_is_refused() {
+        let cents = ColumnKind::Numeric {
+            precision: Some(10),
+            scale: Some(2),
+        };
+        let numeric = |kind, r: f64| match to_param(kind, &Value::Real(r)) {
+            Ok(Param::Numeric(s)) => Ok(s),
+            Ok(other) => panic!("{other:?}"),
+            Err(Mismatch(why)) => Err(why),
+        };
+        assert_eq!(numeric(cents, 2.25).as_deref(), Ok("2.25"));
+        assert_eq!(numeric(cents, 0.1).as_deref(), Ok("0.1"));
+        for bad in [0.125, 1e20, f64::NAN, f64::INFINITY, -0.0] {
+            assert!(numeric(cents, bad).is_err(), "{bad}");
+        }
+        let unconstrained = ColumnKind::Numeric {
+            precision: None,
+            scale: None,
+        };
+        assert_eq!(numeric(unconstrained, 0.125).as_deref(), Ok("0.125"));
+        assert!(numeric(unconstrained, f64::NAN).is_err());
     }
 
     #[test]
