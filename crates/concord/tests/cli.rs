@@ -238,8 +238,9 @@ fn every_subcommand_is_listed_and_explained_by_its_help() {
             "verify",
             &[
                 "every row that differs",
-                "<FIRST>",
-                "<SECOND>",
+                "[FIRST]",
+                "[SECOND]",
+                "--peer",
                 "--table",
                 "Exits 0",
             ],

@@ -559,9 +559,12 @@ fn check_type(table: &TableInfo, index: usize, value: &Value) -> Result<(), RowE
         });
     }
     let converted = match (column.affinity, value) {
-        (Affinity::Integer | Affinity::Real | Affinity::Numeric, Value::Text(s)) => {
-            looks_numeric(s)
-        }
+        // A decimal travels as text and would be converted (rounded, or its trailing
+        // zeros dropped) just the same.
+        (
+            Affinity::Integer | Affinity::Real | Affinity::Numeric,
+            Value::Text(s) | Value::Decimal(s),
+        ) => looks_numeric(s),
         (Affinity::Text, Value::Real(_)) => true,
         _ => false,
     };

@@ -254,6 +254,17 @@ fn a_value_the_column_would_silently_convert_is_refused_naming_the_column() {
     );
     assert!(err.to_string().contains("\"name\""), "{err}");
 
+    // A decimal with more digits than a double keeps, into an INTEGER column (a
+    // PostgreSQL numeric, say): SQLite would store a rounded number, not the decimal.
+    let mut bad = f.last_good();
+    bad.columns[1].value = Value::Decimal("0.1000000000000000000001".into());
+    let err = f.refuse(bad.clone());
+    let error = row_failure(&err, "items", &bad.key);
+    assert!(
+        matches!(error, RowError::WrongType { column, found: "decimal", .. } if column == "qty"),
+        "{error:?}"
+    );
+
     // A NaN (a PostgreSQL double precision can hold one): SQLite would store NULL.
     let mut bad = f.last_good();
     bad.columns[1].value = Value::Real(f64::NAN);
