@@ -26,7 +26,7 @@ use mysql::prelude::Queryable;
 
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, MyStore, now_ms};
-use crate::types::{parse, to_param};
+use crate::types::{parse_read, to_param};
 use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
 use concord_store::format as codec;
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
@@ -218,14 +218,11 @@ impl ApplyBackend for MyStore {
         index: usize,
         key: &[My],
     ) -> Result<Value, StoreError> {
-        let text: Option<Option<String>> = self.conn.exec_first(
+        let read: Option<Option<Vec<u8>>> = self.conn.exec_first(
             table.select_column_sql(index),
             mysql::Params::Positional(key.to_vec()),
         )?;
-        Ok(match text {
-            Some(t) => parse(table.columns[index].kind, t.as_deref()).unwrap_or(Value::Null),
-            None => Value::Null,
-        })
+        Ok(parse_read(table.columns[index].kind, read.flatten()).unwrap_or(Value::Null))
     }
 
     fn record_conflict(&mut self, c: &ConflictRow<'_>) -> Result<(), StoreError> {

@@ -21,7 +21,7 @@ use mysql::prelude::Queryable;
 
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, MyStore};
-use crate::types::parse;
+use crate::types::{BIG_VALUE, parse, parse_read, to_param};
 use concord_store::StoreError;
 use concord_store::format::{self as codec, LogBody, LogColumn};
 
@@ -90,7 +90,15 @@ impl MyStore {
                 None => Vec::new(),
             };
             let values = match v {
-                Some(v) => decode_values(&table, v, false).map_err(capture_error)?,
+                Some(v) => {
+                    let mut values = decode_values(&table, v, false).map_err(capture_error)?;
+                    let big = big_positions(&table, v);
+                    if !big.is_empty() {
+                        self.big_values(&table, &key, &big, &mut values)
+                            .map_err(capture_error)?;
+                    }
+                    values
+                }
                 None => Vec::new(),
             };
             let steps: Vec<(i16, &[Value])> = if *op == OP_REKEY {
@@ -267,7 +275,62 @@ fn decode_values(table: &TableInfo, json: &str, key: bool) -> Result<Vec<Value>,
         .zip(items.into_iter().chain(std::iter::repeat(None)))
         .map(|(&p, text)| {
             let c = &table.columns[p];
+            if c.kind.may_be_large() && text.as_deref() == Some(BIG_VALUE) {
+                // Too large for the trigger to copy: read from the row by `big_values`.
+                return Ok(Value::Null);
+            }
             parse(c.kind, text.as_deref()).map_err(|e| format!("column {:?}: {e}", c.name))
         })
         .collect()
+}
+
+/// The positions whose value a pending row's JSON array (of all columns) records as
+/// [`BIG_VALUE`].
+fn big_positions(table: &TableInfo, json: &str) -> Vec<usize> {
+    let items: Vec<Option<String>> = serde_json::from_str(json).unwrap_or_default();
+    items
+        .iter()
+        .enumerate()
+        .filter(|(p, item)| {
+            item.as_deref() == Some(BIG_VALUE)
+                && table.columns.get(*p).is_some_and(|c| c.kind.may_be_large())
+        })
+        .map(|(p, _)| p)
+        .collect()
+}
+
+impl MyStore {
+    /// Reads from the row with `key` the values its pending row recorded as too large
+    /// to copy ([`BIG_VALUE`]): the value the row holds when capture runs. A later write
+    /// of the same row is captured after this one and carries what it wrote; a row
+    /// deleted since reads as NULL here, and its delete follows.
+    fn big_values(
+        &mut self,
+        table: &TableInfo,
+        key: &[Value],
+        positions: &[usize],
+        values: &mut [Value],
+    ) -> Result<(), String> {
+        let params = key
+            .iter()
+            .zip(&table.key_columns)
+            .map(|(v, &p)| to_param(table.columns[p].kind, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| m.0)?;
+        for &p in positions {
+            let read: Option<Option<Vec<u8>>> = self
+                .conn
+                .exec_first(
+                    table.select_column_sql(p),
+                    mysql::Params::Positional(params.clone()),
+                )
+                .map_err(|e| e.to_string())?;
+            let c = &table.columns[p];
+            if let Some(slot) = values.get_mut(p) {
+                *slot = parse_read(c.kind, read.flatten())
+                    .map_err(|e| format!("column {:?}: {e}", c.name))?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -14,7 +14,7 @@ use mysql::prelude::Queryable;
 
 use crate::schema::{TableInfo, quote};
 use crate::store::connect;
-use crate::types::{parse, to_param};
+use crate::types::{parse_read, to_param};
 use concord_store::{
     KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
     clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
@@ -217,11 +217,11 @@ fn key_list(info: &TableInfo) -> Vec<String> {
         .collect()
 }
 
-/// Every column of `info` as canonical text, as the snapshot reads it.
+/// Every column of `info` as the snapshot reads it ([`crate::types::parse_read`]).
 fn select_list(info: &TableInfo) -> String {
     info.columns
         .iter()
-        .map(|c| c.kind.text_expr(&quote(&c.name)))
+        .map(|c| c.kind.read_expr(&quote(&c.name)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -250,12 +250,12 @@ fn decode_row(info: &TableInfo, row: &mysql::Row, key: &[Value]) -> Result<Vec<V
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let text: Option<String> = row
+            let bytes: Option<Vec<u8>> = row
                 .get_opt(i)
                 .transpose()
                 .map_err(|e| row_error(info, key, e.to_string()))?
                 .flatten();
-            parse(c.kind, text.as_deref())
+            parse_read(c.kind, bytes)
                 .map_err(|d| row_error(info, key, format!("column {:?}: {d}", c.name)))
         })
         .collect()

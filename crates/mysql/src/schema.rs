@@ -280,22 +280,33 @@ impl TableInfo {
         quote(&self.name)
     }
 
-    fn json_array(&self, record: &str, positions: impl Iterator<Item = usize>) -> String {
+    fn json_array(
+        &self,
+        record: &str,
+        positions: impl Iterator<Item = usize>,
+        expr: impl Fn(ColumnKind, &str) -> String,
+    ) -> String {
         let items: Vec<String> = positions
             .map(|p| {
                 let c = &self.columns[p];
-                c.kind.text_expr(&format!("{record}.{}", quote(&c.name)))
+                expr(c.kind, &format!("{record}.{}", quote(&c.name)))
             })
             .collect();
         format!("JSON_ARRAY({})", items.join(", "))
     }
 
     pub(crate) fn key_json(&self, record: &str) -> String {
-        self.json_array(record, self.key_columns.iter().copied())
+        self.json_array(
+            record,
+            self.key_columns.iter().copied(),
+            ColumnKind::text_expr,
+        )
     }
 
+    /// Every column's value, a large one as [`crate::types::BIG_VALUE`] (see
+    /// [`ColumnKind::capture_expr`]).
     pub(crate) fn values_json(&self, record: &str) -> String {
-        self.json_array(record, 0..self.columns.len())
+        self.json_array(record, 0..self.columns.len(), ColumnKind::capture_expr)
     }
 
     pub(crate) fn trigger_names(&self) -> [String; 3] {
@@ -322,8 +333,8 @@ impl TableInfo {
                 let n = quote(&c.name);
                 format!(
                     "IF(BINARY {} <=> BINARY {}, NULL, '{i}')",
-                    c.kind.text_expr(&format!("NEW.{n}")),
-                    c.kind.text_expr(&format!("OLD.{n}"))
+                    c.kind.compare_expr(&format!("NEW.{n}")),
+                    c.kind.compare_expr(&format!("OLD.{n}"))
                 )
             })
             .collect();
@@ -424,12 +435,13 @@ impl TableInfo {
             .join(" AND ")
     }
 
-    /// Reads one column of a row as canonical text.
+    /// Reads one column of a row ([`ColumnKind::read_expr`], for [`crate::types::
+    /// parse_read`]).
     pub(crate) fn select_column_sql(&self, position: usize) -> String {
         let c = &self.columns[position];
         format!(
             "SELECT {} FROM {} WHERE {}",
-            c.kind.text_expr(&quote(&c.name)),
+            c.kind.read_expr(&quote(&c.name)),
             self.qualified(),
             self.key_predicate()
         )

@@ -7,7 +7,10 @@
 //! question), decimals and integers as `CAST(.. AS CHAR)` (a decimal keeps its scale,
 //! `12.50`, and never passes through a float), `DATETIME` with `DATE_FORMAT`, and
 //! `TIMESTAMP` as `UNIX_TIMESTAMP(col)`, which reads the stored UTC instant whatever the
-//! session `time_zone` is. [`parse`] turns that text back into a value.
+//! session `time_zone` is. [`parse`] turns that text back into a value. A string, JSON
+//! or blob above [`INLINE_VALUE_BYTES`] is the exception: the triggers record a marker
+//! and capture reads the bytes from the row ([`ColumnKind::read_expr`], [`parse_read`]),
+//! because `HEX()` of a large value fails the application's write.
 //!
 //! Values enter MariaDB as bound parameters on Concord's own connection, whose session
 //! has `time_zone = '+00:00'` and a strict `sql_mode`. [`to_param`] checks each value
@@ -171,6 +174,76 @@ impl ColumnKind {
             ColumnKind::Timestamp { .. } => format!("CAST(UNIX_TIMESTAMP({r}) AS CHAR)"),
             ColumnKind::Date => format!("DATE_FORMAT({r}, '%Y-%m-%d')"),
         }
+    }
+}
+
+/// Values of strings, JSON and blobs above this many bytes are not copied into the
+/// pending row by the capture triggers: `HEX()` doubles them, and a function result
+/// above `max_allowed_packet` fails the application's own write. The trigger records
+/// [`BIG_VALUE`] instead, and capture reads the value from the row ([`ColumnKind::
+/// read_expr`]).
+pub(crate) const INLINE_VALUE_BYTES: usize = 1 << 20;
+
+/// What a capture trigger records in place of a value above [`INLINE_VALUE_BYTES`]:
+/// not hexadecimal, so it cannot be mistaken for a value.
+pub(crate) const BIG_VALUE: &str = "big";
+
+impl ColumnKind {
+    /// Whether values of this kind may be large: strings, JSON and blobs.
+    pub(crate) fn may_be_large(self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Text { .. } | ColumnKind::Json | ColumnKind::Blob { .. }
+        )
+    }
+
+    /// The expression a capture trigger records for the value `r`: its canonical text
+    /// ([`ColumnKind::text_expr`]), or [`BIG_VALUE`] for a string, JSON or blob above
+    /// [`INLINE_VALUE_BYTES`].
+    pub(crate) fn capture_expr(self, r: &str) -> String {
+        if self.may_be_large() {
+            format!(
+                "IF(LENGTH({r}) > {INLINE_VALUE_BYTES}, '{BIG_VALUE}', {})",
+                self.text_expr(r)
+            )
+        } else {
+            self.text_expr(r)
+        }
+    }
+
+    /// The expression comparing values in the update trigger: a string, JSON or blob
+    /// by its bytes (the same test as comparing their hexadecimal, without building
+    /// it), anything else by its canonical text.
+    pub(crate) fn compare_expr(self, r: &str) -> String {
+        if self.may_be_large() {
+            r.to_owned()
+        } else {
+            self.text_expr(r)
+        }
+    }
+
+    /// The expression reading the value `r` for [`parse_read`]: strings and JSON as
+    /// their UTF-8 bytes, blobs as themselves (no `HEX()`, so a value as large as the
+    /// server holds can be read), anything else as [`ColumnKind::text_expr`].
+    pub(crate) fn read_expr(self, r: &str) -> String {
+        match self {
+            ColumnKind::Text { .. } | ColumnKind::Json => format!("CONVERT({r} USING utf8mb4)"),
+            ColumnKind::Blob { .. } => r.to_owned(),
+            _ => self.text_expr(r),
+        }
+    }
+}
+
+/// Parses what [`ColumnKind::read_expr`] read back into a value.
+pub(crate) fn parse_read(kind: ColumnKind, bytes: Option<Vec<u8>>) -> Result<Value, String> {
+    let Some(bytes) = bytes else {
+        return Ok(Value::Null);
+    };
+    match kind {
+        ColumnKind::Text { .. } => Ok(Value::Text(utf8(bytes)?)),
+        ColumnKind::Json => Ok(Value::Json(utf8(bytes)?)),
+        ColumnKind::Blob { .. } => Ok(Value::Blob(bytes)),
+        _ => parse(kind, Some(&utf8(bytes)?)),
     }
 }
 
