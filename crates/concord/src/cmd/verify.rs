@@ -14,10 +14,9 @@ use crate::output;
 /// List every row that differs between two copies of a table.
 ///
 /// For when in doubt: after restoring a backup, after writes made while capture was off,
-/// or to check that two replicas agree. Two forms:
-///
-///   concord verify FIRST.db SECOND.db        two SQLite files, read only
-///   concord verify --dir DIR --peer NAME     a running node and one of its peers
+/// or to check that two replicas agree. Two forms: `concord verify FIRST.db SECOND.db`
+/// compares two SQLite files (read only); `concord verify --dir DIR --peer NAME`
+/// compares a running node's database with one of its peers'.
 ///
 /// Each table (with a primary key) is compared by range-based reconciliation:
 /// fingerprints of key ranges narrow the search to the rows that differ, so the cost
