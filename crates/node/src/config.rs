@@ -210,6 +210,12 @@ pub struct PeerConfig {
     /// names. See `docs/schema-mapping.md`.
     #[serde(default, skip_serializing_if = "LinkMapping::is_empty")]
     pub tables: LinkMapping,
+    /// Whether a column this peer's changes name and a tracked table here lacks is
+    /// added here (at the end, nullable, typed from the values the changes carry)
+    /// instead of the changes being set aside until a person adds it. Drops, renames
+    /// and new tables never travel. Off by default. See `docs/schema-changes.md`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub propagate_schema: bool,
 }
 
 impl NodeConfig {
@@ -388,6 +394,10 @@ impl NodeConfig {
              # name = \"hub\"\n\
              # address = \"127.0.0.1:7400\"\n\
              # fingerprint = \"sha256:...\"\n\
+             # Add here the columns this peer's tables gain (at the end, nullable, typed\n\
+             # from the values it sends) instead of setting its changes aside until you\n\
+             # add them. Drops, renames and new tables never travel.\n\
+             # propagate_schema = false\n\
              #\n\
              # A peer whose tables differ from this node's gets a mapping per table (renames,\n\
              # a subset of columns, casts, defaults; see docs/schema-mapping.md):\n\
