@@ -1,7 +1,9 @@
 //! Schema changes on running nodes. Risks covered: a column added on one node made the
 //! copies drift for good (the peer set aside every change naming it and never applied
 //! them after adding the same column); the sender's log reader, still knowing the old
-//! columns, failed on the first entry naming the new one.
+//! columns, failed on the first entry naming the new one. With `propagate_schema` on a
+//! link: a fleet had to run the same `ALTER TABLE` on every node by hand; and the
+//! opposite risk, a rename or a drop on one node reshaping its peers' tables.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,6 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::{DDL, Member, app, assert_no_panics, peer, scalar, wait_until, write};
+use concord_node::PeerConfig;
 
 type Row = (i64, String, Option<String>);
 
@@ -27,6 +30,265 @@ fn rows_with_phone(path: &Path) -> Vec<Row> {
 
 fn set_aside(path: &Path) -> i64 {
     scalar(path, "SELECT count(*) FROM __concord_failures")
+}
+
+/// Every column of `t` with its declared type, in table order.
+fn columns(path: &Path) -> Vec<(String, String)> {
+    let conn = app(path);
+    let mut stmt = conn
+        .prepare("SELECT name, type FROM pragma_table_info('t') ORDER BY cid")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn owned((name, ty): (&str, &str)) -> (String, String) {
+    (name.to_owned(), ty.to_owned())
+}
+
+/// `peer` with `propagate_schema = true`.
+fn propagating(mut peer: PeerConfig) -> PeerConfig {
+    peer.propagate_schema = true;
+    peer
+}
+
+/// Columns the store of the node at `path` has recorded for `t` (it follows an
+/// `ALTER TABLE` at its next capture).
+fn recorded_columns(path: &Path) -> i64 {
+    scalar(
+        path,
+        "SELECT count(*) FROM __concord_columns c JOIN __concord_tables t ON t.id = c.tbl WHERE t.name = 't'",
+    )
+}
+
+type WideRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<f64>,
+    Option<String>,
+);
+
+/// Every row of `t` with the columns the propagation test adds.
+fn wide_rows(path: &Path) -> Vec<WideRow> {
+    let conn = app(path);
+    let mut stmt = conn
+        .prepare("SELECT id, v, phone, score, ratio, note FROM t ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The risk: every node of a fleet needed a person to run the hub's `ALTER TABLE`, and
+/// until then its copy lacked the column and set aside every change naming it.
+#[test]
+fn with_propagate_schema_columns_added_on_one_node_are_added_on_the_peer_and_nothing_waits() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![propagating(b.dialing_in())]).await;
+        let nb = b.start(vec![propagating(a.at(&na))]).await;
+        write(a.db(), "INSERT INTO t(id, v) VALUES (1, 'one')");
+        common::wait_for_rows("row 1 at b", b.db(), &[(1, "one".into())]).await;
+
+        // Only a changes its schema; `note` is only ever written NULL.
+        write(
+            a.db(),
+            "ALTER TABLE t ADD COLUMN phone TEXT; ALTER TABLE t ADD COLUMN score INTEGER;
+             ALTER TABLE t ADD COLUMN ratio REAL; ALTER TABLE t ADD COLUMN note TEXT",
+        );
+        wait_until(
+            "a's store to follow its new columns",
+            async || match recorded_columns(a.db()) {
+                6 => Ok(()),
+                n => Err(format!("{n} columns recorded")),
+            },
+        )
+        .await;
+        write(
+            a.db(),
+            "INSERT INTO t(id, v, phone, score, ratio) VALUES (2, 'two', '555', 7, 0.5)",
+        );
+        write(a.db(), "UPDATE t SET phone = '111', score = 1 WHERE id = 1");
+        let expected: Vec<WideRow> = vec![
+            (1, "one".into(), Some("111".into()), Some(1), None, None),
+            (
+                2,
+                "two".into(),
+                Some("555".into()),
+                Some(7),
+                Some(0.5),
+                None,
+            ),
+        ];
+        wait_until("b to hold a's rows with the new columns", async || {
+            let has_them = columns(b.db()).len() == 6;
+            let at_b = if has_them { wide_rows(b.db()) } else { vec![] };
+            if at_b == expected {
+                return Ok(());
+            }
+            Err(format!(
+                "b's columns: {:?}, rows: {at_b:?}",
+                columns(b.db())
+            ))
+        })
+        .await;
+        // Added at the end, typed from the values that came (SQLite's types here), and
+        // `note`, only NULL so far, without a declared type so any later value is kept
+        // exactly as sent.
+        assert_eq!(
+            columns(b.db()),
+            [
+                ("id", "INTEGER"),
+                ("v", "TEXT"),
+                ("phone", "TEXT"),
+                ("score", "INTEGER"),
+                ("ratio", "REAL"),
+                ("note", ""),
+            ]
+            .map(owned)
+        );
+        assert_eq!(set_aside(b.db()), 0, "nothing was set aside at b");
+        assert_eq!(
+            peer(&nb.status().await, "a").set_aside,
+            0,
+            "nothing was set aside at b, even for a while"
+        );
+
+        // b's store follows the columns it was given: its own writes of them travel back.
+        write(
+            b.db(),
+            "UPDATE t SET note = 'from b' WHERE id = 2;
+             INSERT INTO t(id, v, phone, score, ratio, note) VALUES (3, 'three', '333', 3, 1.5, 'b')",
+        );
+        let expected: Vec<WideRow> = vec![
+            (1, "one".into(), Some("111".into()), Some(1), None, None),
+            (
+                2,
+                "two".into(),
+                Some("555".into()),
+                Some(7),
+                Some(0.5),
+                Some("from b".into()),
+            ),
+            (
+                3,
+                "three".into(),
+                Some("333".into()),
+                Some(3),
+                Some(1.5),
+                Some("b".into()),
+            ),
+        ];
+        wait_until("both copies equal", async || {
+            let (at_a, at_b) = (wide_rows(a.db()), wide_rows(b.db()));
+            if at_a == expected && at_b == expected {
+                return Ok(());
+            }
+            Err(format!("a: {at_a:?}\nb: {at_b:?}"))
+        })
+        .await;
+        assert_eq!(set_aside(a.db()), 0, "nothing was set aside at a");
+        assert_eq!(set_aside(b.db()), 0, "nothing was set aside at b");
+        let (sa, sb) = (na.status().await, nb.status().await);
+        assert_eq!(peer(&sa, "b").last_error, None);
+        assert_eq!(peer(&sb, "a").last_error, None);
+        assert_eq!(peer(&sa, "b").set_aside + peer(&sb, "a").set_aside, 0);
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+/// The risk: with `propagate_schema`, a rename on one node looked like a new column to
+/// its peer, which would have added it beside the old one and reshaped its table. A
+/// rename never travels: the peer keeps its columns and sets the changes naming the new
+/// name aside, where `concord failures` reports them.
+#[test]
+fn with_propagate_schema_a_rename_on_one_node_does_not_alter_the_peer() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let ddl = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL, w TEXT)";
+        let (a, b) = (
+            Member::new(root.path(), "a", ddl),
+            Member::new(root.path(), "b", ddl),
+        );
+        let na = a.start(vec![propagating(b.dialing_in())]).await;
+        let nb = b.start(vec![propagating(a.at(&na))]).await;
+        write(a.db(), "INSERT INTO t(id, v, w) VALUES (1, 'one', 'x')");
+        common::wait_for_rows("row 1 at b", b.db(), &[(1, "one".into())]).await;
+
+        write(a.db(), "ALTER TABLE t RENAME COLUMN w TO w2");
+        wait_until("a's store to follow the rename", async || {
+            let renamed = scalar(
+                a.db(),
+                "SELECT count(*) FROM __concord_columns WHERE name = 'w2'",
+            );
+            if renamed == 1 {
+                return Ok(());
+            }
+            Err("not yet".into())
+        })
+        .await;
+        // A new session, so a's log reader names the column by its new name (one opened
+        // before the rename may still send the old name, which b simply applies).
+        nb.shutdown().await;
+        // An insert names every column a has (`w2` instead of `w`), an update only `w2`.
+        write(a.db(), "INSERT INTO t(id, v, w2) VALUES (2, 'two', 'y')");
+        write(a.db(), "UPDATE t SET w2 = 'z' WHERE id = 1");
+        let nb = b.start(vec![propagating(a.at(&na))]).await;
+        wait_until("b to hold every change of a", async || {
+            let (sa, sb) = (na.status().await, nb.status().await);
+            let (ha, hb) = (common::holds(&sa), common::holds(&sb));
+            if common::pending(a.db()) == 0 && ha.iter().all(|(o, s)| hb.get(o) == Some(s)) {
+                return Ok(());
+            }
+            Err(format!("a holds {ha:?}, b holds {hb:?}"))
+        })
+        .await;
+        assert_eq!(
+            columns(b.db()),
+            [("id", "INTEGER"), ("v", "TEXT"), ("w", "TEXT")].map(owned),
+            "b's table is unchanged"
+        );
+        // Whatever b could not apply is set aside for naming the new name, never applied
+        // by reshaping b's table.
+        let reasons: Vec<String> = {
+            let conn = app(b.db());
+            let mut stmt = conn
+                .prepare("SELECT error FROM __concord_failures")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(reasons.len(), 2, "both changes naming w2 wait: {reasons:?}");
+        assert!(
+            reasons.iter().all(|r| r.contains("unknown column \"w2\"")),
+            "reasons: {reasons:?}"
+        );
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
 }
 
 #[test]
@@ -64,6 +326,12 @@ fn a_column_added_on_one_node_then_the_other_ends_equal_with_nothing_set_aside()
             ))
         })
         .await;
+
+        // Without `propagate_schema` on the link, b's table was left as it was.
+        assert_eq!(
+            columns(b.db()),
+            [("id", "INTEGER"), ("v", "TEXT")].map(owned)
+        );
 
         // b adds the same column: what waited is applied, without anyone rewriting it.
         write(b.db(), "ALTER TABLE t ADD COLUMN phone TEXT");
