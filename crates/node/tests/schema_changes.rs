@@ -409,3 +409,124 @@ fn a_table_dropped_while_stopped_leaves_the_others_syncing_and_says_so() {
         nb.shutdown().await;
     });
 }
+
+/// The risk: with `propagate_schema`, a table tracked on one node created on its peer
+/// from what its changes carry (a key's values and the written columns' kinds, no
+/// constraints, no key definition), a table nobody designed. It is not created: its
+/// changes are set aside with the reason, the peer's database is unchanged, and the
+/// tables both track keep syncing.
+#[test]
+fn with_propagate_schema_a_table_the_peer_does_not_track_is_not_created_there() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(
+                root.path(),
+                "a",
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+                 CREATE TABLE u(id INTEGER PRIMARY KEY, w TEXT)",
+            ),
+            Member::new(root.path(), "b", DDL),
+        );
+        let mut config = a.config(vec![propagating(b.dialing_in())]);
+        config.store.tables.push("u".into());
+        let na = a.start_with(config).await;
+        let nb = b.start(vec![propagating(a.at(&na))]).await;
+        write(a.db(), "INSERT INTO t(id, v) VALUES (1, 'both')");
+        common::wait_for_rows("t at b", b.db(), &[(1, "both".into())]).await;
+        write(a.db(), "INSERT INTO u(id, w) VALUES (1, 'only at a')");
+        wait_until("u's change set aside at b", async || {
+            match set_aside(b.db()) {
+                1 => Ok(()),
+                n => Err(format!("{n} set aside")),
+            }
+        })
+        .await;
+        let reason: String = app(b.db())
+            .query_row("SELECT error FROM __concord_failures", [], |r| r.get(0))
+            .unwrap();
+        assert!(reason.contains("unknown table"), "{reason}");
+        assert_eq!(
+            scalar(
+                b.db(),
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'u'"
+            ),
+            0,
+            "b has no table u"
+        );
+        assert_eq!(peer(&nb.status().await, "a").set_aside, 1);
+        // The tables both track keep syncing.
+        write(a.db(), "INSERT INTO t(id, v) VALUES (2, 'still synced')");
+        common::wait_for_rows(
+            "t at b",
+            b.db(),
+            &[(1, "both".into()), (2, "still synced".into())],
+        )
+        .await;
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
+
+/// The risk: changes naming a new column that arrive before anything proves it added
+/// (updates alone, which could follow a rename) waiting for good once it is added.
+/// They wait set aside until a whole row proves the column, then apply at once.
+#[test]
+fn with_propagate_schema_updates_that_came_before_the_proof_apply_once_the_column_is_added() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Member::new(root.path(), "a", DDL),
+            Member::new(root.path(), "b", DDL),
+        );
+        let na = a.start(vec![propagating(b.dialing_in())]).await;
+        let nb = b.start(vec![propagating(a.at(&na))]).await;
+        write(a.db(), "INSERT INTO t(id, v) VALUES (1, 'one')");
+        common::wait_for_rows("row 1 at b", b.db(), &[(1, "one".into())]).await;
+
+        write(a.db(), "ALTER TABLE t ADD COLUMN phone TEXT");
+        wait_until(
+            "a's store to follow its new column",
+            async || match recorded_columns(a.db()) {
+                3 => Ok(()),
+                n => Err(format!("{n} columns recorded")),
+            },
+        )
+        .await;
+        write(a.db(), "UPDATE t SET phone = '111' WHERE id = 1");
+        wait_until("the update to wait at b", async || {
+            match set_aside(b.db()) {
+                1 => Ok(()),
+                n => Err(format!("{n} set aside")),
+            }
+        })
+        .await;
+        assert_eq!(columns(b.db()).len(), 2, "an update alone adds nothing");
+
+        write(
+            a.db(),
+            "INSERT INTO t(id, v, phone) VALUES (2, 'two', '222')",
+        );
+        let expected: Vec<Row> = vec![
+            (1, "one".into(), Some("111".into())),
+            (2, "two".into(), Some("222".into())),
+        ];
+        wait_until("b to add the column and apply what waited", async || {
+            let at_b = if columns(b.db()).len() == 3 {
+                rows_with_phone(b.db())
+            } else {
+                vec![]
+            };
+            if at_b == expected && set_aside(b.db()) == 0 {
+                return Ok(());
+            }
+            Err(format!("b: {at_b:?}, {} set aside", set_aside(b.db())))
+        })
+        .await;
+        assert_eq!(rows_with_phone(a.db()), expected);
+        assert_no_panics();
+        na.shutdown().await;
+        nb.shutdown().await;
+    });
+}
