@@ -456,6 +456,31 @@ mod tests {
     }
 
     #[test]
+    fn propagate_schema_is_off_unless_a_peer_entry_turns_it_on() {
+        let fingerprint = format!("sha256:{}", hex::encode([7u8; 32]));
+        let peers = |extra: &str| {
+            format!(
+                "[node]\nname = \"x\"\n[store]\nrelay = true\n\
+                 [[peers]]\nname = \"hub\"\nfingerprint = \"{fingerprint}\"\n{extra}"
+            )
+        };
+        let off: NodeConfig = toml::from_str(&peers("")).unwrap();
+        assert!(!off.peers[0].propagate_schema);
+        let on: NodeConfig = toml::from_str(&peers("propagate_schema = true\n")).unwrap();
+        assert!(on.peers[0].propagate_schema);
+        assert_eq!(on.problems(), Vec::<String>::new());
+        // The template documents it, commented out.
+        let text = NodeConfig::template(
+            "shop",
+            StoreChoice::Sqlite("shop.db"),
+            &["customers".into()],
+            "127.0.0.1:7400",
+            "127.0.0.1:7401",
+        );
+        assert!(text.contains("# propagate_schema = false"), "{text}");
+    }
+
+    #[test]
     fn an_unknown_key_is_refused_with_its_name_and_line() {
         let text = "[node]\nname = \"x\"\nlisten_on = \"1.2.3.4:5\"\n[store]\nrelay = true\n";
         let err = toml::from_str::<NodeConfig>(text).unwrap_err().to_string();
