@@ -63,17 +63,24 @@ enum Seen {
 /// each carries. Reads nothing from the database: the store's own view of its tables
 /// ([`Store::table_columns`]).
 pub fn missing_columns(store: &dyn Store, changes: &[Change]) -> MissingColumns {
+    find_missing(&|table| store.table_columns(table), changes)
+}
+
+/// [`missing_columns`] over any view of the tables: `columns_of` gives a tracked
+/// table's column names, `None` for a table not tracked.
+fn find_missing(
+    columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
+    changes: &[Change],
+) -> MissingColumns {
     let mut known: HashMap<&str, Option<HashSet<String>>> = HashMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
     let mut seen: BTreeMap<(String, String), Seen> = BTreeMap::new();
     let mut unknown_tables = BTreeSet::new();
     let mut whole_row: HashSet<&str> = HashSet::new();
     for change in changes {
-        let columns = known.entry(change.table.as_str()).or_insert_with(|| {
-            store
-                .table_columns(&change.table)
-                .map(|c| c.into_iter().collect())
-        });
+        let columns = known
+            .entry(change.table.as_str())
+            .or_insert_with(|| columns_of(&change.table).map(|c| c.into_iter().collect()));
         let Some(columns) = columns else {
             unknown_tables.insert(change.table.clone());
             continue;
@@ -138,4 +145,98 @@ pub fn add_missing_columns(
         store.add_column(&new.table, &new.column, new.kind)?;
     }
     Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_core::{CausalLength, ColumnChange, Hlc, NodeId, PrimaryKey, Value, Version};
+
+    fn change(table: &str, columns: &[(&str, Value)]) -> Change {
+        let version = Version {
+            hlc: Hlc::new(1, 0),
+            origin: NodeId::from_bytes([1; 16]),
+        };
+        Change {
+            origin: version.origin,
+            seq: 1,
+            hlc: version.hlc,
+            table: table.into(),
+            key: PrimaryKey::encode(&[Value::Integer(1)]).unwrap(),
+            causal_length: CausalLength(1),
+            columns: columns
+                .iter()
+                .map(|(name, value)| ColumnChange {
+                    column: (*name).into(),
+                    value: value.clone(),
+                    version,
+                    replaced: None,
+                })
+                .collect(),
+            delete_seen: None,
+            last_in_txn: true,
+        }
+    }
+
+    /// Table `t(id, v)` is tracked; nothing else is.
+    fn tables(table: &str) -> Option<Vec<String>> {
+        (table == "t").then(|| vec!["id".into(), "v".into()])
+    }
+
+    fn column(name: &str, kind: Option<Kind>) -> NewColumn {
+        NewColumn {
+            table: "t".into(),
+            column: name.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_whole_row_proves_its_new_columns_typed_by_their_values() {
+        let row = change(
+            "t",
+            &[
+                ("id", Value::Integer(1)),
+                ("v", Value::Text("a".into())),
+                ("n", Value::Integer(5)),
+                ("nothing", Value::Null),
+                ("mixed", Value::Integer(1)),
+            ],
+        );
+        let later = change(
+            "t",
+            &[("n", Value::Null), ("mixed", Value::Text("x".into()))],
+        );
+        let found = find_missing(&tables, &[row, later]);
+        assert_eq!(
+            found.columns,
+            vec![
+                column("n", Some(Kind::Integer)),
+                column("nothing", None),
+                column("mixed", None),
+            ]
+        );
+        assert!(found.unproven.is_empty() && found.unknown_tables.is_empty());
+    }
+
+    #[test]
+    fn a_name_without_a_whole_row_is_not_proof_and_an_unknown_table_is_only_reported() {
+        // After `RENAME COLUMN v TO w` at the origin, its rows name `w`, never `v`.
+        let renamed = change(
+            "t",
+            &[("id", Value::Integer(1)), ("w", Value::Text("a".into()))],
+        );
+        let update = change("t", &[("n", Value::Integer(5))]);
+        let other = change("u", &[("id", Value::Integer(1))]);
+        let found = find_missing(&tables, &[renamed, update, other]);
+        assert!(found.columns.is_empty(), "{found:?}");
+        assert_eq!(
+            found.unproven,
+            vec![
+                column("w", Some(Kind::Text)),
+                column("n", Some(Kind::Integer))
+            ]
+        );
+        assert_eq!(found.unknown_tables, BTreeSet::from(["u".to_owned()]));
+    }
 }
