@@ -104,6 +104,9 @@ struct PeerRuntime {
     holds: Option<VersionVector>,
     node: Option<NodeId>,
     last_seen: Option<Instant>,
+    /// The last column or table the peer's changes named that was not added here
+    /// (`propagate_schema`), and why.
+    schema_not_added: Option<String>,
 }
 
 /// A configured peer and what is known of it.
@@ -188,6 +191,12 @@ impl Peer {
         rt.last_seen = Some(Instant::now());
         rt.holds = Some(holds);
         self.counters.connected.set(1.0);
+    }
+
+    /// Records why something this peer's changes named was not added here
+    /// (`propagate_schema`), for status.
+    pub(crate) fn schema_not_added(&self, why: String) {
+        self.runtime().schema_not_added = Some(why);
     }
 
     pub(crate) fn seen(&self) {
@@ -377,6 +386,7 @@ impl Node {
                         holds: None,
                         node: None,
                         last_seen: None,
+                        schema_not_added: None,
                     }),
                     reconciles: Mutex::new(None),
                 })
@@ -1013,7 +1023,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             .peers
             .iter()
             .map(|p| {
-                let (link, last_error, last_event, session_s, holds) = {
+                let (link, last_error, last_event, session_s, holds, schema_not_added) = {
                     let rt = p.runtime();
                     (
                         rt.link.clone(),
@@ -1021,6 +1031,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                         rt.last_event.clone(),
                         rt.session_since.map(|t| t.elapsed().as_secs()),
                         rt.holds.clone(),
+                        rt.schema_not_added.clone(),
                     )
                 };
                 let lag = match &holds {
@@ -1058,6 +1069,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     bytes_sent: p.counters.bytes_sent.get(),
                     bytes_received: p.counters.bytes_received.get(),
                     errors: p.counters.errors.get(),
+                    schema_not_added,
                 }
             })
             .collect();

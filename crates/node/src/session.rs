@@ -995,7 +995,7 @@ async fn apply(
         let prepare: Option<concord_store::Prepare<'_>> =
             (!mapping.is_empty()).then_some(&map as concord_store::Prepare<'_>);
         if peer.config.propagate_schema {
-            crate::propagate::add_columns(&mut **store, &peer.config.name, &changes, prepare);
+            crate::propagate::add_columns(&mut **store, &peer, &changes, prepare);
         }
         concord_store::apply_setting_aside(&mut **store, &changes, prepare)
             .map_err(SessionError::Apply)

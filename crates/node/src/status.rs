@@ -145,6 +145,11 @@ pub struct PeerStatus {
     pub bytes_received: u64,
     /// Sessions that ended with an error since this process started.
     pub errors: u64,
+    /// With `propagate_schema` on the link: the last column or table this peer's
+    /// changes named that was not added here, and why (its changes are set aside, where
+    /// `concord failures` lists them), since the node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_not_added: Option<String>,
 }
 
 /// The `/health` document.

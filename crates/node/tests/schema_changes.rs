@@ -211,6 +211,7 @@ fn with_propagate_schema_columns_added_on_one_node_are_added_on_the_peer_and_not
         assert_eq!(peer(&sa, "b").last_error, None);
         assert_eq!(peer(&sb, "a").last_error, None);
         assert_eq!(peer(&sa, "b").set_aside + peer(&sb, "a").set_aside, 0);
+        assert_eq!(peer(&sb, "a").schema_not_added, None);
         assert_no_panics();
         na.shutdown().await;
         nb.shutdown().await;
@@ -281,6 +282,14 @@ fn with_propagate_schema_a_rename_on_one_node_does_not_alter_the_peer() {
                 .collect()
         };
         assert_eq!(reasons.len(), 2, "both changes naming w2 wait: {reasons:?}");
+        let note = peer(&nb.status().await, "a")
+            .schema_not_added
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            note.contains("column w2 of table t not added yet"),
+            "status says why: {note:?}"
+        );
         assert!(
             reasons.iter().all(|r| r.contains("unknown column \"w2\"")),
             "reasons: {reasons:?}"
@@ -454,7 +463,16 @@ fn with_propagate_schema_a_table_the_peer_does_not_track_is_not_created_there() 
             0,
             "b has no table u"
         );
-        assert_eq!(peer(&nb.status().await, "a").set_aside, 1);
+        let status = nb.status().await;
+        assert_eq!(peer(&status, "a").set_aside, 1);
+        let note = peer(&status, "a")
+            .schema_not_added
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            note.contains("table u is not tracked here") && note.contains("never tables"),
+            "status says why: {note:?}"
+        );
         // The tables both track keep syncing.
         write(a.db(), "INSERT INTO t(id, v) VALUES (2, 'still synced')");
         common::wait_for_rows(

@@ -116,6 +116,11 @@ pub(crate) fn render(status: &NodeStatus) -> String {
             "(sent, received, applied and conflicts per peer count the current session, or the last one)\n",
         );
     }
+    for p in &status.peers {
+        if let Some(why) = &p.schema_not_added {
+            out.push_str(&format!("peer {}: schema not followed: {why}\n", p.name));
+        }
+    }
     for r in &status.refused {
         let who = r
             .fingerprint
