@@ -548,3 +548,67 @@ fn with_propagate_schema_updates_that_came_before_the_proof_apply_once_the_colum
         nb.shutdown().await;
     });
 }
+
+/// The risk the option exists for: a fleet of SQLite nodes behind a relay hub, each
+/// needing a person to add the column one node added. With `propagate_schema` on every
+/// link, the relay (no tables) passes the changes on and every other node adds the
+/// column itself.
+#[test]
+fn with_propagate_schema_a_fleet_behind_a_relay_follows_one_nodes_new_column() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let hub = Member::relay(root.path(), "hub");
+        let spokes = ["s1", "s2", "s3"].map(|n| Member::new(root.path(), n, DDL));
+        let nhub = hub
+            .start(spokes.iter().map(|s| propagating(s.dialing_in())).collect())
+            .await;
+        let mut nspokes = Vec::new();
+        for s in &spokes {
+            nspokes.push(s.start(vec![propagating(hub.at(&nhub))]).await);
+        }
+        let first = spokes[0].db();
+        write(first, "INSERT INTO t(id, v) VALUES (1, 'one')");
+        write(first, "ALTER TABLE t ADD COLUMN phone TEXT");
+        wait_until(
+            "s1's store to follow its new column",
+            async || match recorded_columns(first) {
+                3 => Ok(()),
+                n => Err(format!("{n} columns recorded")),
+            },
+        )
+        .await;
+        write(
+            first,
+            "INSERT INTO t(id, v, phone) VALUES (2, 'two', '222')",
+        );
+        write(first, "UPDATE t SET phone = '111' WHERE id = 1");
+        let expected: Vec<Row> = vec![
+            (1, "one".into(), Some("111".into())),
+            (2, "two".into(), Some("222".into())),
+        ];
+        for s in &spokes[1..] {
+            wait_until(&format!("{} to follow s1", s.name), async || {
+                let at = if columns(s.db()).len() == 3 {
+                    rows_with_phone(s.db())
+                } else {
+                    vec![]
+                };
+                if at == expected {
+                    return Ok(());
+                }
+                Err(format!("{at:?}"))
+            })
+            .await;
+            assert_eq!(set_aside(s.db()), 0, "nothing set aside at {}", s.name);
+        }
+        let status = nhub.status().await;
+        for s in &spokes {
+            assert_eq!(peer(&status, &s.name).schema_not_added, None);
+        }
+        assert_no_panics();
+        for n in nspokes {
+            n.shutdown().await;
+        }
+        nhub.shutdown().await;
+    });
+}

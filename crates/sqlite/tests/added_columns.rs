@@ -149,4 +149,13 @@ fn a_relay_adds_nothing_and_does_not_fail() {
         SqliteStore::open_relay(dir.path().join("relay.db"), StoreOptions::default()).unwrap();
     assert_eq!(relay.table_columns("t"), None);
     relay.add_column("t", "c", Some(Kind::Text)).unwrap();
+    // Nor does it report the tables of the changes it relays as unknown.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (path, mut source) = tracked(dir2.path(), "a.db");
+    app_connection(&path)
+        .execute_batch("INSERT INTO t VALUES (1, 'one')")
+        .unwrap();
+    source.capture().unwrap();
+    let found = missing_columns(&relay, &all_changes(&source));
+    assert_eq!(found, concord_store::MissingColumns::default());
 }

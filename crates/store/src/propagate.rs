@@ -61,8 +61,12 @@ enum Seen {
 
 /// Finds the columns `changes` name that `store`'s tables lack, with the kind of value
 /// each carries. Reads nothing from the database: the store's own view of its tables
-/// ([`Store::table_columns`]).
+/// ([`Store::table_columns`]). A relay lacks nothing.
 pub fn missing_columns(store: &dyn Store, changes: &[Change]) -> MissingColumns {
+    if store.is_relay() {
+        // No user tables: it relays every change as it came, and lacks nothing.
+        return MissingColumns::default();
+    }
     find_missing(&|table| store.table_columns(table), changes)
 }
 
