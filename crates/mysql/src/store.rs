@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
 use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use mysql::prelude::Queryable;
@@ -32,6 +33,25 @@ use concord_store::{
 
 /// Seconds to wait for Concord's lock on a database.
 const LOCK_WAIT_S: i64 = 60;
+
+/// The type of a column added for values of `kind` (`None`: only NULLs were seen):
+/// the widest type each kind is written to exactly (`docs/type-mapping.md`). A UUID is
+/// kept as its hyphenated text (`CHAR(36)`), as this store keeps UUIDs; a decimal in
+/// `DECIMAL(65,30)`, the widest MariaDB has (one with more digits is refused, visibly).
+pub(crate) fn column_type(kind: Option<Kind>) -> &'static str {
+    match kind {
+        Some(Kind::Integer) => "BIGINT",
+        Some(Kind::Real) => "DOUBLE",
+        Some(Kind::Blob) => "LONGBLOB",
+        Some(Kind::Decimal) => "DECIMAL(65,30)",
+        Some(Kind::Bool) => "BOOLEAN",
+        Some(Kind::Json) => "JSON",
+        Some(Kind::Timestamp) => "DATETIME(6)",
+        Some(Kind::Date) => "DATE",
+        Some(Kind::Uuid) => "CHAR(36)",
+        Some(Kind::Text) | None => "LONGTEXT",
+    }
+}
 
 /// A MySQL/MariaDB database tracked by Concord.
 pub struct MyStore {
@@ -478,6 +498,42 @@ impl MyStore {
             origins.insert(id as u32, node, seq.max(0) as u64);
         }
         self.origins = origins;
+        Ok(())
+    }
+
+    /// Adds `column` after the last column of tracked table `table`, nullable, typed for
+    /// values of `kind` ([`column_type`]), and follows it at once as it follows a column
+    /// a person adds: the capture trigger is rebuilt and the schema change reported
+    /// ([`Store::take_schema_changed`]). A column the table already has is left alone.
+    pub fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        self.ensure_fresh()?;
+        let info = self
+            .table_named(table)
+            .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
+        if info.position_of.contains_key(column) {
+            return Ok(());
+        }
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            info.qualified(),
+            quote(column),
+            column_type(kind)
+        );
+        self.conn.query_drop(&sql)?;
+        tracing::info!(
+            table,
+            column,
+            r#type = column_type(kind),
+            "column added for a peer's changes"
+        );
+        // Capturing compares the columns with those recorded: the trigger learns the
+        // column now.
+        self.capture()?;
         Ok(())
     }
 
@@ -988,6 +1044,20 @@ impl Store for MyStore {
 
     fn take_schema_changed(&mut self) -> bool {
         std::mem::take(&mut self.schema_changed)
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        let info = self.table_named(table)?;
+        Some(info.columns.iter().map(|c| c.name.clone()).collect())
+    }
+
+    fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        MyStore::add_column(self, table, column, kind)
     }
 
     fn table_problems(&self) -> Vec<String> {

@@ -324,6 +324,7 @@ fn peer(name: &str, address: Option<&Running>, fingerprint: Fingerprint) -> Peer
         address: address.map(|r| r.node.listen_addr().unwrap().to_string()),
         fingerprint,
         tables: Default::default(),
+        propagate_schema: false,
     }
 }
 

@@ -210,6 +210,12 @@ pub struct PeerConfig {
     /// names. See `docs/schema-mapping.md`.
     #[serde(default, skip_serializing_if = "LinkMapping::is_empty")]
     pub tables: LinkMapping,
+    /// Whether a column this peer's changes name and a tracked table here lacks is
+    /// added here (at the end, nullable, typed from the values the changes carry)
+    /// instead of the changes being set aside until a person adds it. Drops, renames
+    /// and new tables never travel. Off by default. See `docs/schema-changes.md`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub propagate_schema: bool,
 }
 
 impl NodeConfig {
@@ -388,6 +394,10 @@ impl NodeConfig {
              # name = \"hub\"\n\
              # address = \"127.0.0.1:7400\"\n\
              # fingerprint = \"sha256:...\"\n\
+             # Add here the columns this peer's tables gain (at the end, nullable, typed\n\
+             # from the values it sends) instead of setting its changes aside until you\n\
+             # add them. Drops, renames and new tables never travel.\n\
+             # propagate_schema = false\n\
              #\n\
              # A peer whose tables differ from this node's gets a mapping per table (renames,\n\
              # a subset of columns, casts, defaults; see docs/schema-mapping.md):\n\
@@ -443,6 +453,31 @@ mod tests {
         .unwrap();
         assert_eq!(relay.problems(), Vec::<String>::new());
         assert!(relay.store.relay);
+    }
+
+    #[test]
+    fn propagate_schema_is_off_unless_a_peer_entry_turns_it_on() {
+        let fingerprint = format!("sha256:{}", hex::encode([7u8; 32]));
+        let peers = |extra: &str| {
+            format!(
+                "[node]\nname = \"x\"\n[store]\nrelay = true\n\
+                 [[peers]]\nname = \"hub\"\nfingerprint = \"{fingerprint}\"\n{extra}"
+            )
+        };
+        let off: NodeConfig = toml::from_str(&peers("")).unwrap();
+        assert!(!off.peers[0].propagate_schema);
+        let on: NodeConfig = toml::from_str(&peers("propagate_schema = true\n")).unwrap();
+        assert!(on.peers[0].propagate_schema);
+        assert_eq!(on.problems(), Vec::<String>::new());
+        // The template documents it, commented out.
+        let text = NodeConfig::template(
+            "shop",
+            StoreChoice::Sqlite("shop.db"),
+            &["customers".into()],
+            "127.0.0.1:7400",
+            "127.0.0.1:7401",
+        );
+        assert!(text.contains("# propagate_schema = false"), "{text}");
     }
 
     #[test]

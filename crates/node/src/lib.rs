@@ -28,6 +28,7 @@ pub mod config;
 mod http;
 pub mod identity;
 mod node;
+mod propagate;
 mod reconcile;
 mod session;
 mod setup;

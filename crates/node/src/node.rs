@@ -105,6 +105,9 @@ struct PeerRuntime {
     holds: Option<VersionVector>,
     node: Option<NodeId>,
     last_seen: Option<Instant>,
+    /// The last column or table the peer's changes named that was not added here
+    /// (`propagate_schema`), and why.
+    schema_not_added: Option<String>,
 }
 
 /// A configured peer and what is known of it.
@@ -189,6 +192,12 @@ impl Peer {
         rt.last_seen = Some(Instant::now());
         rt.holds = Some(holds);
         self.counters.connected.set(1.0);
+    }
+
+    /// Records why something this peer's changes named was not added here
+    /// (`propagate_schema`), for status.
+    pub(crate) fn schema_not_added(&self, why: String) {
+        self.runtime().schema_not_added = Some(why);
     }
 
     pub(crate) fn seen(&self) {
@@ -380,6 +389,7 @@ impl Node {
                         holds: None,
                         node: None,
                         last_seen: None,
+                        schema_not_added: None,
                     }),
                     reconciles: Mutex::new(None),
                 })
@@ -1018,7 +1028,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             .peers
             .iter()
             .map(|p| {
-                let (link, last_error, last_event, session_s, holds, node) = {
+                let (link, last_error, last_event, session_s, holds, node, schema_not_added) = {
                     let rt = p.runtime();
                     (
                         rt.link.clone(),
@@ -1027,6 +1037,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                         rt.session_since.map(|t| t.elapsed().as_secs()),
                         rt.holds.clone(),
                         rt.node,
+                        rt.schema_not_added.clone(),
                     )
                 };
                 let set_aside = node.and_then(|n| failures_by_origin.get(&n)).cloned().unwrap_or_default();
@@ -1067,6 +1078,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                     errors: p.counters.errors.get(),
                     failures: set_aside.count,
                     last_failure: set_aside.latest.map(|(_, why)| why),
+                    schema_not_added,
                 }
             })
             .collect();

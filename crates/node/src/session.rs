@@ -994,6 +994,9 @@ async fn apply(
         let map = |changes: &[Change]| incoming(mapping, changes).map_err(|e| words::chain(&e));
         let prepare: Option<concord_store::Prepare<'_>> =
             (!mapping.is_empty()).then_some(&map as concord_store::Prepare<'_>);
+        if peer.config.propagate_schema {
+            crate::propagate::add_columns(&mut **store, &peer, &changes, prepare);
+        }
         concord_store::apply_setting_aside(&mut **store, &changes, prepare)
             .map_err(SessionError::Apply)
     })

@@ -160,6 +160,11 @@ pub struct PeerStatus {
     /// Why the most recent of those changes was set aside.
     #[serde(default)]
     pub last_failure: Option<String>,
+    /// With `propagate_schema` on the link: the last column or table this peer's
+    /// changes named that was not added here, and why (its changes are set aside, where
+    /// `concord failures` lists them), since the node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_not_added: Option<String>,
 }
 
 /// The changes of one origin set aside in the store, as its peer's row shows them.

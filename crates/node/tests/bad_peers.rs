@@ -278,6 +278,7 @@ impl Arena {
                 address: None,
                 fingerprint: rogue.fingerprint(),
                 tables: Default::default(),
+                propagate_schema: false,
             },
         ]);
         config.sync.max_frame_bytes = MAX_FRAME;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
 use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use postgres::{Client, NoTls, Statement};
@@ -30,6 +31,24 @@ use concord_store::{
 
 /// Key of the advisory lock serializing Concord's writers in one database ("concord").
 pub(crate) const LOCK_KEY: i64 = 0x0063_6f6e_636f_7264;
+
+/// The type of a column added for values of `kind` (`None`: only NULLs were seen):
+/// the type each kind is read from and written to exactly (`docs/type-mapping.md`).
+/// `json`, not `jsonb`, keeps the text as written, as every other replica holds it.
+pub(crate) fn column_type(kind: Option<Kind>) -> &'static str {
+    match kind {
+        Some(Kind::Integer) => "bigint",
+        Some(Kind::Real) => "double precision",
+        Some(Kind::Blob) => "bytea",
+        Some(Kind::Decimal) => "numeric",
+        Some(Kind::Bool) => "boolean",
+        Some(Kind::Json) => "json",
+        Some(Kind::Timestamp) => "timestamptz",
+        Some(Kind::Date) => "date",
+        Some(Kind::Uuid) => "uuid",
+        Some(Kind::Text) | None => "text",
+    }
+}
 
 /// A PostgreSQL database tracked by Concord.
 pub struct PgStore {
@@ -462,6 +481,42 @@ impl PgStore {
             origins.insert(id as u32, node, seq.max(0) as u64);
         }
         self.origins = origins;
+        Ok(())
+    }
+
+    /// Adds `column` after the last column of tracked table `table`, nullable, typed for
+    /// values of `kind` ([`column_type`]), and follows it at once as it follows a column
+    /// a person adds: the capture trigger is rebuilt and the schema change reported
+    /// ([`Store::take_schema_changed`]). A column the table already has is left alone.
+    pub fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        self.ensure_fresh()?;
+        let info = self
+            .table_named(table)
+            .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
+        if info.position_of.contains_key(column) {
+            return Ok(());
+        }
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            info.qualified(),
+            quote(column),
+            column_type(kind)
+        );
+        self.client.batch_execute(&sql)?;
+        tracing::info!(
+            table,
+            column,
+            r#type = column_type(kind),
+            "column added for a peer's changes"
+        );
+        // Capturing compares the columns with those recorded: the trigger learns the
+        // column now.
+        self.capture()?;
         Ok(())
     }
 
@@ -957,6 +1012,20 @@ impl Store for PgStore {
 
     fn take_schema_changed(&mut self) -> bool {
         std::mem::take(&mut self.schema_changed)
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        let info = self.table_named(table)?;
+        Some(info.columns.iter().map(|c| c.name.clone()).collect())
+    }
+
+    fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        PgStore::add_column(self, table, column, kind)
     }
 
     fn table_problems(&self) -> Vec<String> {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
 use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -16,6 +17,23 @@ use concord_store::{
 };
 
 use crate::schema::{self, FORMAT_VERSION, METADATA_DDL, TableInfo, drop_triggers, quote};
+
+/// The declared type of a column added for values of `kind`, chosen so that every value
+/// of the kind is stored as it is bound (`codec::Sql`) and read back as the same value:
+/// `INTEGER` for integers, booleans, timestamps (µs) and dates (days); `REAL`; `BLOB`
+/// for bytes and UUIDs; `TEXT` for text, decimals and JSON (an affinity other than TEXT
+/// would convert a decimal). With no kind known (only NULLs seen, or several kinds),
+/// no declared type: SQLite then keeps every value exactly as bound, where `TEXT`
+/// would turn a later integer into text and the copies would differ.
+pub(crate) fn column_type(kind: Option<Kind>) -> &'static str {
+    match kind {
+        Some(Kind::Integer | Kind::Bool | Kind::Timestamp | Kind::Date) => "INTEGER",
+        Some(Kind::Real) => "REAL",
+        Some(Kind::Blob | Kind::Uuid) => "BLOB",
+        Some(Kind::Text | Kind::Decimal | Kind::Json) => "TEXT",
+        None => "",
+    }
+}
 
 /// A SQLite database tracked by Concord.
 pub struct SqliteStore {
@@ -479,6 +497,48 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Adds `column` after the last column of tracked table `table`, nullable, typed for
+    /// values of `kind` ([`column_type`]), and follows it at once as it follows a column
+    /// a person adds: the capture triggers are rebuilt and the schema change is
+    /// reported ([`Store::take_schema_changed`]). A column the table already has is
+    /// left alone; a relay has no tables and does nothing.
+    pub fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        if self.relay {
+            return Ok(());
+        }
+        self.ensure_fresh()?;
+        let index = self
+            .table_index(table)
+            .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
+        let info = &self.tables[index];
+        if info.position_of.contains_key(column) {
+            return Ok(());
+        }
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            quote(&info.name),
+            quote(column),
+            column_type(kind)
+        )
+        .trim_end()
+        .to_owned();
+        self.conn.execute_batch(&sql)?;
+        tracing::info!(
+            table,
+            column,
+            r#type = column_type(kind),
+            "column added for a peer's changes"
+        );
+        // Capturing re-reads the schema: the triggers learn the column now.
+        self.capture()?;
+        Ok(())
+    }
+
     pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
         if self.stale {
             self.reload()?;
@@ -892,6 +952,26 @@ impl Store for SqliteStore {
 
     fn take_schema_changed(&mut self) -> bool {
         std::mem::take(&mut self.schema_changed)
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        let index = self.table_index(table)?;
+        Some(
+            self.tables[index]
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+        )
+    }
+
+    fn add_column(
+        &mut self,
+        table: &str,
+        column: &str,
+        kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        SqliteStore::add_column(self, table, column, kind)
     }
 
     fn retry_set_aside(&mut self) -> Result<ApplyReport, ApplyError> {

@@ -117,6 +117,12 @@ pub enum StoreError {
     /// The database file does not exist.
     #[error("{0}: no such file")]
     NoSuchFile(String),
+    /// A column was to be added to a table this store does not track.
+    #[error("table {0:?} is not tracked here, so no column can be added to it")]
+    UnknownTable(String),
+    /// This store cannot add columns to its tables.
+    #[error("a {0} store cannot add columns")]
+    CannotAddColumn(&'static str),
     /// The database has no Concord metadata.
     #[error("{0} is not tracked by Concord (run `concord track` first)")]
     NotTracked(String),

@@ -42,6 +42,7 @@ mod logread;
 mod meta;
 mod origins;
 mod progress;
+mod propagate;
 mod records;
 mod snapshot;
 mod spill;
@@ -56,6 +57,7 @@ pub use logread::{LogReader, LogSource, RawEntry, TableColumns};
 pub use meta::node_id_from_meta;
 pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
+pub use propagate::{MissingColumns, NewColumn, add_missing_columns, missing_columns};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use snapshot::{
     KeyStart, RawClock, RowPage, SnapshotRead, SnapshotReader, SnapshotSource, TableItems,

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use concord_core::mapping::Kind;
 use concord_core::reconcile::{Bound, Compare, LocalRun, ReconcileError, Reconciler};
 use concord_core::{Change, NodeId, VersionVector};
 
@@ -88,6 +89,28 @@ pub trait Store: Send {
     /// not have may apply now.
     fn take_schema_changed(&mut self) -> bool {
         false
+    }
+
+    /// The names of the columns of tracked table `table`, in table order; `None` when
+    /// the table is not tracked here (always, for a relay, which keeps no tables).
+    fn table_columns(&self, _table: &str) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Adds column `column` after the last column of tracked table `table`, nullable,
+    /// of this database's column type for values of `kind` (`None`: only NULLs were
+    /// seen, so the text type), then follows it as it follows a column a person adds
+    /// (capture rebuilt, [`Store::take_schema_changed`] set). Called by a node whose
+    /// link has `propagate_schema` for a column a peer's changes name
+    /// ([`crate::add_missing_columns`]); the SQL is the store's dialect. A relay keeps
+    /// no user tables and does nothing.
+    fn add_column(
+        &mut self,
+        _table: &str,
+        _column: &str,
+        _kind: Option<Kind>,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::CannotAddColumn(self.system()))
     }
 
     /// Why tracked tables are not synced now (a table gone, or changed in a way the

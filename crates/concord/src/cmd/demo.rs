@@ -135,6 +135,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         address,
         fingerprint: site.fingerprint,
         tables: Default::default(),
+        propagate_schema: false,
     };
     let hub_node = hub
         .start(vec![pin(&shop, None), pin(&office, None)])

@@ -133,6 +133,11 @@ pub(crate) fn render(status: &NodeStatus) -> String {
              set aside counts the peer's changes waiting here, listed by concord failures)\n",
         );
     }
+    for p in &status.peers {
+        if let Some(why) = &p.schema_not_added {
+            out.push_str(&format!("peer {}: schema not followed: {why}\n", p.name));
+        }
+    }
     for r in &status.refused {
         let who = r
             .fingerprint
@@ -203,6 +208,7 @@ mod tests {
             errors: 0,
             failures,
             last_failure: last_failure.map(str::to_owned),
+            schema_not_added: None,
         }
     }
 

@@ -77,6 +77,7 @@ impl Member {
             address: None,
             fingerprint: self.fingerprint,
             tables: Default::default(),
+            propagate_schema: false,
         }
     }
 
@@ -87,6 +88,7 @@ impl Member {
             address: Some(node.listen_addr().expect("the node listens").to_string()),
             fingerprint: self.fingerprint,
             tables: Default::default(),
+            propagate_schema: false,
         }
     }
 
