@@ -501,40 +501,15 @@ impl MyStore {
         Ok(())
     }
 
-    /// Adds `column` after the last column of tracked table `table`, nullable, typed for
-    /// values of `kind` ([`column_type`]), and follows it at once as it follows a column
-    /// a person adds: the capture trigger is rebuilt and the schema change reported
-    /// ([`Store::take_schema_changed`]). A column the table already has is left alone.
+    /// Adds `column` to tracked table `table` for a peer's changes
+    /// ([`concord_store::add_column`], typed by [`column_type`]).
     pub fn add_column(
         &mut self,
         table: &str,
         column: &str,
         kind: Option<Kind>,
     ) -> Result<(), StoreError> {
-        self.ensure_fresh()?;
-        let info = self
-            .table_named(table)
-            .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
-        if info.position_of.contains_key(column) {
-            return Ok(());
-        }
-        let sql = format!(
-            "ALTER TABLE {} ADD COLUMN {} {}",
-            info.qualified(),
-            quote(column),
-            column_type(kind)
-        );
-        self.conn.query_drop(&sql)?;
-        tracing::info!(
-            table,
-            column,
-            r#type = column_type(kind),
-            "column added for a peer's changes"
-        );
-        // Capturing compares the columns with those recorded: the trigger learns the
-        // column now.
-        self.capture()?;
-        Ok(())
+        concord_store::add_column(self, table, column, kind)
     }
 
     pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
@@ -1072,5 +1047,32 @@ impl Store for MyStore {
     fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError> {
         self.ensure_fresh()?;
         concord_store::engine::discard_set_aside(self, which)
+    }
+}
+
+impl concord_store::ColumnDdl for MyStore {
+    fn refresh(&mut self) -> Result<(), StoreError> {
+        self.ensure_fresh()
+    }
+
+    fn table_for_ddl(&self, table: &str, column: &str) -> Option<(String, bool)> {
+        let info = self.table_named(table)?;
+        Some((info.qualified(), info.position_of.contains_key(column)))
+    }
+
+    fn quote_ident(&self, name: &str) -> String {
+        quote(name)
+    }
+
+    fn type_for(&self, kind: Option<Kind>) -> &'static str {
+        column_type(kind)
+    }
+
+    fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.conn.query_drop(sql)?)
+    }
+
+    fn follow_schema(&mut self) -> Result<(), StoreError> {
+        self.capture().map(drop)
     }
 }

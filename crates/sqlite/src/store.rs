@@ -497,11 +497,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Adds `column` after the last column of tracked table `table`, nullable, typed for
-    /// values of `kind` ([`column_type`]), and follows it at once as it follows a column
-    /// a person adds: the capture triggers are rebuilt and the schema change is
-    /// reported ([`Store::take_schema_changed`]). A column the table already has is
-    /// left alone; a relay has no tables and does nothing.
+    /// Adds `column` to tracked table `table` for a peer's changes
+    /// ([`concord_store::add_column`], typed by [`column_type`]); a relay has no tables
+    /// and does nothing.
     pub fn add_column(
         &mut self,
         table: &str,
@@ -511,32 +509,7 @@ impl SqliteStore {
         if self.relay {
             return Ok(());
         }
-        self.ensure_fresh()?;
-        let index = self
-            .table_index(table)
-            .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
-        let info = &self.tables[index];
-        if info.position_of.contains_key(column) {
-            return Ok(());
-        }
-        let sql = format!(
-            "ALTER TABLE {} ADD COLUMN {} {}",
-            quote(&info.name),
-            quote(column),
-            column_type(kind)
-        )
-        .trim_end()
-        .to_owned();
-        self.conn.execute_batch(&sql)?;
-        tracing::info!(
-            table,
-            column,
-            r#type = column_type(kind),
-            "column added for a peer's changes"
-        );
-        // Capturing re-reads the schema: the triggers learn the column now.
-        self.capture()?;
-        Ok(())
+        concord_store::add_column(self, table, column, kind)
     }
 
     pub(crate) fn ensure_fresh(&mut self) -> Result<(), StoreError> {
@@ -982,5 +955,32 @@ impl Store for SqliteStore {
     fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError> {
         self.ensure_fresh()?;
         concord_store::engine::discard_set_aside(self, which)
+    }
+}
+
+impl concord_store::ColumnDdl for SqliteStore {
+    fn refresh(&mut self) -> Result<(), StoreError> {
+        self.ensure_fresh()
+    }
+
+    fn table_for_ddl(&self, table: &str, column: &str) -> Option<(String, bool)> {
+        let info = &self.tables[self.table_index(table)?];
+        Some((quote(&info.name), info.position_of.contains_key(column)))
+    }
+
+    fn quote_ident(&self, name: &str) -> String {
+        quote(name)
+    }
+
+    fn type_for(&self, kind: Option<Kind>) -> &'static str {
+        column_type(kind)
+    }
+
+    fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch(sql)?)
+    }
+
+    fn follow_schema(&mut self) -> Result<(), StoreError> {
+        self.capture().map(drop)
     }
 }

@@ -57,7 +57,9 @@ pub use logread::{LogReader, LogSource, RawEntry, TableColumns};
 pub use meta::node_id_from_meta;
 pub use origins::{Origins, encode_clock, stored_version};
 pub use progress::{Failure, TxnProgress};
-pub use propagate::{MissingColumns, NewColumn, add_missing_columns, missing_columns};
+pub use propagate::{
+    ColumnDdl, MissingColumns, NewColumn, add_column, add_missing_columns, missing_columns,
+};
 pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
 pub use snapshot::{
     KeyStart, RawClock, RowPage, SnapshotRead, SnapshotReader, SnapshotSource, TableItems,

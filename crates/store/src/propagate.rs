@@ -151,6 +151,57 @@ pub fn add_missing_columns(
     Ok(missing)
 }
 
+/// A store's part in [`add_column`]: its dialect and driver, nothing else.
+pub trait ColumnDdl {
+    /// Reloads what the store knows of its tables if a connection was replaced.
+    fn refresh(&mut self) -> Result<(), StoreError>;
+    /// Tracked table `table` as the store's SQL names it, and whether it has `column`;
+    /// `None` if the table is not tracked.
+    fn table_for_ddl(&self, table: &str, column: &str) -> Option<(String, bool)>;
+    /// The store's quoting of an identifier.
+    fn quote_ident(&self, name: &str) -> String;
+    /// The store's column type for values of `kind` (`None`: no value told the kind).
+    fn type_for(&self, kind: Option<Kind>) -> &'static str;
+    /// Runs one DDL statement.
+    fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError>;
+    /// Follows the store's own schema change at once (captures, which compares the
+    /// columns with those recorded and rebuilds the capture triggers).
+    fn follow_schema(&mut self) -> Result<(), StoreError>;
+}
+
+/// Adds `column` after the last column of tracked table `table`, nullable, typed for
+/// values of `kind`, and follows it at once as the store follows a column a person adds
+/// (the capture triggers are rebuilt and the schema change reported,
+/// [`crate::Store::take_schema_changed`]). A column the table already has is left alone.
+/// The algorithm of every store's [`crate::Store::add_column`].
+pub fn add_column<B: ColumnDdl>(
+    store: &mut B,
+    table: &str,
+    column: &str,
+    kind: Option<Kind>,
+) -> Result<(), StoreError> {
+    store.refresh()?;
+    let (table_sql, has) = store
+        .table_for_ddl(table, column)
+        .ok_or_else(|| StoreError::UnknownTable(table.to_owned()))?;
+    if has {
+        return Ok(());
+    }
+    let column_type = store.type_for(kind);
+    let sql = format!(
+        "ALTER TABLE {table_sql} ADD COLUMN {} {column_type}",
+        store.quote_ident(column)
+    );
+    store.execute_ddl(sql.trim_end())?;
+    tracing::info!(
+        table,
+        column,
+        r#type = column_type,
+        "column added for a peer's changes"
+    );
+    store.follow_schema()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
