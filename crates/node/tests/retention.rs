@@ -16,6 +16,8 @@ fn a_node_stopped_while_its_peer_writes_three_times_the_retention_converges_afte
         let root = tempfile::tempdir().unwrap();
         let a = Member::new(root.path(), "a", DDL);
         let b = Member::new(root.path(), "b", DDL);
+        // C joins only at the end, new and empty, after A's log was pruned.
+        let c = Member::new(root.path(), "c", DDL);
         let keep_twenty = |mut config: concord_node::NodeConfig| {
             config.sync = SyncSection {
                 retention_changes: 20,
@@ -24,7 +26,7 @@ fn a_node_stopped_while_its_peer_writes_three_times_the_retention_converges_afte
             config
         };
         let node_a = a
-            .start_with(keep_twenty(a.config(vec![b.dialing_in()])))
+            .start_with(keep_twenty(a.config(vec![b.dialing_in(), c.dialing_in()])))
             .await;
         let node_b = b
             .start_with(keep_twenty(b.config(vec![a.at(&node_a)])))
@@ -130,7 +132,27 @@ fn a_node_stopped_while_its_peer_writes_three_times_the_retention_converges_afte
             ra == rb && ra.contains(&(1, "later".into())) && ra.iter().any(|r| r.0 == 101)
         })
         .await;
+
+        // A new node joins: A's log cannot replay the history, and C holds none of the
+        // table, so every row's state is sent (without listing keys first), and C ends
+        // equal to A with nothing set aside.
+        let node_c = c
+            .start_with(keep_twenty(c.config(vec![a.at(&node_a)])))
+            .await;
+        eventually("the new node to hold every row", async || {
+            rows(c.db()) == rows(a.db())
+        })
+        .await;
+        let status_a = node_a.status().await;
+        let to_c = peer(&status_a, "c");
+        assert!(
+            to_c.snapshot_rows_sent as usize >= rows(a.db()).len(),
+            "{to_c:?}"
+        );
+        let status_c = node_c.status().await;
+        assert_eq!(peer(&status_c, "a").set_aside, 0, "{status_c:?}");
         node_a.shutdown().await;
         node_b.shutdown().await;
+        node_c.shutdown().await;
     });
 }
