@@ -269,6 +269,15 @@ fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
 }
 
 impl LogSource for MyLog {
+    fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
+        // GROUP_CONCAT is cut at `group_concat_max_len`: a count and a checksum instead.
+        let row: Option<(u64, Option<u64>)> = self.conn.query_first(
+            "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT(tbl, '.', position, '=', name))) \
+             FROM concord_columns",
+        )?;
+        Ok(Some(format!("{row:?}")))
+    }
+
     fn log_table(&self) -> &'static str {
         "concord_log"
     }

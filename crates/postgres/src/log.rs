@@ -278,6 +278,18 @@ fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
 }
 
 impl LogSource for PgLog {
+    fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
+        let signature: Option<String> = self
+            .client
+            .query_one(
+                "SELECT string_agg(tbl || '.' || position || '=' || name, ',' ORDER BY tbl, position) \
+                 FROM concord.columns",
+                &[],
+            )?
+            .get(0);
+        Ok(Some(signature.unwrap_or_default()))
+    }
+
     fn log_table(&self) -> &'static str {
         "concord.log"
     }

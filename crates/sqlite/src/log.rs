@@ -245,6 +245,18 @@ fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
 }
 
 impl concord_store::LogSource for SqliteLog {
+    fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT group_concat(tbl || '.' || position || '=' || name, ',') \
+             FROM (SELECT tbl, position, name FROM __concord_columns ORDER BY tbl, position)",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )?
+            .or(Some(String::new())))
+    }
+
     fn log_table(&self) -> &'static str {
         "__concord_log"
     }

@@ -83,6 +83,11 @@ pub trait LogSource: Send {
         limit: usize,
         visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
+    /// A cheap summary of every table's column names by position, which changes when a
+    /// column is renamed (added columns are noticed without it). `None`: not tracked.
+    fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A read-only view of a store's change log through its own connection.
@@ -91,6 +96,8 @@ pub struct LogReader<S: LogSource> {
     node_of: HashMap<u32, NodeId>,
     index_of: HashMap<NodeId, u32>,
     tables: HashMap<i64, TableColumns>,
+    /// [`LogSource::columns_signature`] when the tables were last read.
+    signature: Option<String>,
 }
 
 impl<S: LogSource> LogReader<S> {
@@ -101,6 +108,7 @@ impl<S: LogSource> LogReader<S> {
             node_of: HashMap::new(),
             index_of: HashMap::new(),
             tables: HashMap::new(),
+            signature: None,
         };
         reader.refresh()?;
         Ok(reader)
@@ -109,6 +117,7 @@ impl<S: LogSource> LogReader<S> {
     /// Re-reads origins and tables: new ones appear as the store learns them, and a
     /// table's columns change with its schema.
     fn refresh(&mut self) -> Result<(), StoreError> {
+        self.signature = self.source.columns_signature()?;
         for (index, node) in self.source.origins()? {
             self.node_of.insert(index, node);
             self.index_of.insert(node, index);
@@ -266,6 +275,16 @@ impl<S: LogSource> LogRead for LogReader<S> {
     ) -> Result<LogPage, StoreError> {
         loop {
             match self.read_once(after, target, limit) {
+                // Changes carry column names: a column renamed since the names were
+                // read must not travel under its old name. Checked once per page that
+                // holds changes, so an idle stream costs nothing.
+                Ok(page)
+                    if !page.changes.is_empty()
+                        && self.signature.is_some()
+                        && self.source.columns_signature()? != self.signature =>
+                {
+                    self.refresh()?;
+                }
                 Err(e @ StoreError::Corrupt { .. }) => {
                     // An origin, table or column the reader has not seen yet (the store
                     // met a new node, or a table's schema changed): learn it and retry,
