@@ -15,6 +15,7 @@ use mysql::prelude::Queryable;
 use crate::schema::{TableInfo, quote};
 use crate::store::connect;
 use crate::types::{parse_read, to_param};
+use concord_store::engine::quoted_keys;
 use concord_store::{
     KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
     clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
@@ -153,7 +154,7 @@ impl SnapshotSource for MyLog {
         let sql = rows_by_keys_sql(
             &select_list(info),
             &info.qualified(),
-            &key_list(info),
+            &quoted_keys(info, quote),
             &tuples,
         );
         let mut params = Vec::with_capacity(keys.len() * info.key_columns.len());
@@ -186,7 +187,7 @@ impl SnapshotSource for MyLog {
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
-            &key_list(info),
+            &quoted_keys(info, quote),
             after.is_some(),
             |_| "?".to_owned(),
             limit,
@@ -207,14 +208,6 @@ impl SnapshotSource for MyLog {
             rows,
         })
     }
-}
-
-/// The quoted key columns of `info`, in key order.
-fn key_list(info: &TableInfo) -> Vec<String> {
-    info.key_columns
-        .iter()
-        .map(|&p| quote(&info.columns[p].name))
-        .collect()
 }
 
 /// Every column of `info` as the snapshot reads it ([`crate::types::parse_read`]).

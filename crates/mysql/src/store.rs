@@ -1071,8 +1071,4 @@ impl concord_store::ColumnDdl for MyStore {
     fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError> {
         Ok(self.conn.query_drop(sql)?)
     }
-
-    fn follow_schema(&mut self) -> Result<(), StoreError> {
-        self.capture().map(drop)
-    }
 }

@@ -14,6 +14,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::schema::{TableInfo, quote};
 use crate::store::{Connection, connect};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
+use concord_store::engine::quoted_keys;
 use concord_store::{
     KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
     clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
@@ -162,7 +163,7 @@ impl SnapshotSource for PgLog {
         let sql = rows_by_keys_sql(
             &select_list(info),
             &info.qualified(),
-            &key_list(info),
+            &quoted_keys(info, quote),
             &tuples,
         );
         let mut params = Vec::with_capacity(keys.len() * width);
@@ -196,7 +197,7 @@ impl SnapshotSource for PgLog {
         let sql = keyset_page_sql(
             &select_list(info),
             &info.qualified(),
-            &key_list(info),
+            &quoted_keys(info, quote),
             after.is_some(),
             |i| info.placeholder(info.key_columns[i], i + 1),
             limit,
@@ -214,14 +215,6 @@ impl SnapshotSource for PgLog {
             rows,
         })
     }
-}
-
-/// The quoted key columns of `info`, in key order.
-fn key_list(info: &TableInfo) -> Vec<String> {
-    info.key_columns
-        .iter()
-        .map(|&p| quote(&info.columns[p].name))
-        .collect()
 }
 
 /// Every column of `info`, as the snapshot reads it.

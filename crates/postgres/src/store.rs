@@ -1039,8 +1039,4 @@ impl concord_store::ColumnDdl for PgStore {
     fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError> {
         Ok(self.client.batch_execute(sql)?)
     }
-
-    fn follow_schema(&mut self) -> Result<(), StoreError> {
-        self.capture().map(drop)
-    }
 }

@@ -979,8 +979,4 @@ impl concord_store::ColumnDdl for SqliteStore {
     fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError> {
         Ok(self.conn.execute_batch(sql)?)
     }
-
-    fn follow_schema(&mut self) -> Result<(), StoreError> {
-        self.capture().map(drop)
-    }
 }

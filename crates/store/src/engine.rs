@@ -55,6 +55,15 @@ pub trait TrackedTable {
     fn column_name(&self, index: usize) -> &str;
 }
 
+/// The key columns of `table`, in key order, each quoted with the store's `quote`.
+pub fn quoted_keys<T: TrackedTable + ?Sized>(table: &T, quote: fn(&str) -> String) -> Vec<String> {
+    table
+        .key_columns()
+        .iter()
+        .map(|&p| quote(table.column_name(p)))
+        .collect()
+}
+
 /// A write to a user's row, as the merge decided it, with values already converted for
 /// the database. Columns are in ascending position, so one prepared statement serves
 /// every change that writes the same columns.

@@ -152,7 +152,7 @@ pub fn add_missing_columns(
 }
 
 /// A store's part in [`add_column`]: its dialect and driver, nothing else.
-pub trait ColumnDdl {
+pub trait ColumnDdl: Store {
     /// Reloads what the store knows of its tables if a connection was replaced.
     fn refresh(&mut self) -> Result<(), StoreError>;
     /// Tracked table `table` as the store's SQL names it, and whether it has `column`;
@@ -164,9 +164,6 @@ pub trait ColumnDdl {
     fn type_for(&self, kind: Option<Kind>) -> &'static str;
     /// Runs one DDL statement.
     fn execute_ddl(&mut self, sql: &str) -> Result<(), StoreError>;
-    /// Follows the store's own schema change at once (captures, which compares the
-    /// columns with those recorded and rebuilds the capture triggers).
-    fn follow_schema(&mut self) -> Result<(), StoreError>;
 }
 
 /// Adds `column` after the last column of tracked table `table`, nullable, typed for
@@ -199,7 +196,10 @@ pub fn add_column<B: ColumnDdl>(
         r#type = column_type,
         "column added for a peer's changes"
     );
-    store.follow_schema()
+    // Capturing compares the columns with those recorded and rebuilds the capture
+    // triggers: the store follows its own schema change at once.
+    store.capture()?;
+    Ok(())
 }
 
 #[cfg(test)]
