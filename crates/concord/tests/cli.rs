@@ -522,6 +522,78 @@ fn conflicts_json_lists_a_concurrent_edit_with_both_values() {
     );
 }
 
+/// The reproduction: row 1 on a, b and c; c updates one column, 50 ms later b
+/// updates another; a merges only b and deletes the row; then all three merge. The
+/// delete wins everywhere, and c's update, which a never saw although it had seen a
+/// newer one, is recorded as lost to the delete instead of vanishing.
+#[test]
+fn an_update_the_deleter_never_saw_is_recorded_when_the_delete_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = ["a.db", "b.db", "c.db"].map(|name| new_db(dir.path(), name));
+    for path in [&a, &b, &c] {
+        track(path);
+    }
+    app(&a)
+        .execute("INSERT INTO t VALUES (1, 'original', 0)", [])
+        .unwrap();
+    ok(concord([
+        OsStr::new("merge"),
+        a.as_os_str(),
+        b.as_os_str(),
+        c.as_os_str(),
+    ]));
+
+    app(&c)
+        .execute("UPDATE t SET n = 7 WHERE id = 1", [])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    app(&b)
+        .execute("UPDATE t SET v = 'edit in b' WHERE id = 1", [])
+        .unwrap();
+    ok(concord([OsStr::new("merge"), a.as_os_str(), b.as_os_str()]));
+    app(&a).execute("DELETE FROM t WHERE id = 1", []).unwrap();
+    ok(concord([
+        OsStr::new("merge"),
+        a.as_os_str(),
+        b.as_os_str(),
+        c.as_os_str(),
+    ]));
+
+    for path in [&a, &b, &c] {
+        assert!(
+            dump(path, "t").is_empty(),
+            "{} still has the row",
+            path.display()
+        );
+    }
+    let mut recorded = Vec::new();
+    for path in [&a, &b, &c] {
+        let out = ok(concord([
+            OsStr::new("conflicts"),
+            path.as_os_str(),
+            OsStr::new("--json"),
+        ]));
+        recorded.extend(json(&out).as_array().expect("a JSON array").clone());
+    }
+    let lost: Vec<_> = recorded
+        .iter()
+        .filter(|conflict| conflict["kind"] == "update-vs-delete")
+        .collect();
+    assert!(
+        !lost.is_empty(),
+        "no file records that c's update was overridden: {}",
+        serde_json::to_string_pretty(&recorded).unwrap()
+    );
+    // b's update, which a had seen before deleting, is no conflict.
+    assert!(
+        recorded
+            .iter()
+            .all(|conflict| conflict["kind"] == "update-vs-delete"),
+        "{}",
+        serde_json::to_string_pretty(&recorded).unwrap()
+    );
+}
+
 #[test]
 fn untrack_removes_every_concord_object_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();

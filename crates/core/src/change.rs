@@ -90,11 +90,15 @@ pub struct Change {
     /// The row's causal length after the write: odd for an insert or update, even for
     /// a delete.
     pub causal_length: CausalLength,
-    /// Columns written; empty for a delete.
+    /// Columns written. For a delete: the column clocks the deleting node held for the
+    /// row (`version` and `replaced` of each column's winning write, `value` always
+    /// [`Value::Null`]); a write of a column newer than the version listed for it (or
+    /// of a column not listed) was concurrent with the delete, which wins, and the pair
+    /// is recorded as a conflict so the lost update does not vanish silently. A delete
+    /// from a Concord older than protocol version 5 lists none.
     pub columns: Vec<ColumnChange>,
-    /// For a delete: the newest column version the deleting node held for the row. A
-    /// column write newer than this was concurrent with the delete, which wins; the pair
-    /// is recorded as a conflict so the lost update does not vanish silently.
+    /// For a delete: the newest column version the deleting node held for the row, all
+    /// that is judged by when `columns` is empty.
     pub delete_seen: Option<Version>,
     /// Whether this is the last change of its source transaction. A receiver applies
     /// all changes of one transaction in one local transaction, never part of them.

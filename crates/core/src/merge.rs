@@ -15,7 +15,10 @@
 //!   the rules above. Two column writes are concurrent when neither writer had seen a
 //!   version at least as new as the other's, judged from the versions each replaced. An
 //!   update that loses to a concurrent delete is reported the same way, using the newest
-//!   version the deleting node had seen.
+//!   column versions the deleting node had seen: a column write newer than the version
+//!   of that column the deleter held was concurrent with the delete. Comparing per
+//!   column (not against the newest version the deleter held) finds an older update of
+//!   one column that the deleter missed while it had seen a newer update of another.
 //!
 //! The state is a join-semilattice (the larger causal length wins, then per-column
 //! maxima), so merging is commutative, associative and idempotent: replicas that received
@@ -36,6 +39,10 @@ pub struct ColumnClock {
 }
 
 /// Who deleted a row and what the deleter had seen.
+///
+/// What the deleter had seen of each column is the dead row's [`RowClock::columns`];
+/// `seen` is the newest of them, all a delete recorded before deletes carried their
+/// columns (and all an older peer sends), used when those are missing.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Tombstone {
     /// Version of the delete.
@@ -50,7 +57,9 @@ pub struct RowClock {
     /// Row existence.
     pub causal_length: CausalLength,
     /// Per column position (the store's column order): the winning version in the
-    /// current life, or `None` if the column was not written in it.
+    /// current life, or `None` if the column was not written in it. While the row is
+    /// deleted: the column clocks the winning delete's writer held when it deleted, the
+    /// versions a late update of the ended life is judged against.
     pub columns: Vec<Option<ColumnClock>>,
     /// The winning delete, while the row is deleted.
     pub tombstone: Option<Tombstone>,
@@ -71,6 +80,45 @@ impl RowClock {
     /// The newest version among the columns of the current life.
     pub fn newest_version(&self) -> Option<Version> {
         self.columns.iter().flatten().map(|c| c.version).max()
+    }
+
+    /// Replaces the columns by a delete's seen columns (the newest, should a column be
+    /// listed twice).
+    fn set_seen(&mut self, seen: &[IncomingColumn]) {
+        self.columns.clear();
+        for column in seen {
+            if self
+                .column(column.index)
+                .is_none_or(|c| column.version > c.version)
+            {
+                self.set_column(column.index, column.clock());
+            }
+        }
+    }
+}
+
+/// What a delete's writer had seen of a row: per column when the delete carries its
+/// columns, else only the newest version (a delete from an older Concord).
+#[derive(Clone, Copy, Debug)]
+enum Seen<'a> {
+    Columns(&'a [IncomingColumn]),
+    ClockColumns(&'a RowClock),
+    Newest(Option<Version>),
+}
+
+impl Seen<'_> {
+    /// Whether the deleter had seen `version` of column `index`, or a newer write of it.
+    fn saw(&self, index: usize, version: Version) -> bool {
+        let seen = match self {
+            Seen::Columns(columns) => columns
+                .iter()
+                .filter(|c| c.index == index)
+                .map(|c| c.version)
+                .max(),
+            Seen::ClockColumns(clock) => clock.column(index).map(|c| c.version),
+            Seen::Newest(newest) => *newest,
+        };
+        seen >= Some(version)
     }
 }
 
@@ -170,7 +218,8 @@ fn concurrent(
 /// Merges an incoming change into `clock` (updated in place) and says what to apply.
 ///
 /// `causal_length` is the change's; `delete_seen` its [`crate::Change::delete_seen`];
-/// `columns` its columns resolved to local positions, and `delete_version` the change's
+/// `columns` its columns resolved to local positions (for a delete: the column clocks
+/// its writer held, see [`crate::Change::columns`]), and `delete_version` the change's
 /// own version, used for a delete's tombstone.
 pub fn merge_remote(
     clock: &mut RowClock,
@@ -188,9 +237,17 @@ pub fn merge_remote(
         let mut decision = Decision::unchanged();
         if causal_length.is_alive()
             && CausalLength(causal_length.0 + 1) == local_cl
-            && let (Some(tomb), Some(update)) =
-                (clock.tombstone, columns.iter().map(|c| c.version).max())
-            && tomb.seen < Some(update)
+            && let Some(tomb) = clock.tombstone
+            && let seen = if clock.columns.is_empty() {
+                Seen::Newest(tomb.seen)
+            } else {
+                Seen::ClockColumns(clock)
+            }
+            && let Some(update) = columns
+                .iter()
+                .filter(|c| !seen.saw(c.index, c.version))
+                .map(|c| c.version)
+                .max()
         {
             decision.conflicts.push(Conflict::UpdateLostToDelete {
                 delete: tomb.version,
@@ -221,10 +278,21 @@ pub fn merge_remote(
             dedupe_winners(clock, columns, &mut decision.winners);
             decision.effect = RowEffect::Recreate;
         } else {
+            let seen = if columns.is_empty() {
+                Seen::Newest(delete_seen)
+            } else {
+                Seen::Columns(columns)
+            };
             if was_alive
                 && CausalLength(local_cl.0 + 1) == causal_length
-                && let Some(update) = clock.newest_version()
-                && delete_seen < Some(update)
+                && let Some(update) = clock
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, c)| c.map(|c| (index, c.version)))
+                    .filter(|&(index, version)| !seen.saw(index, version))
+                    .map(|(_, version)| version)
+                    .max()
             {
                 decision.conflicts.push(Conflict::UpdateLostToDelete {
                     delete: delete_version,
@@ -233,7 +301,7 @@ pub fn merge_remote(
                 });
             }
             clock.causal_length = causal_length;
-            clock.columns.clear();
+            clock.set_seen(columns);
             clock.tombstone = Some(Tombstone {
                 version: delete_version,
                 seen: delete_seen,
@@ -260,6 +328,7 @@ pub fn merge_remote(
             .is_none_or(|t| candidate.version > t.version)
         {
             clock.tombstone = Some(candidate);
+            clock.set_seen(columns);
             decision.clock_changed = true;
         }
         return decision;
@@ -339,6 +408,9 @@ pub struct LocalWrite {
     pub columns: Vec<(usize, Option<Version>)>,
     /// For a delete: the newest column version held before it.
     pub delete_seen: Option<Version>,
+    /// For a delete: the clock of every column held before it, by position (what the
+    /// change carries as its columns, so receivers can tell which updates it missed).
+    pub seen: Vec<(usize, ColumnClock)>,
 }
 
 /// Records a local write of a table with `column_count` columns in `clock` (updated in
@@ -363,14 +435,24 @@ pub fn local_write(
         LocalOp::Insert => write_columns(clock, &all, version),
         LocalOp::Update(changed) => write_columns(clock, changed, version),
         LocalOp::Delete => {
-            let seen = clock.newest_version();
+            let newest = clock.newest_version();
+            // The dead row keeps the column clocks it had: they are what the delete saw.
+            let seen = clock
+                .columns
+                .iter()
+                .enumerate()
+                .filter_map(|(index, c)| c.map(|c| (index, c)))
+                .collect();
             clock.causal_length = clock.causal_length.after_delete();
-            clock.columns.clear();
-            clock.tombstone = Some(Tombstone { version, seen });
+            clock.tombstone = Some(Tombstone {
+                version,
+                seen: newest,
+            });
             LocalWrite {
                 causal_length: clock.causal_length,
                 columns: Vec::new(),
-                delete_seen: seen,
+                delete_seen: newest,
+                seen,
             }
         }
     }
@@ -389,6 +471,7 @@ fn write_columns(clock: &mut RowClock, indexes: &[usize], version: Version) -> L
         causal_length: clock.causal_length,
         columns,
         delete_seen: None,
+        seen: Vec::new(),
     }
 }
 
@@ -636,6 +719,62 @@ mod tests {
         assert_eq!((d.effect, d.winners), (RowEffect::Recreate, vec![1]));
     }
 
+    /// Row 1 on a, b, c; c updates column 1 (at 2), b later updates column 0 (at 3); a
+    /// merges only b's update and deletes. a's newest seen version (3) is newer than c's
+    /// update, yet a never saw it: judged per column, c's update is reported wherever
+    /// the two meet, in either order.
+    #[test]
+    fn an_older_update_of_another_column_the_deleter_missed_is_reported() {
+        let insert = [col(0, v(1, 1), None), col(1, v(1, 1), None)];
+        let c_update = [col(1, v(2, 3), Some(v(1, 1)))];
+        let b_update = [col(0, v(3, 2), Some(v(1, 1)))];
+        // a's view when it deletes: the insert and b's update.
+        let mut a = RowClock::default();
+        merge_remote(&mut a, CausalLength(1), v(1, 1), None, &insert);
+        merge_remote(&mut a, CausalLength(1), v(3, 2), None, &b_update);
+        let delete = local_write(&mut a, LocalOp::Delete, v(4, 1), 2);
+        let seen: Vec<IncomingColumn> = delete
+            .seen
+            .iter()
+            .map(|&(index, c)| col(index, c.version, c.replaced))
+            .collect();
+        let expected = Conflict::UpdateLostToDelete {
+            delete: v(4, 1),
+            update: v(2, 3),
+            delete_incoming: false,
+        };
+
+        // At a (or anyone holding the delete first), c's update arrives late.
+        let upd = merge_remote(&mut a, CausalLength(1), v(2, 3), None, &c_update);
+        assert_eq!(upd.effect, RowEffect::None);
+        assert_eq!(upd.conflicts, vec![expected]);
+
+        // At c, which holds its own update, the delete arrives.
+        let mut c = RowClock::default();
+        merge_remote(&mut c, CausalLength(1), v(1, 1), None, &insert);
+        merge_remote(&mut c, CausalLength(1), v(2, 3), None, &c_update);
+        let del = merge_remote(&mut c, CausalLength(2), v(4, 1), delete.delete_seen, &seen);
+        assert_eq!(del.effect, RowEffect::Delete);
+        assert_eq!(
+            del.conflicts,
+            vec![Conflict::UpdateLostToDelete {
+                delete: v(4, 1),
+                update: v(2, 3),
+                delete_incoming: true,
+            }]
+        );
+        // The dead row remembers what the delete saw, as a did.
+        assert_eq!(c, a);
+
+        // A delete from an older Concord (no columns) is judged by its newest version,
+        // which cannot see this pair: the reason deletes now carry their columns.
+        let mut old = RowClock::default();
+        merge_remote(&mut old, CausalLength(1), v(1, 1), None, &insert);
+        merge_remote(&mut old, CausalLength(1), v(2, 3), None, &c_update);
+        let del = merge_remote(&mut old, CausalLength(2), v(4, 1), delete.delete_seen, &[]);
+        assert!(del.conflicts.is_empty());
+    }
+
     #[test]
     fn local_writes_carry_the_versions_they_replace() {
         let mut clock = RowClock::default();
@@ -647,6 +786,15 @@ mod tests {
         let del = local_write(&mut clock, LocalOp::Delete, v(3, 1), 2);
         assert_eq!(del.causal_length, CausalLength(2));
         assert_eq!(del.delete_seen, Some(v(2, 1)));
+        let column = |version, replaced| ColumnClock { version, replaced };
+        assert_eq!(
+            del.seen,
+            vec![
+                (0, column(v(1, 1), None)),
+                (1, column(v(2, 1), Some(v(1, 1))))
+            ],
+            "a delete carries the clock of every column it held"
+        );
         let again = local_write(&mut clock, LocalOp::Insert, v(4, 1), 2);
         assert_eq!(again.causal_length, CausalLength(3));
         assert_eq!(again.columns, vec![(0, None), (1, None)]);

@@ -11,9 +11,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// One column value.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub enum Value {
     /// SQL NULL.
+    #[default]
     Null,
     /// A 64-bit signed integer.
     Integer(i64),

@@ -480,6 +480,12 @@ impl Replica {
                         version,
                         replaced,
                     })
+                    .chain(write.seen.iter().map(|&(c, seen)| ColumnChange {
+                        column: schema.columns[c].to_owned(),
+                        value: Value::Null,
+                        version: seen.version,
+                        replaced: seen.replaced,
+                    }))
                     .collect(),
                 delete_seen: write.delete_seen,
                 last_in_txn: i + 1 == ops.len(),
@@ -795,15 +801,27 @@ fn reference_model<'a>(
         .map(|(id, changes)| {
             let causal_length = changes.iter().map(|c| c.causal_length).max().unwrap();
             let mut columns: Vec<Option<(Version, Value)>> = vec![None; TABLES[id.0].columns.len()];
-            if causal_length.is_alive() {
-                for change in changes.iter().filter(|c| c.causal_length == causal_length) {
-                    for write in &change.columns {
-                        let slot = &mut columns[column_index(id.0, &write.column)];
-                        // Versions are unique per change; within one change that names a
-                        // column twice, the later write is the one that counts.
-                        if slot.as_ref().is_none_or(|(v, _)| write.version >= *v) {
-                            *slot = Some((write.version, write.value.clone()));
-                        }
+            let winning_life = changes.iter().filter(|c| c.causal_length == causal_length);
+            // A live row: every write of the winning life. A deleted one: what the
+            // winning delete (the newest of that length) had seen of each column.
+            let counted: Vec<&&Change> = if causal_length.is_alive() {
+                winning_life.collect()
+            } else {
+                winning_life
+                    .max_by_key(|c| Version {
+                        hlc: c.hlc,
+                        origin: c.origin,
+                    })
+                    .into_iter()
+                    .collect()
+            };
+            for change in counted {
+                for write in &change.columns {
+                    let slot = &mut columns[column_index(id.0, &write.column)];
+                    // Versions are unique per change; within one change that names a
+                    // column twice, the later write is the one that counts.
+                    if slot.as_ref().is_none_or(|(v, _)| write.version >= *v) {
+                        *slot = Some((write.version, write.value.clone()));
                     }
                 }
             }
@@ -835,7 +853,7 @@ fn reference_visible_state(
 /// winning version (none at all while deleted).
 fn check_row_against_reference(row: &Row, reference: &ReferenceRow) -> Result<(), TestCaseError> {
     prop_assert_eq!(row.clock.causal_length, reference.causal_length);
-    if reference.causal_length.is_alive() {
+    {
         let versions: Vec<Option<Version>> = (0..reference.columns.len())
             .map(|i| {
                 row.clock
@@ -851,10 +869,15 @@ fn check_row_against_reference(row: &Row, reference: &ReferenceRow) -> Result<()
             .iter()
             .map(|c| c.as_ref().map(|(v, _)| *v))
             .collect();
-        prop_assert_eq!(versions, expected, "winning column versions");
+        prop_assert_eq!(
+            versions,
+            expected,
+            "winning column versions (of a deleted row: those its delete had seen)"
+        );
+    }
+    if reference.causal_length.is_alive() {
         prop_assert!(row.clock.tombstone.is_none());
     } else {
-        prop_assert!(row.clock.columns.iter().all(Option::is_none));
         prop_assert!(row.values.iter().all(Option::is_none));
         prop_assert!(row.clock.tombstone.is_some());
     }
@@ -924,17 +947,27 @@ fn one_row_changes(raws: &[RawChange], unique_columns: bool) -> Vec<Change> {
             *seq += 1;
             let causal_length = CausalLength(u64::from(raw.causal_length));
             let mut columns = Vec::new();
-            if causal_length.is_alive() {
-                let mut named = BTreeSet::new();
-                for (i, (c, value)) in raw.columns.iter().enumerate() {
-                    if named.insert(*c) || !unique_columns {
-                        columns.push(ColumnChange {
-                            column: TABLES[1].columns[*c].to_owned(),
-                            value: value.clone(),
-                            version,
-                            replaced: pick(raw.replaced[i % raw.replaced.len()]),
-                        });
-                    }
+            let mut named = BTreeSet::new();
+            for (i, (c, value)) in raw.columns.iter().enumerate() {
+                if !named.insert(*c) && unique_columns {
+                    continue;
+                }
+                let other = pick(raw.replaced[i % raw.replaced.len()]);
+                if causal_length.is_alive() {
+                    columns.push(ColumnChange {
+                        column: TABLES[1].columns[*c].to_owned(),
+                        value: value.clone(),
+                        version,
+                        replaced: other,
+                    });
+                } else if let Some(seen) = other {
+                    // A delete lists the column versions its writer had seen.
+                    columns.push(ColumnChange {
+                        column: TABLES[1].columns[*c].to_owned(),
+                        value: Value::Null,
+                        version: seen,
+                        replaced: None,
+                    });
                 }
             }
             Change {
@@ -1182,6 +1215,64 @@ proptest! {
                         prop_assert_eq!((*d, *u), (delete, update));
                     }
                     other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+        }
+    }
+
+    /// Row on every replica; c updates one column, later b updates another; a merges
+    /// only b's update and deletes. a's newest seen version is b's, newer than c's, yet
+    /// a never saw c's update: every replica must report it as lost to the delete,
+    /// whatever order the changes reach it in.
+    #[test]
+    fn an_older_update_the_deleter_missed_is_reported_although_it_saw_a_newer_one(
+        replicas in 3..=5usize,
+        (a, b_off, c_off) in (0..5usize, 0..4usize, 0..3usize),
+        (key, first, second) in (0..KEY_CHOICES, 0..4usize, 1..4usize),
+        values in prop::collection::vec(value(), 3 * MAX_COLUMNS),
+        (skews, id_salt, gap) in (prop::collection::vec(0..20u8, 5), any::<u8>(), 1..30u64),
+        delivery in delivery(),
+        seed in any::<u64>(),
+    ) {
+        let table = 1;
+        let mut sim = Sim::new(replicas, &skews, id_salt, delivery, seed);
+        let a = a % replicas;
+        let others: Vec<usize> = (0..replicas).filter(|&r| r != a).collect();
+        let b = others[b_off % others.len()];
+        let rest: Vec<usize> = others.iter().copied().filter(|&r| r != b).collect();
+        let c = rest[c_off % rest.len()];
+        let (col_c, col_b) = (first, (first + second) % 4);
+        let op = |action: u8, columns: u8, part: usize| RowOp {
+            table,
+            key,
+            action,
+            columns,
+            values: values[part * MAX_COLUMNS..(part + 1) * MAX_COLUMNS].to_vec(),
+        };
+        sim.write(a, &[op(1, 0b1111, 0)], false)?;
+        sim.deliver_everything()?;
+        sim.write(c, &[op(1, 1 << col_c, 1)], false)?;
+        sim.wall += gap;
+        sim.write(b, &[op(1, 1 << col_b, 2)], false)?;
+        let b_update = sim.replicas[b].log.last().unwrap().clone();
+        sim.deliver(a, vec![b_update])?;
+        sim.write(a, &[op(0, 0, 0)], false)?;
+        sim.deliver_everything()?;
+        sim.check_converged()?;
+
+        let delete = sim.replicas[a].log.last().unwrap();
+        prop_assert!(delete.is_delete());
+        let delete = Version { hlc: delete.hlc, origin: delete.origin };
+        let update = sim.replicas[c].log.last().unwrap().columns[0].version;
+        for (i, replica) in sim.replicas.iter().enumerate() {
+            prop_assert!(replica.visible_state().is_empty());
+            prop_assert!(!replica.conflicts.is_empty(), "replica {} reported nothing", i);
+            for conflict in &replica.conflicts {
+                match conflict {
+                    ConflictRecord::UpdateLostToDelete { delete: d, update: u, .. } => {
+                        prop_assert_eq!((*d, *u), (delete, update), "replica {}", i);
+                    }
+                    other => prop_assert!(false, "unexpected {:?} at replica {}", other, i),
                 }
             }
         }

@@ -58,7 +58,9 @@ pub fn shared_changes(
         let writer = *writer_of
             .get(&c.origin)
             .ok_or_else(|| format!("key {key}: a change from unknown origin {}", c.origin))?;
-        let column = |name: &str| c.columns.iter().find(|col| col.column == name);
+        // A delete's columns are the clocks its writer held, not values it wrote.
+        let written: &[concord_core::ColumnChange] = if c.is_delete() { &[] } else { &c.columns };
+        let column = |name: &str| written.iter().find(|col| col.column == name);
         let v = match column("v") {
             None => None,
             Some(col) => match &col.value {

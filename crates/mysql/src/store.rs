@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
-use concord_store::format::{self as codec, StoredVersion};
+use concord_store::format::{self as codec};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
     StoreOptions,
@@ -706,10 +706,6 @@ impl MyStore {
         let i = self.conn.last_insert_id() as i32;
         self.origins.insert(i as u32, node, 0);
         Ok(i)
-    }
-
-    pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, mysql::Error> {
-        concord_store::stored_version(v, &mut |node| self.origin_index(node).map(|i| i as u32))
     }
 
     /// Loads a row's clock; a row never seen has the default clock.

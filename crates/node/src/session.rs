@@ -28,10 +28,10 @@ use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
 use concord_store::{ApplyError, ApplyReport, Store, StoreError};
 use concord_wire::{
-    Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES, ErrorCode,
-    ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION,
-    PROTOCOL_VERSION, RECONCILE_SINCE_VERSION, Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd,
-    WireError, encoded_size,
+    Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES,
+    DELETE_COLUMNS_SINCE_VERSION, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello,
+    MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, RECONCILE_SINCE_VERSION,
+    Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WireError, encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -399,6 +399,7 @@ async fn send_loop(
         max_frame,
         budget: (max_frame as usize).saturating_sub(BATCH_OVERHEAD),
         pieces: version >= PIECES_SINCE_VERSION,
+        delete_columns: version >= DELETE_COLUMNS_SINCE_VERSION,
     };
     let mut snapshots = 0;
     let (mut reader, mut after) = loop {
@@ -596,6 +597,8 @@ struct Outbox {
     max_frame: u32,
     budget: usize,
     pieces: bool,
+    /// Whether the peer takes deletes that list their seen columns (protocol 5).
+    delete_columns: bool,
 }
 
 impl Outbox {
@@ -628,7 +631,12 @@ impl Outbox {
             .map_err(|_| SessionError::Closed)
     }
 
-    async fn send(&mut self, changes: Vec<Change>) -> Result<(), SessionError> {
+    async fn send(&mut self, mut changes: Vec<Change>) -> Result<(), SessionError> {
+        if !self.delete_columns {
+            for change in changes.iter_mut().filter(|c| c.is_delete()) {
+                change.columns.clear();
+            }
+        }
         for changes in split_by_size(changes, self.budget, self.pieces)? {
             let batch = ChangeBatch {
                 batch: self.next_batch().await,

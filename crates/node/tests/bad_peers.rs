@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    DDL, Member, TIMEOUT, assert_no_panics, holds, insert_rows, log_counts, peer, rows,
+    DDL, Member, TIMEOUT, app, assert_no_panics, holds, insert_rows, log_counts, peer, rows,
     wait_for_rows, wait_until,
 };
 use concord_core::{Change, NodeId, VersionVector};
@@ -339,6 +339,20 @@ impl Arena {
         let p = peer(&status, "rogue").clone();
         assert!(p.errors >= 1, "the failed session is counted: {p:?}");
         p
+    }
+
+    /// Waits until the node released the rogue after it hung up, so it may connect again.
+    async fn rogue_released(&self) {
+        wait_until("the node to release the rogue", async || {
+            let status = self.node.status().await;
+            let p = peer(&status, "rogue");
+            if p.state == "waiting" {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        })
+        .await;
     }
 
     /// Asserts the node's file is as before the attack: no rogue change in the table or
@@ -945,6 +959,92 @@ fn a_peer_of_protocol_version_1_is_never_sent_a_piece_and_is_told_why() {
         };
         assert!(error.message.contains("protocol version 1"), "{error:?}");
         arena.session_failed("protocol version 1").await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+/// Deletes list the column clocks their writer held from protocol version 5 on; a
+/// version 4 peer refuses a delete with columns as malformed, so it must be sent the
+/// delete without them (and a version 5 peer with them).
+#[test]
+fn a_delete_reaches_a_version_4_peer_without_columns_and_a_version_5_peer_with_them() {
+    common::run(async {
+        let arena = Arena::new(|_| {}).await;
+        app(arena.n.db())
+            .execute("DELETE FROM t WHERE id = 1", [])
+            .unwrap();
+        for version in [4u16, 5] {
+            let mut rogue = arena.rogue().await;
+            rogue.their_hello().await;
+            let mut mine = hello(arena.source.origin(), VersionVector::new());
+            mine.max_version = version;
+            rogue.send(Message::Hello(mine)).await;
+            let delete = loop {
+                match rogue.message().await {
+                    Message::Changes(batch) => {
+                        if let Some(delete) = batch.changes.into_iter().find(Change::is_delete) {
+                            break delete;
+                        }
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::SnapshotEnd(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            if version < 5 {
+                assert!(delete.columns.is_empty(), "{delete:?}");
+            } else {
+                let mut seen: Vec<&str> =
+                    delete.columns.iter().map(|c| c.column.as_str()).collect();
+                seen.sort_unstable();
+                assert_eq!(seen, ["id", "v"], "{delete:?}");
+                assert!(
+                    delete
+                        .columns
+                        .iter()
+                        .all(|c| c.value == concord_core::Value::Null),
+                    "{delete:?}"
+                );
+            }
+            assert!(delete.delete_seen.is_some(), "{delete:?}");
+            drop(rogue);
+            arena.rogue_released().await;
+        }
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+/// A delete that carries a column value is malformed: it is set aside with a reason
+/// that says so, and deletes nothing.
+#[test]
+fn a_delete_carrying_a_value_is_set_aside_and_deletes_nothing() {
+    common::run(async {
+        let mut arena = Arena::new(|_| {}).await;
+        arena.source.transaction(1..2);
+        let mut delete = arena.source.changes().remove(0);
+        delete.causal_length = concord_core::CausalLength(2);
+        for column in &mut delete.columns {
+            column.value = concord_core::Value::Text("not a clock".into());
+        }
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(arena.source.origin()).await;
+        rogue
+            .send(Message::Changes(ChangeBatch {
+                batch: 1,
+                changes: vec![delete],
+            }))
+            .await;
+        rogue.ack(1).await;
+        assert_eq!(rows(arena.n.db()), arena.rows_before, "a row changed");
+        let status = arena.node.status().await;
+        assert_eq!(status.failures, 1, "{status:?}");
+        let p = peer(&status, "rogue");
+        assert!(
+            p.last_failure
+                .as_deref()
+                .is_some_and(|f| f.contains("a delete carries column values")),
+            "{p:?}"
+        );
+        drop(rogue);
         arena.good_peer_unharmed_then_shutdown().await;
     });
 }

@@ -36,7 +36,8 @@ use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, PgStore};
 use crate::types::{Raw, decode};
 use concord_store::StoreError;
-use concord_store::format::{self as codec, LogBody, LogColumn};
+use concord_store::format::{self as codec};
+use concord_store::local_log_body;
 
 const PAGE: usize = 2_000;
 
@@ -313,20 +314,12 @@ impl PgStore {
             origin: self.node,
         };
         let write = local_write(&mut clock, local_op, version, ncols);
-        let stored_version = self.stored(version)?;
-        let mut body = LogBody {
-            columns: Vec::with_capacity(write.columns.len()),
-            delete_seen: None,
-        };
-        for (index, replaced) in write.columns {
-            body.columns.push(LogColumn {
-                index: index as u32,
-                value: values.get(index).cloned().unwrap_or(Value::Null),
-                version: stored_version,
-                replaced: replaced.map(|v| self.stored(v)).transpose()?,
-            });
-        }
-        body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
+        let body = local_log_body(
+            &write,
+            version,
+            |index| values.get(index).cloned().unwrap_or_default(),
+            &mut |node| self.origin_index(node).map(|i| i as u32),
+        )?;
         batch.log(LogEntry {
             origin: self.local_index,
             seq: seq as i64,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
 use postgres::{Client, NoTls, Statement};
 
 use crate::apply::WriteKind;
@@ -20,7 +20,7 @@ use crate::batch::MetaBatch;
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
-use concord_store::format::{self as codec, StoredVersion};
+use concord_store::format::{self as codec};
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
     StoreOptions,
@@ -652,10 +652,6 @@ impl PgStore {
             .get(0);
         self.origins.insert(i as u32, node, 0);
         Ok(i)
-    }
-
-    pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, postgres::Error> {
-        concord_store::stored_version(v, &mut |node| self.origin_index(node).map(|i| i as u32))
     }
 
     /// Loads a row's clock; a row never seen has the default clock.

@@ -27,13 +27,14 @@ use std::sync::Arc;
 
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
+use rusqlite::blob::ZeroBlob;
 use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, Sql};
 use crate::schema::{
     Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
 };
-use crate::store::{LoadClockError, SqliteStore, now_ms};
+use crate::store::{LoadClockError, STREAMED_BODY_BYTES, SqliteStore, now_ms};
 use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
@@ -68,6 +69,29 @@ impl TrackedTable for TableInfo {
 
     fn column_name(&self, index: usize) -> &str {
         &self.columns[index].name
+    }
+}
+
+/// A statement parameter: a value, or a zero-filled placeholder of a large blob that is
+/// written in place after the statement.
+enum Bind<'a> {
+    Value(Sql<'a>),
+    Placeholder(ZeroBlob),
+}
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Bind::Value(value) => value.to_sql(),
+            Bind::Placeholder(zeros) => zeros.to_sql(),
+        }
+    }
+}
+
+fn value_len(value: &Value) -> u64 {
+    match value {
+        Value::Blob(bytes) => bytes.len() as u64,
+        _ => 0,
     }
 }
 
@@ -157,7 +181,11 @@ impl ApplyBackend for SqliteStore {
         )?)
     }
 
-    fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, &Value>) -> Result<(), Failure> {
+    fn write_row<'w>(
+        &mut self,
+        table: &TableInfo,
+        write: RowWrite<'_, &'w Value>,
+    ) -> Result<(), Failure> {
         let key: &[&Value] = match &write {
             RowWrite::Delete { key }
             | RowWrite::Update { key, .. }
@@ -200,18 +228,54 @@ impl ApplyBackend for SqliteStore {
                 .map_err(|e| Failure::Store(e.into()))?,
             _ => None,
         };
-        let (sql, params): (Arc<str>, Vec<&Value>) = match write {
-            RowWrite::Delete { key } => (table.delete_sql(), key.to_vec()),
+        // Large blobs go in as zero-filled placeholders and are then written in place,
+        // as large log bodies are (`SqliteStore::insert_log`). Not where the database
+        // itself may read the row while it is written (user triggers, defaults being
+        // watched) or where equal placeholders could collide (UNIQUE columns).
+        let in_place: Vec<(usize, &[u8])> = match &write {
+            RowWrite::Update {
+                columns, values, ..
+            }
+            | RowWrite::Insert {
+                columns, values, ..
+            } if !watch => columns
+                .iter()
+                .zip(values.iter())
+                .filter_map(|(&column, value)| match value {
+                    Value::Blob(bytes)
+                        if bytes.len() >= STREAMED_BODY_BYTES
+                            && !table.unique_sets.iter().any(|set| set.contains(&column)) =>
+                    {
+                        Some((column, bytes.as_slice()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let value_bind = |column: usize, value: &'w Value| -> Bind<'w> {
+            if in_place.iter().any(|&(c, _)| c == column) {
+                Bind::Placeholder(ZeroBlob(value_len(value)))
+            } else {
+                Bind::Value(Sql(value))
+            }
+        };
+        let (sql, binds): (Arc<str>, Vec<Bind<'_>>) = match write {
+            RowWrite::Delete { key } => (
+                table.delete_sql(),
+                key.iter().map(|v| Bind::Value(Sql(v))).collect(),
+            ),
             RowWrite::Update {
                 key,
                 columns,
                 values,
             } => (
                 table.update_sql(columns),
-                values
+                columns
                     .iter()
-                    .map(|v| **v)
-                    .chain(key.iter().copied())
+                    .zip(values.iter())
+                    .map(|(&c, v)| value_bind(c, v))
+                    .chain(key.iter().map(|v| Bind::Value(Sql(v))))
                     .collect(),
             ),
             RowWrite::Insert {
@@ -221,15 +285,24 @@ impl ApplyBackend for SqliteStore {
             } => (
                 table.insert_sql(columns),
                 key.iter()
-                    .copied()
-                    .chain(values.iter().map(|v| **v))
+                    .map(|v| Bind::Value(Sql(v)))
+                    .chain(
+                        columns
+                            .iter()
+                            .zip(values.iter())
+                            .map(|(&c, v)| value_bind(c, v)),
+                    )
                     .collect(),
             ),
         };
         self.conn
             .prepare_cached(&sql)
-            .and_then(|mut stmt| stmt.execute(params_from_iter(params.into_iter().map(Sql))))
+            .and_then(|mut stmt| stmt.execute(params_from_iter(binds)))
             .map_err(refused)?;
+        for (column, bytes) in in_place {
+            self.write_in_place(table, key, column, bytes)
+                .map_err(refused)?;
+        }
         if watch {
             self.note_database_writes(table, &write, before)
                 .map_err(|e| Failure::Store(e.into()))?;
@@ -286,21 +359,7 @@ impl ApplyBackend for SqliteStore {
     }
 
     fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(rusqlite::params![
-                e.origin,
-                e.seq as i64,
-                e.hlc as i64,
-                e.table,
-                e.key,
-                e.causal_length as i64,
-                e.body,
-                e.txn_end
-            ])?;
+        self.insert_log(&e)?;
         Ok(())
     }
 
@@ -364,6 +423,49 @@ impl SqliteStore {
         if std::mem::take(&mut self.unfolded) {
             self.capture_in_txn()?;
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` over the zero-filled placeholder of `column` in the row `key`
+    /// (see [`Bind::Placeholder`]), or, where SQLite cannot open the value for writing
+    /// (a WITHOUT ROWID table, an indexed column, a foreign key), writes it with an
+    /// ordinary UPDATE.
+    fn write_in_place(
+        &self,
+        table: &TableInfo,
+        key: &[&Value],
+        column: usize,
+        bytes: &[u8],
+    ) -> rusqlite::Result<()> {
+        let rowid_sql = format!(
+            "SELECT rowid FROM {} WHERE {}",
+            quote(&table.name),
+            table.key_predicate(1)
+        );
+        let rowid: rusqlite::Result<i64> =
+            self.conn.prepare_cached(&rowid_sql).and_then(|mut s| {
+                s.query_row(params_from_iter(key.iter().map(|v| Sql(v))), |r| r.get(0))
+            });
+        let written = rowid.and_then(|rowid| {
+            self.conn
+                .blob_open(
+                    rusqlite::MAIN_DB,
+                    table.name.as_str(),
+                    table.columns[column].name.as_str(),
+                    rowid,
+                    false,
+                )?
+                .write_all_at(bytes, 0)
+        });
+        if written.is_ok() {
+            return Ok(());
+        }
+        let value = Value::Blob(bytes.to_vec());
+        self.conn
+            .prepare_cached(&table.update_sql(&[column]))?
+            .execute(params_from_iter(
+                std::iter::once(Sql(&value)).chain(key.iter().map(|v| Sql(v))),
+            ))?;
         Ok(())
     }
 

@@ -19,7 +19,9 @@ use crate::codec;
 use crate::schema::{COLUMNS_PER_MASK, OP_DELETE, OP_EVICT, OP_INSERT, OP_REKEY, OP_UPDATE};
 use crate::store::{LoadClockError, SqliteStore};
 use concord_store::StoreError;
-use concord_store::format::{self, LogBody, LogColumn};
+use concord_store::engine::LogEntry;
+use concord_store::format;
+use concord_store::local_log_body;
 
 const PAGE: i64 = 2_000;
 
@@ -261,39 +263,31 @@ impl SqliteStore {
             origin: self.node,
         };
         let write = local_write(&mut clock, op, version, ncols);
-        let stored_version = self.stored(version)?;
-        let mut body = LogBody {
-            columns: Vec::with_capacity(write.columns.len()),
-            delete_seen: None,
-        };
-        for (index, replaced) in write.columns {
-            let value = values
-                .as_ref()
-                .and_then(|v| v.get(index))
-                .cloned()
-                .unwrap_or(Value::Null);
-            body.columns.push(LogColumn {
-                index: index as u32,
-                value,
-                version: stored_version,
-                replaced: replaced.map(|v| self.stored(v)).transpose()?,
-            });
-        }
-        body.delete_seen = write.delete_seen.map(|v| self.stored(v)).transpose()?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-            )?
-            .execute(rusqlite::params![
-                self.local_index,
-                seq as i64,
-                hlc.as_u64() as i64,
-                table.id,
-                key.as_bytes(),
-                write.causal_length.0 as i64,
-                format::encode(&body)
-            ])?;
-        let pos = self.conn.last_insert_rowid();
+        let mut values = values.unwrap_or_default();
+        let body = local_log_body(
+            &write,
+            version,
+            |index| {
+                values
+                    .get_mut(index)
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+            },
+            &mut |node| self.origin_index(node),
+        )?;
+        // Only the encoding is needed from here: drop the values before SQLite writes.
+        let encoded = format::encode(&body);
+        drop(body);
+        let pos = self.insert_log(&LogEntry {
+            origin: self.local_index,
+            seq,
+            hlc: hlc.as_u64(),
+            table: table.id,
+            key: key.as_bytes(),
+            causal_length: write.causal_length.0,
+            body: encoded,
+            txn_end: false,
+        })?;
         self.save_clock(table.id, &key, &clock, existed)?;
         Ok(Some(pos))
     }

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
+use concord_store::engine::LogEntry;
+use rusqlite::blob::ZeroBlob;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::codec;
-use concord_store::format::StoredVersion;
 use concord_store::{
     ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins,
     SnapshotRead, Store, StoreError, StoreOptions, TrackError,
@@ -134,6 +135,10 @@ fn introspect_all(conn: &Connection, tables: &[&str]) -> Result<Vec<TableInfo>, 
 
 /// How long a store waits for another writer's lock before giving up.
 pub(crate) const BUSY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Log bodies from this size on are written in place through incremental blob I/O
+/// ([`SqliteStore::insert_log`]) instead of bound as a parameter.
+pub(crate) const STREAMED_BODY_BYTES: usize = 1 << 20;
 
 /// WAL lets readers (and Concord's log reader) run while others write. It is a property
 /// of the file, set once tracking succeeded and kept from then on.
@@ -644,11 +649,39 @@ impl SqliteStore {
         Ok(i)
     }
 
-    pub(crate) fn stored(&mut self, v: Version) -> Result<StoredVersion, rusqlite::Error> {
-        concord_store::stored_version(v, &mut |node| self.origin_index(node))
+    /// Loads a row's clock; a row never seen has the default clock.
+    /// Appends `e` to the change log and returns its position. A body of
+    /// [`STREAMED_BODY_BYTES`] or more is written through incremental blob I/O: bound as a
+    /// parameter, SQLite would copy it and then build the row's record around a second
+    /// copy, holding a large value three times over.
+    pub(crate) fn insert_log(&self, e: &LogEntry<'_>) -> rusqlite::Result<i64> {
+        let streamed = e.body.len() >= STREAMED_BODY_BYTES;
+        let placeholder = ZeroBlob(e.body.len() as u64);
+        let body: &dyn rusqlite::ToSql = if streamed { &placeholder } else { &e.body };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO __concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                e.origin,
+                e.seq as i64,
+                e.hlc as i64,
+                e.table,
+                e.key,
+                e.causal_length as i64,
+                body,
+                e.txn_end
+            ])?;
+        let pos = self.conn.last_insert_rowid();
+        if streamed {
+            self.conn
+                .blob_open(rusqlite::MAIN_DB, "__concord_log", "body", pos, false)?
+                .write_all_at(&e.body, 0)?;
+        }
+        Ok(pos)
     }
 
-    /// Loads a row's clock; a row never seen has the default clock.
     pub(crate) fn load_clock(
         &self,
         table: i64,

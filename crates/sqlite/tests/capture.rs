@@ -124,7 +124,14 @@ fn writes_from_the_sqlite3_shell_are_captured_and_reach_the_other_replica() {
     assert_eq!(delete.key, int_key(3));
     assert!(delete.is_delete());
     assert_eq!(delete.causal_length, CausalLength(2));
-    assert!(delete.columns.is_empty());
+    // It lists the column clocks it had seen (no values), so a receiver can tell an
+    // update it missed.
+    assert_eq!(column_names(&delete), ["id", "name", "qty"]);
+    assert!(delete.columns.iter().all(|c| c.value == Value::Null));
+    assert_eq!(
+        delete.delete_seen,
+        delete.columns.iter().map(|c| c.version).max()
+    );
 
     // A multi-statement transaction: logged in write order as one group.
     sqlite3_shell(

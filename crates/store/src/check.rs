@@ -16,7 +16,8 @@ use crate::RowError;
 pub struct CheckedChange {
     /// The key's components, as many as the table's primary key has.
     pub key_values: Vec<Value>,
-    /// The written columns by table position, in the change's order.
+    /// The written columns by table position, in the change's order. For a delete: the
+    /// seen columns this table has (so not always one per column of the change).
     pub incoming: Vec<IncomingColumn>,
 }
 
@@ -54,12 +55,18 @@ pub fn check_change(
     // An insert or update may carry no columns: a link's schema mapping drops the
     // columns the destination does not keep, and the change must still be applied (and
     // logged) so the origin's sequence stays contiguous.
-    if change.is_delete() && !change.columns.is_empty() {
+    // A delete lists the column clocks its writer held, with no values. A column this
+    // table does not have cannot hold an update the delete missed: it is left out.
+    if change.is_delete() && change.columns.iter().any(|c| c.value != Value::Null) {
         return Err(RowError::Invalid("a delete carries column values".into()));
     }
     let mut incoming: Vec<IncomingColumn> = Vec::with_capacity(change.columns.len());
     for c in &change.columns {
-        let index = position(&c.column).ok_or_else(|| RowError::UnknownColumn(c.column.clone()))?;
+        let index = match position(&c.column) {
+            Some(index) => index,
+            None if change.is_delete() => continue,
+            None => return Err(RowError::UnknownColumn(c.column.clone())),
+        };
         if incoming.iter().any(|i| i.index == index) {
             return Err(RowError::Invalid(format!(
                 "column {:?} is written twice",

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use concord_core::merge::{Conflict, IncomingColumn, RowClock, RowEffect, merge_remote};
 use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 
-use crate::format::{self, LogBody, LogColumn};
+use crate::format::{self, LogBodyRef, LogColumnRef};
 use crate::origins::{Origins, stored_version};
 use crate::{
     ApplyError, ApplyReport, ApplyTxn, ConflictEntry, Failure, RowError, RowFailure, StoreError,
@@ -107,7 +107,7 @@ pub struct LogEntry<'a> {
     pub key: &'a [u8],
     /// The row's causal length.
     pub causal_length: u64,
-    /// A [`LogBody`], or the whole change for [`VERBATIM_TABLE`].
+    /// A [`format::LogBody`], or the whole change for [`VERBATIM_TABLE`].
     pub body: Vec<u8>,
     /// Whether it ends its source transaction.
     pub txn_end: bool,
@@ -389,12 +389,17 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             .zip(&checked.key_values)
             .map(|(&index, value)| store.param(table, index, value))
             .collect::<Result<_, _>>()?;
-        let params: Vec<B::Param<'_>> = change
-            .columns
-            .iter()
-            .zip(&checked.incoming)
-            .map(|(c, column)| store.param(table, column.index, &c.value))
-            .collect::<Result<_, _>>()?;
+        // A delete's columns are the clocks its writer held, not values to write.
+        let params: Vec<B::Param<'_>> = if change.is_delete() {
+            Vec::new()
+        } else {
+            change
+                .columns
+                .iter()
+                .zip(&checked.incoming)
+                .map(|(c, column)| store.param(table, column.index, &c.value))
+                .collect::<Result<_, _>>()?
+        };
         let incoming = &checked.incoming;
         let mut clock = store.load_clock(table, &change.key)?;
         let was_alive = clock.causal_length.is_alive();
@@ -478,7 +483,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
                 table: table.id(),
                 key: change.key.as_bytes(),
                 causal_length: change.causal_length.0,
-                body: format::encode(&body),
+                body,
                 txn_end: change.last_in_txn,
             })
             .map_err(Failure::Store)?;
@@ -763,32 +768,38 @@ pub fn discard_set_aside<B: ApplyBackend>(
     Ok(forgotten)
 }
 
-/// The body of `change`'s log entry, with its columns at their local positions.
+/// The encoded body of `change`'s log entry, with its columns at their local positions;
+/// the values are encoded from the change, never copied.
 fn log_body<B: ApplyBackend>(
     store: &mut B,
     change: &Change,
     incoming: &[IncomingColumn],
-) -> Result<LogBody, StoreError> {
+) -> Result<Vec<u8>, StoreError> {
     let mut index_of = |node| store.origin_index(node);
-    let mut columns = Vec::with_capacity(change.columns.len());
-    for (c, inc) in change.columns.iter().zip(incoming) {
-        columns.push(LogColumn {
+    let mut columns = Vec::with_capacity(incoming.len());
+    for (pos, inc) in incoming.iter().enumerate() {
+        // A delete's columns (those this table has: `incoming`) carry no values.
+        let value = match change.columns.get(pos) {
+            Some(c) if !change.is_delete() => &c.value,
+            _ => &Value::Null,
+        };
+        columns.push(LogColumnRef {
             index: inc.index as u32,
-            value: c.value.clone(),
-            version: stored_version(c.version, &mut index_of)?,
-            replaced: c
+            value,
+            version: stored_version(inc.version, &mut index_of)?,
+            replaced: inc
                 .replaced
                 .map(|v| stored_version(v, &mut index_of))
                 .transpose()?,
         });
     }
-    Ok(LogBody {
+    Ok(format::encode(&LogBodyRef {
         columns,
         delete_seen: change
             .delete_seen
             .map(|v| stored_version(v, &mut index_of))
             .transpose()?,
-    })
+    }))
 }
 
 /// Records `conflict` unless the two writes wrote the same value; returns whether it

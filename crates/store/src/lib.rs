@@ -55,7 +55,7 @@ pub use cursor::ChangeCursor;
 pub use error::{ApplyError, DbError, RowError, RowFailure, StoreError, TrackError};
 pub use logread::{LogReader, LogSource, RawEntry, TableColumns};
 pub use meta::node_id_from_meta;
-pub use origins::{Origins, encode_clock, stored_version};
+pub use origins::{Origins, encode_clock, local_log_body, stored_version};
 pub use progress::{Failure, TxnProgress};
 pub use propagate::{
     ColumnDdl, MissingColumns, NewColumn, add_column, add_missing_columns, missing_columns,

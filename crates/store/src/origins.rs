@@ -10,10 +10,10 @@
 
 use std::collections::HashMap;
 
-use concord_core::merge::{ColumnClock, RowClock, Tombstone};
-use concord_core::{CausalLength, Hlc, NodeId, Version, VersionVector};
+use concord_core::merge::{ColumnClock, LocalWrite, RowClock, Tombstone};
+use concord_core::{CausalLength, Hlc, NodeId, Value, Version, VersionVector};
 
-use crate::format::{self, StoredClock, StoredColumnClock, StoredVersion};
+use crate::format::{self, LogBody, LogColumn, StoredClock, StoredColumnClock, StoredVersion};
 
 /// Origin indexes and what is held from each origin.
 #[derive(Default, Debug, Clone)]
@@ -107,6 +107,46 @@ pub fn stored_version<E>(
     index_of: &mut impl FnMut(NodeId) -> Result<u32, E>,
 ) -> Result<StoredVersion, E> {
     Ok(StoredVersion(v.hlc.as_u64(), index_of(v.origin)?))
+}
+
+/// The log body of a local write made at `version`: each written column with its value
+/// (`take_value(position)`, called once per column, so a store can move a large value
+/// in instead of copying it), and for a delete the clock of every column it had seen
+/// (values `Null`) and the newest of them.
+pub fn local_log_body<E>(
+    write: &LocalWrite,
+    version: Version,
+    mut take_value: impl FnMut(usize) -> Value,
+    index_of: &mut impl FnMut(NodeId) -> Result<u32, E>,
+) -> Result<LogBody, E> {
+    let written = stored_version(version, index_of)?;
+    let mut columns = Vec::with_capacity(write.columns.len() + write.seen.len());
+    for &(index, replaced) in &write.columns {
+        columns.push(LogColumn {
+            index: index as u32,
+            value: take_value(index),
+            version: written,
+            replaced: replaced.map(|v| stored_version(v, index_of)).transpose()?,
+        });
+    }
+    for (index, seen) in &write.seen {
+        columns.push(LogColumn {
+            index: *index as u32,
+            value: Value::Null,
+            version: stored_version(seen.version, index_of)?,
+            replaced: seen
+                .replaced
+                .map(|v| stored_version(v, index_of))
+                .transpose()?,
+        });
+    }
+    Ok(LogBody {
+        columns,
+        delete_seen: write
+            .delete_seen
+            .map(|v| stored_version(v, index_of))
+            .transpose()?,
+    })
 }
 
 /// The stored bytes of `clock`, allocating indexes for new origins through `index_of`.

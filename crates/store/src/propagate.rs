@@ -89,6 +89,10 @@ fn find_missing(
             unknown_tables.insert(change.table.clone());
             continue;
         };
+        if change.is_delete() {
+            // Its columns are the clocks its writer held: no column to add for them.
+            continue;
+        }
         let named = change
             .columns
             .iter()

@@ -405,6 +405,21 @@ impl<S: SnapshotSource> SnapshotReader<S> {
                 None,
             ),
         };
+        // What the delete had seen of each column (a dead row's clock columns).
+        let columns = clock
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, column)| {
+                let column = (*column)?;
+                Some(ColumnChange {
+                    column: self.tables[table].columns.get(index)?.clone(),
+                    value: Value::Null,
+                    version: column.version,
+                    replaced: column.replaced,
+                })
+            })
+            .collect();
         Change {
             origin: version.origin,
             seq: 0,
@@ -412,7 +427,7 @@ impl<S: SnapshotSource> SnapshotReader<S> {
             table: self.tables[table].name.clone(),
             key,
             causal_length: clock.causal_length,
-            columns: Vec::new(),
+            columns,
             delete_seen: seen,
             last_in_txn: true,
         }

@@ -22,9 +22,10 @@ mod pieces;
 
 pub use codec::{BATCH_OVERHEAD, DEFAULT_MAX_FRAME, FrameCodec, WireError, encoded_size};
 pub use message::{
-    Ack, ChangeBatch, ErrorCode, ErrorMessage, Frame, Hello, MAX_BATCH_CHANGES,
-    MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, Piece,
-    RECONCILE_SINCE_VERSION, Reconcile, ReconcileAnswer, SNAPSHOTS_SINCE_VERSION, SnapshotEnd,
+    Ack, ChangeBatch, DELETE_COLUMNS_SINCE_VERSION, ErrorCode, ErrorMessage, Frame, Hello,
+    MAX_BATCH_CHANGES, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION,
+    Piece, RECONCILE_SINCE_VERSION, Reconcile, ReconcileAnswer, SNAPSHOTS_SINCE_VERSION,
+    SnapshotEnd,
 };
 pub use pieces::{
     BatchInPieces, DEFAULT_MAX_BATCH_BYTES, PIECE_OVERHEAD, Reassembler, split_batch,

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 /// The newest protocol version this build speaks. Version 2 adds [`Message::Piece`];
 /// version 3 adds snapshots (rows' states as changes with sequence 0, closed by
 /// [`Message::SnapshotEnd`]); version 4 adds range reconciliation
-/// ([`Message::Reconcile`], [`Message::ReconcileAnswer`]); everything else is as in
-/// version 1, which this build still speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ([`Message::Reconcile`], [`Message::ReconcileAnswer`]); version 5 lets a delete list
+/// the column clocks its writer held (see [`DELETE_COLUMNS_SINCE_VERSION`]); everything
+/// else is as in version 1, which this build still speaks.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -22,6 +23,11 @@ pub const SNAPSHOTS_SINCE_VERSION: u16 = 3;
 
 /// The first protocol version in which reconciliation messages may be sent.
 pub const RECONCILE_SINCE_VERSION: u16 = 4;
+
+/// The first protocol version in which a delete may carry columns: the clock of each
+/// column its writer held (values `Null`). An older peer refuses a delete with columns,
+/// so a sender drops them for it (the peer then judges by `delete_seen` alone).
+pub const DELETE_COLUMNS_SINCE_VERSION: u16 = 5;
 
 /// The most changes one [`ChangeBatch`] may carry.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
