@@ -23,7 +23,9 @@ pub enum Value {
     /// UTF-8 text.
     Text(String),
     /// Bytes.
-    Blob(Vec<u8>),
+    // Encoded as bytes (one length, then the bytes), exactly as a sequence of u8 is in
+    // postcard, but copied in one piece instead of byte by byte.
+    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
     /// An exact decimal number in canonical text form, e.g. `"-12.50"`.
     Decimal(String),
     /// A boolean.

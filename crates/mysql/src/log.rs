@@ -329,13 +329,14 @@ impl LogSource for MyLog {
         &mut self,
         after: i64,
         limit: usize,
+        bodies: bool,
         visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         type Entry = (i64, i32, i64, i64, i32, Vec<u8>, i64, Vec<u8>, bool);
         let rows = self.conn.exec_iter(
-            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord_log
+            "SELECT pos, origin, seq, hlc, tbl, pk, cl, IF(?, body, ''), txn_end FROM concord_log
              WHERE pos > ? ORDER BY pos LIMIT ?",
-            (after, limit as i64),
+            (bodies, after, limit as i64),
         )?;
         for row in rows {
             let (pos, origin, seq, hlc, table, key, cl, body, txn_end): Entry =

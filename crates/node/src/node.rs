@@ -964,13 +964,11 @@ fn lag_of(
     };
     match reader
         .start_for(peer_holds)
-        .and_then(|after| reader.read(after, peer_holds, 1))
+        .and_then(|after| reader.first_missing_hlc(after, peer_holds))
     {
-        Ok(page) => {
-            let seconds = page
-                .changes
-                .first()
-                .map(|c| (wall_ms().saturating_sub(c.hlc.millis())) as f64 / 1000.0)
+        Ok(first) => {
+            let seconds = first
+                .map(|hlc| (wall_ms().saturating_sub(hlc.millis())) as f64 / 1000.0)
                 .unwrap_or(0.0);
             Lag {
                 changes,

@@ -918,7 +918,7 @@ fn a_batch_in_pieces_announcing_more_than_the_limit_is_refused_before_it_is_buff
                 batch: 1,
                 offset: 0,
                 total: 1 << 40,
-                bytes: vec![0; 1024],
+                bytes: vec![0; 1024].into(),
             }))
             .await;
         rogue

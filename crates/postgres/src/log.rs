@@ -348,13 +348,16 @@ impl LogSource for PgLog {
         &mut self,
         after: i64,
         limit: usize,
+        bodies: bool,
         visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let limit = limit as i64;
+        let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&after, &limit, &bodies];
         let mut rows = self.client.query_raw(
-            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM concord.log
-             WHERE pos > $1 ORDER BY pos LIMIT $2",
-            [&after, &limit],
+            "SELECT pos, origin, seq, hlc, tbl, pk, cl,
+                    CASE WHEN $3 THEN body ELSE '\\x'::bytea END, txn_end
+             FROM concord.log WHERE pos > $1 ORDER BY pos LIMIT $2",
+            params,
         )?;
         while let Some(r) = rows.next()? {
             let entry = RawEntry {

@@ -325,13 +325,14 @@ impl concord_store::LogSource for SqliteLog {
         &mut self,
         after: i64,
         limit: usize,
+        bodies: bool,
         visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT pos, origin, seq, hlc, tbl, pk, cl, body, txn_end FROM __concord_log \
-             WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+            "SELECT pos, origin, seq, hlc, tbl, pk, cl, CASE WHEN ?3 THEN body ELSE x'' END, \
+             txn_end FROM __concord_log WHERE pos > ?1 ORDER BY pos LIMIT ?2",
         )?;
-        let mut rows = stmt.query(rusqlite::params![after, limit as i64])?;
+        let mut rows = stmt.query(rusqlite::params![after, limit as i64, bodies])?;
         while let Some(r) = rows.next()? {
             let bytes = |i: usize| {
                 r.get_ref(i)?.as_blob().map_err(|e| {

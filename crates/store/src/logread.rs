@@ -76,11 +76,14 @@ pub trait LogSource: Send {
     /// The position of `(origin index, seq)`, if it is still in the log.
     fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError>;
     /// Visits up to `limit` entries after position `after`, in position order, until
-    /// `visit` returns `false`. Rows are streamed, not collected.
+    /// `visit` returns `false`. Rows are streamed, not collected. Without `bodies`, every
+    /// entry's `body` is empty and never read from the database (a change's body may hold
+    /// a value of hundreds of megabytes; its position and clock do not).
     fn scan(
         &mut self,
         after: i64,
         limit: usize,
+        bodies: bool,
         visit: &mut dyn FnMut(RawEntry<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
     /// A cheap summary of every table's column names by position, which changes when a
@@ -167,10 +170,11 @@ impl<S: LogSource> LogReader<S> {
         };
         let (node_of, tables) = (&self.node_of, &self.tables);
         let limit = limit.max(1);
-        self.source
-            .scan(after, PAGE_ENTRIES.max(limit), &mut |entry: RawEntry<
-                '_,
-            >| {
+        self.source.scan(
+            after,
+            PAGE_ENTRIES.max(limit),
+            true,
+            &mut |entry: RawEntry<'_>| {
                 if page.changes.len() >= limit || bytes >= PAGE_BYTES {
                     return Ok(false);
                 }
@@ -230,12 +234,42 @@ impl<S: LogSource> LogReader<S> {
                     last_in_txn: entry.txn_end,
                 });
                 Ok(true)
-            })?;
+            },
+        )?;
         Ok(page)
     }
 }
 
 impl<S: LogSource> LogRead for LogReader<S> {
+    fn first_missing_hlc(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+    ) -> Result<Option<Hlc>, StoreError> {
+        let mut from = after;
+        loop {
+            let (mut found, mut seen) = (None, 0usize);
+            let node_of = &self.node_of;
+            self.source
+                .scan(from, PAGE_ENTRIES, false, &mut |entry: RawEntry<'_>| {
+                    seen += 1;
+                    from = entry.pos;
+                    // An origin the reader has not learned yet is one no peer was sent.
+                    let held = node_of
+                        .get(&entry.origin)
+                        .is_some_and(|origin| target.contains(origin, entry.seq));
+                    if held {
+                        return Ok(true);
+                    }
+                    found = Some(Hlc::from_u64(entry.hlc));
+                    Ok(false)
+                })?;
+            if found.is_some() || seen < PAGE_ENTRIES {
+                return Ok(found);
+            }
+        }
+    }
+
     fn held(&mut self) -> Result<VersionVector, StoreError> {
         self.source.held()
     }

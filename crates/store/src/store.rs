@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use concord_core::mapping::Kind;
 use concord_core::reconcile::{Bound, Compare, LocalRun, ReconcileError, Reconciler};
-use concord_core::{Change, NodeId, VersionVector};
+use concord_core::{Change, Hlc, NodeId, VersionVector};
 
 use crate::{
     ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, RowError,
@@ -224,6 +224,15 @@ pub trait LogRead: Send {
         target: &VersionVector,
         limit: usize,
     ) -> Result<LogPage, StoreError>;
+
+    /// The clock of the first change after position `after` that `target` lacks, read
+    /// without its body: what a peer's lag in seconds needs, without loading a change
+    /// that may carry a value of hundreds of megabytes every time status is asked.
+    fn first_missing_hlc(
+        &mut self,
+        after: i64,
+        target: &VersionVector,
+    ) -> Result<Option<Hlc>, StoreError>;
 }
 
 /// Turns received changes into what a store applies (a link's schema mapping, say). An

@@ -407,7 +407,7 @@ mod documented_examples {
                     batch: 2,
                     offset: 300,
                     total: 302,
-                    bytes: vec![0xde, 0xad],
+                    bytes: vec![0xde, 0xad].into(),
                 })),
             ),
         ]

@@ -112,8 +112,9 @@ pub struct Piece {
     pub offset: u64,
     /// The length of the whole encoding, the same in every piece of the batch.
     pub total: u64,
-    /// The bytes.
-    pub bytes: Vec<u8>,
+    /// The bytes: a slice of the batch's encoding, shared, not copied, while the pieces
+    /// wait to be written (encoded exactly as a `Vec<u8>` would be).
+    pub bytes: bytes::Bytes,
 }
 
 /// Opens a session: who the sender is and what it holds.

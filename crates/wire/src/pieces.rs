@@ -20,11 +20,12 @@ pub const DEFAULT_MAX_BATCH_BYTES: u64 = (1 << 30) + (64 << 20);
 pub const PIECE_OVERHEAD: usize = 4 + 1 + 1 + 10 + 10 + 10 + 10;
 
 /// A batch encoded once, to be sent as pieces whose frames fit `max_frame`. Pieces are
-/// cut one at a time, so only the encoding and the piece being sent are in memory.
+/// slices of that one encoding, shared rather than copied, so pieces waiting to be
+/// written cost no memory of their own.
 #[derive(Debug)]
 pub struct BatchInPieces {
     batch: u64,
-    encoded: Vec<u8>,
+    encoded: bytes::Bytes,
     slice: usize,
 }
 
@@ -35,7 +36,7 @@ impl BatchInPieces {
             postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
         Ok(Self {
             batch: batch.batch,
-            encoded,
+            encoded: encoded.into(),
             slice: (max_frame as usize).saturating_sub(PIECE_OVERHEAD).max(1),
         })
     }
@@ -43,14 +44,15 @@ impl BatchInPieces {
     /// The pieces, in order.
     pub fn pieces(&self) -> impl Iterator<Item = Piece> + '_ {
         let total = self.encoded.len() as u64;
-        self.encoded
-            .chunks(self.slice)
-            .enumerate()
-            .map(move |(n, bytes)| Piece {
+        (0..self.encoded.len())
+            .step_by(self.slice)
+            .map(move |start| Piece {
                 batch: self.batch,
-                offset: (n * self.slice) as u64,
+                offset: start as u64,
                 total,
-                bytes: bytes.to_vec(),
+                bytes: self
+                    .encoded
+                    .slice(start..(start + self.slice).min(self.encoded.len())),
             })
     }
 }
@@ -231,7 +233,7 @@ mod tests {
             batch: 1,
             offset: 0,
             total: 1 << 40,
-            bytes: vec![0; 10],
+            bytes: vec![0; 10].into(),
         };
         let err = r.push(piece).unwrap_err();
         assert!(matches!(err, WireError::Limit(_)), "{err}");
@@ -244,7 +246,7 @@ mod tests {
             batch: 1,
             offset: 0,
             total: 3,
-            bytes: vec![0xff, 0xff, 0xff],
+            bytes: vec![0xff, 0xff, 0xff].into(),
         };
         assert!(matches!(r.push(piece), Err(WireError::Malformed(_))));
         let mut pieces = split_batch(&batch(1_000), 64 * 1024).unwrap();
