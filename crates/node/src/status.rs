@@ -12,7 +12,10 @@
 //! - a peer's `errors` counts since this process started (`uptime_s`);
 //! - a peer's `failures` and `last_failure` are the changes of that peer (by origin)
 //!   set aside in the store and still waiting, so a person sees on the peer's row why
-//!   its writes are not arriving, after a restart too.
+//!   its writes are not arriving, after a restart too; plus the source transactions
+//!   the link did not carry either way (withheld from or by that peer because the
+//!   mapping cannot convert them, `link-failures.json`), which the node-wide `failures`
+//!   counts too.
 //!
 //! The Prometheus counters are process-lifetime counters (Prometheus handles restarts),
 //! and each carries a `# HELP` line saying what it counts.
@@ -174,6 +177,24 @@ pub(crate) struct OriginFailures {
     pub(crate) count: u64,
     /// When the latest was set aside (ms since the epoch) and why.
     pub(crate) latest: Option<(u64, String)>,
+}
+
+/// Adds a peer's link failures (withheld either way) to what its row shows.
+pub(crate) fn add_link_failures(
+    peer: &mut OriginFailures,
+    name: &str,
+    entries: &[crate::link_failures::LinkFailure],
+) {
+    for entry in entries.iter().filter(|e| e.peer == name) {
+        peer.count += entry.changes();
+        if peer
+            .latest
+            .as_ref()
+            .is_none_or(|(at, _)| entry.at_ms >= *at)
+        {
+            peer.latest = Some((entry.at_ms, entry.reason.clone()));
+        }
+    }
 }
 
 /// Groups the store's set-aside changes by origin. A record whose origin does not read

@@ -1,0 +1,397 @@
+//! A row the link's mapping cannot convert for a peer, between two real nodes over TLS
+//! (the reproduction of issue 10): node `crm` maps its `crm_contacts.contact_id` (text)
+//! onto peer `shop`'s integer `customers.id`, and writes a contact whose id is `'abc'`.
+//!
+//! Risks covered:
+//! * the bad row stops `crm`'s outgoing stream to `shop`: later rows never arrive, the
+//!   session fails and reconnects in a loop (status counts every failed session in the
+//!   peer's `errors`), and a delete of the bad row queues behind it;
+//! * the bad row is dropped silently: it must be listed on both ends (`concord
+//!   failures` reads the same records), with the peer, table, key and the mapping's
+//!   error, and counted in status;
+//! * once the data is fixed, `concord failures retry` does not deliver the row, or
+//!   delivers only the columns written since (a partial row).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Member, assert_no_panics, peer, wait_until};
+use concord_node::link_failures::{Direction, LinkFailures};
+use concord_node::{Node, NodeConfig, NodeStatus, PeerConfig};
+
+const CRM_DDL: &str =
+    "CREATE TABLE crm_contacts(contact_id TEXT NOT NULL PRIMARY KEY, name TEXT, age TEXT)";
+const SHOP_DDL: &str = "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, age INTEGER)";
+
+/// `crm`'s mapping onto `shop`: text ids and ages become integers.
+fn mapped(mut peer: PeerConfig) -> PeerConfig {
+    let toml = r#"
+        name = "x"
+        fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        [[tables]]
+        local = "crm_contacts"
+        remote = "customers"
+        key = ["contact_id"]
+        columns = [
+          { local = "contact_id", remote = "id", local_type = "text", remote_type = "integer" },
+          { local = "name" },
+          { local = "age", local_type = "text", remote_type = "integer" },
+        ]
+    "#;
+    let parsed: PeerConfig = toml::from_str(toml).unwrap();
+    peer.tables = parsed.tables;
+    peer
+}
+
+fn config(member: &Member, table: &str, peers: Vec<PeerConfig>) -> NodeConfig {
+    let mut config = member.config(peers);
+    config.store.tables = vec![table.into()];
+    config
+}
+
+struct Link {
+    _root: tempfile::TempDir,
+    crm: Member,
+    crm_node: Option<Node>,
+    shop: Member,
+    shop_node: Node,
+}
+
+impl Link {
+    async fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let crm = Member::new(root.path(), "crm", CRM_DDL);
+        let shop = Member::new(root.path(), "shop", SHOP_DDL);
+        let shop_node = shop
+            .start_with(config(&shop, "customers", vec![crm.dialing_in()]))
+            .await;
+        let mut link = Self {
+            _root: root,
+            crm,
+            crm_node: None,
+            shop,
+            shop_node,
+        };
+        link.start_crm().await;
+        link
+    }
+
+    fn crm_config(&self) -> NodeConfig {
+        config(
+            &self.crm,
+            "crm_contacts",
+            vec![mapped(self.shop.at(&self.shop_node))],
+        )
+    }
+
+    async fn start_crm(&mut self) {
+        self.crm_node = Some(self.crm.start_with(self.crm_config()).await);
+    }
+
+    fn crm_node(&self) -> &Node {
+        self.crm_node.as_ref().expect("crm runs")
+    }
+
+    async fn stop_crm(&mut self) {
+        if let Some(node) = self.crm_node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    async fn statuses(&self) -> (NodeStatus, NodeStatus) {
+        (
+            self.crm_node().status().await,
+            self.shop_node.status().await,
+        )
+    }
+}
+
+fn write(db: &Path, sql: &str) {
+    common::app(db).execute_batch(sql).unwrap();
+}
+
+/// Writes `sql` at crm and waits until crm captured it, so that each write is a source
+/// transaction of its own (a SQLite file's writes captured together form one).
+async fn crm_writes(link: &Link, sql: &str) {
+    let before = link.crm_node().status().await.captured;
+    write(link.crm.db(), sql);
+    wait_until("crm to capture its write", async || {
+        let now = link.crm_node().status().await.captured;
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("captured {now}"))
+        }
+    })
+    .await;
+}
+
+/// `customers` at the shop: (id, name, age).
+fn customers(db: &Path) -> Vec<(i64, Option<String>, Option<i64>)> {
+    let conn = common::app(db);
+    let mut stmt = conn
+        .prepare("SELECT id, name, age FROM customers ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Waits until the shop's `customers` are `expected`; says what both ends' status
+/// said of the link otherwise.
+async fn wait_for_customers(
+    what: &str,
+    link: &Link,
+    expected: &[(i64, Option<String>, Option<i64>)],
+) {
+    wait_until(what, async || {
+        let now = customers(link.shop.db());
+        if now == expected {
+            return Ok(());
+        }
+        let (crm, shop) = link.statuses().await;
+        Err(format!(
+            "{now:?}; crm's view of the shop: {:?}; the shop's view of crm: {:?}",
+            peer(&crm, "shop"),
+            peer(&shop, "crm")
+        ))
+    })
+    .await;
+}
+
+fn text(s: &str) -> Option<String> {
+    Some(s.to_owned())
+}
+
+#[test]
+fn a_row_the_mapping_cannot_convert_is_withheld_and_the_rows_after_it_arrive() {
+    common::run(async {
+        let link = Link::new().await;
+        crm_writes(
+            &link,
+            "INSERT INTO crm_contacts VALUES ('abc', 'Bad Id', '40')",
+        )
+        .await;
+        crm_writes(
+            &link,
+            "INSERT INTO crm_contacts VALUES ('42', 'Ann Lee', '31')",
+        )
+        .await;
+        wait_for_customers(
+            "the good row after the bad one at the shop",
+            &link,
+            &[(42, text("Ann Lee"), Some(31))],
+        )
+        .await;
+
+        // Listed on both ends, once each, naming the peer, the table, the key and why.
+        let sent = LinkFailures::at(&link.crm.dir).load().unwrap();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].direction, Direction::Outgoing);
+        assert_eq!(sent[0].peer, "shop");
+        assert_eq!(sent[0].first_seq, sent[0].last_seq);
+        assert_eq!(sent[0].rows.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].rows[0].table, "crm_contacts");
+        assert!(sent[0].rows[0].key_text.contains("abc"), "{sent:?}");
+        assert!(
+            sent[0].reason.starts_with("outgoing to peer shop: ")
+                && sent[0].reason.contains("abc")
+                && sent[0].reason.contains("integer"),
+            "{sent:?}"
+        );
+        wait_until("the shop to list the withheld range", async || {
+            let got = LinkFailures::at(&link.shop.dir).load().unwrap();
+            match got.as_slice() {
+                [one]
+                    if one.direction == Direction::Withheld
+                        && one.peer == "crm"
+                        && one.first_seq == sent[0].first_seq
+                        && one.origin == sent[0].origin
+                        && one.reason.starts_with("withheld by peer crm: ")
+                        && one.reason.contains("abc") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+
+        // Status: one clear failure on each end, and no session failed (no reconnect
+        // loop); both stay connected.
+        let (crm, shop) = link.statuses().await;
+        let to_shop = peer(&crm, "shop");
+        assert_eq!(to_shop.state, "connected", "{to_shop:?}");
+        assert_eq!(to_shop.errors, 0, "the session failed: {to_shop:?}");
+        assert_eq!(to_shop.last_error, None, "{to_shop:?}");
+        assert_eq!(to_shop.failures, 1, "{to_shop:?}");
+        assert_eq!(to_shop.set_aside, 1, "{to_shop:?}");
+        assert!(
+            to_shop
+                .last_failure
+                .as_deref()
+                .is_some_and(|f| f.contains("abc")),
+            "{to_shop:?}"
+        );
+        assert_eq!(crm.failures, 1, "{crm:?}");
+        let from_crm = peer(&shop, "crm");
+        assert_eq!(from_crm.errors, 0, "{from_crm:?}");
+        assert_eq!(from_crm.failures, 1, "{from_crm:?}");
+        assert_eq!(shop.failures, 1, "{shop:?}");
+        // The shop counts the withheld range as held: its vector matches crm's.
+        assert_eq!(common::holds(&shop), common::holds(&crm));
+
+        // Deleting the bad row does not queue behind it: the delete cannot be
+        // converted either (its key is 'abc') and is withheld in turn, and what comes
+        // after it arrives.
+        crm_writes(&link, "DELETE FROM crm_contacts WHERE contact_id = 'abc'").await;
+        crm_writes(
+            &link,
+            "INSERT INTO crm_contacts VALUES ('43', 'Bo Chan', '52')",
+        )
+        .await;
+        wait_for_customers(
+            "the row after the delete of the bad row at the shop",
+            &link,
+            &[
+                (42, text("Ann Lee"), Some(31)),
+                (43, text("Bo Chan"), Some(52)),
+            ],
+        )
+        .await;
+        let (crm, shop) = link.statuses().await;
+        assert_eq!(peer(&crm, "shop").errors, 0, "{crm:?}");
+        assert_eq!(peer(&shop, "crm").errors, 0, "{shop:?}");
+        assert_eq!(LinkFailures::at(&link.crm.dir).load().unwrap().len(), 2);
+
+        // The other direction is unaffected.
+        write(
+            link.shop.db(),
+            "INSERT INTO customers VALUES (7, 'From Shop', 20)",
+        );
+        wait_until("the shop's row at crm", async || {
+            let n: i64 = common::app(link.crm.db())
+                .query_row(
+                    "SELECT count(*) FROM crm_contacts WHERE contact_id = '7' AND age = '20'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if n == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        })
+        .await;
+        assert_no_panics();
+        let Link {
+            crm_node,
+            shop_node,
+            ..
+        } = link;
+        crm_node.unwrap().shutdown().await;
+        shop_node.shutdown().await;
+    });
+}
+
+#[test]
+fn retry_after_the_data_is_fixed_delivers_the_whole_withheld_row() {
+    common::run(async {
+        let mut link = Link::new().await;
+        crm_writes(
+            &link,
+            "INSERT INTO crm_contacts VALUES ('1', 'Ann Lee', 'thirty')",
+        )
+        .await;
+        crm_writes(
+            &link,
+            "INSERT INTO crm_contacts VALUES ('2', 'Bo Chan', '52')",
+        )
+        .await;
+        wait_for_customers(
+            "the good row at the shop",
+            &link,
+            &[(2, text("Bo Chan"), Some(52))],
+        )
+        .await;
+
+        // Fixing the data sends only the column written: the shop would hold a row
+        // without its name. The retry sends the whole row as it is now.
+        crm_writes(
+            &link,
+            "UPDATE crm_contacts SET age = '30' WHERE contact_id = '1'",
+        )
+        .await;
+        wait_for_customers(
+            "the fixed column at the shop",
+            &link,
+            &[(1, None, Some(30)), (2, text("Bo Chan"), Some(52))],
+        )
+        .await;
+
+        // A retry of a row that still cannot be converted keeps it listed, with the
+        // reason found now.
+        crm_writes(&link, "INSERT INTO crm_contacts VALUES ('3', 'Cy', 'old')").await;
+        wait_until("the second bad row to be withheld", async || {
+            let n = LinkFailures::at(&link.crm.dir).load().unwrap().len();
+            if n == 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} entries"))
+            }
+        })
+        .await;
+        crm_writes(
+            &link,
+            "UPDATE crm_contacts SET age = 'older' WHERE contact_id = '3'",
+        )
+        .await;
+        wait_until("the third bad write to be withheld", async || {
+            let n = LinkFailures::at(&link.crm.dir).load().unwrap().len();
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} entries"))
+            }
+        })
+        .await;
+
+        link.stop_crm().await;
+        let marked = LinkFailures::at(&link.crm.dir).request_retry(None).unwrap();
+        assert_eq!(marked, 3);
+        link.start_crm().await;
+        wait_for_customers(
+            "the whole fixed row at the shop after the retry",
+            &link,
+            &[
+                (1, text("Ann Lee"), Some(30)),
+                (2, text("Bo Chan"), Some(52)),
+            ],
+        )
+        .await;
+        wait_until("the delivered entry to be forgotten", async || {
+            let left = LinkFailures::at(&link.crm.dir).load().unwrap();
+            let all_for_3 = left.iter().all(|e| {
+                e.rows.iter().all(|r| r.key_text.contains('3'))
+                    && !e.retry
+                    && e.reason.contains("older")
+            });
+            if left.len() == 2 && all_for_3 {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        })
+        .await;
+        let (crm, shop) = link.statuses().await;
+        assert_eq!(peer(&crm, "shop").errors, 0, "{crm:?}");
+        assert_eq!(peer(&shop, "crm").errors, 0, "{shop:?}");
+        assert_no_panics();
+        link.stop_crm().await;
+        link.shop_node.shutdown().await;
+    });
+}
