@@ -17,6 +17,13 @@
 //! A source transaction that cannot be applied here (a constraint, a type the column
 //! would convert, a timestamp beyond the clock bound) is set aside and recorded, so one
 //! bad row never blocks the changes after it.
+//!
+//! Likewise on the way out: a source transaction the link's mapping cannot convert for
+//! this peer is withheld from it alone, recorded ([`crate::link_failures`]), and the
+//! peer is told its sequence numbers (`Withheld`, protocol version 5) so its version
+//! vector, which holds each origin's changes contiguously, moves past them; the changes
+//! after it keep flowing. The receiver checks such a range before using any of it. To
+//! an older peer the session stops at that change, with the error in status.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -405,130 +412,166 @@ async fn send_loop(
         pieces: version >= PIECES_SINCE_VERSION,
     };
     let mut snapshots = 0;
-    let (mut reader, mut after) = loop {
-        let store = shared.store.clone();
-        let holds = sent_holds.clone();
-        let (reader, start) = blocking(move || {
-            let mut reader = lock(&store).log_reader()?;
-            let start = reader.start_for(&holds);
-            Ok::<_, StoreError>((reader, start))
-        })
-        .await??;
-        match start {
-            Ok(start) => break (reader, start),
-            // One more snapshot at most: a log pruned past a snapshot's version vector
-            // while it was sent means this node writes faster than it keeps changes.
-            Err(e @ StoreError::Pruned { .. })
-                if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
-            {
-                snapshots += 1;
-                let held = if link.supported {
-                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; reconciling and sending the rows that differ");
-                    send_differences(&shared, &peer, &link, &mut out).await?
-                } else {
-                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
-                    send_snapshot(&shared, &peer, &mut out).await?
-                };
-                sent_holds.join(&held);
-            }
-            Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
-            Err(other) => return Err(SessionError::Store(other)),
-        }
-    };
     let withhold = version >= WITHHELD_SINCE_VERSION;
-    if withhold && !peer.config.tables.is_empty() {
+    if withhold {
+        // Also when the link has no mapping now: removing it may be the fix.
         resend_withheld(&shared, &peer, &mut out).await?;
     }
-    let mut open: Option<OpenTxn> = None;
     let mut log_changed = shared.log_changed.subscribe();
-    loop {
-        log_changed.borrow_and_update();
-        sent_holds.join(&peer.known_holds());
-        let holds = sent_holds.clone();
-        let limit = sync.batch_changes;
-        let from = after;
-        let (r, page) = blocking(move || {
-            let page = reader.read(from, &holds, limit);
-            (reader, page)
-        })
-        .await?;
-        reader = r;
-        let page = page?;
-        after = page.last_pos;
-        if page.changes.is_empty() {
-            // Nothing new was found. If the page only held what the peer already has,
-            // read on; wait for new log entries only at the end of the log.
-            if page.last_pos == from && log_changed.changed().await.is_err() {
-                return Err(SessionError::Shutdown);
+    'stream: loop {
+        let (mut reader, mut after) = loop {
+            let store = shared.store.clone();
+            let holds = sent_holds.clone();
+            let (reader, start) = blocking(move || {
+                let mut reader = lock(&store).log_reader()?;
+                let start = reader.start_for(&holds);
+                Ok::<_, StoreError>((reader, start))
+            })
+            .await??;
+            match start {
+                Ok(start) => break (reader, start),
+                // One more snapshot at most: a log pruned past a snapshot's version vector
+                // while it was sent means this node writes faster than it keeps changes.
+                Err(e @ StoreError::Pruned { .. })
+                    if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
+                {
+                    snapshots += 1;
+                    let held = if link.supported {
+                        tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; reconciling and sending the rows that differ");
+                        send_differences(&shared, &peer, &link, &mut out).await?
+                    } else {
+                        tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
+                        send_snapshot(&shared, &peer, &mut out).await?
+                    };
+                    sent_holds.join(&held);
+                }
+                Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
+                Err(other) => return Err(SessionError::Store(other)),
             }
-            continue;
-        }
-        for change in &page.changes {
-            if change.seq > sent_holds.get(&change.origin) {
-                sent_holds.set(change.origin, change.seq);
+        };
+        let mut open: Option<OpenTxn> = None;
+        loop {
+            log_changed.borrow_and_update();
+            sent_holds.join(&peer.known_holds());
+            let holds = sent_holds.clone();
+            let limit = sync.batch_changes;
+            let from = after;
+            let (r, page) = blocking(move || {
+                let page = reader.read(from, &holds, limit);
+                (reader, page)
+            })
+            .await?;
+            reader = r;
+            let page = page?;
+            after = page.last_pos;
+            if page.changes.is_empty() {
+                // Nothing new was found. If the page only held what the peer already has,
+                // read on; wait for new log entries only at the end of the log.
+                if page.last_pos == from && log_changed.changed().await.is_err() {
+                    return Err(SessionError::Shutdown);
+                }
+                continue;
             }
-        }
-        // Into the peer's names. A change that cannot be mapped cannot simply be skipped
-        // (the peer holds each origin's changes contiguously): a peer of version 5 is
-        // told its source transaction is withheld; to an older one the session stops
-        // with the error, which status shows, until the data or the mapping is fixed.
-        if peer.config.tables.is_empty() {
-            peer.counters.sent.add(page.changes.len() as u64);
-            out.send(page.changes).await?;
-            continue;
-        }
-        let mut ready = Vec::with_capacity(page.changes.len());
-        for change in page.changes {
-            let txn = open.get_or_insert_with(|| OpenTxn::starting(&change));
-            txn.rows.push(LinkRow {
-                table: change.table.clone(),
-                key: hex::encode(change.key.as_bytes()),
-                key_text: change.key.to_string(),
-            });
-            txn.last_seq = change.seq;
-            let ends = change.last_in_txn;
-            if txn.failed.is_none() {
-                match peer.config.tables.outgoing(change) {
-                    Ok(mapped) => {
-                        ready.push(mapped);
-                        txn.ready += 1;
-                    }
-                    Err(e) if withhold => {
-                        // The part of the transaction not sent yet goes nowhere; what
-                        // earlier pages sent, the peer drops when told.
-                        ready.truncate(ready.len() - txn.ready);
-                        txn.failed = Some(e);
-                    }
-                    Err(e) => return Err(e.into()),
+            // A hole in an origin's sequence (this node counted changes as held without
+            // logging them: a snapshot merged, or a range a peer withheld) cannot be sent
+            // as changes: what comes before it goes, then the stream starts again from the
+            // peer's vector, which finds the hole and reconciles instead.
+            let mut changes = page.changes;
+            let mut gap = None;
+            for (i, change) in changes.iter().enumerate() {
+                let have = sent_holds.get(&change.origin);
+                if change.seq > have + 1 {
+                    gap = Some((i, change.origin, have + 1));
+                    break;
+                }
+                if change.seq > have {
+                    sent_holds.set(change.origin, change.seq);
                 }
             }
-            if ends
-                && let Some(txn) = open.take()
-                && let Some(error) = txn.failed
-            {
-                peer.counters.sent.add(ready.len() as u64);
-                out.send(std::mem::take(&mut ready)).await?;
-                withhold_txn(
-                    &shared,
-                    &peer,
-                    &mut out,
-                    txn.origin,
-                    txn.first_seq,
-                    txn.last_seq,
-                    txn.rows,
-                    &error,
-                )
-                .await?;
+            if let Some((i, _, _)) = gap {
+                changes.truncate(i);
+            }
+            // Into the peer's names. A change that cannot be mapped cannot simply be skipped
+            // (the peer holds each origin's changes contiguously): a peer of version 5 is
+            // told its source transaction is withheld; to an older one the session stops
+            // with the error, which status shows, until the data or the mapping is fixed.
+            if peer.config.tables.is_empty() {
+                peer.counters.sent.add(changes.len() as u64);
+                out.send(changes).await?;
+            } else {
+                send_mapped(&shared, &peer, &mut out, &mut open, changes, withhold).await?;
+            }
+            if let Some((_, origin, missing)) = gap {
+                tracing::info!(peer = %peer.config.name, origin = %origin.short(), seq = missing, "the log holds no change {missing} of this origin (counted as held without being logged); starting the stream again from the peer's version vector");
+                snapshots = 0;
+                continue 'stream;
             }
         }
-        // A transaction continuing on the next page starts its count again: what this
-        // page holds of it is sent now.
-        if let Some(txn) = open.as_mut() {
-            txn.ready = 0;
-        }
-        peer.counters.sent.add(ready.len() as u64);
-        out.send(ready).await?;
     }
+}
+
+/// Maps a page of changes into the peer's names and sends them; a source transaction
+/// the mapping cannot convert is withheld ([`withhold_txn`]) when `withhold` (a peer of
+/// version 5), and ends the session otherwise.
+async fn send_mapped(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+    open: &mut Option<OpenTxn>,
+    changes: Vec<Change>,
+    withhold: bool,
+) -> Result<(), SessionError> {
+    let mut ready = Vec::with_capacity(changes.len());
+    for change in changes {
+        let txn = open.get_or_insert_with(|| OpenTxn::starting(&change));
+        txn.rows.push(LinkRow {
+            table: change.table.clone(),
+            key: hex::encode(change.key.as_bytes()),
+            key_text: change.key.to_string(),
+        });
+        txn.last_seq = change.seq;
+        let ends = change.last_in_txn;
+        if txn.failed.is_none() {
+            match peer.config.tables.outgoing(change) {
+                Ok(mapped) => {
+                    ready.push(mapped);
+                    txn.ready += 1;
+                }
+                Err(e) if withhold => {
+                    // The part of the transaction not sent yet goes nowhere; what
+                    // earlier pages sent, the peer drops when told.
+                    ready.truncate(ready.len() - txn.ready);
+                    txn.failed = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if ends
+            && let Some(txn) = open.take()
+            && let Some(error) = txn.failed
+        {
+            peer.counters.sent.add(ready.len() as u64);
+            out.send(std::mem::take(&mut ready)).await?;
+            withhold_txn(
+                shared,
+                peer,
+                out,
+                txn.origin,
+                txn.first_seq,
+                txn.last_seq,
+                txn.rows,
+                &error,
+            )
+            .await?;
+        }
+    }
+    // A transaction continuing on the next page starts its count again: what this
+    // page holds of it is sent now.
+    if let Some(txn) = open.as_mut() {
+        txn.ready = 0;
+    }
+    peer.counters.sent.add(ready.len() as u64);
+    out.send(ready).await
 }
 
 /// The source transaction the sender is in the middle of, on a link with a mapping.
@@ -637,11 +680,15 @@ async fn resend_withheld(
         })
         .await?;
         snapshot = s;
-        let states = states?;
-        let mapped: Result<Vec<Change>, MappingError> = states
-            .into_iter()
-            .map(|c| peer.config.tables.outgoing(c))
-            .collect();
+        // A row that cannot be read (its table no longer tracked, say) keeps the entry
+        // listed with the reason; it does not fail the session.
+        let mapped = states.map_err(|e| words::chain(&e)).and_then(|states| {
+            states
+                .into_iter()
+                .map(|c| peer.config.tables.outgoing(c))
+                .collect::<Result<Vec<Change>, MappingError>>()
+                .map_err(|e| words::chain(&e))
+        });
         match mapped {
             Ok(rows) => {
                 peer.counters.snapshot_rows_sent.add(rows.len() as u64);
@@ -649,9 +696,8 @@ async fn resend_withheld(
                 out.send(rows).await?;
                 outcomes.push((entry, None));
             }
-            Err(e) => {
-                let reason = words::chain(&e);
-                tracing::warn!(peer = %peer.config.name, origin = %entry.origin, first_seq = entry.first_seq, error = %reason, "the rows of a withheld transaction still cannot be converted");
+            Err(reason) => {
+                tracing::warn!(peer = %peer.config.name, origin = %entry.origin, first_seq = entry.first_seq, error = %reason, "the rows of a withheld transaction still cannot be sent");
                 outcomes.push((entry, Some(reason)));
             }
         }
