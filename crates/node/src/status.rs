@@ -131,7 +131,9 @@ pub struct PeerStatus {
     /// session.
     pub applied: u64,
     /// Received changes set aside because they could not be applied, in the current
-    /// (or last) session.
+    /// (or last) session, plus the changes of source transactions withheld on this link
+    /// either way because its mapping cannot convert them (sent to the peer's as
+    /// `Withheld`, or announced by the peer so).
     pub set_aside: u64,
     /// Conflicts recorded while applying the peer's changes, in the current (or last)
     /// session.
@@ -307,7 +309,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "concord_changes_set_aside_total",
         Kind::Counter,
-        "Received changes set aside because they could not be applied, since this process started.",
+        "Received changes set aside because they could not be applied, and changes withheld on the link either way because its mapping cannot convert them, since this process started.",
     ),
     (
         "concord_peer_conflicts_total",
