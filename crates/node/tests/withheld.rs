@@ -6,6 +6,8 @@
 //! * the bad row stops `crm`'s outgoing stream to `shop`: later rows never arrive, the
 //!   session fails and reconnects in a loop (status counts every failed session in the
 //!   peer's `errors`), and a delete of the bad row queues behind it;
+//! * the row is withheld from every peer instead of the one whose mapping cannot
+//!   convert it (a third node, `mirror`, with crm's own schema must receive it);
 //! * the bad row is dropped silently: it must be listed on both ends (`concord
 //!   failures` reads the same records), with the peer, table, key and the mapping's
 //!   error, and counted in status;
@@ -57,6 +59,10 @@ struct Link {
     crm_node: Option<Node>,
     shop: Member,
     shop_node: Node,
+    /// A second peer of crm with crm's own schema and no mapping: it must receive
+    /// everything, the row withheld from the shop too.
+    mirror: Member,
+    mirror_node: Node,
 }
 
 impl Link {
@@ -64,8 +70,12 @@ impl Link {
         let root = tempfile::tempdir().unwrap();
         let crm = Member::new(root.path(), "crm", CRM_DDL);
         let shop = Member::new(root.path(), "shop", SHOP_DDL);
+        let mirror = Member::new(root.path(), "mirror", CRM_DDL);
         let shop_node = shop
             .start_with(config(&shop, "customers", vec![crm.dialing_in()]))
+            .await;
+        let mirror_node = mirror
+            .start_with(config(&mirror, "crm_contacts", vec![crm.dialing_in()]))
             .await;
         let mut link = Self {
             _root: root,
@@ -73,6 +83,8 @@ impl Link {
             crm_node: None,
             shop,
             shop_node,
+            mirror,
+            mirror_node,
         };
         link.start_crm().await;
         link
@@ -82,7 +94,10 @@ impl Link {
         config(
             &self.crm,
             "crm_contacts",
-            vec![mapped(self.shop.at(&self.shop_node))],
+            vec![
+                mapped(self.shop.at(&self.shop_node)),
+                self.mirror.at(&self.mirror_node),
+            ],
         )
     }
 
@@ -162,6 +177,18 @@ async fn wait_for_customers(
     .await;
 }
 
+/// `crm_contacts` at `db`: (contact_id, name, age).
+fn contacts(db: &Path) -> Vec<(String, Option<String>, Option<String>)> {
+    let conn = common::app(db);
+    let mut stmt = conn
+        .prepare("SELECT contact_id, name, age FROM crm_contacts ORDER BY contact_id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 fn text(s: &str) -> Option<String> {
     Some(s.to_owned())
 }
@@ -185,6 +212,17 @@ fn a_row_the_mapping_cannot_convert_is_withheld_and_the_rows_after_it_arrive() {
             &link,
             &[(42, text("Ann Lee"), Some(31))],
         )
+        .await;
+
+        // Only the shop's link withholds it: the mirror, with no mapping, has it.
+        wait_until("every row of crm at the mirror", async || {
+            let (here, there) = (contacts(link.crm.db()), contacts(link.mirror.db()));
+            if here == there && here.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("crm {here:?}, mirror {there:?}"))
+            }
+        })
         .await;
 
         // Listed on both ends, once each, naming the peer, the table, the key and why.
@@ -288,13 +326,18 @@ fn a_row_the_mapping_cannot_convert_is_withheld_and_the_rows_after_it_arrive() {
         })
         .await;
         assert_no_panics();
+        let mirror = link.mirror_node.status().await;
+        assert_eq!(mirror.failures, 0, "{mirror:?}");
+        assert_eq!(peer(&mirror, "crm").errors, 0, "{mirror:?}");
         let Link {
             crm_node,
             shop_node,
+            mirror_node,
             ..
         } = link;
         crm_node.unwrap().shutdown().await;
         shop_node.shutdown().await;
+        mirror_node.shutdown().await;
     });
 }
 
@@ -393,5 +436,6 @@ fn retry_after_the_data_is_fixed_delivers_the_whole_withheld_row() {
         assert_no_panics();
         link.stop_crm().await;
         link.shop_node.shutdown().await;
+        link.mirror_node.shutdown().await;
     });
 }
