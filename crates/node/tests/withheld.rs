@@ -11,6 +11,8 @@
 //! * the bad row is dropped silently: it must be listed on both ends (`concord
 //!   failures` reads the same records), with the peer, table, key and the mapping's
 //!   error, and counted in status;
+//! * a transaction whose first rows were already sent (it spans batches) when a later
+//!   row turns out unconvertible is applied in part at the peer;
 //! * once the data is fixed, `concord failures retry` does not deliver the row, or
 //!   delivers only the columns written since (a partial row).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -63,10 +65,16 @@ struct Link {
     /// everything, the row withheld from the shop too.
     mirror: Member,
     mirror_node: Node,
+    /// crm's `batch_changes`, when a test needs small batches.
+    crm_batch: Option<usize>,
 }
 
 impl Link {
     async fn new() -> Self {
+        Self::with_batches(None).await
+    }
+
+    async fn with_batches(crm_batch: Option<usize>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let crm = Member::new(root.path(), "crm", CRM_DDL);
         let shop = Member::new(root.path(), "shop", SHOP_DDL);
@@ -85,20 +93,25 @@ impl Link {
             shop_node,
             mirror,
             mirror_node,
+            crm_batch,
         };
         link.start_crm().await;
         link
     }
 
     fn crm_config(&self) -> NodeConfig {
-        config(
+        let mut config = config(
             &self.crm,
             "crm_contacts",
             vec![
                 mapped(self.shop.at(&self.shop_node)),
                 self.mirror.at(&self.mirror_node),
             ],
-        )
+        );
+        if let Some(n) = self.crm_batch {
+            config.sync.batch_changes = n;
+        }
+        config
     }
 
     async fn start_crm(&mut self) {
@@ -437,5 +450,60 @@ fn retry_after_the_data_is_fixed_delivers_the_whole_withheld_row() {
         link.stop_crm().await;
         link.shop_node.shutdown().await;
         link.mirror_node.shutdown().await;
+    });
+}
+
+#[test]
+fn a_transaction_withheld_after_part_of_it_was_sent_is_dropped_whole_at_the_peer() {
+    common::run(async {
+        // One change per batch: the transaction's first two rows are sent before its
+        // third turns out to be unconvertible.
+        let link = Link::with_batches(Some(1)).await;
+        crm_writes(
+            &link,
+            "BEGIN; INSERT INTO crm_contacts VALUES ('10', 'A', '1'); \
+             INSERT INTO crm_contacts VALUES ('11', 'B', '2'); \
+             INSERT INTO crm_contacts VALUES ('12', 'C', 'three'); COMMIT",
+        )
+        .await;
+        crm_writes(&link, "INSERT INTO crm_contacts VALUES ('13', 'D', '4')").await;
+        wait_for_customers(
+            "only the row after the withheld transaction at the shop",
+            &link,
+            &[(13, text("D"), Some(4))],
+        )
+        .await;
+        let sent = LinkFailures::at(&link.crm.dir).load().unwrap();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0].first_seq, sent[0].last_seq), (1, 3), "{sent:?}");
+        assert_eq!(
+            sent[0].rows.len(),
+            3,
+            "every row of the transaction: {sent:?}"
+        );
+        wait_until("the shop to list the whole transaction", async || {
+            let got = LinkFailures::at(&link.shop.dir).load().unwrap();
+            match got.as_slice() {
+                [one] if (one.first_seq, one.last_seq) == (1, 3) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let (crm, shop) = link.statuses().await;
+        assert_eq!(peer(&crm, "shop").errors, 0, "{crm:?}");
+        assert_eq!(peer(&shop, "crm").errors, 0, "{shop:?}");
+        assert_eq!(peer(&shop, "crm").set_aside, 3, "{shop:?}");
+        // The first two rows did travel (then were dropped), and the row after.
+        assert_eq!(peer(&shop, "crm").received, 3, "{shop:?}");
+        assert_no_panics();
+        let Link {
+            crm_node,
+            shop_node,
+            mirror_node,
+            ..
+        } = link;
+        crm_node.unwrap().shutdown().await;
+        shop_node.shutdown().await;
+        mirror_node.shutdown().await;
     });
 }
