@@ -637,8 +637,8 @@ async fn withhold_txn(
 
 /// Sends the current state of the rows of every outgoing failure to this peer marked
 /// for retry (`concord failures retry`), as snapshot row states (sequence 0, merged as
-/// a join); an entry whose rows all mapped is forgotten, one that still fails keeps
-/// the new reason.
+/// a join); an entry whose rows all mapped is forgotten once the peer acknowledged
+/// them, one that still fails keeps the new reason.
 async fn resend_withheld(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
@@ -703,6 +703,9 @@ async fn resend_withheld(
         }
     }
     blocking(move || snapshot.finish()).await??;
+    // Forgotten only once the peer has merged them: a session lost before keeps the
+    // entries marked, and the next one sends them again (merging twice changes nothing).
+    out.acknowledged().await;
     let s = shared.clone();
     let name = peer.config.name.clone();
     blocking(move || {
@@ -913,6 +916,17 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the peer acknowledged every batch sent so far.
+    async fn acknowledged(&self) {
+        loop {
+            let notified = self.flow.ack.notified();
+            if self.flow.acked.load(Ordering::Acquire) >= self.batch {
+                return;
+            }
+            notified.await;
+        }
     }
 
     async fn send_withheld(
