@@ -13,8 +13,9 @@
 //!   error, and counted in status;
 //! * a transaction whose first rows were already sent (it spans batches) when a later
 //!   row turns out unconvertible is applied in part at the peer;
-//! * once the data is fixed, `concord failures retry` does not deliver the row, or
-//!   delivers only the columns written since (a partial row).
+//! * once the data or the mapping is fixed, `concord failures retry` does not deliver
+//!   the row, or delivers only the columns written since (a partial row); a row that
+//!   still cannot be converted is forgotten instead of staying listed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -29,22 +30,31 @@ const CRM_DDL: &str =
     "CREATE TABLE crm_contacts(contact_id TEXT NOT NULL PRIMARY KEY, name TEXT, age TEXT)";
 const SHOP_DDL: &str = "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, age INTEGER)";
 
-/// `crm`'s mapping onto `shop`: text ids and ages become integers.
-fn mapped(mut peer: PeerConfig) -> PeerConfig {
-    let toml = r#"
+/// `crm`'s mapping onto `shop`: text ids and ages become integers; without `age`, the
+/// age is not synced at all (`only_listed`).
+fn mapped(mut peer: PeerConfig, age: bool) -> PeerConfig {
+    let age = if age {
+        r#"{ local = "age", local_type = "text", remote_type = "integer" },"#
+    } else {
+        ""
+    };
+    let toml = format!(
+        r#"
         name = "x"
         fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
         [[tables]]
         local = "crm_contacts"
         remote = "customers"
         key = ["contact_id"]
+        only_listed = true
         columns = [
-          { local = "contact_id", remote = "id", local_type = "text", remote_type = "integer" },
-          { local = "name" },
-          { local = "age", local_type = "text", remote_type = "integer" },
+          {{ local = "contact_id", remote = "id", local_type = "text", remote_type = "integer" }},
+          {{ local = "name" }},
+          {age}
         ]
-    "#;
-    let parsed: PeerConfig = toml::from_str(toml).unwrap();
+    "#
+    );
+    let parsed: PeerConfig = toml::from_str(&toml).unwrap();
     peer.tables = parsed.tables;
     peer
 }
@@ -67,6 +77,8 @@ struct Link {
     mirror_node: Node,
     /// crm's `batch_changes`, when a test needs small batches.
     crm_batch: Option<usize>,
+    /// Whether crm's mapping syncs `age`.
+    age: bool,
 }
 
 impl Link {
@@ -94,6 +106,7 @@ impl Link {
             mirror,
             mirror_node,
             crm_batch,
+            age: true,
         };
         link.start_crm().await;
         link
@@ -104,7 +117,7 @@ impl Link {
             &self.crm,
             "crm_contacts",
             vec![
-                mapped(self.shop.at(&self.shop_node)),
+                mapped(self.shop.at(&self.shop_node), self.age),
                 self.mirror.at(&self.mirror_node),
             ],
         );
@@ -505,5 +518,49 @@ fn a_transaction_withheld_after_part_of_it_was_sent_is_dropped_whole_at_the_peer
         crm_node.unwrap().shutdown().await;
         shop_node.shutdown().await;
         mirror_node.shutdown().await;
+    });
+}
+
+#[test]
+fn retry_after_the_mapping_is_fixed_delivers_the_withheld_row() {
+    common::run(async {
+        let mut link = Link::new().await;
+        crm_writes(&link, "INSERT INTO crm_contacts VALUES ('5', 'Eve', 'n/a')").await;
+        crm_writes(&link, "INSERT INTO crm_contacts VALUES ('6', 'Fay', '6')").await;
+        wait_for_customers(
+            "the good row at the shop",
+            &link,
+            &[(6, text("Fay"), Some(6))],
+        )
+        .await;
+        assert_eq!(LinkFailures::at(&link.crm.dir).load().unwrap().len(), 1);
+
+        // The fix is in the mapping: the shop no longer receives ages.
+        link.stop_crm().await;
+        link.age = false;
+        assert_eq!(
+            LinkFailures::at(&link.crm.dir).request_retry(None).unwrap(),
+            1
+        );
+        link.start_crm().await;
+        wait_for_customers(
+            "the withheld row at the shop, without the age the mapping no longer sends",
+            &link,
+            &[(5, text("Eve"), None), (6, text("Fay"), Some(6))],
+        )
+        .await;
+        wait_until("the delivered entry to be forgotten", async || {
+            let left = LinkFailures::at(&link.crm.dir).load().unwrap();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        })
+        .await;
+        assert_no_panics();
+        link.stop_crm().await;
+        link.shop_node.shutdown().await;
+        link.mirror_node.shutdown().await;
     });
 }
