@@ -9,7 +9,8 @@
 //! followed by a disconnect, a peer that stops reading, a peer idling inside a
 //! transaction too large to buffer, reconciliation ranges that lie about the key space,
 //! an answer to a reconciliation never started, a `Withheld` range that goes backwards,
-//! skips changes never sent, names the node itself or cuts into another transaction)
+//! skips changes never sent, names the node itself or cuts into another transaction;
+//! a valid one over a transaction partly received, buffered or streaming into the store)
 //! and for an unconfigured identity:
 //! * the node does not close the session, or closes it without telling why (the rogue
 //!   must see the node's `Error` frame, or the end of the stream where no frame can get
@@ -1241,6 +1242,62 @@ fn a_withheld_range_that_lies_is_refused_and_nothing_of_it_is_used() {
                 "{case}: a refused range was recorded"
             );
         }
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_withheld_range_over_a_transaction_streaming_into_the_store_rolls_it_back_whole() {
+    common::run(async {
+        let mut arena = Arena::new(|config| {
+            config.sync.max_frame_bytes = DEFAULT_MAX_FRAME;
+        })
+        .await;
+        // 20,001 changes in one source transaction: beyond what the node buffers, so the
+        // first 20,000 stream into an open store transaction before the word comes that
+        // the transaction is withheld.
+        arena.source.transaction(10_000..30_001);
+        arena.source.transaction(40..42);
+        let changes = arena.source.changes();
+        assert_eq!(changes.len(), 20_003);
+        let origin = arena.source.origin();
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(origin).await;
+        rogue
+            .send_raw(&changes_frame(1, changes[..10_000].to_vec()))
+            .await;
+        rogue
+            .send_raw(&changes_frame(2, changes[10_000..20_000].to_vec()))
+            .await;
+        rogue.ack(1).await;
+        rogue.ack(2).await;
+        rogue
+            .send(Message::Withheld(Withheld {
+                batch: 3,
+                origin,
+                first_seq: 1,
+                last_seq: 20_001,
+                reason: "too big to convert".into(),
+            }))
+            .await;
+        assert_eq!(rogue.ack(3).await.holds.get(&origin), 20_001);
+        rogue
+            .send_raw(&changes_frame(4, changes[20_001..].to_vec()))
+            .await;
+        assert_eq!(rogue.ack(4).await.holds.get(&origin), 20_003);
+
+        let mut expected = arena.rows_before.clone();
+        expected.extend([(40, "rogue 40".into()), (41, "rogue 41".into())]);
+        expected.sort();
+        assert_eq!(
+            rows(arena.n.db()),
+            expected,
+            "none of the withheld transaction"
+        );
+        let status = arena.node.status().await;
+        let p = peer(&status, "rogue");
+        assert_eq!((p.errors, p.failures), (0, 20_001), "{p:?}");
+        drop(rogue);
         arena.good_peer_unharmed_then_shutdown().await;
     });
 }
