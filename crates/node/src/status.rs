@@ -52,8 +52,9 @@ pub struct NodeStatus {
     pub captured: u64,
     /// Conflicts recorded in the store.
     pub conflicts: u64,
-    /// Changes set aside because they could not be applied, as recorded in the store
-    /// (`concord failures` lists them).
+    /// Changes set aside because they could not be applied, as recorded in the store,
+    /// plus the changes of transactions a link withheld either way because its mapping
+    /// cannot convert them (`link-failures.json`); `concord failures` lists both.
     pub failures: u64,
     /// Seconds since this process started.
     pub uptime_s: u64,
@@ -157,9 +158,11 @@ pub struct PeerStatus {
     /// Sessions that ended with an error since this process started.
     pub errors: u64,
     /// Changes written at this peer (their origin is the peer's node) that are set aside
-    /// in the store, waiting to be retried or discarded (`concord failures` lists them).
-    /// Counted from the store, not the session; known once the peer has said hello
-    /// since this process started.
+    /// in the store, waiting to be retried or discarded (`concord failures` lists them),
+    /// plus the changes of transactions withheld on this link either way because its
+    /// mapping cannot convert them. Counted from the store and the data directory, not
+    /// the session; the set-aside part is known once the peer has said hello since this
+    /// process started.
     #[serde(default)]
     pub failures: u64,
     /// Why the most recent of those changes was set aside.
