@@ -12,6 +12,8 @@
 //!   failures retry` marks it; at its next session with that peer the node sends those
 //!   rows' current states (sequence 0, merged as a join) and forgets the entry, or
 //!   keeps it with the new reason if they still cannot be converted.
+//!   A row's state sent by a snapshot or a reconciliation (sequence 0) that cannot be
+//!   converted is left out and recorded the same way, with sequence 0.
 //! - **withheld**: `peer` told this node it withheld a range (protocol version 5); this
 //!   node counted the range as held so the changes after it flow, and lists it here so
 //!   it is never lost silently.
@@ -92,11 +94,14 @@ impl LinkFailure {
         self.last_seq.saturating_sub(self.first_seq) + 1
     }
 
+    /// Whether both record the same transaction (or, for a row's state, sequence 0,
+    /// the same row) on the same link.
     fn same(&self, other: &LinkFailure) -> bool {
         self.direction == other.direction
             && self.peer == other.peer
             && self.origin == other.origin
             && self.first_seq == other.first_seq
+            && (self.first_seq != 0 || self.rows == other.rows)
     }
 
     /// The table and key of its first row, or empty strings.
@@ -210,9 +215,17 @@ impl LinkFailures {
 
     /// Records `entry`, replacing an entry for the same transaction and peer.
     pub fn record(&self, entry: LinkFailure) -> Result<(), LinkFailuresError> {
+        self.record_all(vec![entry])
+    }
+
+    /// Records every entry in one write, each replacing an entry for the same
+    /// transaction (or row) and peer.
+    pub fn record_all(&self, new: Vec<LinkFailure>) -> Result<(), LinkFailuresError> {
         self.update(|entries| {
-            entries.retain(|e| !e.same(&entry));
-            entries.push(entry);
+            for entry in new {
+                entries.retain(|e| !e.same(&entry));
+                entries.push(entry);
+            }
             (true, ())
         })
     }

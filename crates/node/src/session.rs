@@ -410,6 +410,7 @@ async fn send_loop(
         max_frame,
         budget: (max_frame as usize).saturating_sub(BATCH_OVERHEAD),
         pieces: version >= PIECES_SINCE_VERSION,
+        withhold: version >= WITHHELD_SINCE_VERSION,
     };
     let mut snapshots = 0;
     let withhold = version >= WITHHELD_SINCE_VERSION;
@@ -766,7 +767,7 @@ async fn send_snapshot(
             break;
         }
         peer.counters.snapshot_rows_sent.add(rows.len() as u64);
-        out.send(outgoing(&peer.config.tables, rows)?).await?;
+        send_states(shared, peer, out, rows).await?;
     }
     let held = snapshot.held().clone();
     out.send_snapshot_end(held.clone()).await?;
@@ -821,7 +822,7 @@ async fn send_differences(
                 rows += states.len();
                 peer.counters.snapshot_rows_sent.add(states.len() as u64);
                 if !states.is_empty() {
-                    out.send(outgoing(&peer.config.tables, states)?).await?;
+                    send_states(shared, peer, out, states).await?;
                 }
                 match next {
                     Some(next) => after = next,
@@ -841,7 +842,7 @@ async fn send_differences(
             rows += states.len();
             peer.counters.snapshot_rows_sent.add(states.len() as u64);
             if !states.is_empty() {
-                out.send(outgoing(&peer.config.tables, states)?).await?;
+                send_states(shared, peer, out, states).await?;
             }
         }
     }
@@ -865,6 +866,8 @@ struct Outbox {
     max_frame: u32,
     budget: usize,
     pieces: bool,
+    /// Whether the peer takes `Withheld` (protocol version 5).
+    withhold: bool,
 }
 
 impl Outbox {
@@ -954,12 +957,56 @@ impl Outbox {
     }
 }
 
-/// Maps changes read from the log into the peer's schema.
-fn outgoing(mapping: &LinkMapping, changes: Vec<Change>) -> Result<Vec<Change>, MappingError> {
-    if mapping.is_empty() {
-        return Ok(changes);
+/// Sends rows' states (sequence 0, from a snapshot or a reconciliation) in the peer's
+/// names. To a peer of protocol version 5 a row the mapping cannot convert is left out
+/// and recorded as an outgoing failure (a row's state holds no sequence number, so
+/// there is nothing to tell the peer), and the rest go; to an older peer it ends the
+/// session with the error.
+async fn send_states(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+    states: Vec<Change>,
+) -> Result<(), SessionError> {
+    if peer.config.tables.is_empty() {
+        return out.send(states).await;
     }
-    changes.into_iter().map(|c| mapping.outgoing(c)).collect()
+    let mut mapped = Vec::with_capacity(states.len());
+    let mut refused = Vec::new();
+    let name = &peer.config.name;
+    for state in states {
+        let row = LinkRow {
+            table: state.table.clone(),
+            key: hex::encode(state.key.as_bytes()),
+            key_text: state.key.to_string(),
+        };
+        let origin = state.origin;
+        match peer.config.tables.outgoing(state) {
+            Ok(state) => mapped.push(state),
+            Err(e) if out.withhold => {
+                let reason = words::chain(&e);
+                tracing::warn!(peer = %name, table = %row.table, key = %row.key_text, error = %reason, "leaving out a row's state the link's mapping cannot convert");
+                refused.push(LinkFailure {
+                    direction: Direction::Outgoing,
+                    peer: name.clone(),
+                    origin: origin.to_string(),
+                    first_seq: 0,
+                    last_seq: 0,
+                    rows: vec![row],
+                    reason: format!("outgoing to peer {name}: {reason}"),
+                    at_ms: crate::node::wall_ms(),
+                    retry: false,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !refused.is_empty() {
+        peer.counters.set_aside.add(refused.len() as u64);
+        let s = shared.clone();
+        blocking(move || s.link_failures.record_all(refused)).await??;
+    }
+    out.send(mapped).await
 }
 
 /// Cuts changes into batches whose encoding fits `budget` bytes. A change larger than

@@ -13,6 +13,8 @@
 //!   error, and counted in status;
 //! * a transaction whose first rows were already sent (it spans batches) when a later
 //!   row turns out unconvertible is applied in part at the peer;
+//! * a new peer catching up from rows (the log was pruned) never gets past a row whose
+//!   state cannot be converted;
 //! * once the data or the mapping is fixed, `concord failures retry` does not deliver
 //!   the row, or delivers only the columns written since (a partial row); a row that
 //!   still cannot be converted is forgotten instead of staying listed.
@@ -562,5 +564,74 @@ fn retry_after_the_mapping_is_fixed_delivers_the_withheld_row() {
         link.stop_crm().await;
         link.shop_node.shutdown().await;
         link.mirror_node.shutdown().await;
+    });
+}
+
+#[test]
+fn a_row_state_the_mapping_cannot_convert_is_left_out_of_a_reconciliation_and_listed() {
+    common::run(async {
+        let root = tempfile::tempdir().unwrap();
+        let crm = Member::new(root.path(), "crm", CRM_DDL);
+        let shop = Member::new(root.path(), "shop", SHOP_DDL);
+        // crm keeps 5 log entries: the shop, joining later, catches up from its rows.
+        let mut crm_config = config(&crm, "crm_contacts", vec![mapped(shop.dialing_in(), true)]);
+        crm_config.sync.retention_changes = 5;
+        let crm_node = crm.start_with(crm_config).await;
+        let writer = common::app(crm.db());
+        writer
+            .execute("INSERT INTO crm_contacts VALUES ('abc', 'Bad Id', '1')", [])
+            .unwrap();
+        crm_node.capture_now().await.unwrap();
+        for id in 1..=10 {
+            writer
+                .execute(
+                    "INSERT INTO crm_contacts VALUES (?1, 'n', ?1)",
+                    [id.to_string()],
+                )
+                .unwrap();
+            crm_node.capture_now().await.unwrap();
+        }
+        common::eventually("crm's log to be pruned", async || {
+            crm_node.status().await.log_entries <= 5
+        })
+        .await;
+
+        let shop_node = shop
+            .start_with(config(&shop, "customers", vec![crm.at(&crm_node)]))
+            .await;
+        let expected: Vec<_> = (1..=10).map(|id| (id, text("n"), Some(id))).collect();
+        wait_until("every convertible row at the shop", async || {
+            let now = customers(shop.db());
+            if now == expected {
+                Ok(())
+            } else {
+                let status = crm_node.status().await;
+                Err(format!("{now:?}; {:?}", peer(&status, "shop")))
+            }
+        })
+        .await;
+        let sent = LinkFailures::at(&crm.dir).load().unwrap();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            (sent[0].first_seq, sent[0].direction),
+            (0, Direction::Outgoing)
+        );
+        assert_eq!(sent[0].rows[0].key_text, "('abc')", "{sent:?}");
+        let status = crm_node.status().await;
+        let to_shop = peer(&status, "shop");
+        assert!(to_shop.snapshot_rows_sent >= 10, "{to_shop:?}");
+        assert_eq!(
+            (to_shop.state.as_str(), to_shop.errors, to_shop.failures),
+            ("connected", 0, 1),
+            "{to_shop:?}"
+        );
+        // The shop holds what crm's rows reflect, the bad row's change included.
+        assert_eq!(
+            common::holds(&shop_node.status().await),
+            common::holds(&status)
+        );
+        assert_no_panics();
+        crm_node.shutdown().await;
+        shop_node.shutdown().await;
     });
 }
