@@ -1185,6 +1185,98 @@ fn conflicts_failures_and_info_reach_a_sqlite_node_by_its_directory() {
 }
 
 #[test]
+fn failures_by_directory_list_retry_and_discard_what_a_link_did_not_carry() {
+    use concord_node::link_failures::{Direction, LinkFailure, LinkFailures, LinkRow};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shop_db(d, "shop.db");
+    ok(concord_in(
+        d,
+        &[
+            "init",
+            "--dir",
+            "shop",
+            "--sqlite",
+            "shop.db",
+            "--tables",
+            "customers",
+        ],
+    ));
+    ok(concord_in(d, &["track", "shop.db", "customers"]));
+    let origin = "01".repeat(16);
+    let links = LinkFailures::at(&d.join("shop"));
+    links
+        .record(LinkFailure {
+            direction: Direction::Outgoing,
+            peer: "crm".into(),
+            origin: origin.clone(),
+            first_seq: 4,
+            last_seq: 5,
+            rows: vec![LinkRow {
+                table: "customers".into(),
+                key: "3061626300".into(),
+                key_text: "('abc')".into(),
+            }],
+            reason: "outgoing to peer crm: cannot cast".into(),
+            at_ms: 1,
+            retry: false,
+        })
+        .unwrap();
+    links
+        .record(LinkFailure {
+            direction: Direction::Withheld,
+            peer: "crm".into(),
+            origin: origin.clone(),
+            first_seq: 9,
+            last_seq: 9,
+            rows: Vec::new(),
+            reason: "withheld by peer crm: cannot cast".into(),
+            at_ms: 2,
+            retry: false,
+        })
+        .unwrap();
+    let listed = ok(concord_in(d, &["failures", "--dir", "shop"]));
+    for needle in [
+        "outgoing to peer crm",
+        "withheld by peer crm",
+        "4..5",
+        "('abc')",
+    ] {
+        assert!(listed.contains(needle), "{needle:?} missing: {listed}");
+    }
+    let rows = json(&ok(concord_in(d, &["failures", "--dir", "shop", "--json"])));
+    let directions: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["direction"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(directions, ["outgoing", "withheld"], "{rows}");
+    let retried = ok(concord_in(d, &["failures", "retry", "--dir", "shop"]));
+    assert!(
+        retried.contains("1 outgoing transactions will be sent again"),
+        "{retried}"
+    );
+    assert!(links.load().unwrap()[0].retry);
+    let discarded = ok(concord_in(
+        d,
+        &[
+            "failures", "discard", "--dir", "shop", "--origin", &origin, "--seq", "9",
+        ],
+    ));
+    assert_eq!(discarded, "discarded 1 set-aside changes\n");
+    let discarded = ok(concord_in(
+        d,
+        &["failures", "discard", "--dir", "shop", "--all"],
+    ));
+    assert_eq!(discarded, "discarded 2 set-aside changes\n");
+    assert_eq!(
+        ok(concord_in(d, &["failures", "--dir", "shop"])),
+        "no changes set aside\n"
+    );
+}
+
+#[test]
 fn track_reports_every_problem_at_once_installs_nothing_and_mentions_busy_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let a = new_db(dir.path(), "a.db");

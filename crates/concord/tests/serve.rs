@@ -19,6 +19,10 @@
 //! * `init` that overwrites an existing node (its identity and configuration);
 //! * `status` against a node that is not running that hangs or gives no hint to start it;
 //! * `--help` of `init`, `serve` or `status` that does not explain the subcommand.
+//! * a row the link's mapping cannot convert (text `'abc'` for the peer's integer
+//!   column) that stops the stream to that peer, loops reconnecting, or is not listed
+//!   by `concord failures --dir` on both ends; `concord failures retry` that does not
+//!   deliver it once the data is fixed.
 //!
 //! The same over a PostgreSQL node is in `serve_postgres.rs`, a binary of its own because
 //! it needs a server.
@@ -506,4 +510,132 @@ fn verify_between_two_running_nodes_lists_every_row_that_differs() {
 
 fn text_of(out: &std::process::Output) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_row_the_mapping_cannot_convert_is_listed_on_both_ends_and_retry_delivers_it_once_fixed() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let (d1, d2) = (root.path().join("n1"), root.path().join("n2"));
+    let (f1, port1) = init_node(&d1, "n1");
+    let (f2, _) = init_node(&d2, "n2");
+    // n2's `v` holds integers; n1's text, cast on the way.
+    write(
+        &d2.join("app.db"),
+        "DROP TABLE t; CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)",
+    );
+    add_peer(&d1, "n2", &f2, None);
+    writeln!(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d1.join("concord.toml"))
+            .unwrap(),
+        "[[peers.tables]]\nlocal = \"t\"\nremote = \"t\"\nkey = [\"id\"]\n\
+         columns = [{{ local = \"v\", local_type = \"text\", remote_type = \"integer\" }}]"
+    )
+    .unwrap();
+    add_peer(&d2, "n1", &f1, Some(format!("127.0.0.1:{port1}")));
+    let mut n1 = Served::start(&d1);
+    let n2 = Served::start(&d2);
+    let (db1, db2) = (d1.join("app.db"), d2.join("app.db"));
+    let at_n2 = || -> Vec<(i64, i64)> {
+        let conn = rusqlite::Connection::open(&db2).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let captured = |dir: &std::path::Path| {
+        try_status_json(dir)
+            .ok()
+            .and_then(|j| j["captured"].as_u64())
+            .unwrap_or(0)
+    };
+
+    write(&db1, "INSERT INTO t VALUES (1, 'abc')");
+    // A transaction of its own: wait until it is captured before the next write.
+    wait_until("n1 to capture the bad row", &[&n1], || {
+        if captured(&d1) >= 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    write(&db1, "INSERT INTO t VALUES (2, '42')");
+    wait_until("the good row after the bad one at n2", &[&n1, &n2], || {
+        let got = at_n2();
+        if got == [(2, 42)] {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+
+    // The table cuts long reasons for display; --json holds them whole.
+    let sent = ok(concord(["failures", "--dir", &s(&d1)]));
+    assert!(
+        sent.contains("outgoing to peer n2") && sent.contains("(1)"),
+        "{sent}"
+    );
+    let sent = ok(concord(["failures", "--dir", &s(&d1), "--json"]));
+    assert!(
+        sent.contains("abc") && sent.contains("\"outgoing\""),
+        "{sent}"
+    );
+    wait_until("n2 to list what n1 withheld", &[&n1, &n2], || {
+        let listed = ok(concord(["failures", "--dir", &s(&d2), "--json"]));
+        if listed.contains("withheld by peer n1") && listed.contains("abc") {
+            Ok(())
+        } else {
+            Err(listed)
+        }
+    });
+    let json = status_json(&d1);
+    let peer = &json["peers"][0];
+    assert_eq!(peer["state"], "connected", "{json}");
+    assert_eq!(
+        peer["errors"], 0,
+        "the session failed and reconnected: {json}"
+    );
+    assert_eq!(peer["last_error"], serde_json::Value::Null, "{json}");
+    assert_eq!(peer["failures"], 1, "{json}");
+    assert!(
+        peer["last_failure"].as_str().unwrap().contains("abc"),
+        "{json}"
+    );
+    // n2 dials: a dial before n1 listened may count as an error; none is about this.
+    let json = status_json(&d2);
+    let peer = &json["peers"][0];
+    assert_eq!(peer["state"], "connected", "{json}");
+    assert!(!peer["last_error"].to_string().contains("cast"), "{json}");
+
+    // Fixed while n1 is stopped, then retried: at its next session n1 sends the row.
+    let status = n1.terminate();
+    assert!(status.success(), "{}", n1.logs());
+    write(&db1, "UPDATE t SET v = '7' WHERE id = 1");
+    let retried = ok(concord(["failures", "retry", "--dir", &s(&d1)]));
+    assert!(
+        retried.contains("1 outgoing transactions will be sent again"),
+        "{retried}"
+    );
+    let n1 = Served::start(&d1);
+    wait_until("the fixed row at n2", &[&n1, &n2], || {
+        let got = at_n2();
+        if got == [(1, 7), (2, 42)] {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    wait_until("n1 to forget the delivered entry", &[&n1, &n2], || {
+        let listed = ok(concord(["failures", "--dir", &s(&d1)]));
+        if listed == "no changes set aside\n" {
+            Ok(())
+        } else {
+            Err(listed)
+        }
+    });
 }

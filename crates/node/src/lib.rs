@@ -27,6 +27,7 @@
 pub mod config;
 mod http;
 pub mod identity;
+pub mod link_failures;
 mod node;
 mod propagate;
 mod reconcile;

@@ -266,6 +266,8 @@ struct StoreState {
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) store: Arc<Mutex<Box<dyn Store>>>,
+    /// Transactions a link did not carry, both ways (`link-failures.json`).
+    pub(crate) link_failures: crate::link_failures::LinkFailures,
     /// Where the store is, for status (a path, or a URL without its password).
     pub(crate) store_location: String,
     /// Files whose modification means local writes are waiting; empty for servers.
@@ -342,7 +344,7 @@ pub struct Node {
     http: Option<SocketAddr>,
 }
 
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -418,6 +420,7 @@ impl Node {
         let shared = Arc::new(Shared {
             node_id: store.node_id(),
             store: Arc::new(Mutex::new(store)),
+            link_failures: crate::link_failures::LinkFailures::at(dir),
             store_location,
             watch_paths,
             status_reader: Mutex::new(None),
@@ -1021,6 +1024,11 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             }
             (last.held.clone(), last.log_entries, last.conflicts, last.failures, last.failures_by_origin.clone())
         };
+        let link_failures = s.link_failures.load().unwrap_or_else(|e| {
+            tracing::warn!(error = %crate::words::chain(&e), "reading the link failures");
+            Vec::new()
+        });
+        let failures = failures + link_failures.iter().map(|e| e.changes()).sum::<u64>();
         let reader = &mut *status_reader;
         let peers: Vec<PeerStatus> = s
             .peers
@@ -1038,7 +1046,8 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                         rt.schema_not_added.clone(),
                     )
                 };
-                let set_aside = node.and_then(|n| failures_by_origin.get(&n)).cloned().unwrap_or_default();
+                let mut set_aside = node.and_then(|n| failures_by_origin.get(&n)).cloned().unwrap_or_default();
+                crate::status::add_link_failures(&mut set_aside, &p.config.name, &link_failures);
                 let lag = match &holds {
                     Some(h) => lag_of(reader, &held, h),
                     None => Lag { changes: held.count_missing_in(&VersionVector::new()), seconds: 0.0, behind: false },

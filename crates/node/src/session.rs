@@ -17,6 +17,13 @@
 //! A source transaction that cannot be applied here (a constraint, a type the column
 //! would convert, a timestamp beyond the clock bound) is set aside and recorded, so one
 //! bad row never blocks the changes after it.
+//!
+//! Likewise on the way out: a source transaction the link's mapping cannot convert for
+//! this peer is withheld from it alone, recorded ([`crate::link_failures`]), and the
+//! peer is told its sequence numbers (`Withheld`, protocol version 5) so its version
+//! vector, which holds each origin's changes contiguously, moves past them; the changes
+//! after it keep flowing. The receiver checks such a range before using any of it. To
+//! an older peer the session stops at that change, with the error in status.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,7 +38,8 @@ use concord_wire::{
     Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES,
     DELETE_COLUMNS_SINCE_VERSION, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello,
     MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, RECONCILE_SINCE_VERSION,
-    Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WireError, encoded_size,
+    Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WITHHELD_SINCE_VERSION, WireError, Withheld,
+    encoded_size,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +47,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::Framed;
 
 use crate::identity::Fingerprint;
+use crate::link_failures::{Direction, LinkFailure, LinkFailuresError, LinkRow};
 use crate::node::{Peer, Shared};
 use crate::reconcile::{Answerer, Link, rows_by_key, table_rows};
 use crate::words;
@@ -89,6 +98,8 @@ pub(crate) enum SessionError {
     Internal(String),
     #[error("schema mapping")]
     Mapping(#[from] MappingError),
+    #[error("recording a transaction the link did not carry")]
+    LinkFailures(#[from] LinkFailuresError),
 }
 
 impl SessionError {
@@ -355,6 +366,7 @@ fn name(message: &Message) -> &'static str {
         Message::SnapshotEnd(_) => "SnapshotEnd",
         Message::Reconcile(_) => "Reconcile",
         Message::ReconcileAnswer(_) => "ReconcileAnswer",
+        Message::Withheld(_) => "Withheld",
     }
 }
 
@@ -400,73 +412,332 @@ async fn send_loop(
         budget: (max_frame as usize).saturating_sub(BATCH_OVERHEAD),
         pieces: version >= PIECES_SINCE_VERSION,
         delete_columns: version >= DELETE_COLUMNS_SINCE_VERSION,
+        withhold: version >= WITHHELD_SINCE_VERSION,
     };
     let mut snapshots = 0;
-    let (mut reader, mut after) = loop {
-        let store = shared.store.clone();
-        let holds = sent_holds.clone();
-        let (reader, start) = blocking(move || {
-            let mut reader = lock(&store).log_reader()?;
-            let start = reader.start_for(&holds);
-            Ok::<_, StoreError>((reader, start))
-        })
-        .await??;
-        match start {
-            Ok(start) => break (reader, start),
-            // One more snapshot at most: a log pruned past a snapshot's version vector
-            // while it was sent means this node writes faster than it keeps changes.
-            Err(e @ StoreError::Pruned { .. })
-                if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
-            {
-                snapshots += 1;
-                let held = if link.supported {
-                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; reconciling and sending the rows that differ");
-                    send_differences(&shared, &peer, &link, &mut out).await?
-                } else {
-                    tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
-                    send_snapshot(&shared, &peer, &mut out).await?
-                };
-                sent_holds.join(&held);
-            }
-            Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
-            Err(other) => return Err(SessionError::Store(other)),
-        }
-    };
+    let withhold = version >= WITHHELD_SINCE_VERSION;
+    if withhold {
+        // Also when the link has no mapping now: removing it may be the fix.
+        resend_withheld(&shared, &peer, &mut out).await?;
+    }
     let mut log_changed = shared.log_changed.subscribe();
-    loop {
-        log_changed.borrow_and_update();
-        sent_holds.join(&peer.known_holds());
-        let holds = sent_holds.clone();
-        let limit = sync.batch_changes;
-        let from = after;
-        let (r, page) = blocking(move || {
-            let page = reader.read(from, &holds, limit);
-            (reader, page)
+    'stream: loop {
+        let (mut reader, mut after) = loop {
+            let store = shared.store.clone();
+            let holds = sent_holds.clone();
+            let (reader, start) = blocking(move || {
+                let mut reader = lock(&store).log_reader()?;
+                let start = reader.start_for(&holds);
+                Ok::<_, StoreError>((reader, start))
+            })
+            .await??;
+            match start {
+                Ok(start) => break (reader, start),
+                // One more snapshot at most: a log pruned past a snapshot's version vector
+                // while it was sent means this node writes faster than it keeps changes.
+                Err(e @ StoreError::Pruned { .. })
+                    if version >= SNAPSHOTS_SINCE_VERSION && snapshots < 2 =>
+                {
+                    snapshots += 1;
+                    let held = if link.supported {
+                        tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; reconciling and sending the rows that differ");
+                        send_differences(&shared, &peer, &link, &mut out).await?
+                    } else {
+                        tracing::info!(peer = %peer.config.name, reason = %e, "the log no longer holds what the peer lacks; sending a snapshot");
+                        send_snapshot(&shared, &peer, &mut out).await?
+                    };
+                    sent_holds.join(&held);
+                }
+                Err(e @ StoreError::Pruned { .. }) => return Err(SessionError::BehindRetention(e)),
+                Err(other) => return Err(SessionError::Store(other)),
+            }
+        };
+        let mut open: Option<OpenTxn> = None;
+        loop {
+            log_changed.borrow_and_update();
+            sent_holds.join(&peer.known_holds());
+            let holds = sent_holds.clone();
+            let limit = sync.batch_changes;
+            let from = after;
+            let (r, page) = blocking(move || {
+                let page = reader.read(from, &holds, limit);
+                (reader, page)
+            })
+            .await?;
+            reader = r;
+            let page = page?;
+            after = page.last_pos;
+            if page.changes.is_empty() {
+                // Nothing new was found. If the page only held what the peer already has,
+                // read on; wait for new log entries only at the end of the log.
+                if page.last_pos == from && log_changed.changed().await.is_err() {
+                    return Err(SessionError::Shutdown);
+                }
+                continue;
+            }
+            // A hole in an origin's sequence (this node counted changes as held without
+            // logging them: a snapshot merged, or a range a peer withheld) cannot be sent
+            // as changes: what comes before it goes, then the stream starts again from the
+            // peer's vector, which finds the hole and reconciles instead.
+            let mut changes = page.changes;
+            let mut gap = None;
+            for (i, change) in changes.iter().enumerate() {
+                let have = sent_holds.get(&change.origin);
+                if change.seq > have + 1 {
+                    gap = Some((i, change.origin, have + 1));
+                    break;
+                }
+                if change.seq > have {
+                    sent_holds.set(change.origin, change.seq);
+                }
+            }
+            if let Some((i, _, _)) = gap {
+                changes.truncate(i);
+            }
+            // Into the peer's names. A change that cannot be mapped cannot simply be skipped
+            // (the peer holds each origin's changes contiguously): a peer of version 5 is
+            // told its source transaction is withheld; to an older one the session stops
+            // with the error, which status shows, until the data or the mapping is fixed.
+            if peer.config.tables.is_empty() {
+                peer.counters.sent.add(changes.len() as u64);
+                out.send(changes).await?;
+            } else {
+                send_mapped(&shared, &peer, &mut out, &mut open, changes, withhold).await?;
+            }
+            if let Some((_, origin, missing)) = gap {
+                tracing::info!(peer = %peer.config.name, origin = %origin.short(), seq = missing, "the log holds no change {missing} of this origin (counted as held without being logged); starting the stream again from the peer's version vector");
+                snapshots = 0;
+                continue 'stream;
+            }
+        }
+    }
+}
+
+/// Maps a page of changes into the peer's names and sends them; a source transaction
+/// the mapping cannot convert is withheld ([`withhold_txn`]) when `withhold` (a peer of
+/// version 5), and ends the session otherwise.
+async fn send_mapped(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+    open: &mut Option<OpenTxn>,
+    changes: Vec<Change>,
+    withhold: bool,
+) -> Result<(), SessionError> {
+    let mut ready = Vec::with_capacity(changes.len());
+    for change in changes {
+        let txn = open.get_or_insert_with(|| OpenTxn::starting(&change));
+        txn.rows.push(LinkRow {
+            table: change.table.clone(),
+            key: hex::encode(change.key.as_bytes()),
+            key_text: change.key.to_string(),
+        });
+        txn.last_seq = change.seq;
+        let ends = change.last_in_txn;
+        if txn.failed.is_none() {
+            match peer.config.tables.outgoing(change) {
+                Ok(mapped) => {
+                    ready.push(mapped);
+                    txn.ready += 1;
+                }
+                Err(e) if withhold => {
+                    // The part of the transaction not sent yet goes nowhere; what
+                    // earlier pages sent, the peer drops when told.
+                    ready.truncate(ready.len() - txn.ready);
+                    txn.failed = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if ends
+            && let Some(txn) = open.take()
+            && let Some(error) = txn.failed
+        {
+            peer.counters.sent.add(ready.len() as u64);
+            out.send(std::mem::take(&mut ready)).await?;
+            withhold_txn(
+                shared,
+                peer,
+                out,
+                txn.origin,
+                txn.first_seq,
+                txn.last_seq,
+                txn.rows,
+                &error,
+            )
+            .await?;
+        }
+    }
+    // A transaction continuing on the next page starts its count again: what this
+    // page holds of it is sent now.
+    if let Some(txn) = open.as_mut() {
+        txn.ready = 0;
+    }
+    peer.counters.sent.add(ready.len() as u64);
+    out.send(ready).await
+}
+
+/// The source transaction the sender is in the middle of, on a link with a mapping.
+struct OpenTxn {
+    origin: concord_core::NodeId,
+    first_seq: u64,
+    last_seq: u64,
+    /// Its rows so far, in case it is withheld.
+    rows: Vec<LinkRow>,
+    /// How many of its changes wait in the current page's batch.
+    ready: usize,
+    /// Why it cannot be sent, once one of its changes failed to map.
+    failed: Option<MappingError>,
+}
+
+impl OpenTxn {
+    fn starting(change: &Change) -> Self {
+        Self {
+            origin: change.origin,
+            first_seq: change.seq,
+            last_seq: change.seq,
+            rows: Vec::new(),
+            ready: 0,
+            failed: None,
+        }
+    }
+}
+
+/// Records a source transaction the mapping cannot convert as an outgoing failure, then
+/// tells the peer its sequence numbers are withheld ([`Message::Withheld`]).
+#[allow(clippy::too_many_arguments)]
+async fn withhold_txn(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+    origin: concord_core::NodeId,
+    first_seq: u64,
+    last_seq: u64,
+    mut rows: Vec<LinkRow>,
+    error: &MappingError,
+) -> Result<(), SessionError> {
+    let reason = words::chain(error);
+    let mut seen = std::collections::HashSet::new();
+    rows.retain(|r| seen.insert((r.table.clone(), r.key.clone())));
+    tracing::warn!(peer = %peer.config.name, origin = %origin.short(), first_seq, last_seq, error = %reason, "withholding a source transaction the link's mapping cannot convert");
+    let entry = LinkFailure {
+        direction: Direction::Outgoing,
+        peer: peer.config.name.clone(),
+        origin: origin.to_string(),
+        first_seq,
+        last_seq,
+        rows,
+        reason: format!("outgoing to peer {}: {reason}", peer.config.name),
+        at_ms: crate::node::wall_ms(),
+        retry: false,
+    };
+    let s = shared.clone();
+    // Recorded before the peer is told: never withheld silently.
+    blocking(move || s.link_failures.record(entry)).await??;
+    peer.counters.set_aside.add(last_seq - first_seq + 1);
+    out.send_withheld(origin, first_seq, last_seq, reason).await
+}
+
+/// Sends the current state of the rows of every outgoing failure to this peer marked
+/// for retry (`concord failures retry`), as snapshot row states (sequence 0, merged as
+/// a join); an entry whose rows all mapped is forgotten once the peer acknowledged
+/// them, one that still fails keeps the new reason.
+async fn resend_withheld(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+) -> Result<(), SessionError> {
+    let s = shared.clone();
+    let entries = blocking(move || s.link_failures.load()).await??;
+    let chosen: Vec<LinkFailure> = entries
+        .into_iter()
+        .filter(|e| e.direction == Direction::Outgoing && e.retry && e.peer == peer.config.name)
+        .collect();
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    let store = shared.store.clone();
+    let mut snapshot = blocking(move || {
+        let mut store = lock(&store);
+        store.capture()?;
+        store.snapshot()
+    })
+    .await??;
+    let mut outcomes = Vec::new();
+    for entry in chosen {
+        let mut by_table: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+        for row in &entry.rows {
+            if let Ok(key) = hex::decode(&row.key) {
+                by_table.entry(row.table.clone()).or_default().push(key);
+            }
+        }
+        let (s, states) = blocking(move || {
+            let mut states = Vec::new();
+            for (table, keys) in by_table {
+                match snapshot.rows_by_key(&table, &keys) {
+                    Ok(rows) => states.extend(rows),
+                    Err(e) => return (snapshot, Err(e)),
+                }
+            }
+            (snapshot, Ok(states))
         })
         .await?;
-        reader = r;
-        let page = page?;
-        after = page.last_pos;
-        if page.changes.is_empty() {
-            // Nothing new was found. If the page only held what the peer already has,
-            // read on; wait for new log entries only at the end of the log.
-            if page.last_pos == from && log_changed.changed().await.is_err() {
-                return Err(SessionError::Shutdown);
+        snapshot = s;
+        // A row that cannot be read (its table no longer tracked, say) keeps the entry
+        // listed with the reason; it does not fail the session.
+        let mapped = states.map_err(|e| words::chain(&e)).and_then(|states| {
+            states
+                .into_iter()
+                .map(|c| peer.config.tables.outgoing(c))
+                .collect::<Result<Vec<Change>, MappingError>>()
+                .map_err(|e| words::chain(&e))
+        });
+        match mapped {
+            Ok(rows) => {
+                peer.counters.snapshot_rows_sent.add(rows.len() as u64);
+                tracing::info!(peer = %peer.config.name, origin = %entry.origin, first_seq = entry.first_seq, rows = rows.len(), "sending again the rows of a withheld transaction");
+                out.send(rows).await?;
+                outcomes.push((entry, None));
             }
-            continue;
-        }
-        for change in &page.changes {
-            if change.seq > sent_holds.get(&change.origin) {
-                sent_holds.set(change.origin, change.seq);
+            Err(reason) => {
+                tracing::warn!(peer = %peer.config.name, origin = %entry.origin, first_seq = entry.first_seq, error = %reason, "the rows of a withheld transaction still cannot be sent");
+                outcomes.push((entry, Some(reason)));
             }
         }
-        // Into the peer's names. A change that cannot be mapped cannot be skipped (the
-        // peer holds each origin's changes contiguously): the session stops with the
-        // error, which status shows, until the data or the mapping is fixed.
-        let changes = outgoing(&peer.config.tables, page.changes)?;
-        peer.counters.sent.add(changes.len() as u64);
-        out.send(changes).await?;
     }
+    blocking(move || snapshot.finish()).await??;
+    // Forgotten only once the peer has merged them: a session lost before keeps the
+    // entries marked, and the next one sends them again (merging twice changes nothing).
+    out.acknowledged().await;
+    let s = shared.clone();
+    let name = peer.config.name.clone();
+    blocking(move || {
+        s.link_failures.update(|entries| {
+            for (done, still) in outcomes {
+                let Some(i) = entries.iter().position(|e| {
+                    e.direction == done.direction
+                        && e.peer == done.peer
+                        && e.origin == done.origin
+                        && e.first_seq == done.first_seq
+                }) else {
+                    continue;
+                };
+                match still {
+                    None => {
+                        entries.remove(i);
+                    }
+                    Some(reason) => {
+                        entries[i].retry = false;
+                        entries[i].reason = format!("outgoing to peer {name}: {reason}");
+                        entries[i].at_ms = crate::node::wall_ms();
+                    }
+                }
+            }
+            (true, ())
+        })
+    })
+    .await??;
+    Ok(())
 }
 
 /// Sends every tracked row's state, read in one consistent snapshot, then
@@ -498,7 +769,7 @@ async fn send_snapshot(
             break;
         }
         peer.counters.snapshot_rows_sent.add(rows.len() as u64);
-        out.send(outgoing(&peer.config.tables, rows)?).await?;
+        send_states(shared, peer, out, rows).await?;
     }
     let held = snapshot.held().clone();
     out.send_snapshot_end(held.clone()).await?;
@@ -553,7 +824,7 @@ async fn send_differences(
                 rows += states.len();
                 peer.counters.snapshot_rows_sent.add(states.len() as u64);
                 if !states.is_empty() {
-                    out.send(outgoing(&peer.config.tables, states)?).await?;
+                    send_states(shared, peer, out, states).await?;
                 }
                 match next {
                     Some(next) => after = next,
@@ -573,7 +844,7 @@ async fn send_differences(
             rows += states.len();
             peer.counters.snapshot_rows_sent.add(states.len() as u64);
             if !states.is_empty() {
-                out.send(outgoing(&peer.config.tables, states)?).await?;
+                send_states(shared, peer, out, states).await?;
             }
         }
     }
@@ -599,6 +870,8 @@ struct Outbox {
     pieces: bool,
     /// Whether the peer takes deletes that list their seen columns (protocol 5).
     delete_columns: bool,
+    /// Whether the peer takes `Withheld` (protocol version 5).
+    withhold: bool,
 }
 
 impl Outbox {
@@ -657,6 +930,35 @@ impl Outbox {
         Ok(())
     }
 
+    /// Waits until the peer acknowledged every batch sent so far.
+    async fn acknowledged(&self) {
+        loop {
+            let notified = self.flow.ack.notified();
+            if self.flow.acked.load(Ordering::Acquire) >= self.batch {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn send_withheld(
+        &mut self,
+        origin: concord_core::NodeId,
+        first_seq: u64,
+        last_seq: u64,
+        reason: String,
+    ) -> Result<(), SessionError> {
+        let batch = self.next_batch().await;
+        self.frame(Message::Withheld(Withheld {
+            batch,
+            origin,
+            first_seq,
+            last_seq,
+            reason,
+        }))
+        .await
+    }
+
     async fn send_snapshot_end(&mut self, holds: VersionVector) -> Result<(), SessionError> {
         let batch = self.next_batch().await;
         self.frame(Message::SnapshotEnd(SnapshotEnd { batch, holds }))
@@ -664,12 +966,56 @@ impl Outbox {
     }
 }
 
-/// Maps changes read from the log into the peer's schema.
-fn outgoing(mapping: &LinkMapping, changes: Vec<Change>) -> Result<Vec<Change>, MappingError> {
-    if mapping.is_empty() {
-        return Ok(changes);
+/// Sends rows' states (sequence 0, from a snapshot or a reconciliation) in the peer's
+/// names. To a peer of protocol version 5 a row the mapping cannot convert is left out
+/// and recorded as an outgoing failure (a row's state holds no sequence number, so
+/// there is nothing to tell the peer), and the rest go; to an older peer it ends the
+/// session with the error.
+async fn send_states(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    out: &mut Outbox,
+    states: Vec<Change>,
+) -> Result<(), SessionError> {
+    if peer.config.tables.is_empty() {
+        return out.send(states).await;
     }
-    changes.into_iter().map(|c| mapping.outgoing(c)).collect()
+    let mut mapped = Vec::with_capacity(states.len());
+    let mut refused = Vec::new();
+    let name = &peer.config.name;
+    for state in states {
+        let row = LinkRow {
+            table: state.table.clone(),
+            key: hex::encode(state.key.as_bytes()),
+            key_text: state.key.to_string(),
+        };
+        let origin = state.origin;
+        match peer.config.tables.outgoing(state) {
+            Ok(state) => mapped.push(state),
+            Err(e) if out.withhold => {
+                let reason = words::chain(&e);
+                tracing::warn!(peer = %name, table = %row.table, key = %row.key_text, error = %reason, "leaving out a row's state the link's mapping cannot convert");
+                refused.push(LinkFailure {
+                    direction: Direction::Outgoing,
+                    peer: name.clone(),
+                    origin: origin.to_string(),
+                    first_seq: 0,
+                    last_seq: 0,
+                    rows: vec![row],
+                    reason: format!("outgoing to peer {name}: {reason}"),
+                    at_ms: crate::node::wall_ms(),
+                    retry: false,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !refused.is_empty() {
+        peer.counters.set_aside.add(refused.len() as u64);
+        let s = shared.clone();
+        blocking(move || s.link_failures.record_all(refused)).await??;
+    }
+    out.send(mapped).await
 }
 
 /// Cuts changes into batches whose encoding fits `budget` bytes. A change larger than
@@ -760,6 +1106,12 @@ where
                     batch.batch
                 )));
             }
+            Message::Withheld(w) if pieces.in_progress() => {
+                return Err(SessionError::Unexpected(format!(
+                    "withheld range {} while a batch in pieces was incomplete",
+                    w.batch
+                )));
+            }
             other => other,
         };
         match frame {
@@ -808,10 +1160,14 @@ where
                 if open_group.len() >= BUFFERED_TRANSACTION_LIMIT {
                     // A source transaction too large to hold in memory: stream it into one
                     // store transaction instead, as its batches arrive.
+                    let first = open_group
+                        .first()
+                        .map_or((shared.node_id, 0), |c| (c.origin, c.seq));
                     let mut open = LargeTransaction::begin(
                         shared.store.clone(),
                         peer.config.tables.clone(),
                         stall,
+                        first,
                     );
                     open.send(std::mem::take(&mut open_group)).await?;
                     big = Some(open);
@@ -858,6 +1214,39 @@ where
                     return Err(SessionError::Closed);
                 }
             }
+            Message::Withheld(w) => {
+                if w.batch != expected {
+                    return Err(SessionError::Unexpected(format!(
+                        "withheld range {} out of order or replayed (expected {expected})",
+                        w.batch
+                    )));
+                }
+                expected += 1;
+                let held = store_holds(&shared).await?.get(&w.origin);
+                let open_first = big
+                    .as_ref()
+                    .map(|b| b.first)
+                    .or_else(|| open_group.first().map(|c| (c.origin, c.seq)));
+                match check_withheld(&w, shared.node_id, held, open_first)? {
+                    WithheldRange::Held => {}
+                    WithheldRange::New => {
+                        // The incomplete transaction it covers is dropped, never applied:
+                        // a large one streaming into the store rolls back.
+                        open_group.clear();
+                        big = None;
+                        withheld(&shared, &peer, &w).await?;
+                    }
+                }
+                last_holds = store_holds(&shared).await?;
+                peer.learn_holds(&single(w.origin, w.last_seq));
+                let ack = Frame::V1(Message::Ack(Ack {
+                    batch: w.batch,
+                    holds: last_holds.clone(),
+                }));
+                if tx.send(ack).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
             Message::Ack(ack) => {
                 if ack.batch > flow.sent.load(Ordering::Acquire) {
                     return Err(SessionError::Unexpected(format!(
@@ -897,6 +1286,96 @@ where
     }
 }
 
+/// What a [`Withheld`] range is to this node.
+#[derive(Debug, PartialEq)]
+enum WithheldRange {
+    /// Already held whole (received from another peer meanwhile): nothing to do.
+    Held,
+    /// The next changes from its origin: record it and count it as held.
+    New,
+}
+
+/// Checks a [`Withheld`] range before any of it is used: it must not name this node as
+/// origin, must not go backwards, and must start exactly where this node's changes
+/// from the origin end: at the first change of the incomplete transaction it is
+/// receiving (`open`, which the range then covers), or one past what it holds.
+fn check_withheld(
+    w: &Withheld,
+    own: concord_core::NodeId,
+    held: u64,
+    open: Option<(concord_core::NodeId, u64)>,
+) -> Result<WithheldRange, SessionError> {
+    let range = format!(
+        "withheld range {}..={} of origin {}",
+        w.first_seq,
+        w.last_seq,
+        w.origin.short()
+    );
+    if w.origin == own {
+        return Err(SessionError::Unexpected(format!(
+            "{range} names this node as its origin"
+        )));
+    }
+    if w.first_seq == 0 || w.first_seq > w.last_seq {
+        return Err(SessionError::Unexpected(format!("{range} goes backwards")));
+    }
+    match open {
+        Some((origin, first)) if origin == w.origin && first == w.first_seq => {
+            Ok(WithheldRange::New)
+        }
+        Some((origin, first)) => Err(SessionError::Unexpected(format!(
+            "{range} arrived inside the incomplete transaction of origin {} from {first}",
+            origin.short()
+        ))),
+        None if w.last_seq <= held => Ok(WithheldRange::Held),
+        None if w.first_seq == held + 1 => Ok(WithheldRange::New),
+        None if w.first_seq > held + 1 => Err(SessionError::Unexpected(format!(
+            "{range} skips past changes never sent (this node holds up to {held})"
+        ))),
+        None => Err(SessionError::Unexpected(format!(
+            "{range} overlaps what this node holds (up to {held})"
+        ))),
+    }
+}
+
+/// Records a range the peer withheld as a failure of this link, then counts it as held
+/// (and drops the log's entries of its origin up to it, so a third node needing them
+/// from here takes a snapshot instead of receiving a history with a hole in it).
+async fn withheld(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    w: &Withheld,
+) -> Result<(), SessionError> {
+    tracing::warn!(peer = %peer.config.name, origin = %w.origin.short(), first_seq = w.first_seq, last_seq = w.last_seq, reason = %w.reason, "the peer withheld a source transaction its mapping cannot convert");
+    let entry = LinkFailure {
+        direction: Direction::Withheld,
+        peer: peer.config.name.clone(),
+        origin: w.origin.to_string(),
+        first_seq: w.first_seq,
+        last_seq: w.last_seq,
+        rows: Vec::new(),
+        reason: format!("withheld by peer {}: {}", peer.config.name, w.reason),
+        at_ms: crate::node::wall_ms(),
+        retry: false,
+    };
+    let s = shared.clone();
+    // Recorded before the vector moves past it: never lost silently.
+    blocking(move || s.link_failures.record(entry)).await??;
+    let holds = single(w.origin, w.last_seq);
+    let report = adopt_snapshot(shared, holds).await?;
+    account(shared, peer, &report);
+    peer.counters.set_aside.add(w.last_seq - w.first_seq + 1);
+    shared.log_changed.send_modify(|v| *v += 1);
+    Ok(())
+}
+
+/// A version vector holding `seq` of `origin` alone.
+fn single(origin: concord_core::NodeId, seq: u64) -> VersionVector {
+    let mut holds = VersionVector::new();
+    holds.set(origin, seq);
+    holds
+}
+
 /// Changes of one incomplete source transaction held in memory before it is streamed
 /// into the store instead.
 const BUFFERED_TRANSACTION_LIMIT: usize = 20_000;
@@ -918,6 +1397,8 @@ fn account(shared: &Shared, peer: &Peer, report: &ApplyReport) {
 /// this large that cannot be applied is not set aside (its changes are not kept in
 /// memory); the session fails with the error and the failure shows in status.
 struct LargeTransaction {
+    /// The origin and sequence of its first change.
+    first: (concord_core::NodeId, u64),
     chunks: mpsc::Sender<Vec<Change>>,
     done: tokio::sync::oneshot::Receiver<Result<ApplyReport, SessionError>>,
 }
@@ -927,6 +1408,7 @@ impl LargeTransaction {
         store: Arc<std::sync::Mutex<Box<dyn Store>>>,
         mapping: LinkMapping,
         stall: Duration,
+        first: (concord_core::NodeId, u64),
     ) -> Self {
         // Bounded: while the store is busy with queued chunks, the receive loop waits,
         // acknowledgements wait, and the sender's window throttles the peer, so memory
@@ -963,7 +1445,11 @@ impl LargeTransaction {
             })();
             let _ = finished.send(result);
         });
-        Self { chunks, done }
+        Self {
+            first,
+            chunks,
+            done,
+        }
     }
 
     /// Hands a chunk to the thread; if it already failed, returns its error.

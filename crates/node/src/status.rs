@@ -12,7 +12,10 @@
 //! - a peer's `errors` counts since this process started (`uptime_s`);
 //! - a peer's `failures` and `last_failure` are the changes of that peer (by origin)
 //!   set aside in the store and still waiting, so a person sees on the peer's row why
-//!   its writes are not arriving, after a restart too.
+//!   its writes are not arriving, after a restart too; plus the source transactions
+//!   the link did not carry either way (withheld from or by that peer because the
+//!   mapping cannot convert them, `link-failures.json`), which the node-wide `failures`
+//!   counts too.
 //!
 //! The Prometheus counters are process-lifetime counters (Prometheus handles restarts),
 //! and each carries a `# HELP` line saying what it counts.
@@ -49,8 +52,9 @@ pub struct NodeStatus {
     pub captured: u64,
     /// Conflicts recorded in the store.
     pub conflicts: u64,
-    /// Changes set aside because they could not be applied, as recorded in the store
-    /// (`concord failures` lists them).
+    /// Changes set aside because they could not be applied, as recorded in the store,
+    /// plus the changes of transactions a link withheld either way because its mapping
+    /// cannot convert them (`link-failures.json`); `concord failures` lists both.
     pub failures: u64,
     /// Seconds since this process started.
     pub uptime_s: u64,
@@ -128,7 +132,9 @@ pub struct PeerStatus {
     /// session.
     pub applied: u64,
     /// Received changes set aside because they could not be applied, in the current
-    /// (or last) session.
+    /// (or last) session, plus the changes of source transactions withheld on this link
+    /// either way because its mapping cannot convert them (sent to the peer's as
+    /// `Withheld`, or announced by the peer so).
     pub set_aside: u64,
     /// Conflicts recorded while applying the peer's changes, in the current (or last)
     /// session.
@@ -152,9 +158,11 @@ pub struct PeerStatus {
     /// Sessions that ended with an error since this process started.
     pub errors: u64,
     /// Changes written at this peer (their origin is the peer's node) that are set aside
-    /// in the store, waiting to be retried or discarded (`concord failures` lists them).
-    /// Counted from the store, not the session; known once the peer has said hello
-    /// since this process started.
+    /// in the store, waiting to be retried or discarded (`concord failures` lists them),
+    /// plus the changes of transactions withheld on this link either way because its
+    /// mapping cannot convert them. Counted from the store and the data directory, not
+    /// the session; the set-aside part is known once the peer has said hello since this
+    /// process started.
     #[serde(default)]
     pub failures: u64,
     /// Why the most recent of those changes was set aside.
@@ -174,6 +182,24 @@ pub(crate) struct OriginFailures {
     pub(crate) count: u64,
     /// When the latest was set aside (ms since the epoch) and why.
     pub(crate) latest: Option<(u64, String)>,
+}
+
+/// Adds a peer's link failures (withheld either way) to what its row shows.
+pub(crate) fn add_link_failures(
+    peer: &mut OriginFailures,
+    name: &str,
+    entries: &[crate::link_failures::LinkFailure],
+) {
+    for entry in entries.iter().filter(|e| e.peer == name) {
+        peer.count += entry.changes();
+        if peer
+            .latest
+            .as_ref()
+            .is_none_or(|(at, _)| entry.at_ms >= *at)
+        {
+            peer.latest = Some((entry.at_ms, entry.reason.clone()));
+        }
+    }
 }
 
 /// Groups the store's set-aside changes by origin. A record whose origin does not read
@@ -286,7 +312,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "concord_changes_set_aside_total",
         Kind::Counter,
-        "Received changes set aside because they could not be applied, since this process started.",
+        "Received changes set aside because they could not be applied, and changes withheld on the link either way because its mapping cannot convert them, since this process started.",
     ),
     (
         "concord_peer_conflicts_total",

@@ -8,7 +8,10 @@
 //! a stream cut inside a frame, a replayed batch, a batch ending inside a transaction
 //! followed by a disconnect, a peer that stops reading, a peer idling inside a
 //! transaction too large to buffer, reconciliation ranges that lie about the key space,
-//! an answer to a reconciliation never started) and for an unconfigured identity:
+//! an answer to a reconciliation never started, a `Withheld` range that goes backwards,
+//! skips changes never sent, names the node itself or cuts into another transaction;
+//! a valid one over a transaction partly received, buffered or streaming into the store)
+//! and for an unconfigured identity:
 //! * the node does not close the session, or closes it without telling why (the rogue
 //!   must see the node's `Error` frame, or the end of the stream where no frame can get
 //!   through);
@@ -32,11 +35,12 @@ use common::{
     wait_for_rows, wait_until,
 };
 use concord_core::{Change, NodeId, VersionVector};
+use concord_node::link_failures::{Direction, LinkFailures};
 use concord_node::{Fingerprint, Identity, Node, NodeConfig, PeerConfig, PeerStatus};
 use concord_sqlite::{SqliteStore, StoreOptions};
 use concord_wire::{
     Ack, ChangeBatch, DEFAULT_MAX_FRAME, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello,
-    Message, PROTOCOL_VERSION,
+    Message, PROTOCOL_VERSION, Withheld,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1102,6 +1106,298 @@ fn an_answer_to_a_reconciliation_never_started_closes_the_session() {
             .session_failed("an answer to reconciliation 99 that was never started")
             .await;
         arena.nothing_applied().await;
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+/// The node's mapping for the rogue: `t.v` is text here and an integer at the rogue, so
+/// every row the node holds ('node 1', 'good 2') cannot be converted for it.
+fn unconvertible_for_the_rogue(config: &mut NodeConfig) {
+    let toml = r#"
+        name = "x"
+        fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        [[tables]]
+        local = "t"
+        remote = "t"
+        key = ["id"]
+        columns = [{ local = "v", local_type = "text", remote_type = "integer" }]
+    "#;
+    let parsed: PeerConfig = toml::from_str(toml).unwrap();
+    let rogue = config.peers.iter_mut().find(|p| p.name == "rogue").unwrap();
+    rogue.tables = parsed.tables;
+}
+
+#[test]
+fn a_peer_of_version_4_is_never_sent_withheld_and_its_stream_stops_with_the_mapping_error() {
+    common::run(async {
+        let arena = Arena::new(unconvertible_for_the_rogue).await;
+        let mut rogue = arena.rogue().await;
+        rogue.their_hello().await;
+        let mut old = hello(arena.source.origin(), VersionVector::new());
+        (old.min_version, old.max_version) = (1, 4);
+        rogue.send(Message::Hello(old)).await;
+        let (frames, end) = rogue.until_closed().await;
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, Frame::V1(Message::Withheld(_) | Message::Changes(_)))),
+            "a version 4 peer got a Withheld or the unconvertible change: {frames:?}"
+        );
+        let Some(Frame::V1(Message::Error(error))) = frames.last() else {
+            panic!("no Error before the close: {frames:?}, then {end:?}");
+        };
+        assert!(error.message.contains("cannot cast"), "{error:?}");
+        arena.session_failed("cannot cast").await;
+        assert!(
+            LinkFailures::at(&arena.n.dir).load().unwrap().is_empty(),
+            "nothing is recorded as withheld from a version 4 peer"
+        );
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_version_5_peer_is_told_of_each_withheld_transaction_and_the_session_goes_on() {
+    common::run(async {
+        let arena = Arena::new(unconvertible_for_the_rogue).await;
+        let mut rogue = arena.rogue().await;
+        let theirs = rogue.their_hello().await;
+        rogue
+            .send(Message::Hello(hello(
+                arena.source.origin(),
+                VersionVector::new(),
+            )))
+            .await;
+        // Both rows the node holds were written in transactions of their own, one at
+        // each origin: each is withheld, in log order, numbered like a batch.
+        let mut withheld = Vec::new();
+        while withheld.len() < 2 {
+            match rogue.message().await {
+                Message::Withheld(w) => {
+                    rogue
+                        .send(Message::Ack(Ack {
+                            batch: w.batch,
+                            holds: VersionVector::new(),
+                        }))
+                        .await;
+                    withheld.push(w);
+                }
+                Message::Ping(n) => rogue.send(Message::Pong(n)).await,
+                Message::Pong(_) => {}
+                other => panic!("expected Withheld, got {other:?}"),
+            }
+        }
+        assert_eq!(withheld.iter().map(|w| w.batch).collect::<Vec<_>>(), [1, 2]);
+        let origins: Vec<NodeId> = withheld.iter().map(|w| w.origin).collect();
+        assert!(origins.contains(&theirs.node), "{withheld:?}");
+        for w in &withheld {
+            assert_eq!((w.first_seq, w.last_seq), (1, 1), "{w:?}");
+            assert!(w.reason.contains("cannot cast"), "{w:?}");
+        }
+        let recorded = LinkFailures::at(&arena.n.dir).load().unwrap();
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        assert!(
+            recorded
+                .iter()
+                .all(|e| e.direction == Direction::Outgoing && e.peer == "rogue"),
+            "{recorded:?}"
+        );
+        let status = arena.node.status().await;
+        let p = peer(&status, "rogue");
+        assert_eq!((p.state.as_str(), p.errors), ("connected", 0), "{p:?}");
+        assert_eq!(p.failures, 2, "{p:?}");
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_withheld_range_is_listed_counted_as_held_and_drops_the_open_transaction_it_covers() {
+    common::run(async {
+        let mut arena = Arena::new(|_| {}).await;
+        arena.source.transaction(10..12);
+        arena.source.transaction(20..22);
+        let changes = arena.source.changes();
+        let origin = arena.source.origin();
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(origin).await;
+        // The first change of the first transaction, then the word that the whole
+        // transaction is withheld: the buffered change must go, never applied.
+        rogue
+            .send_raw(&changes_frame(1, changes[..1].to_vec()))
+            .await;
+        rogue.ack(1).await;
+        rogue
+            .send(Message::Withheld(Withheld {
+                batch: 2,
+                origin,
+                first_seq: 1,
+                last_seq: 2,
+                reason: "no integer for 'ten'".into(),
+            }))
+            .await;
+        assert_eq!(rogue.ack(2).await.holds.get(&origin), 2);
+        rogue
+            .send_raw(&changes_frame(3, changes[2..].to_vec()))
+            .await;
+        assert_eq!(rogue.ack(3).await.holds.get(&origin), 4);
+
+        let mut expected = arena.rows_before.clone();
+        expected.extend([(20, "rogue 20".into()), (21, "rogue 21".into())]);
+        expected.sort();
+        assert_eq!(
+            rows(arena.n.db()),
+            expected,
+            "none of the withheld transaction"
+        );
+        let recorded = LinkFailures::at(&arena.n.dir).load().unwrap();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].direction, Direction::Withheld);
+        assert_eq!((recorded[0].first_seq, recorded[0].last_seq), (1, 2));
+        assert_eq!(
+            recorded[0].reason,
+            "withheld by peer rogue: no integer for 'ten'"
+        );
+        let status = arena.node.status().await;
+        let p = peer(&status, "rogue");
+        assert_eq!((p.errors, p.failures), (0, 2), "{p:?}");
+        assert!(
+            p.last_failure
+                .as_deref()
+                .is_some_and(|f| f.contains("withheld by peer rogue")),
+            "{p:?}"
+        );
+        // A replay of a range already held is acknowledged and changes nothing.
+        rogue
+            .send(Message::Withheld(Withheld {
+                batch: 4,
+                origin,
+                first_seq: 1,
+                last_seq: 2,
+                reason: "again".into(),
+            }))
+            .await;
+        assert_eq!(rogue.ack(4).await.holds.get(&origin), 4);
+        assert_eq!(LinkFailures::at(&arena.n.dir).load().unwrap(), recorded);
+        drop(rogue);
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_withheld_range_that_lies_is_refused_and_nothing_of_it_is_used() {
+    common::run(async {
+        let mut arena = Arena::new(|_| {}).await;
+        arena.source.transaction(10..12);
+        let changes = arena.source.changes();
+        let origin = arena.source.origin();
+        let node = arena.node.status().await.node_id.parse::<NodeId>().unwrap();
+        let other = NodeId::from_bytes([7; 16]);
+        let range = |origin, first_seq, last_seq| Withheld {
+            batch: 1,
+            origin,
+            first_seq,
+            last_seq,
+            reason: "lie".into(),
+        };
+        let cases: Vec<(&str, Option<Vec<Change>>, Withheld, &str)> = vec![
+            ("backwards", None, range(origin, 3, 2), "goes backwards"),
+            ("zero", None, range(origin, 0, 2), "goes backwards"),
+            (
+                "a gap",
+                None,
+                range(origin, 5, 6),
+                "skips past changes never sent",
+            ),
+            (
+                "the node itself",
+                None,
+                range(node, 1, 1),
+                "names this node as its origin",
+            ),
+            (
+                "inside another transaction",
+                Some(changes[..1].to_vec()),
+                Withheld {
+                    batch: 2,
+                    ..range(other, 1, 1)
+                },
+                "arrived inside the incomplete transaction",
+            ),
+        ];
+        for (case, before, lie, needle) in cases {
+            let mut rogue = arena.rogue().await;
+            rogue.handshake(origin).await;
+            if let Some(before) = before {
+                rogue.send_raw(&changes_frame(1, before)).await;
+                rogue.ack(1).await;
+            }
+            rogue.send(Message::Withheld(lie)).await;
+            rogue
+                .expect_error_then_close(ErrorCode::Unexpected, needle)
+                .await;
+            arena.session_failed(needle).await;
+            arena.nothing_applied().await;
+            assert!(
+                LinkFailures::at(&arena.n.dir).load().unwrap().is_empty(),
+                "{case}: a refused range was recorded"
+            );
+        }
+        arena.good_peer_unharmed_then_shutdown().await;
+    });
+}
+
+#[test]
+fn a_withheld_range_over_a_transaction_streaming_into_the_store_rolls_it_back_whole() {
+    common::run(async {
+        let mut arena = Arena::new(|config| {
+            config.sync.max_frame_bytes = DEFAULT_MAX_FRAME;
+        })
+        .await;
+        // 20,001 changes in one source transaction: beyond what the node buffers, so the
+        // first 20,000 stream into an open store transaction before the word comes that
+        // the transaction is withheld.
+        arena.source.transaction(10_000..30_001);
+        arena.source.transaction(40..42);
+        let changes = arena.source.changes();
+        assert_eq!(changes.len(), 20_003);
+        let origin = arena.source.origin();
+        let mut rogue = arena.rogue().await;
+        rogue.handshake(origin).await;
+        rogue
+            .send_raw(&changes_frame(1, changes[..10_000].to_vec()))
+            .await;
+        rogue
+            .send_raw(&changes_frame(2, changes[10_000..20_000].to_vec()))
+            .await;
+        rogue.ack(1).await;
+        rogue.ack(2).await;
+        rogue
+            .send(Message::Withheld(Withheld {
+                batch: 3,
+                origin,
+                first_seq: 1,
+                last_seq: 20_001,
+                reason: "too big to convert".into(),
+            }))
+            .await;
+        assert_eq!(rogue.ack(3).await.holds.get(&origin), 20_001);
+        rogue
+            .send_raw(&changes_frame(4, changes[20_001..].to_vec()))
+            .await;
+        assert_eq!(rogue.ack(4).await.holds.get(&origin), 20_003);
+
+        let mut expected = arena.rows_before.clone();
+        expected.extend([(40, "rogue 40".into()), (41, "rogue 41".into())]);
+        expected.sort();
+        assert_eq!(
+            rows(arena.n.db()),
+            expected,
+            "none of the withheld transaction"
+        );
+        let status = arena.node.status().await;
+        let p = peer(&status, "rogue");
+        assert_eq!((p.errors, p.failures), (0, 20_001), "{p:?}");
+        drop(rogue);
         arena.good_peer_unharmed_then_shutdown().await;
     });
 }

@@ -402,6 +402,16 @@ mod documented_examples {
                 })),
             ),
             (
+                "withheld",
+                Frame::V1(Message::Withheld(crate::message::Withheld {
+                    batch: 4,
+                    origin: a,
+                    first_seq: 7,
+                    last_seq: 9,
+                    reason: "no".into(),
+                })),
+            ),
+            (
                 "piece",
                 Frame::V1(Message::Piece(crate::message::Piece {
                     batch: 2,

@@ -25,7 +25,7 @@ pub use message::{
     Ack, ChangeBatch, DELETE_COLUMNS_SINCE_VERSION, ErrorCode, ErrorMessage, Frame, Hello,
     MAX_BATCH_CHANGES, MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION,
     Piece, RECONCILE_SINCE_VERSION, Reconcile, ReconcileAnswer, SNAPSHOTS_SINCE_VERSION,
-    SnapshotEnd,
+    SnapshotEnd, WITHHELD_SINCE_VERSION, Withheld,
 };
 pub use pieces::{
     BatchInPieces, DEFAULT_MAX_BATCH_BYTES, PIECE_OVERHEAD, Reassembler, split_batch,

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 /// The newest protocol version this build speaks. Version 2 adds [`Message::Piece`];
 /// version 3 adds snapshots (rows' states as changes with sequence 0, closed by
 /// [`Message::SnapshotEnd`]); version 4 adds range reconciliation
-/// ([`Message::Reconcile`], [`Message::ReconcileAnswer`]); version 5 lets a delete list
-/// the column clocks its writer held (see [`DELETE_COLUMNS_SINCE_VERSION`]); everything
-/// else is as in version 1, which this build still speaks.
+/// ([`Message::Reconcile`], [`Message::ReconcileAnswer`]); version 5 adds
+/// [`Message::Withheld`] and lets a delete list the column clocks its writer held (see
+/// [`DELETE_COLUMNS_SINCE_VERSION`]); everything else is as in version 1, which this
+/// build still speaks.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest protocol version this build speaks.
@@ -28,6 +29,9 @@ pub const RECONCILE_SINCE_VERSION: u16 = 4;
 /// column its writer held (values `Null`). An older peer refuses a delete with columns,
 /// so a sender drops them for it (the peer then judges by `delete_seen` alone).
 pub const DELETE_COLUMNS_SINCE_VERSION: u16 = 5;
+
+/// The first protocol version in which [`Message::Withheld`] may be sent.
+pub const WITHHELD_SINCE_VERSION: u16 = 5;
 
 /// The most changes one [`ChangeBatch`] may carry.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
@@ -64,6 +68,28 @@ pub enum Message {
     Reconcile(Reconcile),
     /// The answer to [`Message::Reconcile`] (protocol version 4).
     ReconcileAnswer(ReconcileAnswer),
+    /// The sender will not send a source transaction it holds (protocol version 5): the
+    /// link's mapping cannot convert it for the receiver. Numbered like a batch.
+    Withheld(Withheld),
+}
+
+/// A source transaction the sender holds but does not send to this receiver, because
+/// the link's schema mapping cannot convert one of its changes (protocol version 5).
+/// The receiver counts `first_seq..=last_seq` of `origin` as held, so the changes after
+/// it keep flowing, and records the range as a failure. It is numbered, ordered and
+/// acknowledged like a [`ChangeBatch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Withheld {
+    /// Batch number in this session.
+    pub batch: u64,
+    /// The origin of the withheld changes; never the receiver itself.
+    pub origin: NodeId,
+    /// The first sequence number withheld: the first change of the source transaction.
+    pub first_seq: u64,
+    /// The last sequence number withheld, which ends the source transaction.
+    pub last_seq: u64,
+    /// Why, for people: the mapping's error.
+    pub reason: String,
 }
 
 /// One step of a reconciliation, from the side that started it. The first step of an
