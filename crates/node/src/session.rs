@@ -1086,6 +1086,13 @@ where
     let mut pieces = Reassembler::new(DEFAULT_MAX_BATCH_BYTES);
     let mut open_group: Vec<Change> = Vec::new();
     let mut big: Option<LargeTransaction> = None;
+    // Row states the peer sends after reconciling, held until its `SnapshotEnd` and
+    // merged then in one store transaction: merged batch by batch, they would show a
+    // mix of two versions of the data that neither side ever held (one writer's later
+    // transaction on one row, its earlier ones missing on the others). Beyond
+    // `BUFFERED_TRANSACTION_LIMIT` rows they are merged as they come (memory stays
+    // bounded); the state is whole again at `SnapshotEnd`.
+    let mut reconciled: Option<Vec<Change>> = None;
     let mut last_holds = VersionVector::new();
     loop {
         let frame = match tokio::time::timeout(stall, source.next()).await {
@@ -1130,6 +1137,17 @@ where
                     .add(batch.changes.len() as u64 - rows);
                 peer.learn_held(&batch.changes);
                 let mut changes = batch.changes;
+                if let Some(rows) = reconciled.as_mut() {
+                    let states = changes.iter().take_while(|c| c.seq == 0).count();
+                    rows.extend(changes.drain(..states));
+                    // Anything else than a row state, or too many of them: merge what
+                    // is held first, in order.
+                    if !changes.is_empty() || rows.len() >= BUFFERED_TRANSACTION_LIMIT {
+                        let rows = std::mem::take(rows);
+                        let report = apply(&shared, &peer, rows).await?;
+                        account(&shared, &peer, &report);
+                    }
+                }
                 if let Some(mut open) = big.take() {
                     // Everything up to the first transaction end belongs to the large
                     // transaction being streamed into the store.
@@ -1200,6 +1218,10 @@ where
                 }
                 // The reconciliation that preceded it is over.
                 answerer = Answerer::default();
+                if let Some(rows) = reconciled.take().filter(|rows| !rows.is_empty()) {
+                    let report = apply(&shared, &peer, rows).await?;
+                    account(&shared, &peer, &report);
+                }
                 peer.learn_holds(&end.holds);
                 let report = adopt_snapshot(&shared, end.holds).await?;
                 account(&shared, &peer, &report);
@@ -1264,6 +1286,8 @@ where
                 }
             }
             Message::Reconcile(step) => {
+                // The rows that differ follow, then `SnapshotEnd`: hold them until then.
+                reconciled.get_or_insert_with(Vec::new);
                 let answer = answerer.answer(&shared, &peer.config.tables, step).await?;
                 if tx
                     .send(Frame::V1(Message::ReconcileAnswer(answer)))
