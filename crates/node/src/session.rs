@@ -1123,13 +1123,7 @@ where
         };
         match frame {
             Message::Changes(batch) => {
-                if batch.batch != expected {
-                    return Err(SessionError::Unexpected(format!(
-                        "batch {} out of order or replayed (expected {expected})",
-                        batch.batch
-                    )));
-                }
-                expected += 1;
+                next_in_order(&mut expected, batch.batch, "batch")?;
                 let rows = batch.changes.iter().filter(|c| c.seq == 0).count() as u64;
                 peer.counters.snapshot_rows_received.add(rows);
                 peer.counters
@@ -1195,22 +1189,10 @@ where
                 if big.is_none() {
                     last_holds = store_holds(&shared).await?;
                 }
-                let ack = Frame::V1(Message::Ack(Ack {
-                    batch: batch.batch,
-                    holds: last_holds.clone(),
-                }));
-                if tx.send(ack).await.is_err() {
-                    return Err(SessionError::Closed);
-                }
+                acknowledge(&tx, batch.batch, &last_holds).await?;
             }
             Message::SnapshotEnd(end) => {
-                if end.batch != expected {
-                    return Err(SessionError::Unexpected(format!(
-                        "snapshot end {} out of order or replayed (expected {expected})",
-                        end.batch
-                    )));
-                }
-                expected += 1;
+                next_in_order(&mut expected, end.batch, "snapshot end")?;
                 if !open_group.is_empty() || big.is_some() {
                     return Err(SessionError::Unexpected(
                         "snapshot end inside an incomplete source transaction".into(),
@@ -1228,22 +1210,10 @@ where
                 shared.log_changed.send_modify(|v| *v += 1);
                 tracing::info!(peer = %peer.config.name, rows = peer.counters.snapshot_rows_received.get(), "snapshot merged");
                 last_holds = store_holds(&shared).await?;
-                let ack = Frame::V1(Message::Ack(Ack {
-                    batch: end.batch,
-                    holds: last_holds.clone(),
-                }));
-                if tx.send(ack).await.is_err() {
-                    return Err(SessionError::Closed);
-                }
+                acknowledge(&tx, end.batch, &last_holds).await?;
             }
             Message::Withheld(w) => {
-                if w.batch != expected {
-                    return Err(SessionError::Unexpected(format!(
-                        "withheld range {} out of order or replayed (expected {expected})",
-                        w.batch
-                    )));
-                }
-                expected += 1;
+                next_in_order(&mut expected, w.batch, "withheld range")?;
                 let held = store_holds(&shared).await?.get(&w.origin);
                 let open_first = big
                     .as_ref()
@@ -1261,13 +1231,7 @@ where
                 }
                 last_holds = store_holds(&shared).await?;
                 peer.learn_holds(&single(w.origin, w.last_seq));
-                let ack = Frame::V1(Message::Ack(Ack {
-                    batch: w.batch,
-                    holds: last_holds.clone(),
-                }));
-                if tx.send(ack).await.is_err() {
-                    return Err(SessionError::Closed);
-                }
+                acknowledge(&tx, w.batch, &last_holds).await?;
             }
             Message::Ack(ack) => {
                 if ack.batch > flow.sent.load(Ordering::Acquire) {
@@ -1403,6 +1367,31 @@ fn single(origin: concord_core::NodeId, seq: u64) -> VersionVector {
 /// Changes of one incomplete source transaction held in memory before it is streamed
 /// into the store instead.
 const BUFFERED_TRANSACTION_LIMIT: usize = 20_000;
+
+/// Checks that numbered message `batch` (a batch, a snapshot end, a withheld range) is
+/// the one expected next, and moves on to the next number.
+fn next_in_order(expected: &mut u64, batch: u64, what: &str) -> Result<(), SessionError> {
+    if batch != *expected {
+        return Err(SessionError::Unexpected(format!(
+            "{what} {batch} out of order or replayed (expected {expected})"
+        )));
+    }
+    *expected += 1;
+    Ok(())
+}
+
+/// Acknowledges numbered message `batch`, saying what this node holds.
+async fn acknowledge(
+    tx: &mpsc::Sender<Frame>,
+    batch: u64,
+    holds: &VersionVector,
+) -> Result<(), SessionError> {
+    let ack = Frame::V1(Message::Ack(Ack {
+        batch,
+        holds: holds.clone(),
+    }));
+    tx.send(ack).await.map_err(|_| SessionError::Closed)
+}
 
 fn account(shared: &Shared, peer: &Peer, report: &ApplyReport) {
     peer.counters.applied.add(report.applied);
