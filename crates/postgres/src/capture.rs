@@ -149,7 +149,10 @@ impl PgStore {
                     // dropped.
                     continue;
                 };
-                let row = decoded.remove(&pending.id).unwrap_or_default();
+                let mut row = decoded.remove(&pending.id).unwrap_or_default();
+                // The values are moved into the log body, not copied (only an insert or
+                // update takes them; a key change's delete step takes none).
+                let mut values = std::mem::take(&mut row.values);
                 let steps: Vec<(i16, &[Value])> = if pending.op == OP_REKEY {
                     // A key change is a delete of the old key, then an insert of the new.
                     vec![(OP_DELETE, &row.old_key), (OP_INSERT, &row.key)]
@@ -165,7 +168,7 @@ impl PgStore {
                         pending,
                         op,
                         key,
-                        &row.values,
+                        &mut values,
                         seq + 1,
                         end,
                     )? {
@@ -258,7 +261,7 @@ impl PgStore {
         pending: &Pending,
         op: i16,
         key_values: &[Value],
-        values: &[Value],
+        values: &mut [Value],
         seq: u64,
         txn_end: bool,
     ) -> Result<bool, StoreError> {
@@ -317,7 +320,12 @@ impl PgStore {
         let body = local_log_body(
             &write,
             version,
-            |index| values.get(index).cloned().unwrap_or_default(),
+            |index| {
+                values
+                    .get_mut(index)
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+            },
             &mut |node| self.origin_index(node).map(|i| i as u32),
         )?;
         batch.log(LogEntry {
