@@ -22,7 +22,10 @@ struct PgDatabase {
 
 impl PgDatabase {
     fn create(admin: &str, ddl: &str) -> Self {
-        let name = format!("concord_serve_{}", std::process::id());
+        // Unique per test as well as per process: the tests of this file run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("concord_serve_{}_{n}", std::process::id());
         let mut client = postgres::Client::connect(admin, postgres::NoTls).unwrap();
         client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -124,5 +127,64 @@ concord_harness::server_tests! {
             let status = node.terminate();
             assert!(status.success(), "{}", node.logs());
         }
+    }
+
+    /// A 100 MB value each way between a node over SQLite and a node over PostgreSQL,
+    /// real processes over TLS: it must arrive whole (it is more than a frame holds, so
+    /// it travels in pieces) and a row written after it must follow it.
+    fn a_100_mb_value_crosses_between_sqlite_and_postgres_nodes_and_later_rows_follow(admin: postgres) {
+        const MB: usize = 1 << 20;
+        let pg = PgDatabase::create(admin, "CREATE TABLE t(id integer PRIMARY KEY, v text)");
+        let root = tempfile::tempdir().unwrap();
+        let (dp, dl) = (root.path().join("pg"), root.path().join("lite"));
+        let (listen, http) = (free_port(), free_port());
+        let out = ok(concord([
+            "init", "--dir", &s(&dp), "--name", "pg", "--postgres", &pg.url(), "--tables", "t",
+            "--listen", &format!("127.0.0.1:{listen}"), "--http", &format!("127.0.0.1:{http}"),
+        ]));
+        let fp = out
+            .lines()
+            .find_map(|l| l.strip_prefix("fingerprint: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let (fl, _) = init_node(&dl, "lite");
+        add_peer(&dp, "lite", &fl, None);
+        add_peer(&dl, "pg", &fp, Some(format!("127.0.0.1:{listen}")));
+        let np = Served::start(&dp);
+        let nl = Served::start(&dl);
+        let db = dl.join("app.db");
+        // Text that is not one repeated byte, so a misplaced piece would show.
+        let big = |seed: u8| -> String {
+            (0..100 * MB).map(|i| char::from(b'a' + ((i / 7 + usize::from(seed)) % 26) as u8)).collect()
+        };
+        let (from_lite, from_pg) = (big(1), big(2));
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+        conn.execute("INSERT INTO t VALUES (1, ?1)", [&from_lite]).unwrap();
+        conn.execute("INSERT INTO t VALUES (2, 'after the large one, from sqlite')", [])
+            .unwrap();
+        pg.client()
+            .execute("INSERT INTO t VALUES (3, $1)", &[&from_pg])
+            .unwrap();
+        pg.client()
+            .batch_execute("INSERT INTO t VALUES (4, 'after the large one, from postgres')")
+            .unwrap();
+        let lengths = |rows: Vec<(i64, String)>| -> Vec<(i64, usize)> {
+            rows.into_iter().map(|(id, v)| (id, v.len())).collect()
+        };
+        wait_until("both databases to hold all four rows", &[&np, &nl], || {
+            let (p, l) = (lengths(pg.rows()), lengths(rows(&db)));
+            if p.len() == 4 && p == l {
+                Ok(())
+            } else {
+                Err(format!("postgres {p:?}, sqlite {l:?}"))
+            }
+        });
+        let value = |rows: Vec<(i64, String)>, id: i64| {
+            rows.into_iter().find(|(i, _)| *i == id).map(|(_, v)| v).unwrap()
+        };
+        assert!(value(pg.rows(), 1) == from_lite, "the value from sqlite changed on its way");
+        assert!(value(rows(&db), 3) == from_pg, "the value from postgres changed on its way");
     }
 }
