@@ -71,33 +71,40 @@ impl Drop for PgDatabase {
     }
 }
 
+/// `concord init` of a node named `pg` over the PostgreSQL database `url`, tracking `t`:
+/// its fingerprint and the port it listens on.
+fn init_pg_node(dir: &std::path::Path, url: &str) -> (String, u16) {
+    let (listen, http) = (free_port(), free_port());
+    let out = ok(concord([
+        "init",
+        "--dir",
+        &s(dir),
+        "--name",
+        "pg",
+        "--postgres",
+        url,
+        "--tables",
+        "t",
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+    ]));
+    let fingerprint = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    (fingerprint, listen)
+}
+
 concord_harness::server_tests! {
     fn a_node_served_over_postgres_syncs_with_a_node_served_over_sqlite(admin: postgres) {
         let pg = PgDatabase::create(admin, "CREATE TABLE t(id integer PRIMARY KEY, v text)");
         let root = tempfile::tempdir().unwrap();
         let (dp, dl) = (root.path().join("pg"), root.path().join("lite"));
-        let (listen, http) = (free_port(), free_port());
-        let out = ok(concord([
-            "init",
-            "--dir",
-            &s(&dp),
-            "--name",
-            "pg",
-            "--postgres",
-            &pg.url(),
-            "--tables",
-            "t",
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ]));
-        let fp = out
-            .lines()
-            .find_map(|l| l.strip_prefix("fingerprint: "))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let (fp, listen) = init_pg_node(&dp, &pg.url());
         let (fl, _) = init_node(&dl, "lite");
         add_peer(&dp, "lite", &fl, None);
         add_peer(&dl, "pg", &fp, Some(format!("127.0.0.1:{listen}")));
@@ -137,17 +144,7 @@ concord_harness::server_tests! {
         let pg = PgDatabase::create(admin, "CREATE TABLE t(id integer PRIMARY KEY, v text)");
         let root = tempfile::tempdir().unwrap();
         let (dp, dl) = (root.path().join("pg"), root.path().join("lite"));
-        let (listen, http) = (free_port(), free_port());
-        let out = ok(concord([
-            "init", "--dir", &s(&dp), "--name", "pg", "--postgres", &pg.url(), "--tables", "t",
-            "--listen", &format!("127.0.0.1:{listen}"), "--http", &format!("127.0.0.1:{http}"),
-        ]));
-        let fp = out
-            .lines()
-            .find_map(|l| l.strip_prefix("fingerprint: "))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let (fp, listen) = init_pg_node(&dp, &pg.url());
         let (fl, _) = init_node(&dl, "lite");
         add_peer(&dp, "lite", &fl, None);
         add_peer(&dl, "pg", &fp, Some(format!("127.0.0.1:{listen}")));
