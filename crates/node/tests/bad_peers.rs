@@ -345,6 +345,15 @@ impl Arena {
         p
     }
 
+    /// The node's rows before the attack and the source's rows `ids` (as
+    /// [`Source::transaction`] writes them), in the order [`rows`] reads them.
+    fn rows_before_and_rogue(&self, ids: impl IntoIterator<Item = i64>) -> Vec<(i64, String)> {
+        let mut expected = self.rows_before.clone();
+        expected.extend(ids.into_iter().map(|id| (id, format!("rogue {id}"))));
+        expected.sort();
+        expected
+    }
+
     /// Waits until the node released the rogue after it hung up, so it may connect again.
     async fn rogue_released(&self) {
         wait_until("the node to release the rogue", async || {
@@ -633,10 +642,7 @@ fn a_replayed_batch_closes_the_session_and_is_not_applied_twice() {
             .await;
         assert_eq!((p.received, p.applied), (3, 3), "{p:?}");
 
-        let mut expected = arena.rows_before.clone();
-        expected.extend((10..13).map(|id| (id, format!("rogue {id}"))));
-        expected.sort();
-        assert_eq!(rows(arena.n.db()), expected);
+        assert_eq!(rows(arena.n.db()), arena.rows_before_and_rogue(10..13));
         assert_eq!(
             log_counts(arena.n.db())[&origin.to_string()],
             (3, 3),
@@ -680,10 +686,11 @@ fn a_transaction_cut_off_by_a_disconnect_is_not_applied_in_part() {
             .expect_error_then_close(ErrorCode::Rejected, "peer closed the connection")
             .await;
         arena.session_failed("peer closed the connection").await;
-        let mut expected = arena.rows_before.clone();
-        expected.extend([(10, "rogue 10".into()), (11, "rogue 11".into())]);
-        expected.sort();
-        assert_eq!(rows(arena.n.db()), expected, "none of the cut transaction");
+        assert_eq!(
+            rows(arena.n.db()),
+            arena.rows_before_and_rogue(10..12),
+            "none of the cut transaction"
+        );
         assert_eq!(log_counts(arena.n.db())[&origin.to_string()], (2, 2));
 
         // The next session resumes from what the node holds and completes it.
@@ -694,9 +701,10 @@ fn a_transaction_cut_off_by_a_disconnect_is_not_applied_in_part() {
             .send_raw(&changes_frame(1, changes[2..].to_vec()))
             .await;
         assert_eq!(rogue.ack(1).await.holds.get(&origin), 5);
-        expected.extend((20..23).map(|id| (id, format!("rogue {id}"))));
-        expected.sort();
-        assert_eq!(rows(arena.n.db()), expected);
+        assert_eq!(
+            rows(arena.n.db()),
+            arena.rows_before_and_rogue((10..12).chain(20..23))
+        );
         drop(rogue);
         arena.good_peer_unharmed_then_shutdown().await;
     });
@@ -1319,12 +1327,9 @@ fn a_withheld_range_is_listed_counted_as_held_and_drops_the_open_transaction_it_
             .await;
         assert_eq!(rogue.ack(3).await.holds.get(&origin), 4);
 
-        let mut expected = arena.rows_before.clone();
-        expected.extend([(20, "rogue 20".into()), (21, "rogue 21".into())]);
-        expected.sort();
         assert_eq!(
             rows(arena.n.db()),
-            expected,
+            arena.rows_before_and_rogue(20..22),
             "none of the withheld transaction"
         );
         let recorded = LinkFailures::at(&arena.n.dir).load().unwrap();
@@ -1464,12 +1469,9 @@ fn a_withheld_range_over_a_transaction_streaming_into_the_store_rolls_it_back_wh
             .await;
         assert_eq!(rogue.ack(4).await.holds.get(&origin), 20_003);
 
-        let mut expected = arena.rows_before.clone();
-        expected.extend([(40, "rogue 40".into()), (41, "rogue 41".into())]);
-        expected.sort();
         assert_eq!(
             rows(arena.n.db()),
-            expected,
+            arena.rows_before_and_rogue(40..42),
             "none of the withheld transaction"
         );
         let status = arena.node.status().await;
