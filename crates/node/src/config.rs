@@ -127,6 +127,36 @@ pub struct StoreSection {
     /// directory), forwarding every change.
     #[serde(default)]
     pub relay: bool,
+    /// How a PostgreSQL database's writes are captured when it is first tracked:
+    /// `"log"` (the default: from the write-ahead log when the server allows it, else
+    /// triggers) or `"triggers"`.
+    #[serde(default, skip_serializing_if = "CaptureSetting::is_default")]
+    pub capture: CaptureSetting,
+}
+
+/// `[store] capture`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureSetting {
+    /// From the database's log when the server allows it, else triggers.
+    #[default]
+    Log,
+    /// Triggers, always.
+    Triggers,
+}
+
+impl CaptureSetting {
+    fn is_default(&self) -> bool {
+        *self == CaptureSetting::Log
+    }
+
+    /// The store option it stands for.
+    pub fn method(self) -> concord_store::CaptureMethod {
+        match self {
+            CaptureSetting::Log => concord_store::CaptureMethod::Log,
+            CaptureSetting::Triggers => concord_store::CaptureMethod::Triggers,
+        }
+    }
 }
 
 /// Which store `concord init` configures.

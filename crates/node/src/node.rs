@@ -260,6 +260,7 @@ struct StoreState {
     failures: u64,
     /// The set-aside changes by origin, for the rows of the peers they came from.
     failures_by_origin: HashMap<NodeId, OriginFailures>,
+    capture: concord_store::CaptureState,
 }
 
 /// What the tasks of a node share.
@@ -999,7 +1000,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
         // Status must answer while the store is busy (a large transaction holds it for
         // as long as it streams in): after a short wait it reports what the store last
         // said. A capture or a batch holds it for milliseconds, so status is fresh then.
-        let (held, log_entries, conflicts, failures, failures_by_origin) = {
+        let (held, log_entries, conflicts, failures, failures_by_origin, capture) = {
             let mut last = s.last_store_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match lock_briefly(&s.store) {
                 Ok(mut store) => {
@@ -1013,6 +1014,7 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                         conflicts: store.conflict_count().unwrap_or(0),
                         failures: records.len() as u64,
                         failures_by_origin: failures_by_origin(&records),
+                        capture: store.capture_state(),
                     };
                 }
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => {
@@ -1022,8 +1024,11 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
-            (last.held.clone(), last.log_entries, last.conflicts, last.failures, last.failures_by_origin.clone())
+            (last.held.clone(), last.log_entries, last.conflicts, last.failures, last.failures_by_origin.clone(), last.capture.clone())
         };
+        if let Some(lag) = capture.lag_bytes {
+            s.counters.capture_lag_bytes.set(lag as f64);
+        }
         let link_failures = s.link_failures.load().unwrap_or_else(|e| {
             tracing::warn!(error = %crate::words::chain(&e), "reading the link failures");
             Vec::new()
@@ -1104,6 +1109,12 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
             peers,
             refused: s.refused.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
             capture_error: s.capture_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            capture: match (&capture.method, &capture.note) {
+                (method, _) if method.is_empty() => String::new(),
+                (method, Some(note)) => format!("{method} ({note})"),
+                (method, None) => method.clone(),
+            },
+            capture_lag_bytes: capture.lag_bytes,
         }
     })
     .await;
@@ -1122,6 +1133,8 @@ pub(crate) async fn status(shared: &Arc<Shared>) -> NodeStatus {
         peers: Vec::new(),
         refused: Vec::new(),
         capture_error: None,
+        capture: String::new(),
+        capture_lag_bytes: None,
     })
 }
 

@@ -131,6 +131,7 @@ pub async fn open_store(
 ) -> Result<(Box<dyn Store>, Vec<String>), NodeError> {
     let options = StoreOptions {
         max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
+        capture: config.store.capture.method(),
         ..StoreOptions::default()
     };
     // One Concord process at a time per SQLite file: a second `serve` of this node, or a

@@ -68,6 +68,14 @@ pub struct NodeStatus {
     /// changed in a way Concord cannot follow). `None` when all is well.
     #[serde(default)]
     pub capture_error: Option<String>,
+    /// How local writes are captured: `triggers` or `write-ahead log`, with why or
+    /// what to change for the faster one.
+    #[serde(default)]
+    pub capture: String,
+    /// Bytes of the database's log not read by capture yet (log-based capture: what its
+    /// replication slot keeps on the server's disk).
+    #[serde(default)]
+    pub capture_lag_bytes: Option<u64>,
 }
 
 /// One origin's highest sequence number held.
@@ -290,6 +298,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Changes captured from the local database since this process started.",
     ),
     (
+        "concord_capture_lag_bytes",
+        Kind::Gauge,
+        "Bytes of the database's write-ahead log capture has not read yet (log-based capture on PostgreSQL; the replication slot keeps them on the server).",
+    ),
+    (
         "concord_conflicts_total",
         Kind::Counter,
         "Conflicts recorded while applying peers' changes since this process started.",
@@ -405,6 +418,7 @@ pub(crate) fn gauge(
 /// Node-wide counters.
 pub(crate) struct NodeCounters {
     pub(crate) captured: Count,
+    pub(crate) capture_lag_bytes: Gauge,
     pub(crate) conflicts: Count,
 }
 
@@ -413,6 +427,7 @@ impl NodeCounters {
         describe(recorder);
         Self {
             captured: Count::new(recorder, "concord_changes_captured_total", vec![]),
+            capture_lag_bytes: gauge(recorder, "concord_capture_lag_bytes", vec![]),
             conflicts: Count::new(recorder, "concord_conflicts_total", vec![]),
         }
     }

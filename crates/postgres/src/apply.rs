@@ -46,6 +46,18 @@ impl PgStore {
         ApplySession::begin(self)
     }
 
+    /// Releases the replication origin an apply transaction set up, so another session
+    /// (a `concord merge`, the next apply) can take it.
+    fn end_origin_session(&mut self) {
+        if self.logical.is_some()
+            && let Err(e) = self.client.batch_execute(
+                "SELECT pg_replication_origin_session_reset() WHERE pg_replication_origin_session_is_setup()",
+            )
+        {
+            tracing::warn!(error = %e, "could not release Concord's replication origin");
+        }
+    }
+
     /// Writes the row clocks and log entries held back so far (inside the transaction).
     fn flush_apply_meta(&mut self) -> Result<(), StoreError> {
         let mut meta = std::mem::take(&mut self.apply_meta);
@@ -107,6 +119,13 @@ impl ApplyBackend for PgStore {
         self.begin_locked()?;
         let tables: Vec<String> = self.tables.iter().map(|t| t.qualified()).collect();
         let mut setup = "SET LOCAL concord.applying = 'on';".to_owned();
+        if let Some(logical) = &self.logical {
+            // Log-based capture skips transactions of this origin: Concord's own writes.
+            setup.push_str(&format!(
+                "SELECT pg_replication_origin_session_setup({});",
+                crate::schema::literal(&logical.slot)
+            ));
+        }
         if !tables.is_empty() {
             setup.push_str(&format!(
                 "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;",
@@ -123,12 +142,14 @@ impl ApplyBackend for PgStore {
             self.save_progress(index as i32, seq)?;
         }
         self.client.batch_execute("COMMIT")?;
+        self.end_origin_session();
         Ok(())
     }
 
     fn rollback(&mut self) {
         self.apply_meta.clear();
         let _ = self.client.batch_execute("ROLLBACK");
+        self.end_origin_session();
         // The in-memory version vector, origins and clock may hold what was rolled
         // back: reload them now so the store answers truthfully at once.
         if self.reload().is_err() {

@@ -64,6 +64,9 @@ impl PgStore {
     /// in one transaction. Returns how many changes were logged.
     pub fn capture(&mut self) -> Result<u64, StoreError> {
         self.ensure_fresh()?;
+        if let Some(logical) = self.logical.clone() {
+            self.mark_if_far_behind(&logical)?;
+        }
         self.begin_locked()?;
         match self.capture_in_txn() {
             Ok(n) => {
@@ -87,6 +90,12 @@ impl PgStore {
     /// The body of [`PgStore::capture`], inside the caller's locked transaction.
     pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
         self.follow_schema()?;
+        if let Some(logical) = self.logical.clone() {
+            self.stage_from_slot(&logical)?;
+        }
+        for backfill in std::mem::take(&mut self.deferred_backfills) {
+            self.client.batch_execute(&backfill)?;
+        }
         self.client.batch_execute(
             "DECLARE concord_pending NO SCROLL CURSOR FOR
              SELECT p.id, p.tbl, p.op, p.cols, p.at, g.last

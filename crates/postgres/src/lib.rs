@@ -32,6 +32,8 @@ mod apply;
 mod batch;
 mod capture;
 mod log;
+mod logical;
+mod pgoutput;
 mod schema;
 mod store;
 mod types;

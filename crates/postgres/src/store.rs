@@ -17,13 +17,14 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::apply::WriteKind;
 use crate::batch::MetaBatch;
+use crate::logical::{self, Logical};
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
 use concord_store::format::{self as codec};
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
-    StoreOptions,
+    ApplyError, ApplyTxn, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogRead,
+    Origins, SnapshotRead, Store, StoreOptions,
 };
 use concord_store::{
     ApplyReport, ColumnChange, ColumnSignature, StoreError, TrackError, compare_columns,
@@ -76,6 +77,12 @@ pub struct PgStore {
     /// User-table writes by (table id, kind, written columns), prepared once: building
     /// their SQL text for every change cost more than the rest of the apply.
     pub(crate) write_statements: HashMap<(i32, WriteKind, Vec<usize>), Statement>,
+    /// Set when capture reads the write-ahead log ([`crate::logical`]) instead of
+    /// trigger rows.
+    pub(crate) logical: Option<Logical>,
+    /// Backfills of added columns that wait until the write-ahead log was staged
+    /// (log-based capture), so they are folded after the writes that preceded them.
+    pub(crate) deferred_backfills: Vec<String>,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -196,6 +203,8 @@ impl PgStore {
             statements: HashMap::new(),
             apply_meta: MetaBatch::default(),
             write_statements: HashMap::new(),
+            logical: None,
+            deferred_backfills: Vec::new(),
         };
         store.migrate()?;
         store.reload()?;
@@ -223,18 +232,24 @@ impl PgStore {
     /// again, a few times at most.
     pub fn track(url: &str, tables: &[&str], options: StoreOptions) -> Result<Self, TrackError> {
         let mut client = connect(url)?;
+        let (slot, created) = choose_capture(&mut client, &options)?;
         let mut attempt = 1;
-        loop {
-            match in_transaction(&mut client, |client| track_in_txn(client, tables)) {
+        let result = loop {
+            match in_transaction(&mut client, |client| {
+                track_in_txn(client, tables, slot.as_deref())
+            }) {
                 Err(e) if attempt < TRACK_ATTEMPTS && deadlocked(&e) => {
                     tracing::info!(attempt, "tracking was a deadlock victim; retrying");
                     attempt += 1;
                 }
-                other => {
-                    other?;
-                    break;
-                }
+                other => break other,
             }
+        };
+        if let Err(e) = result {
+            if let (Some(slot), true) = (&slot, created) {
+                logical::drop_slot(&mut client, slot);
+            }
+            return Err(e);
         }
         drop(client);
         Ok(Self::open_with(url, options)?)
@@ -263,14 +278,18 @@ impl PgStore {
         // Lenient: a table whose shape changed can still be untracked.
         let store = Self::open_inner(url, StoreOptions::default(), true)?;
         let known = store.tables.clone();
+        let logical = store.logical.clone();
         let mut client = store.client;
-        in_transaction(&mut client, |client| -> Result<(), TrackError> {
+        let removed_all = in_transaction(&mut client, |client| -> Result<bool, TrackError> {
             for &name in tables {
                 let info = known
                     .iter()
                     .find(|t| t.name == name || t.qualified() == name)
                     .ok_or_else(|| TrackError::NotTracked(name.to_owned()))?;
                 client.batch_execute(&info.drop_trigger_sql())?;
+                if logical.is_some() {
+                    logical::uninstall_table(client, info)?;
+                }
                 client.execute("DELETE FROM concord.rows WHERE tbl = $1", &[&info.id])?;
                 client.execute("DELETE FROM concord.pending WHERE tbl = $1", &[&info.id])?;
                 client.execute(
@@ -284,13 +303,24 @@ impl PgStore {
             if tables.is_empty() || remaining == 0 {
                 for info in &known {
                     client.batch_execute(&info.drop_trigger_sql())?;
+                    if logical.is_some() {
+                        logical::uninstall_table(client, info)?;
+                    }
+                }
+                if let Some(logical) = &logical {
+                    logical::remove_publication_and_origin(client, &logical.slot)?;
                 }
                 // CASCADE also drops any trigger whose table was renamed meanwhile: it
                 // depends on its function in the schema.
                 client.batch_execute("DROP SCHEMA concord CASCADE")?;
+                return Ok(true);
             }
-            Ok(())
-        })
+            Ok(false)
+        })?;
+        if let (true, Some(logical)) = (removed_all, &logical) {
+            logical::drop_slot(&mut client, &logical.slot);
+        }
+        Ok(())
     }
 
     /// Upgrades the metadata of a database an older Concord tracked, in one transaction
@@ -319,6 +349,10 @@ impl PgStore {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         self.node = concord_store::node_id_from_meta(&meta, "concord.meta", FORMAT_VERSION)?;
+        self.logical = match (meta.get("capture").map(String::as_str), meta.get("slot")) {
+            (Some("logical"), Some(slot)) => Some(Logical { slot: slot.clone() }),
+            _ => None,
+        };
         self.load_progress()?;
         self.local_index =
             self.origins
@@ -392,11 +426,42 @@ impl PgStore {
                     // next hold every write made before it, and later writes are captured
                     // whole. Writes of the new columns made before it (the old trigger
                     // did not know them) are queued from the rows themselves.
-                    locked(&mut self.client, in_txn, |client| {
-                        install_columns(client, &info, from)?;
-                        client.batch_execute(&info.trigger_sql())?;
-                        client.batch_execute(&info.backfill_columns_sql(from))
-                    })?;
+                    if self.logical.is_none() {
+                        locked(&mut self.client, in_txn, |client| {
+                            install_columns(client, &info, from)?;
+                            client.batch_execute(&info.trigger_sql())?;
+                            client.batch_execute(&info.backfill_columns_sql(from))
+                        })?;
+                    } else {
+                        // Decoding brings every row written since the column was
+                        // added, with its value; only values no row change carried
+                        // (a column added with a default) are queued from the rows,
+                        // after the decoded writes that precede them.
+                        locked(&mut self.client, in_txn, |client| {
+                            install_columns(client, &info, from)
+                        })?;
+                        let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+                        let defaulted: bool = self
+                            .client
+                            .query_one(
+                                "SELECT coalesce(bool_or(atthasdef OR atthasmissing), false)
+                                 FROM pg_attribute WHERE attrelid = $1 AND attname = ANY($2)",
+                                &[&info.oid, &names],
+                            )?
+                            .get(0);
+                        if defaulted && in_txn {
+                            self.deferred_backfills
+                                .push(info.backfill_columns_sql(from));
+                        } else if defaulted {
+                            // Opened without capturing: queue them now, lest they be
+                            // forgotten (a change of such a row committed before
+                            // and not captured yet is then logged after them; the
+                            // merge still ends at the row's values).
+                            locked(&mut self.client, false, |client| {
+                                client.batch_execute(&info.backfill_columns_sql(from))
+                            })?;
+                        }
+                    }
                     let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
                     tracing::info!(table = %info.name, added = ?names, "columns added; capturing them from now on");
                     self.schema_changed = true;
@@ -741,8 +806,71 @@ fn init_identity(client: &mut Client) -> Result<(), postgres::Error> {
 /// How many times tracking is attempted when PostgreSQL picks it as a deadlock victim.
 const TRACK_ATTEMPTS: usize = 5;
 
-/// The body of [`PgStore::track`], inside its transaction.
-fn track_in_txn(client: &mut Client, tables: &[&str]) -> Result<(), TrackError> {
+/// Decides how a database being tracked is captured: from the write-ahead log when it
+/// already is, or when it is new to Concord, `options` prefer it and the server allows
+/// it (a slot is then created here, outside any transaction, as PostgreSQL requires);
+/// else with triggers. Returns the slot, and whether it was created now.
+fn choose_capture(
+    client: &mut Client,
+    options: &StoreOptions,
+) -> Result<(Option<String>, bool), StoreError> {
+    let tracked = client
+        .query_one("SELECT to_regclass('concord.meta') IS NOT NULL", &[])?
+        .get::<_, bool>(0);
+    if tracked {
+        let meta: HashMap<String, String> = client
+            .query(
+                "SELECT key, value FROM concord.meta WHERE key IN ('capture', 'slot')",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let Some(slot) = meta
+            .get("slot")
+            .filter(|_| meta.get("capture").map(String::as_str) == Some("logical"))
+        else {
+            if options.capture == CaptureMethod::Log && logical::unavailable(client)?.is_none() {
+                tracing::info!(
+                    "this database is captured with triggers; untrack and track it again to capture from the write-ahead log instead"
+                );
+            }
+            return Ok((None, false));
+        };
+        let exists = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[slot],
+            )?
+            .get::<_, bool>(0);
+        if !exists {
+            tracing::warn!(slot = %slot, "Concord's replication slot is gone (dropped by hand?); creating it again: writes made while it was missing are not captured until a peer reconciles (concord verify)");
+            logical::create_slot(client, slot)?;
+            return Ok((Some(slot.clone()), true));
+        }
+        return Ok((Some(slot.clone()), false));
+    }
+    if options.capture == CaptureMethod::Triggers {
+        tracing::info!("capturing with triggers, as configured");
+        return Ok((None, false));
+    }
+    if let Some(why) = logical::unavailable(client)? {
+        tracing::info!(reason = %why, "capturing with triggers");
+        return Ok((None, false));
+    }
+    let slot = logical::new_slot_name();
+    logical::create_slot(client, &slot)?;
+    tracing::info!(slot = %slot, "capturing from the write-ahead log (logical decoding)");
+    Ok((Some(slot), true))
+}
+
+/// The body of [`PgStore::track`], inside its transaction; `slot` is set when capture
+/// reads the write-ahead log.
+fn track_in_txn(
+    client: &mut Client,
+    tables: &[&str],
+    slot: Option<&str>,
+) -> Result<(), TrackError> {
     client.batch_execute(METADATA_DDL)?;
     let format = client
         .query_opt("SELECT value FROM concord.meta WHERE key = 'format'", &[])?
@@ -762,6 +890,9 @@ fn track_in_txn(client: &mut Client, tables: &[&str]) -> Result<(), TrackError> 
             }
         }
         None => init_identity(client)?,
+    }
+    if let Some(slot) = slot {
+        logical::prepare(client, slot)?;
     }
     let mut infos = introspect_all(client, tables)?;
     for i in tracking_order(client, &infos)? {
@@ -790,7 +921,15 @@ fn track_in_txn(client: &mut Client, tables: &[&str]) -> Result<(), TrackError> 
                 true
             }
         };
-        install_table(client, info)?;
+        match slot {
+            Some(_) => {
+                client.execute("DELETE FROM concord.columns WHERE tbl = $1", &[&info.id])?;
+                install_columns(client, info, 0)?;
+                client.batch_execute(&info.drop_trigger_sql())?;
+                logical::install_table(client, info, backfill)?;
+            }
+            None => install_table(client, info)?,
+        }
         if backfill {
             client.batch_execute(&info.backfill_sql())?;
         }
@@ -979,6 +1118,35 @@ impl Store for PgStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         PgStore::failures(self)
+    }
+
+    fn capture_state(&mut self) -> CaptureState {
+        match self.logical.clone() {
+            Some(logical) => {
+                let lag = self.slot_lag_bytes(&logical);
+                CaptureState {
+                    method: "write-ahead log".into(),
+                    note: match &lag {
+                        Ok(Some(_)) => None,
+                        Ok(None) => Some(format!("replication slot {} is missing; restart the node to create it again", logical.slot)),
+                        Err(e) => Some(format!("reading the slot's position: {e}")),
+                    },
+                    lag_bytes: lag.ok().flatten(),
+                }
+            }
+            None => CaptureState {
+                method: "triggers".into(),
+                note: match logical::unavailable(&mut self.client) {
+                    _ if self.options.capture == CaptureMethod::Triggers => {
+                        Some("as configured (capture = \"triggers\")".into())
+                    }
+                    Ok(Some(why)) => Some(why),
+                    Ok(None) => Some("the server allows capture from the write-ahead log, which costs the application less: untrack and track the tables again to switch".into()),
+                    Err(_) => None,
+                },
+                lag_bytes: None,
+            },
+        }
     }
 
     fn take_schema_changed(&mut self) -> bool {

@@ -28,6 +28,15 @@ use concord_postgres::{PgStore, StoreOptions, TrackError};
 const DDL: &str = "CREATE TABLE items(id bigint PRIMARY KEY, name text NOT NULL, qty integer);
                    CREATE TABLE other(id integer PRIMARY KEY, note text);";
 
+/// Options forcing the trigger fallback, for the tests of what only triggers do (the
+/// servers CI runs allow log-based capture, which `StoreOptions::default()` picks).
+fn triggers_only() -> StoreOptions {
+    StoreOptions {
+        capture: concord_store::CaptureMethod::Triggers,
+        ..StoreOptions::default()
+    }
+}
+
 fn key(i: i64) -> PrimaryKey {
     PrimaryKey::encode(&[Value::Integer(i)]).unwrap()
 }
@@ -174,7 +183,7 @@ concord_harness::server_tests! {
 
     fn untrack_removes_every_trace(server: postgres) {
         let db = TestDb::new(server, DDL);
-        let store = PgStore::track(&db.url, &["items", "other"], StoreOptions::default()).unwrap();
+        let store = PgStore::track(&db.url, &["items", "other"], triggers_only()).unwrap();
         drop(store);
         let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'concord_capture'";
         assert_eq!(db.count(triggers), 2);
@@ -210,7 +219,7 @@ concord_harness::server_tests! {
         server: postgres,
     ) {
         let db = TestDb::new(server, DDL);
-        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        let mut store = PgStore::track(&db.url, &["items"], triggers_only()).unwrap();
         db.psql("INSERT INTO items VALUES (1, 'before', 1)");
         db.psql("ALTER TABLE items ADD COLUMN colour text");
         db.psql("INSERT INTO items VALUES (2, 'after', 2, 'red'); UPDATE items SET colour = 'blue' WHERE id = 1");

@@ -895,6 +895,18 @@ impl Store for SqliteStore {
         &self.options
     }
 
+    fn capture_state(&mut self) -> concord_store::CaptureState {
+        concord_store::CaptureState {
+            // A relay has no database of its own to capture.
+            method: if self.is_relay() {
+                String::new()
+            } else {
+                "triggers".into()
+            },
+            ..Default::default()
+        }
+    }
+
     fn is_relay(&self) -> bool {
         SqliteStore::is_relay(self)
     }

@@ -60,7 +60,9 @@ pub use progress::{Failure, TxnProgress};
 pub use propagate::{
     ColumnDdl, MissingColumns, NewColumn, add_column, add_missing_columns, missing_columns,
 };
-pub use records::{ApplyReport, ConflictRecord, FailureRecord, LogPage, StoreOptions};
+pub use records::{
+    ApplyReport, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogPage, StoreOptions,
+};
 pub use snapshot::{
     KeyStart, RawClock, RowPage, SnapshotRead, SnapshotReader, SnapshotSource, TableItems,
     clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql, values_hash,

@@ -13,6 +13,31 @@ pub struct StoreOptions {
     /// Changes applied per local transaction before committing at the next source
     /// transaction boundary. Bounds how long local writers wait.
     pub apply_batch_changes: usize,
+    /// How a server store captures local writes when it is first tracked.
+    pub capture: CaptureMethod,
+}
+
+/// How a store captures its clients' writes now, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptureState {
+    /// `triggers`, or `write-ahead log`.
+    pub method: String,
+    /// Why this method, or what to change for a faster one (`None` when nothing to say).
+    pub note: Option<String>,
+    /// How far the database's log is ahead of what capture has read (bytes of WAL a
+    /// replication slot keeps on the server), for log-based capture.
+    pub lag_bytes: Option<u64>,
+}
+
+/// How a server store (PostgreSQL) captures the writes of its clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaptureMethod {
+    /// From the database's own log (PostgreSQL logical decoding) when the server is
+    /// configured for it, else with triggers; the log says which and why.
+    #[default]
+    Log,
+    /// With row triggers, whatever the server allows.
+    Triggers,
 }
 
 impl Default for StoreOptions {
@@ -20,6 +45,7 @@ impl Default for StoreOptions {
         Self {
             max_clock_drift: Duration::from_millis(HlcClock::DEFAULT_MAX_DRIFT_MS),
             apply_batch_changes: 10_000,
+            capture: CaptureMethod::default(),
         }
     }
 }

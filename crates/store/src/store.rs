@@ -13,8 +13,8 @@ use concord_core::reconcile::{Bound, Compare, LocalRun, ReconcileError, Reconcil
 use concord_core::{Change, Hlc, NodeId, VersionVector};
 
 use crate::{
-    ApplyError, ApplyReport, ChangeCursor, ConflictRecord, FailureRecord, LogPage, RowError,
-    SnapshotRead, StoreError, StoreOptions, TableItems,
+    ApplyError, ApplyReport, CaptureState, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
+    RowError, SnapshotRead, StoreError, StoreOptions, TableItems,
 };
 
 /// A database tracked by Concord.
@@ -82,6 +82,14 @@ pub trait Store: Send {
 
     /// Every change set aside because it could not be applied, oldest first.
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError>;
+
+    /// How this store captures local writes, and how far behind its capture is.
+    fn capture_state(&mut self) -> CaptureState {
+        CaptureState {
+            method: "triggers".into(),
+            ..CaptureState::default()
+        }
+    }
 
     /// Whether a tracked table's columns changed since the last call (the store noticed
     /// while capturing); a node then retries what was set aside

@@ -63,6 +63,13 @@ pub(crate) fn render(status: &NodeStatus) -> String {
         status.conflicts,
         status.failures,
     );
+    if !status.capture.is_empty() {
+        out.push_str(&format!("capture {}", status.capture));
+        if let Some(lag) = status.capture_lag_bytes {
+            out.push_str(&format!("  slot lag {lag} bytes"));
+        }
+        out.push('\n');
+    }
     if let Some(error) = &status.capture_error {
         out.push_str(&format!(
             "capture_error: {error} (the local writes it concerns are not sent until it is fixed)\n"
@@ -228,6 +235,8 @@ mod tests {
             peers,
             refused: Vec::new(),
             capture_error: None,
+            capture: String::new(),
+            capture_lag_bytes: None,
         }
     }
 
