@@ -199,6 +199,10 @@ pub struct SyncSection {
     /// Capture interval for PostgreSQL and MySQL stores, in milliseconds: a server has
     /// no file to watch, so the node polls its change table.
     pub capture_poll_ms: u64,
+    /// How often, in milliseconds, a server store that can say cheaply whether
+    /// anything was written (PostgreSQL: its WAL position) is asked; capture runs as
+    /// soon as the answer is yes. Replaces `capture_poll_ms` for such stores.
+    pub capture_check_ms: u64,
 }
 
 impl Default for SyncSection {
@@ -213,6 +217,7 @@ impl Default for SyncSection {
             retention_changes: 1_000_000,
             capture_fallback_ms: 1_000,
             capture_poll_ms: 50,
+            capture_check_ms: 2,
         }
     }
 }

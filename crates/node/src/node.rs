@@ -769,7 +769,10 @@ async fn capture(shared: &Arc<Shared>) -> Result<(u64, Vec<String>), StoreError>
     let store = shared.store.clone();
     let (n, mut problems) = tokio::task::spawn_blocking(move || {
         let mut store = lock(&store);
-        let n = store.capture()?;
+        if !store.writes_may_be_pending()? {
+            return Ok::<_, StoreError>((0, store.table_problems()));
+        }
+        let n = store.capture_ready()?;
         if store.take_schema_changed() {
             // A change set aside for naming a column this database lacked may apply now.
             retry_set_aside(&mut **store, "the schema changed");
@@ -861,12 +864,22 @@ async fn capture_loop(
         None => (None, None),
     };
     // With a file to watch, the timer is only a safety net; a server is polled.
+    let cheap = {
+        let store = shared.store.clone();
+        tokio::task::spawn_blocking(move || lock(&store).answers_pending_cheaply())
+            .await
+            .unwrap_or(false)
+    };
     let period = if events.is_some() {
         shared.config.sync.capture_fallback_ms
+    } else if cheap {
+        shared.config.sync.capture_check_ms
     } else {
         shared.config.sync.capture_poll_ms
     };
-    let mut timer = tokio::time::interval(Duration::from_millis(period.max(10)));
+    let mut timer = tokio::time::interval(Duration::from_millis(period.max(1)));
+    // A capture longer than the period is followed by one, not by a burst.
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The schema may have changed while the node was stopped.
     let store = shared.store.clone();
     let _ = tokio::task::spawn_blocking(move || {

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run --release -p concord-postgres --example pgbench -- [--rows N] [--skip-native]
-//!     [--targets pg,mysql,sqlite]
+//!     [--targets pg,mysql,sqlite] [--capture log|triggers]
 //! ```
+//!
+//! `--capture` chooses how the Concord source captures (default `log`: logical decoding
+//! when the server allows it, as `concord` itself does; `triggers`: the trigger
+//! fallback), so the two can be compared run after run.
 //!
 //! Reads `CONCORD_TEST_POSTGRES_URL` (required) and `CONCORD_TEST_MYSQL_URL` (needed for
 //! the `mysql` target). It creates its own databases, named `concord_pgbench_<pid>_*`,
@@ -118,6 +122,7 @@ struct Args {
     rows: u64,
     native: bool,
     targets: Vec<String>,
+    capture: concord_store::CaptureMethod,
 }
 
 fn parse_args() -> Result<Args> {
@@ -125,6 +130,7 @@ fn parse_args() -> Result<Args> {
         rows: 1_000_000,
         native: true,
         targets: vec!["pg".into(), "mysql".into(), "sqlite".into()],
+        capture: concord_store::CaptureMethod::Log,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -138,6 +144,13 @@ fn parse_args() -> Result<Args> {
                     .context("--rows needs a number")?;
             }
             "--skip-native" => args.native = false,
+            "--capture" => {
+                args.capture = match it.next().as_deref() {
+                    Some("log") => concord_store::CaptureMethod::Log,
+                    Some("triggers") => concord_store::CaptureMethod::Triggers,
+                    _ => bail!("--capture needs log or triggers"),
+                };
+            }
             "--targets" => {
                 args.targets = it
                     .next()
@@ -154,7 +167,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "pgbench [--rows N] [--skip-native] [--targets pg,mysql,sqlite]\n\
+                    "pgbench [--rows N] [--skip-native] [--targets pg,mysql,sqlite] [--capture log|triggers]\n\
                      env: CONCORD_TEST_POSTGRES_URL, CONCORD_TEST_MYSQL_URL"
                 );
                 std::process::exit(0);
@@ -676,6 +689,7 @@ impl Concord {
         sqlite_dir: &Path,
         tag: &str,
         targets: &[String],
+        capture: concord_store::CaptureMethod,
     ) -> Result<Self> {
         let mut admin = Client::connect(server, NoTls)?;
         let src_db = format!("{tag}_csrc");
@@ -684,7 +698,15 @@ impl Concord {
         let src_url = pg_url(server, &src_db);
         let mut app = Client::connect(&src_url, NoTls)?;
         app.batch_execute(TABLE_PG)?;
-        let src = PgStore::track(&src_url, &["t"], StoreOptions::default())?;
+        let options = StoreOptions {
+            capture,
+            ..StoreOptions::default()
+        };
+        let mut src = PgStore::track(&src_url, &["t"], options)?;
+        println!(
+            "Concord source captures with {}",
+            src.capture_state().method
+        );
         let mut out = Concord {
             app,
             src,
@@ -865,6 +887,7 @@ fn main() -> Result<()> {
         sqlite_dir.path(),
         &tag,
         &args.targets,
+        args.capture,
     )?;
 
     let mut summary = String::new();

@@ -64,9 +64,13 @@ impl PgStore {
     /// in one transaction. Returns how many changes were logged.
     pub fn capture(&mut self) -> Result<u64, StoreError> {
         self.ensure_fresh()?;
-        if let Some(logical) = self.logical.clone() {
+        if let Some(logical) = self.logical.clone()
+            && self.stream.is_none()
+        {
             self.mark_if_far_behind(&logical)?;
         }
+        let started_at = self.wal_position()?;
+        let staged = self.stream.as_ref().map(|s| s.staged_transactions());
         self.begin_locked()?;
         match self.capture_in_txn() {
             Ok(n) => {
@@ -74,6 +78,10 @@ impl PgStore {
                     let _ = self.client.batch_execute("ROLLBACK");
                     self.stale = true;
                     return Err(e.into());
+                }
+                self.wal_seen = Some(started_at);
+                if let Some(staged) = staged {
+                    self.staged_seen = staged;
                 }
                 Ok(n)
             }
@@ -90,8 +98,10 @@ impl PgStore {
     /// The body of [`PgStore::capture`], inside the caller's locked transaction.
     pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
         self.follow_schema()?;
-        if let Some(logical) = self.logical.clone() {
-            self.stage_from_slot(&logical)?;
+        if let Some(logical) = self.logical.clone()
+            && !self.skip_barrier
+        {
+            self.stage_local_writes(&logical)?;
         }
         for backfill in std::mem::take(&mut self.deferred_backfills) {
             self.client.batch_execute(&backfill)?;

@@ -36,6 +36,7 @@ mod logical;
 mod pgoutput;
 mod schema;
 mod store;
+mod stream;
 mod types;
 
 pub use apply::ApplySession;

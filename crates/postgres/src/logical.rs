@@ -36,6 +36,7 @@
 //! it (docs/postgres-store.md). `untrack` drops the slot, the publication and the origin.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use postgres::Client;
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -51,6 +52,9 @@ pub(crate) const PUBLICATION: &str = "concord";
 
 /// Rows fetched from the slot's cursor at a time, and staged per `COPY`.
 const PAGE: usize = 5_000;
+
+/// How long a barrier may take before capture reports the log reader as stuck.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The prefix of the marker messages capture writes into the WAL.
 const MARKER_PREFIX: &str = "concord";
@@ -299,7 +303,7 @@ impl ToSql for Xid8 {
 }
 
 /// One row change staged into `concord.pending`.
-struct Staged {
+pub(crate) struct Staged {
     group: u64,
     table: i32,
     op: i16,
@@ -312,7 +316,7 @@ struct Staged {
 
 /// A relation of the decoded stream, matched to the tracked table it is.
 struct Mapped {
-    table: std::sync::Arc<TableInfo>,
+    table: Arc<TableInfo>,
     /// For each of the relation's columns, its position in the tracked table.
     positions: Vec<Option<usize>>,
     /// Decoded changes committed before this position are already in the table's
@@ -325,22 +329,318 @@ struct Txn {
     final_lsn: u64,
     at: i64,
     skip: bool,
+    /// A barrier message this transaction carries (see [`BARRIER_PREFIX`]).
+    barrier: bool,
+}
+
+/// The prefix of the barrier messages: a transaction carrying one is emitted by a
+/// store that needs every local write committed before it staged (capture, and apply
+/// before it overwrites rows); whoever reads the log records its end in `slot_lsn`.
+pub(crate) const BARRIER_PREFIX: &str = "concord-barrier";
+
+/// What a message meant for the reader.
+pub(crate) enum Staging {
+    /// Nothing to act on yet.
+    Continue,
+    /// A transaction to capture (or a barrier) ended at `end_lsn`: commit what was
+    /// staged for it together with the new position.
+    Commit { end_lsn: u64 },
+    /// A transaction that is not captured ended (Concord's own writes, one older than
+    /// the stored position): nothing was staged for it.
+    Skipped { end_lsn: u64 },
+}
+
+/// Turns decoded messages into `concord.pending` rows, in commit order: the part of
+/// log-based capture shared by the one-shot reader ([`PgStore::stage_from_slot`]) and
+/// the streaming one ([`crate::stream`]).
+pub(crate) struct Stager {
+    /// The replication origin whose transactions are Concord's own.
+    origin: String,
+    /// Transactions whose commit is before this were staged already.
+    stored: u64,
+    /// Start positions of tables tracked after the slot was made (`start_lsn.<id>`).
+    starts: HashMap<i32, u64>,
+    relations: HashMap<u32, Option<Mapped>>,
+    txn: Option<Txn>,
+    pub(crate) staged: Vec<Staged>,
+    /// The end of the last transaction (or marker) read whole.
+    pub(crate) position: u64,
+}
+
+impl Stager {
+    /// A stager starting after the position stored in `concord.meta`.
+    pub(crate) fn load(client: &mut Client, origin: &str) -> Result<Self, postgres::Error> {
+        let mut stored = 0;
+        let mut starts = HashMap::new();
+        for row in client.query(
+            "SELECT key, value FROM concord.meta WHERE key = 'slot_lsn' OR key LIKE 'start\\_lsn.%'",
+            &[],
+        )? {
+            let (key, value): (&str, &str) = (row.get(0), row.get(1));
+            let lsn = parse_lsn(value).unwrap_or(0);
+            match key.strip_prefix("start_lsn.") {
+                Some(id) => {
+                    if let Ok(id) = id.parse() {
+                        starts.insert(id, lsn);
+                    }
+                }
+                None => stored = lsn,
+            }
+        }
+        Ok(Stager::new(origin, stored, starts))
+    }
+
+    fn new(origin: &str, stored: u64, starts: HashMap<i32, u64>) -> Self {
+        Stager {
+            origin: origin.to_owned(),
+            stored,
+            starts,
+            relations: HashMap::new(),
+            txn: None,
+            staged: Vec::new(),
+            position: stored,
+        }
+    }
+
+    /// Whether a transaction is being read (its rows may not all be staged yet).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// The position stored when this stager was loaded.
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// Reads one message; `lookup` finds the tracked table a relation is.
+    pub(crate) fn read(
+        &mut self,
+        message: Message,
+        lookup: &mut dyn FnMut(&str, &str) -> Option<Arc<TableInfo>>,
+    ) -> Result<Staging, StoreError> {
+        match message {
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                ..
+            } => {
+                self.txn = Some(Txn {
+                    final_lsn,
+                    at: pgoutput::unix_millis(commit_time),
+                    skip: final_lsn < self.stored,
+                    barrier: false,
+                });
+            }
+            Message::Origin { name } => {
+                if name == self.origin
+                    && let Some(t) = self.txn.as_mut()
+                {
+                    t.skip = true;
+                }
+            }
+            Message::Commit { end_lsn, .. } => {
+                return Ok(match self.txn.take() {
+                    Some(t) if !t.skip || t.barrier => {
+                        self.position = self.position.max(end_lsn);
+                        Staging::Commit { end_lsn }
+                    }
+                    _ => Staging::Skipped { end_lsn },
+                });
+            }
+            Message::Relation(relation) => {
+                let schema = if relation.namespace.is_empty() {
+                    "pg_catalog"
+                } else {
+                    relation.namespace.as_str()
+                };
+                let mapped = lookup(schema, &relation.name).map(|table| self.map(&relation, table));
+                self.relations.insert(relation.id, mapped);
+            }
+            Message::Insert { relation, new } => {
+                if let Some((t, m)) = live(&self.txn, &self.relations, relation) {
+                    let row = insert_row(t, m, &new)?;
+                    self.staged.push(row);
+                }
+            }
+            Message::Update { relation, old, new } => {
+                if let Some((t, m)) = live(&self.txn, &self.relations, relation)
+                    && let Some(row) = update_row(t, m, old.as_deref(), &new)?
+                {
+                    self.staged.push(row);
+                }
+            }
+            Message::Delete { relation, old } => {
+                if let Some((t, m)) = live(&self.txn, &self.relations, relation) {
+                    let row = delete_row(t, m, &old)?;
+                    self.staged.push(row);
+                }
+            }
+            Message::Truncate { relations } => {
+                if self.txn.as_ref().is_some_and(|t| !t.skip) {
+                    for id in relations {
+                        if let Some(Some(m)) = self.relations.get(&id) {
+                            tracing::warn!(table = %m.table.name, "TRUNCATE of a tracked table is not replicated (it removes rows without row changes); delete the rows instead, or truncate every replica");
+                        }
+                    }
+                }
+            }
+            Message::Logical {
+                transactional: true,
+                prefix,
+                ..
+            } if prefix == BARRIER_PREFIX => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.barrier = true;
+                }
+            }
+            Message::Logical {
+                transactional: false,
+                lsn,
+                prefix,
+            } if prefix == MARKER_PREFIX && self.txn.is_none() => {
+                // Every transaction that committed before the marker was read above:
+                // the slot may move to it.
+                self.position = self.position.max(lsn);
+            }
+            Message::Logical { .. } | Message::Other(_) => {}
+        }
+        Ok(Staging::Continue)
+    }
+
+    fn map(&self, relation: &Relation, table: Arc<TableInfo>) -> Mapped {
+        let positions = relation
+            .columns
+            .iter()
+            .map(|c| table.position_of.get(&c.name).copied())
+            .collect();
+        if relation.replica_identity != b'f' {
+            tracing::warn!(table = %table.name, "the table's REPLICA IDENTITY is no longer FULL: updates are captured as writes of every column they carry, so concurrent edits of different columns may conflict; ALTER TABLE ... REPLICA IDENTITY FULL restores it");
+        }
+        Mapped {
+            start_lsn: self.starts.get(&table.id).copied().unwrap_or(0),
+            table,
+            positions,
+        }
+    }
+}
+
+/// Writes staged rows into `concord.pending` with one binary `COPY`, in order, so their
+/// ids follow commit order.
+pub(crate) fn copy_staged(
+    client: &mut Client,
+    staged: &mut Vec<Staged>,
+) -> Result<u64, StoreError> {
+    if staged.is_empty() {
+        return Ok(0);
+    }
+    let xid8 = client
+        .query_one("SELECT 'xid8'::regtype::oid", &[])?
+        .get::<_, u32>(0);
+    let xid8 = Type::from_oid(xid8).unwrap_or(Type::INT8);
+    let types = [
+        xid8,
+        Type::INT4,
+        Type::INT2,
+        Type::INT8,
+        Type::INT4_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+    ];
+    let sink = client
+        .copy_in("COPY concord.pending(xid, tbl, op, at, cols, k, o, v) FROM STDIN BINARY")?;
+    let mut writer = BinaryCopyInWriter::new(sink, &types);
+    for s in staged.iter() {
+        let group = Xid8(s.group);
+        writer.write(&[
+            &group, &s.table, &s.op, &s.at, &s.cols, &s.key, &s.old_key, &s.values,
+        ])?;
+    }
+    let n = writer.finish()?;
+    staged.clear();
+    Ok(n)
+}
+
+/// Stores the position staging reached (in the staging transaction).
+pub(crate) fn store_position(client: &mut Client, lsn: u64) -> Result<(), postgres::Error> {
+    client.execute(
+        "INSERT INTO concord.meta(key, value) VALUES ('slot_lsn', $1)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&lsn_text(lsn)],
+    )?;
+    Ok(())
 }
 
 impl PgStore {
+    /// Makes sure every local write committed before this call is staged in
+    /// `concord.pending`: commits a barrier (from a connection of its own, so it
+    /// commits at once, also inside an apply transaction) and waits until whoever
+    /// streams the slot stored a position past it. Falls back to reading the slot here
+    /// when no stream can be opened (a Unix-socket URL).
+    pub(crate) fn stage_local_writes(&mut self, logical: &Logical) -> Result<(), StoreError> {
+        if self.stream.is_none() {
+            match crate::stream::LogStream::start(&self.url, &logical.slot) {
+                Ok(stream) => self.stream = Some(stream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no streaming log reader; reading the slot directly");
+                    self.stage_from_slot(logical)?;
+                    return Ok(());
+                }
+            }
+        }
+        if self.side.as_ref().is_none_or(|c| c.is_closed()) {
+            self.side = Some(crate::store::connect(&self.url)?);
+        }
+        let Some(side) = self.side.as_mut() else {
+            return Ok(());
+        };
+        let barrier: String = side
+            .query_one(
+                "SELECT pg_logical_emit_message(true, $1, '')::text",
+                &[&BARRIER_PREFIX],
+            )?
+            .get(0);
+        let barrier = parse_lsn(&barrier).unwrap_or(u64::MAX);
+        let stmt = self.statement("SELECT value FROM concord.meta WHERE key = 'slot_lsn'")?;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            let stored = self
+                .client
+                .query_opt(&stmt, &[])?
+                .and_then(|r| parse_lsn(r.get(0)))
+                .unwrap_or(0);
+            if stored >= barrier {
+                return Ok(());
+            }
+            if started.elapsed() > BARRIER_WAIT {
+                let why = self
+                    .stream
+                    .as_ref()
+                    .and_then(|s| s.error())
+                    .unwrap_or_else(|| "no reader of the slot is keeping up".into());
+                return Err(StoreError::Capture {
+                    table: "(write-ahead log)".into(),
+                    key: "-".into(),
+                    detail: format!(
+                        "local writes were not read from the write-ahead log within {} s: {why}",
+                        BARRIER_WAIT.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Writes a marker into the WAL when the slot has fallen [`MARKER_AFTER_BYTES`]
     /// behind the server's WAL (outside any transaction; the next captures read it and
     /// move the slot past the WAL it held for nothing).
     pub(crate) fn mark_if_far_behind(&mut self, logical: &Logical) -> Result<(), StoreError> {
-        let behind: Option<i64> = self
-            .client
-            .query_opt(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&logical.slot],
-            )?
-            .and_then(|r| r.get(0));
-        if behind.is_some_and(|b| b > MARKER_AFTER_BYTES) {
+        if self
+            .slot_lag_bytes(logical)?
+            .is_some_and(|b| b > MARKER_AFTER_BYTES as u64)
+        {
             self.client.execute(
                 "SELECT pg_logical_emit_message(false, $1, '')",
                 &[&MARKER_PREFIX],
@@ -364,18 +664,11 @@ impl PgStore {
 
     /// Stages every committed transaction the slot holds past the stored position into
     /// `concord.pending`, and stores the new position (inside the capture's locked
-    /// transaction, before it writes anything else). Returns the rows staged.
+    /// transaction, before it writes anything else): the one-shot reader, for a store
+    /// whose slot no streaming reader holds. Returns the rows staged.
     pub(crate) fn stage_from_slot(&mut self, logical: &Logical) -> Result<u64, StoreError> {
-        let meta: HashMap<String, String> = self
-            .client
-            .query(
-                "SELECT key, value FROM concord.meta WHERE key = 'slot_lsn' OR key LIKE 'start\\_lsn.%'",
-                &[],
-            )?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let stored = meta.get("slot_lsn").and_then(|t| parse_lsn(t)).unwrap_or(0);
+        let mut stager = Stager::load(&mut self.client, &logical.slot)?;
+        let stored = stager.stored();
         if stored > 0 {
             // The slot may still be behind what was committed last time (it is moved
             // only now); moving it first spares decoding those transactions again.
@@ -393,169 +686,42 @@ impl PgStore {
             literal(PUBLICATION)
         ))?;
         let fetch = format!("FETCH {PAGE} FROM concord_slot");
-        let mut relations: HashMap<u32, Option<Mapped>> = HashMap::new();
-        let mut txn: Option<Txn> = None;
-        let mut staged: Vec<Staged> = Vec::new();
+        let tables = self.tables.clone();
+        let mut lookup = |schema: &str, name: &str| {
+            tables
+                .iter()
+                .find(|t| t.schema == schema && t.relname == name)
+                .cloned()
+        };
         let mut total = 0u64;
-        let mut position = stored;
         loop {
             let rows = self.client.query(&fetch, &[])?;
             if rows.is_empty() {
                 break;
             }
             for row in rows {
-                let data: &[u8] = row.get(0);
-                let message = pgoutput::parse(data).map_err(|e| StoreError::Capture {
-                    table: "(write-ahead log)".into(),
-                    key: "-".into(),
-                    detail: e.to_string(),
-                })?;
-                match message {
-                    Message::Begin {
-                        final_lsn,
-                        commit_time,
-                        ..
-                    } => {
-                        txn = Some(Txn {
-                            final_lsn,
-                            at: pgoutput::unix_millis(commit_time),
-                            skip: final_lsn < stored,
-                        });
-                    }
-                    Message::Origin { name } => {
-                        if name == logical.slot
-                            && let Some(t) = txn.as_mut()
-                        {
-                            t.skip = true;
-                        }
-                    }
-                    Message::Commit { end_lsn, .. } => {
-                        if txn.take().is_some_and(|t| !t.skip) {
-                            position = position.max(end_lsn);
-                        }
-                    }
-                    Message::Relation(relation) => {
-                        let mapped = self.map_relation(&relation, &meta);
-                        relations.insert(relation.id, mapped);
-                    }
-                    Message::Insert { relation, new } => {
-                        if let Some((t, m)) = live(&txn, &relations, relation) {
-                            staged.push(insert_row(t, m, &new)?);
-                        }
-                    }
-                    Message::Update { relation, old, new } => {
-                        if let Some((t, m)) = live(&txn, &relations, relation)
-                            && let Some(s) = update_row(t, m, old.as_deref(), &new)?
-                        {
-                            staged.push(s);
-                        }
-                    }
-                    Message::Delete { relation, old } => {
-                        if let Some((t, m)) = live(&txn, &relations, relation) {
-                            staged.push(delete_row(t, m, &old)?);
-                        }
-                    }
-                    Message::Truncate { relations: ids } => {
-                        if txn.as_ref().is_some_and(|t| !t.skip) {
-                            for id in ids {
-                                if let Some(Some(m)) = relations.get(&id) {
-                                    tracing::warn!(table = %m.table.name, "TRUNCATE of a tracked table is not replicated (it removes rows without row changes); delete the rows instead, or truncate every replica");
-                                }
-                            }
-                        }
-                    }
-                    Message::Logical {
-                        transactional: false,
-                        lsn,
-                        prefix,
-                    } if prefix == MARKER_PREFIX => {
-                        // Every transaction that committed before the marker was read
-                        // above: the slot may move to it.
-                        position = position.max(lsn);
-                    }
-                    Message::Logical { .. } | Message::Other(_) => {}
-                }
+                let message = pgoutput::parse(row.get(0)).map_err(wal_error)?;
+                stager.read(message, &mut lookup)?;
             }
-            if staged.len() >= PAGE {
-                total += self.copy_staged(&mut staged)?;
+            if stager.staged.len() >= PAGE {
+                total += copy_staged(&mut self.client, &mut stager.staged)?;
             }
         }
-        total += self.copy_staged(&mut staged)?;
+        total += copy_staged(&mut self.client, &mut stager.staged)?;
         self.client.batch_execute("CLOSE concord_slot")?;
-        if position > stored {
-            self.client.execute(
-                "INSERT INTO concord.meta(key, value) VALUES ('slot_lsn', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&lsn_text(position)],
-            )?;
+        if stager.position > stored {
+            store_position(&mut self.client, stager.position)?;
         }
         Ok(total)
     }
+}
 
-    fn map_relation(&self, relation: &Relation, meta: &HashMap<String, String>) -> Option<Mapped> {
-        let schema = if relation.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            relation.namespace.as_str()
-        };
-        let table = self
-            .tables
-            .iter()
-            .find(|t| t.schema == schema && t.relname == relation.name)?
-            .clone();
-        let positions = relation
-            .columns
-            .iter()
-            .map(|c| table.position_of.get(&c.name).copied())
-            .collect();
-        let start_lsn = meta
-            .get(&format!("start_lsn.{}", table.id))
-            .and_then(|t| parse_lsn(t))
-            .unwrap_or(0);
-        if relation.replica_identity != b'f' {
-            tracing::warn!(table = %table.name, "the table's REPLICA IDENTITY is no longer FULL: updates are captured as writes of every column they carry, so concurrent edits of different columns may conflict; ALTER TABLE ... REPLICA IDENTITY FULL restores it");
-        }
-        Some(Mapped {
-            table,
-            positions,
-            start_lsn,
-        })
-    }
-
-    /// Writes staged rows into `concord.pending` with one binary `COPY`, in order, so
-    /// their ids follow commit order.
-    fn copy_staged(&mut self, staged: &mut Vec<Staged>) -> Result<u64, StoreError> {
-        if staged.is_empty() {
-            return Ok(0);
-        }
-        let xid8 = self
-            .client
-            .query_one("SELECT 'xid8'::regtype::oid", &[])?
-            .get::<_, u32>(0);
-        let xid8 = Type::from_oid(xid8).unwrap_or(Type::INT8);
-        let types = [
-            xid8,
-            Type::INT4,
-            Type::INT2,
-            Type::INT8,
-            Type::INT4_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::TEXT_ARRAY,
-        ];
-        let sink = self
-            .client
-            .copy_in("COPY concord.pending(xid, tbl, op, at, cols, k, o, v) FROM STDIN BINARY")?;
-        let mut writer = BinaryCopyInWriter::new(sink, &types);
-        for s in staged.iter() {
-            let group = Xid8(s.group);
-            writer.write(&[
-                &group, &s.table, &s.op, &s.at, &s.cols, &s.key, &s.old_key, &s.values,
-            ])?;
-        }
-        let n = writer.finish()?;
-        staged.clear();
-        Ok(n)
+/// A message of the write-ahead log that could not be read.
+pub(crate) fn wal_error(e: pgoutput::ParseError) -> StoreError {
+    StoreError::Capture {
+        table: "(write-ahead log)".into(),
+        key: "-".into(),
+        detail: e.to_string(),
     }
 }
 
@@ -702,6 +868,122 @@ fn delete_row(t: &Txn, m: &Mapped, old: &[Datum]) -> Result<Staged, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::pgoutput::RelationColumn;
+    use crate::schema::ColumnInfo;
+    use crate::types::ColumnKind;
+
+    fn table() -> Arc<TableInfo> {
+        let column = |name: &str| ColumnInfo {
+            name: name.into(),
+            type_name: "text".into(),
+            kind: ColumnKind::TextIo,
+            cast: String::new(),
+        };
+        Arc::new(TableInfo {
+            id: 7,
+            oid: 1,
+            name: "t".into(),
+            schema: "public".into(),
+            relname: "t".into(),
+            columns: vec![column("id"), column("v"), column("w")],
+            key_columns: vec![0],
+            position_of: [("id", 0), ("v", 1), ("w", 2)]
+                .into_iter()
+                .map(|(n, p)| (n.to_owned(), p))
+                .collect(),
+        })
+    }
+
+    fn text(s: &str) -> Datum {
+        Datum::Text(s.as_bytes().to_vec())
+    }
+
+    /// Feeds one transaction writing row 1 (an insert, then an update of `w` under a
+    /// full old row) and returns what the stager staged and said at commit.
+    fn transaction(stager: &mut Stager, final_lsn: u64, origin: Option<&str>) -> (usize, bool) {
+        let mut lookup = |_: &str, _: &str| Some(table());
+        let relation = Message::Relation(Relation {
+            id: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'f',
+            columns: ["v", "id", "w"]
+                .map(|n| RelationColumn {
+                    key: true,
+                    name: n.into(),
+                    type_oid: 25,
+                })
+                .to_vec(),
+        });
+        let mut messages = vec![Message::Begin {
+            final_lsn,
+            commit_time: 0,
+            xid: 1,
+        }];
+        if let Some(name) = origin {
+            messages.push(Message::Origin { name: name.into() });
+        }
+        messages.extend([
+            relation,
+            Message::Insert {
+                relation: 1,
+                new: vec![text("a"), text("1"), Datum::Null],
+            },
+            Message::Update {
+                relation: 1,
+                old: Some(vec![text("a"), text("1"), Datum::Null]),
+                new: vec![Datum::Unchanged, text("1"), text("x")],
+            },
+            Message::Commit {
+                commit_lsn: final_lsn,
+                end_lsn: final_lsn + 8,
+                commit_time: 0,
+            },
+        ]);
+        let before = stager.staged.len();
+        let mut committed = false;
+        for m in messages {
+            if let Staging::Commit { .. } = stager.read(m, &mut lookup).unwrap() {
+                committed = true;
+            }
+        }
+        (stager.staged.len() - before, committed)
+    }
+
+    #[test]
+    fn a_transaction_before_the_stored_position_or_of_concords_origin_is_not_staged() {
+        let mut stager = Stager::new("concord_x", 1_000, HashMap::new());
+        assert_eq!(
+            transaction(&mut stager, 900, None),
+            (0, false),
+            "read before"
+        );
+        assert_eq!(
+            transaction(&mut stager, 1_100, Some("concord_x")),
+            (0, false),
+            "own write"
+        );
+        assert_eq!(
+            transaction(&mut stager, 1_200, Some("someone_else")),
+            (2, true)
+        );
+        assert_eq!(stager.position, 1_208);
+        let update = &stager.staged[1];
+        assert_eq!(update.cols.as_deref(), Some(&[2][..]), "only w changed");
+        assert_eq!(
+            update.values.as_deref(),
+            Some(&[Some("1".into()), Some("a".into()), Some("x".into())][..]),
+            "values in the table's column order, the unchanged one from the old row"
+        );
+    }
+
+    #[test]
+    fn a_table_tracked_later_skips_what_its_backfill_holds() {
+        let mut stager = Stager::new("concord_x", 0, [(7, 2_000)].into_iter().collect());
+        assert_eq!(transaction(&mut stager, 1_500, None).0, 0);
+        assert_eq!(transaction(&mut stager, 2_500, None).0, 2);
+    }
 
     #[test]
     fn lsns_read_back_as_written() {

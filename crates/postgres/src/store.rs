@@ -83,6 +83,17 @@ pub struct PgStore {
     /// Backfills of added columns that wait until the write-ahead log was staged
     /// (log-based capture), so they are folded after the writes that preceded them.
     pub(crate) deferred_backfills: Vec<String>,
+    /// The server's WAL insert position when the last successful capture started:
+    /// nothing was written since while it has not moved.
+    pub(crate) wal_seen: Option<String>,
+    /// The streaming reader of the slot (log-based capture), once started.
+    pub(crate) stream: Option<crate::stream::LogStream>,
+    /// A connection of its own for barriers ([`PgStore::stage_local_writes`]).
+    pub(crate) side: Option<Connection>,
+    /// [`crate::stream::LogStream::staged_transactions`] when the last capture began.
+    pub(crate) staged_seen: u64,
+    /// Set by [`Store::capture_ready`]: fold what the stream staged, without a barrier.
+    pub(crate) skip_barrier: bool,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -205,6 +216,11 @@ impl PgStore {
             write_statements: HashMap::new(),
             logical: None,
             deferred_backfills: Vec::new(),
+            wal_seen: None,
+            stream: None,
+            side: None,
+            staged_seen: 0,
+            skip_barrier: false,
         };
         store.migrate()?;
         store.reload()?;
@@ -574,6 +590,12 @@ impl PgStore {
             self.reload()?;
         }
         Ok(())
+    }
+
+    /// The server's current WAL insert position, as text.
+    pub(crate) fn wal_position(&mut self) -> Result<String, StoreError> {
+        let stmt = self.statement("SELECT pg_current_wal_insert_lsn()::text")?;
+        Ok(self.client.query_one(&stmt, &[])?.get(0))
     }
 
     /// Opens a transaction holding Concord's lock, with fresh progress.
@@ -1118,6 +1140,31 @@ impl Store for PgStore {
 
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
         PgStore::failures(self)
+    }
+
+    fn capture_ready(&mut self) -> Result<u64, StoreError> {
+        let streaming = self.stream.as_ref().is_some_and(|s| s.error().is_none());
+        self.skip_barrier = streaming;
+        let result = self.capture();
+        self.skip_barrier = false;
+        result
+    }
+
+    fn writes_may_be_pending(&mut self) -> Result<bool, StoreError> {
+        if self.stale || self.client.is_closed() {
+            return Ok(true);
+        }
+        if let Some(stream) = &self.stream
+            && stream.error().is_none()
+        {
+            return Ok(stream.staged_transactions() != self.staged_seen);
+        }
+        let now = self.wal_position()?;
+        Ok(self.wal_seen.as_deref() != Some(now.as_str()))
+    }
+
+    fn answers_pending_cheaply(&self) -> bool {
+        true
     }
 
     fn capture_state(&mut self) -> CaptureState {

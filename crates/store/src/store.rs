@@ -83,6 +83,29 @@ pub trait Store: Send {
     /// Every change set aside because it could not be applied, oldest first.
     fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError>;
 
+    /// Captures what is ready to be captured now, without waiting for writes committed
+    /// a moment ago that the store has not read yet (they are captured by a later
+    /// call): what a node's capture loop calls. [`Store::capture`] by default; a store
+    /// that reads its database's log in the background (PostgreSQL) folds what that
+    /// reader has staged and skips the barrier `capture` waits on.
+    fn capture_ready(&mut self) -> Result<u64, StoreError> {
+        self.capture()
+    }
+
+    /// Whether the database may hold writes [`Store::capture`] has not seen yet. A store
+    /// that can tell cheaply (PostgreSQL compares its WAL position with the one its last
+    /// capture started at) lets a node poll often without capturing each time; the
+    /// default, "maybe", makes every poll capture.
+    fn writes_may_be_pending(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Whether [`Store::writes_may_be_pending`] is cheap enough to ask every few
+    /// milliseconds.
+    fn answers_pending_cheaply(&self) -> bool {
+        false
+    }
+
     /// How this store captures local writes, and how far behind its capture is.
     fn capture_state(&mut self) -> CaptureState {
         CaptureState {
