@@ -49,6 +49,9 @@ impl PgStore {
     /// Releases the replication origin an apply transaction set up, so another session
     /// (a `concord merge`, the next apply) can take it.
     fn end_origin_session(&mut self) {
+        if let Some(stream) = &self.stream {
+            stream.resume();
+        }
         if self.logical.is_some()
             && let Err(e) = self.client.batch_execute(
                 "SELECT pg_replication_origin_session_reset() WHERE pg_replication_origin_session_is_setup()",
@@ -133,7 +136,11 @@ impl ApplyBackend for PgStore {
             ));
         }
         self.client.batch_execute(&setup)?;
-        self.capture_in_txn()
+        let captured = self.capture_in_txn()?;
+        if let Some(stream) = &self.stream {
+            stream.pause();
+        }
+        Ok(captured)
     }
 
     fn commit(&mut self, held: &[(u32, u64)]) -> Result<(), StoreError> {

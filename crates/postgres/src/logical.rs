@@ -402,6 +402,12 @@ impl Stager {
         }
     }
 
+    /// Whether the transaction being read is one that is not captured (its row
+    /// messages need not even be parsed).
+    pub(crate) fn skipping(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.skip)
+    }
+
     /// Whether a transaction is being read (its rows may not all be staged yet).
     pub(crate) fn in_transaction(&self) -> bool {
         self.txn.is_some()
