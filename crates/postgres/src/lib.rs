@@ -32,6 +32,7 @@ mod apply;
 mod batch;
 mod capture;
 mod log;
+mod rows;
 mod schema;
 mod store;
 mod types;

@@ -20,7 +20,10 @@ use crate::batch::MetaBatch;
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
+use crate::types::Param;
+use concord_store::engine::WriteMode;
 use concord_store::format::{self as codec};
+use concord_store::pending::PendingRows;
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
     StoreOptions,
@@ -76,6 +79,10 @@ pub struct PgStore {
     /// User-table writes by (table id, kind, written columns), prepared once: building
     /// their SQL text for every change cost more than the rest of the apply.
     pub(crate) write_statements: HashMap<(i32, WriteKind, Vec<usize>), Statement>,
+    /// User-table writes held back to be written set-based ([`crate::rows`]).
+    pub(crate) pending_rows: PendingRows<TableInfo, Param>,
+    /// Multi-row statements by shape and row count, prepared once per transaction.
+    pub(crate) set_statements: HashMap<(i32, WriteKind, Vec<usize>, usize), Statement>,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -196,6 +203,8 @@ impl PgStore {
             statements: HashMap::new(),
             apply_meta: MetaBatch::default(),
             write_statements: HashMap::new(),
+            pending_rows: PendingRows::default(),
+            set_statements: HashMap::new(),
         };
         store.migrate()?;
         store.reload()?;
@@ -928,8 +937,8 @@ impl Store for PgStore {
         PgStore::capture(self)
     }
 
-    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
-        Ok(Box::new(PgStore::begin_apply(self)?))
+    fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(PgStore::begin_apply_in(self, mode)?))
     }
 
     fn apply_changes(
