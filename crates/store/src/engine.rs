@@ -910,7 +910,8 @@ fn set_aside_groups<B: ApplyBackend>(store: &mut B) -> Result<Vec<Vec<Change>>, 
 pub fn retry_set_aside<B: ApplyBackend>(store: &mut B) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     for group in set_aside_groups(store)? {
-        let mut session = ApplySession::begin(store)?;
+        // Exact: a refusal must show while the group is applied, not at its commit.
+        let mut session = ApplySession::begin_in(store, WriteMode::Exact)?;
         let mut refused = false;
         for change in &group {
             match session.reapply(change) {
