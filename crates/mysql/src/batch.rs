@@ -71,6 +71,8 @@ pub(crate) struct LogRow {
 #[derive(Default)]
 pub(crate) struct MetaBatch {
     clocks: HashMap<(i32, Vec<u8>), Held>,
+    /// Clocks written and not flushed yet.
+    dirty: usize,
     log: Vec<LogRow>,
     log_bytes: usize,
 }
@@ -78,7 +80,8 @@ pub(crate) struct MetaBatch {
 impl MetaBatch {
     /// Whether the batch should be written out now, so memory stays bounded.
     pub(crate) fn full(&self) -> bool {
-        self.clocks.len() + self.log.len() >= FLUSH_AT || self.log_bytes >= FLUSH_BYTES
+        // Clocks only read do not count: a prefetch may hold more than that.
+        self.dirty + self.log.len() >= FLUSH_AT || self.log_bytes >= FLUSH_BYTES
     }
 
     /// Appends a log entry (written in append order).
@@ -89,18 +92,22 @@ impl MetaBatch {
 
     /// Records the clock a row now has.
     pub(crate) fn set_clock(&mut self, table: i32, key: &PrimaryKey, clock: RowClock) {
-        self.clocks.insert(
+        let previous = self.clocks.insert(
             (table, key.as_bytes().to_vec()),
             Held {
                 clock: Ok(clock),
                 dirty: true,
             },
         );
+        if !previous.is_some_and(|p| p.dirty) {
+            self.dirty += 1;
+        }
     }
 
     /// Forgets everything (the transaction it belonged to is gone).
     pub(crate) fn clear(&mut self) {
         self.clocks.clear();
+        self.dirty = 0;
         self.log.clear();
         self.log_bytes = 0;
     }
@@ -128,6 +135,9 @@ impl MyStore {
         batch: &mut MetaBatch,
         keys: impl IntoIterator<Item = (i32, &'k [u8])>,
     ) -> Result<(), mysql::Error> {
+        // Clocks read for earlier keys are dropped, so memory stays bounded by what
+        // is written and one prefetch; those written stay until they are flushed.
+        batch.clocks.retain(|_, held| held.dirty);
         let mut by_table: HashMap<i32, Vec<&[u8]>> = HashMap::new();
         for (table, pk) in keys {
             if !batch.clocks.contains_key(&(table, pk.to_vec())) {
@@ -214,10 +224,18 @@ impl MyStore {
             self.insert_rows(LOG_INSERT, "", std::mem::take(&mut rows))?;
         }
         let mut bytes = 0;
-        for ((table, pk), held) in std::mem::take(&mut batch.clocks) {
-            if !held.dirty {
-                continue;
+        // Clocks only read stay (they are what `concord_rows` holds); those written go
+        // once written.
+        let mut written = Vec::with_capacity(batch.dirty);
+        for (key, held) in std::mem::take(&mut batch.clocks) {
+            if held.dirty {
+                written.push((key, held));
+            } else {
+                batch.clocks.insert(key, held);
             }
+        }
+        batch.dirty = 0;
+        for ((table, pk), held) in written {
             // Only clocks the batch wrote are dirty, and those were readable.
             let Ok(clock) = held.clock else { continue };
             let blob = concord_store::encode_clock(&clock, |node| {

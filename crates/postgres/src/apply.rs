@@ -200,10 +200,11 @@ impl ApplyBackend for PgStore {
             self.flush_pending_rows()
                 .map_err(|e| RowError::Refused(e.into()))?;
         }
-        let Some(shared) = self.table_named(&table.name) else {
+        let tables = &self.tables;
+        let shared = || tables.iter().find(|t| t.id == table.id).cloned();
+        if !self.pending_rows.push(shared, write, param_size) {
             return Err(RowError::UnknownTable.into());
-        };
-        self.pending_rows.push(shared, write, param_size);
+        }
         if self.pending_rows.rows() >= FLUSH_ROWS || self.pending_rows.bytes() >= FLUSH_BYTES {
             self.flush_pending_rows()
                 .map_err(|e| RowError::Refused(e.into()))?;

@@ -15,6 +15,7 @@
 //! [`ApplyBackend::commit`] and a clock read after a write sees that write.
 
 use std::collections::{BTreeSet, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -302,8 +303,10 @@ pub struct ApplySession<'s, B: ApplyBackend> {
 /// The rows written since the backend last flushed (as far as the engine knows).
 #[derive(Default)]
 struct Run {
-    /// `(table id, key)` of each row written.
-    keys: HashSet<(i64, Vec<u8>)>,
+    /// A hash of `(table id, key)` of each row written: a collision only costs an
+    /// early flush.
+    keys: HashSet<u64>,
+    hasher: RandomState,
     writes: usize,
 }
 
@@ -786,9 +789,12 @@ fn write<B: ApplyBackend>(
     key: &PrimaryKey,
     write: RowWrite<'_, B::Param<'_>>,
 ) -> Result<(), Failure> {
-    if mode == WriteMode::Sets && !run.keys.insert((table.id(), key.as_bytes().to_vec())) {
-        flush(store, run, mode)?;
-        run.keys.insert((table.id(), key.as_bytes().to_vec()));
+    if mode == WriteMode::Sets {
+        let hash = run.hasher.hash_one((table.id(), key.as_bytes()));
+        if !run.keys.insert(hash) {
+            flush(store, run, mode)?;
+            run.keys.insert(hash);
+        }
     }
     run.writes += 1;
     store

@@ -80,20 +80,34 @@ impl<T: TrackedTable, P> PendingRows<T, P> {
         self.bytes
     }
 
-    /// Adds a write; the caller checked [`PendingRows::accepts`]. `table` is the
-    /// shared description of the table written, `size` a parameter's approximate size.
-    pub fn push(&mut self, table: Arc<T>, write: RowWrite<'_, P>, size: impl Fn(&P) -> usize)
+    /// Adds a write; the caller checked [`PendingRows::accepts`]. `table` gives the
+    /// shared description of the table written, asked only when a run starts (`false`
+    /// if it has none); `size` is a parameter's approximate size.
+    pub fn push(
+        &mut self,
+        table: impl FnOnce() -> Option<Arc<T>>,
+        write: RowWrite<'_, P>,
+        size: impl Fn(&P) -> usize,
+    ) -> bool
     where
         P: Clone,
     {
         let (kind, columns, key, values) = write.parts();
-        let run = self.run.get_or_insert_with(|| RowRun {
-            table,
-            kind,
-            columns: columns.to_vec(),
-            params: Vec::new(),
-            rows: 0,
-        });
+        let run = match &mut self.run {
+            Some(run) => run,
+            None => {
+                let Some(table) = table() else {
+                    return false;
+                };
+                self.run.insert(RowRun {
+                    table,
+                    kind,
+                    columns: columns.to_vec(),
+                    params: Vec::new(),
+                    rows: 0,
+                })
+            }
+        };
         for p in key {
             self.bytes += size(p);
             run.params.push(p.clone());
@@ -103,6 +117,7 @@ impl<T: TrackedTable, P> PendingRows<T, P> {
             run.params.push((*p).clone());
         }
         run.rows += 1;
+        true
     }
 
     /// Takes the rows held, leaving none.
