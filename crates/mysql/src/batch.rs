@@ -44,7 +44,7 @@ pub(crate) const FLUSH_ROWS: usize = 8_192;
 /// Rows in one `INSERT` or `DELETE` at most.
 const MAX_ROWS: usize = 1_000;
 /// Rows in one `UPDATE` at most (its `CASE` costs rows × rows comparisons).
-const MAX_UPDATE_ROWS: usize = 100;
+const MAX_UPDATE_ROWS: usize = 40;
 /// A prepared statement's limit on parameters.
 const MAX_PARAMS: usize = 65_535;
 

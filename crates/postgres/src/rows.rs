@@ -12,6 +12,14 @@
 //! one-row statement. The engine never puts a key twice in a run, so no row is matched
 //! twice by one `UPDATE ... FROM` (whose outcome would then be undefined).
 //!
+//! An `UPDATE` or `DELETE` joined to a thousand-row `VALUES` list is planned by cost,
+//! and PostgreSQL's estimate (four random page reads per index probe) picks a hash join
+//! over a sequential scan of the whole table for each statement: every thousand rows
+//! would read the table once, quadratic in a large transaction. While such a run is
+//! written, hash and merge joins are turned off for the transaction (`SET LOCAL`, back
+//! to their defaults after the run), so the join is a nested loop probing the key's
+//! index, a few rows read per row written.
+//!
 //! Parameters travel in the extended protocol (binary where the type allows), not as
 //! a `COPY` into a staging table: `COPY` would need a temporary table per shape and a
 //! second statement, and a multi-row statement already removes the round trip per row
@@ -83,6 +91,32 @@ impl PgStore {
             types.rotate_left(run.columns.len());
         }
         let per = (MAX_PARAMS / width.max(1)).clamp(1, MAX_ROWS);
+        // See the module doc: a join to the key, by the key's index.
+        let joins = run.kind != WriteKind::Insert && run.rows > 1;
+        if joins {
+            self.client.batch_execute(
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+            )?;
+        }
+        self.write_chunks(run, &one, &types, per)?;
+        if joins {
+            // Not after a failure: the transaction is aborted and rolls back anyway.
+            self.client.batch_execute(
+                "SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_chunks(
+        &mut self,
+        run: &RowRun<TableInfo, Param>,
+        one: &Statement,
+        types: &[Type],
+        per: usize,
+    ) -> Result<(), postgres::Error> {
+        let keys = run.table.key_columns.len();
+        let width = run.width(keys);
         for chunk in run.params.chunks(width * per) {
             let rows = chunk.len() / width.max(1);
             if rows == 1 {
@@ -90,10 +124,10 @@ impl PgStore {
                     WriteKind::Update => chunk[keys..].iter().chain(&chunk[..keys]).collect(),
                     _ => chunk.iter().collect(),
                 };
-                self.client.execute(&one, &sql_refs(&ordered))?;
+                self.client.execute(one, &sql_refs(&ordered))?;
                 continue;
             }
-            let stmt = self.set_statement(run, rows, rows == per, &types)?;
+            let stmt = self.set_statement(run, rows, rows == per, types)?;
             let refs: Vec<&Param> = chunk.iter().collect();
             self.client.execute(&stmt, &sql_refs(&refs))?;
         }
