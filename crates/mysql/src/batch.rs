@@ -282,11 +282,17 @@ impl MyStore {
         let table = &*run.table;
         let keys = table.key_columns.len();
         let width = run.width(keys).max(1);
+        // Parameters a row takes in the statement ([`bind`]).
+        let per_row = match run.kind {
+            WriteKind::Update => run.columns.len() * (keys + 1) + keys,
+            _ => width,
+        };
         let max_rows = match run.kind {
             WriteKind::Update => MAX_UPDATE_ROWS,
             _ => MAX_ROWS,
         }
-        .min(MAX_PARAMS / (width * 2));
+        .min(MAX_PARAMS / per_row.max(1))
+        .max(1);
         let budget = self.statement_budget();
         let mut chunk: Vec<My> = Vec::new();
         let mut bytes = 0;

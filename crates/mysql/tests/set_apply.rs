@@ -9,7 +9,10 @@
 //!   ends otherwise than row by row would (two writes of one key in one set statement);
 //! - parent and child rows with a foreign key, in one source transaction, are written
 //!   out of order (a child before its parent, a parent deleted before its child);
-//! - runs longer than one statement (thousands of rows) lose or repeat rows.
+//! - runs longer than one statement (thousands of rows) lose or repeat rows;
+//! - a set update or delete on a two-column key matches the wrong rows, or a set update
+//!   mangles a value on its way to the column (bytes that are not UTF-8 bound for a
+//!   `BLOB`, a 70,000-byte value: a derived table of parameters did both).
 //!
 //! Each test creates its own throwaway databases on the server named by
 //! `CONCORD_TEST_MYSQL_URL` and is skipped (with a message) without it.
@@ -149,6 +152,9 @@ concord_harness::server_tests! {
             "INSERT INTO items VALUES (1, 'again', 5, NULL)",
             "UPDATE items SET qty = 6 WHERE id IN (1, 2)",
             "DELETE FROM items WHERE id = 2",
+            // The same key twice in a row with the same shape: one set would hold both.
+            "UPDATE items SET qty = 7 WHERE id = 1",
+            "UPDATE items SET qty = 8 WHERE id = 1",
         ];
         for step in steps {
             src_db.run(step);
@@ -162,7 +168,40 @@ concord_harness::server_tests! {
         assert_eq!(report.applied, changes.len() as u64);
         assert_eq!(src_db.dump("items"), dst_db.dump("items"));
         assert_eq!(dst_db.count("SELECT count(*) FROM items"), 1);
-        assert_eq!(dst_db.count("SELECT qty FROM items WHERE id = 1 AND name = 'again'"), 6);
+        assert_eq!(dst_db.count("SELECT qty FROM items WHERE id = 1 AND name = 'again'"), 8);
+    }
+
+    fn set_writes_on_a_two_column_key_keep_every_value_exact(server: mysql) {
+        let ddl = [
+            "CREATE TABLE pairs(a INT, b VARCHAR(10), v TEXT, bin LONGBLOB, PRIMARY KEY (a, b)) ENGINE=InnoDB",
+        ];
+        let src_db = TestDb::new(server, &ddl);
+        let dst_db = TestDb::new(server, &ddl);
+        let mut src = MyStore::track(&src_db.url, &["pairs"], StoreOptions::default()).unwrap();
+        let mut dst = MyStore::track(&dst_db.url, &["pairs"], StoreOptions::default()).unwrap();
+        src_db.run(
+            "INSERT INTO pairs SELECT seq DIV 3, CONCAT('k', seq MOD 3), CONCAT('v', seq), NULL
+             FROM seq_0_to_299",
+        );
+        src.capture().unwrap();
+        src_db.run(
+            "UPDATE pairs SET v = CONCAT(v, '!'), bin = UNHEX('00FF80FE') WHERE b <> 'k1';
+             UPDATE pairs SET bin = REPEAT('z', 70000) WHERE a = 7;
+             DELETE FROM pairs WHERE b = 'k2' AND a >= 50;",
+        );
+        src.capture().unwrap();
+        let changes = all_changes(&src);
+        dst.apply_batch_in(&changes, WriteMode::Sets).unwrap();
+        let dump = |db: &TestDb| -> Vec<(i64, String, String, Option<Vec<u8>>)> {
+            db.conn()
+                .query("SELECT a, b, v, bin FROM pairs ORDER BY a, b")
+                .unwrap()
+        };
+        let (ours, theirs) = (dump(&src_db), dump(&dst_db));
+        assert_eq!(ours.len(), 250);
+        assert!(ours == theirs, "the destination differs from the source");
+        assert_eq!(dst_db.count("SELECT length(bin) FROM pairs WHERE a = 7 AND b = 'k0'"), 70000);
+        assert_eq!(dst_db.count("SELECT count(*) FROM pairs WHERE bin = UNHEX('00FF80FE')"), 148);
     }
 
     fn parent_and_child_rows_with_a_foreign_key_apply_in_order(server: mysql) {

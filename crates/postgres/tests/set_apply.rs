@@ -120,6 +120,9 @@ concord_harness::server_tests! {
             "INSERT INTO items VALUES (1, 'again', 5, NULL)",
             "UPDATE items SET qty = 6 WHERE id IN (1, 2)",
             "DELETE FROM items WHERE id = 2",
+            // The same key twice in a row with the same shape: one set would hold both.
+            "UPDATE items SET qty = 7 WHERE id = 1",
+            "UPDATE items SET qty = 8 WHERE id = 1",
         ];
         for step in steps {
             src_db.psql(step);
@@ -133,7 +136,7 @@ concord_harness::server_tests! {
         assert_eq!(report.applied, changes.len() as u64);
         assert_eq!(src_db.dump("items", "id"), dst_db.dump("items", "id"));
         assert_eq!(dst_db.count("SELECT count(*) FROM items"), 1);
-        assert_eq!(dst_db.count("SELECT qty::bigint FROM items WHERE id = 1 AND name = 'again'"), 6);
+        assert_eq!(dst_db.count("SELECT qty::bigint FROM items WHERE id = 1 AND name = 'again'"), 8);
     }
 
     fn parent_and_child_rows_with_a_foreign_key_apply_in_order(server: postgres) {

@@ -13,6 +13,21 @@
 //! A backend may defer its writes (PostgreSQL keeps row clocks and log entries in a
 //! batch and writes them with `COPY`), as long as everything is written by
 //! [`ApplyBackend::commit`] and a clock read after a write sees that write.
+//!
+//! Users' rows may be deferred too, to be written set-based: one statement per change
+//! cost a round trip to the server for every row. Where they must be written is the
+//! engine's decision, made here once for every store: before a key is written a second
+//! time (two writes of one key in one set statement have no defined order), before a
+//! conflict reads the row, and before commit ([`ApplyBackend::flush_rows`]); the backend
+//! adds its own bounds (a change of table, kind or columns, a size). So the database
+//! sees the writes in the order a row-by-row apply would make them. The price is that a
+//! write the database refuses is known only when its set is written, perhaps while a
+//! later change is applied, and cannot be pinned on one change
+//! ([`RowError::RefusedInSet`]). [`WriteMode::Exact`] writes each row before the next
+//! change, so the refusal names its change; callers that must name it
+//! ([`crate::apply_setting_aside`] retrying a source transaction alone, before setting
+//! it aside) apply again in that mode. No savepoints: one per set would overflow
+//! PostgreSQL's cache of 64 subtransactions on a large transaction.
 
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{BuildHasher, RandomState};
