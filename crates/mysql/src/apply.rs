@@ -16,6 +16,11 @@
 //! with it; InnoDB then rolls one of them back, and the apply fails with an error and
 //! can be retried.
 //!
+//! Row clocks are read for a chunk of changes at once ([`ApplyBackend::prefetch`]), row
+//! clocks and log entries are written in multi-row statements, and users' rows are held
+//! back and written set-based, a few statements per run of one table, kind and column
+//! set ([`crate::batch`]); in the engine's exact mode each row is written before the
+//! next change, so a refused row is named.
 
 use std::sync::Arc;
 
@@ -24,10 +29,13 @@ use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 use mysql::Value as My;
 use mysql::prelude::Queryable;
 
+use crate::batch::{FLUSH_BYTES, FLUSH_ROWS, LogRow, param_size};
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, MyStore, now_ms};
 use crate::types::{parse_read, to_param};
-use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
+use concord_store::engine::{
+    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
+};
 use concord_store::format as codec;
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
@@ -36,10 +44,41 @@ use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 pub type ApplySession<'s> = engine::ApplySession<'s, MyStore>;
 
 impl MyStore {
-    /// Opens an apply transaction.
+    /// Opens an apply transaction (rows written set-based where the store can).
     pub fn begin_apply(&mut self) -> Result<ApplySession<'_>, ApplyError> {
+        self.begin_apply_in(WriteMode::Sets)
+    }
+
+    /// Opens an apply transaction that writes rows as `mode` says.
+    pub fn begin_apply_in(&mut self, mode: WriteMode) -> Result<ApplySession<'_>, ApplyError> {
         self.ensure_fresh()?;
-        ApplySession::begin(self)
+        ApplySession::begin_in(self, mode)
+    }
+}
+
+impl MyStore {
+    /// Writes the row clocks and log entries held back so far (inside the transaction).
+    fn flush_apply_meta(&mut self) -> Result<(), StoreError> {
+        let mut meta = std::mem::take(&mut self.apply_meta);
+        let result = self.flush_meta(&mut meta);
+        self.apply_meta = meta;
+        Ok(result?)
+    }
+
+    /// Flushes once the batch is large, so memory stays bounded.
+    fn flush_if_full(&mut self) -> Result<(), StoreError> {
+        if self.apply_meta.full() {
+            self.flush_apply_meta()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the user-table writes held back ([`crate::batch`]).
+    fn flush_pending_rows(&mut self) -> Result<(), mysql::Error> {
+        match self.pending_rows.take() {
+            Some(run) => self.write_run(run),
+            None => Ok(()),
+        }
     }
 }
 
@@ -118,11 +157,16 @@ impl ApplyBackend for MyStore {
     }
 
     fn begin(&mut self) -> Result<u64, StoreError> {
+        self.apply_meta.clear();
+        self.pending_rows.clear();
         self.begin_locked_for_apply()?;
         self.capture_in_txn()
     }
 
     fn commit(&mut self, held: &[(u32, u64)]) -> Result<(), StoreError> {
+        // The engine flushed the rows already; this is only a safeguard.
+        self.flush_pending_rows().map_err(StoreError::from)?;
+        self.flush_apply_meta()?;
         for &(index, seq) in held {
             self.save_progress(index as i32, seq)?;
         }
@@ -130,6 +174,8 @@ impl ApplyBackend for MyStore {
     }
 
     fn rollback(&mut self) {
+        self.apply_meta.clear();
+        self.pending_rows.clear();
         MyStore::rollback(self);
         // The in-memory version vector, origins and clock may hold what was rolled
         // back: reload them now so the store answers truthfully at once.
@@ -162,8 +208,23 @@ impl ApplyBackend for MyStore {
         Ok(param)
     }
 
+    fn prefetch(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let keys: Vec<(i32, &[u8])> = changes
+            .iter()
+            .filter(|c| !self.origins.held.contains(&c.origin, c.seq))
+            .filter_map(|c| Some((self.table_named(&c.table)?.id, c.key.as_bytes())))
+            .collect();
+        let mut meta = std::mem::take(&mut self.apply_meta);
+        let result = self.prefetch_clocks(&mut meta, keys);
+        self.apply_meta = meta;
+        Ok(result?)
+    }
+
     fn load_clock(&mut self, table: &TableInfo, key: &PrimaryKey) -> Result<RowClock, Failure> {
-        MyStore::load_clock(self, table.id, key).map_err(|e| match e {
+        let meta = std::mem::take(&mut self.apply_meta);
+        let result = self.batched_clock(&meta, table.id, key);
+        self.apply_meta = meta;
+        result.map_err(|e| match e {
             LoadClockError::MySql(e) => Failure::Store(e.into()),
             LoadClockError::Corrupt(d) => RowError::CorruptMetadata(d).into(),
         })
@@ -176,38 +237,34 @@ impl ApplyBackend for MyStore {
         clock: &RowClock,
         _existed: bool,
     ) -> Result<(), StoreError> {
-        Ok(MyStore::save_clock(self, table.id, key, clock)?)
+        self.apply_meta.set_clock(table.id, key, clock.clone());
+        self.flush_if_full()
     }
 
     fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, My>) -> Result<(), Failure> {
-        let (sql, params): (String, Vec<My>) = match write {
-            RowWrite::Delete { key } => (table.delete_sql(), key.to_vec()),
-            RowWrite::Update {
-                key,
-                columns,
-                values,
-            } => (
-                table.update_sql(columns),
-                values
-                    .iter()
-                    .map(|v| (*v).clone())
-                    .chain(key.iter().cloned())
-                    .collect(),
-            ),
-            RowWrite::Insert {
-                key,
-                columns,
-                values,
-            } => (
-                table.insert_sql(columns),
-                key.iter()
-                    .cloned()
-                    .chain(values.iter().map(|v| (*v).clone()))
-                    .collect(),
-            ),
-        };
-        self.conn
-            .exec_drop(sql, mysql::Params::Positional(params))
+        let (kind, columns, _, _) = write.parts();
+        if !self.pending_rows.accepts(table, kind, columns) {
+            self.flush_pending_rows()
+                .map_err(|e| RowError::Refused(e.into()))?;
+        }
+        let tables = &self.tables;
+        let shared = || tables.iter().find(|t| t.id == table.id).cloned();
+        if !self.pending_rows.push(shared, write, param_size) {
+            return Err(RowError::UnknownTable.into());
+        }
+        if self.pending_rows.rows() >= FLUSH_ROWS || self.pending_rows.bytes() >= FLUSH_BYTES {
+            self.flush_pending_rows()
+                .map_err(|e| RowError::Refused(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn writes_sets(&self) -> bool {
+        true
+    }
+
+    fn flush_rows(&mut self) -> Result<(), Failure> {
+        self.flush_pending_rows()
             .map_err(|e| RowError::Refused(e.into()))?;
         Ok(())
     }
@@ -250,23 +307,21 @@ impl ApplyBackend for MyStore {
         if e.table == engine::VERBATIM_TABLE && e.body.len() > self.packet_room() {
             e.body = self.without_oversized_values(&e.body)?;
         }
-        self.conn.exec_drop(
-            "INSERT INTO concord_log(origin, seq, hlc, tbl, pk, cl, body, txn_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                e.origin as i32,
-                e.seq as i64,
-                e.hlc as i64,
-                e.table as i32,
-                e.key,
-                e.causal_length as i64,
-                e.body,
-                e.txn_end,
-            ),
-        )?;
-        Ok(())
+        self.apply_meta.log(LogRow {
+            origin: e.origin as i32,
+            seq: e.seq as i64,
+            hlc: e.hlc as i64,
+            table: e.table as i32,
+            pk: e.key.to_vec(),
+            cl: e.causal_length as i64,
+            body: e.body,
+            txn_end: e.txn_end,
+        });
+        self.flush_if_full()
     }
 
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        self.flush_apply_meta()?;
         self.conn.exec_drop(
             "DELETE FROM concord_log WHERE origin = ? AND seq <= ?",
             (origin as i32, seq as i64),

@@ -28,6 +28,7 @@
 //! The layout and the type table are in `docs/mysql-store.md`.
 
 mod apply;
+mod batch;
 mod capture;
 mod log;
 mod schema;

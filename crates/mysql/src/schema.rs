@@ -446,40 +446,6 @@ impl TableInfo {
             self.key_predicate()
         )
     }
-
-    pub(crate) fn delete_sql(&self) -> String {
-        format!(
-            "DELETE FROM {} WHERE {}",
-            self.qualified(),
-            self.key_predicate()
-        )
-    }
-
-    /// UPDATE of `columns` (params first), keyed by the params after them.
-    pub(crate) fn update_sql(&self, columns: &[usize]) -> String {
-        let sets: Vec<String> = columns
-            .iter()
-            .map(|&p| format!("{} = ?", quote(&self.columns[p].name)))
-            .collect();
-        format!(
-            "UPDATE {} SET {} WHERE {}",
-            self.qualified(),
-            sets.join(", "),
-            self.key_predicate()
-        )
-    }
-
-    /// INSERT of the key columns (params first), then `columns`.
-    pub(crate) fn insert_sql(&self, columns: &[usize]) -> String {
-        let all: Vec<usize> = self.key_columns.iter().chain(columns).copied().collect();
-        let names: Vec<String> = all.iter().map(|&p| quote(&self.columns[p].name)).collect();
-        let params = vec!["?"; all.len()].join(", ");
-        format!(
-            "INSERT INTO {} ({}) VALUES ({params})",
-            self.qualified(),
-            names.join(", ")
-        )
-    }
 }
 
 /// The foreign keys among the tables of the store's database, as `(referencing table,

@@ -19,10 +19,13 @@ use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVect
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
+use crate::batch::MetaBatch;
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
+use concord_store::engine::WriteMode;
 use concord_store::format::{self as codec};
+use concord_store::pending::PendingRows;
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
     StoreOptions,
@@ -75,6 +78,10 @@ pub struct MyStore {
     /// The server's `max_allowed_packet`: a value larger than it cannot be written
     /// (the server would drop the connection), so it is refused before sending.
     pub(crate) max_packet: usize,
+    /// Row clocks and log entries of the open apply transaction not written yet.
+    pub(crate) apply_meta: MetaBatch,
+    /// User-table writes held back to be written set-based ([`crate::batch`]).
+    pub(crate) pending_rows: PendingRows<TableInfo, mysql::Value>,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -189,6 +196,8 @@ impl MyStore {
             schema_changed: false,
             columns_signature: Vec::new(),
             max_packet: usize::MAX,
+            apply_meta: MetaBatch::default(),
+            pending_rows: PendingRows::default(),
         };
         store.migrate()?;
         store.reload()?;
@@ -958,8 +967,8 @@ impl Store for MyStore {
         MyStore::capture(self)
     }
 
-    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
-        Ok(Box::new(MyStore::begin_apply(self)?))
+    fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(MyStore::begin_apply_in(self, mode)?))
     }
 
     fn apply_changes(

@@ -12,18 +12,23 @@
 //! gets the same exclusion from its single writer lock.)
 //!
 //! Row clocks are read for a chunk of changes at once ([`ApplyBackend::prefetch`]), and
-//! row clocks and log entries are written in batches ([`crate::batch`]); the user's row
-//! is written by a statement prepared once per table, kind and column set.
+//! row clocks and log entries are written in batches ([`crate::batch`]). Users' rows are
+//! held back and written set-based, a few multi-row statements per run of one table,
+//! kind and column set ([`crate::rows`]); in the engine's exact mode each is written
+//! before the next change, so a refused row is named.
 use std::sync::Arc;
 
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 
 use crate::batch::{FLUSH_AT, LogEntry as BatchEntry};
+use crate::rows::{FLUSH_BYTES, FLUSH_ROWS, param_size};
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
-use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
+use concord_store::engine::{
+    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
+};
 use concord_store::format as codec;
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
@@ -31,19 +36,18 @@ use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 /// [`ApplySession::commit`] rolls back.
 pub type ApplySession<'s> = engine::ApplySession<'s, PgStore>;
 
-/// What a user-table statement does.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum WriteKind {
-    Delete,
-    Update,
-    Insert,
-}
+pub(crate) use concord_store::pending::WriteKind;
 
 impl PgStore {
-    /// Opens an apply transaction.
+    /// Opens an apply transaction (rows written set-based where the store can).
     pub fn begin_apply(&mut self) -> Result<ApplySession<'_>, ApplyError> {
+        self.begin_apply_in(WriteMode::Sets)
+    }
+
+    /// Opens an apply transaction that writes rows as `mode` says.
+    pub fn begin_apply_in(&mut self, mode: WriteMode) -> Result<ApplySession<'_>, ApplyError> {
         self.ensure_fresh()?;
-        ApplySession::begin(self)
+        ApplySession::begin_in(self, mode)
     }
 
     /// Releases the replication origin an apply transaction set up, so another session
@@ -67,6 +71,14 @@ impl PgStore {
         let result = self.flush_meta(&mut meta);
         self.apply_meta = meta;
         Ok(result?)
+    }
+
+    /// Writes the user-table writes held back ([`crate::rows`]).
+    fn flush_pending_rows(&mut self) -> Result<(), postgres::Error> {
+        match self.pending_rows.take() {
+            Some(run) => self.write_run(&run),
+            None => Ok(()),
+        }
     }
 
     /// Flushes once the batch is large, so memory stays bounded.
@@ -118,14 +130,16 @@ impl ApplyBackend for PgStore {
 
     fn begin(&mut self) -> Result<u64, StoreError> {
         self.apply_meta.clear();
+        self.pending_rows.clear();
         self.write_statements.clear();
+        self.set_statements.clear();
         self.begin_locked()?;
         let tables: Vec<String> = self.tables.iter().map(|t| t.qualified()).collect();
         let mut setup = "SET LOCAL concord.applying = 'on';".to_owned();
         if let Some(logical) = &self.logical {
             // Log-based capture skips transactions of this origin: Concord's own writes.
             setup.push_str(&format!(
-                "SELECT pg_replication_origin_session_setup({});",
+                "SELECT pg_replication_origin_session_setup({}) WHERE NOT pg_replication_origin_session_is_setup();",
                 crate::schema::literal(&logical.slot)
             ));
         }
@@ -144,6 +158,8 @@ impl ApplyBackend for PgStore {
     }
 
     fn commit(&mut self, held: &[(u32, u64)]) -> Result<(), StoreError> {
+        // The engine flushed the rows already; this is only a safeguard.
+        self.flush_pending_rows().map_err(StoreError::from)?;
         self.flush_apply_meta()?;
         for &(index, seq) in held {
             self.save_progress(index as i32, seq)?;
@@ -155,6 +171,7 @@ impl ApplyBackend for PgStore {
 
     fn rollback(&mut self) {
         self.apply_meta.clear();
+        self.pending_rows.clear();
         let _ = self.client.batch_execute("ROLLBACK");
         self.end_origin_session();
         // The in-memory version vector, origins and clock may hold what was rolled
@@ -206,45 +223,29 @@ impl ApplyBackend for PgStore {
     }
 
     fn write_row(&mut self, table: &TableInfo, write: RowWrite<'_, Param>) -> Result<(), Failure> {
-        let (kind, columns, params): (WriteKind, &[usize], Vec<&Param>) = match write {
-            RowWrite::Delete { key } => (WriteKind::Delete, &[], key.iter().collect()),
-            RowWrite::Update {
-                key,
-                columns,
-                values,
-            } => (
-                WriteKind::Update,
-                columns,
-                values.iter().copied().chain(key).collect(),
-            ),
-            RowWrite::Insert {
-                key,
-                columns,
-                values,
-            } => (
-                WriteKind::Insert,
-                columns,
-                key.iter().chain(values.iter().copied()).collect(),
-            ),
-        };
-        let cache_key = (table.id, kind, columns.to_vec());
-        let stmt = match self.write_statements.get(&cache_key) {
-            Some(stmt) => stmt.clone(),
-            None => {
-                let sql = match kind {
-                    WriteKind::Delete => table.delete_sql(),
-                    WriteKind::Update => table.update_sql(columns),
-                    WriteKind::Insert => table.insert_sql(columns),
-                };
-                let stmt = self
-                    .statement(&sql)
-                    .map_err(|e| RowError::Refused(e.into()))?;
-                self.write_statements.insert(cache_key, stmt.clone());
-                stmt
-            }
-        };
-        self.client
-            .execute(&stmt, &sql_refs(&params))
+        let (kind, columns, _, _) = write.parts();
+        if !self.pending_rows.accepts(table, kind, columns) {
+            self.flush_pending_rows()
+                .map_err(|e| RowError::Refused(e.into()))?;
+        }
+        let tables = &self.tables;
+        let shared = || tables.iter().find(|t| t.id == table.id).cloned();
+        if !self.pending_rows.push(shared, write, param_size) {
+            return Err(RowError::UnknownTable.into());
+        }
+        if self.pending_rows.rows() >= FLUSH_ROWS || self.pending_rows.bytes() >= FLUSH_BYTES {
+            self.flush_pending_rows()
+                .map_err(|e| RowError::Refused(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn writes_sets(&self) -> bool {
+        true
+    }
+
+    fn flush_rows(&mut self) -> Result<(), Failure> {
+        self.flush_pending_rows()
             .map_err(|e| RowError::Refused(e.into()))?;
         Ok(())
     }

@@ -7,6 +7,12 @@
 //! writes them with one `COPY` into the log and one multi-row upsert into `concord.rows`
 //! ([`PgStore::flush_meta`]).
 //!
+//! A flush writes the clocks the batch changed and forgets them, but keeps those it
+//! only read, and the next prefetch drops those: a chunk's prefetched clocks survive
+//! the flushes in its middle (losing them sent every later row of the chunk back to one
+//! query per clock), and memory stays bounded by one prefetch plus what waits to be
+//! written.
+//!
 //! Nothing else changes: the batch lives inside the caller's transaction, under
 //! Concord's lock (so no one else writes these tables meanwhile), it is flushed before
 //! that transaction commits, and a clock it holds is the one a read of `concord.rows`
@@ -49,13 +55,16 @@ pub(crate) struct LogEntry {
 #[derive(Default)]
 pub(crate) struct MetaBatch {
     clocks: HashMap<(i32, Vec<u8>), Held>,
+    /// Clocks written and not flushed yet.
+    dirty: usize,
     log: Vec<LogEntry>,
 }
 
 impl MetaBatch {
-    /// Entries held; flush past [`FLUSH_AT`].
+    /// Entries to write (clocks written plus log entries); flush past [`FLUSH_AT`].
+    /// Clocks only read do not count: a prefetch may hold more than that.
     pub(crate) fn len(&self) -> usize {
-        self.clocks.len() + self.log.len()
+        self.dirty + self.log.len()
     }
 
     /// Appends a log entry (written in append order).
@@ -73,18 +82,22 @@ impl MetaBatch {
 
     /// Records the clock a row now has.
     pub(crate) fn set_clock(&mut self, table: i32, key: &PrimaryKey, clock: RowClock) {
-        self.clocks.insert(
+        let previous = self.clocks.insert(
             (table, key.as_bytes().to_vec()),
             Held {
                 clock: Ok(clock),
                 dirty: true,
             },
         );
+        if !previous.is_some_and(|p| p.dirty) {
+            self.dirty += 1;
+        }
     }
 
     /// Forgets everything (the transaction it belonged to is gone).
     pub(crate) fn clear(&mut self) {
         self.clocks.clear();
+        self.dirty = 0;
         self.log.clear();
     }
 }
@@ -97,6 +110,9 @@ impl PgStore {
         batch: &mut MetaBatch,
         keys: impl IntoIterator<Item = (i32, &'k [u8])>,
     ) -> Result<(), postgres::Error> {
+        // Clocks read for earlier keys are dropped, so memory stays bounded by what
+        // is written and one prefetch; those written stay until they are flushed.
+        batch.clocks.retain(|_, held| held.dirty);
         let mut by_table: HashMap<i32, Vec<&[u8]>> = HashMap::new();
         for (table, pk) in keys {
             if !batch.clocks.contains_key(&(table, pk.to_vec())) {
@@ -177,10 +193,18 @@ impl PgStore {
         let mut pks = Vec::new();
         let mut cls = Vec::new();
         let mut blobs = Vec::new();
-        for ((table, pk), held) in batch.clocks.drain() {
-            if !held.dirty {
-                continue;
+        // Clocks only read stay (they are what `concord.rows` holds); those written go
+        // once written.
+        let mut written = Vec::with_capacity(batch.dirty);
+        for (key, held) in std::mem::take(&mut batch.clocks) {
+            if held.dirty {
+                written.push((key, held));
+            } else {
+                batch.clocks.insert(key, held);
             }
+        }
+        batch.dirty = 0;
+        for ((table, pk), held) in written {
             // Only clocks the batch wrote are dirty, and those were readable.
             let Ok(clock) = held.clock else { continue };
             blobs.push(self.encode_clock(&clock)?);

@@ -34,6 +34,7 @@ mod capture;
 mod log;
 mod logical;
 mod pgoutput;
+mod rows;
 mod schema;
 mod store;
 mod stream;

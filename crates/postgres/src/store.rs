@@ -21,7 +21,10 @@ use crate::logical::{self, Logical};
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
+use crate::types::Param;
+use concord_store::engine::WriteMode;
 use concord_store::format::{self as codec};
+use concord_store::pending::PendingRows;
 use concord_store::{
     ApplyError, ApplyTxn, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogRead,
     Origins, SnapshotRead, Store, StoreOptions,
@@ -94,6 +97,10 @@ pub struct PgStore {
     pub(crate) staged_seen: u64,
     /// Set by [`Store::capture_ready`]: fold what the stream staged, without a barrier.
     pub(crate) skip_barrier: bool,
+    /// User-table writes held back to be written set-based ([`crate::rows`]).
+    pub(crate) pending_rows: PendingRows<TableInfo, Param>,
+    /// Multi-row statements by shape and row count, prepared once per transaction.
+    pub(crate) set_statements: HashMap<(i32, WriteKind, Vec<usize>, usize), Statement>,
 }
 
 pub(crate) use concord_store::engine::now_ms;
@@ -221,6 +228,8 @@ impl PgStore {
             side: None,
             staged_seen: 0,
             skip_barrier: false,
+            pending_rows: PendingRows::default(),
+            set_statements: HashMap::new(),
         };
         store.migrate()?;
         store.reload()?;
@@ -1089,8 +1098,8 @@ impl Store for PgStore {
         PgStore::capture(self)
     }
 
-    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
-        Ok(Box::new(PgStore::begin_apply(self)?))
+    fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(PgStore::begin_apply_in(self, mode)?))
     }
 
     fn apply_changes(

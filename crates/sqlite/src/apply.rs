@@ -35,7 +35,9 @@ use crate::schema::{
     Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
 };
 use crate::store::{LoadClockError, STREAMED_BODY_BYTES, SqliteStore, now_ms};
-use concord_store::engine::{self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable};
+use concord_store::engine::{
+    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
+};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
 /// An open apply transaction on a SQLite store. Dropping it without
@@ -43,10 +45,15 @@ use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 pub type ApplySession<'s> = engine::ApplySession<'s, SqliteStore>;
 
 impl SqliteStore {
-    /// Opens an apply transaction.
+    /// Opens an apply transaction (rows written set-based where the store can).
     pub fn begin_apply(&mut self) -> Result<ApplySession<'_>, ApplyError> {
+        self.begin_apply_in(WriteMode::Sets)
+    }
+
+    /// Opens an apply transaction that writes rows as `mode` says.
+    pub fn begin_apply_in(&mut self, mode: WriteMode) -> Result<ApplySession<'_>, ApplyError> {
         self.ensure_fresh()?;
-        ApplySession::begin(self)
+        ApplySession::begin_in(self, mode)
     }
 }
 

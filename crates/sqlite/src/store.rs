@@ -7,7 +7,7 @@ use std::time::Duration;
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
 use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
-use concord_store::engine::LogEntry;
+use concord_store::engine::{LogEntry, WriteMode};
 use rusqlite::blob::ZeroBlob;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -921,8 +921,8 @@ impl Store for SqliteStore {
         SqliteStore::capture(self)
     }
 
-    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
-        Ok(Box::new(SqliteStore::begin_apply(self)?))
+    fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        Ok(Box::new(SqliteStore::begin_apply_in(self, mode)?))
     }
 
     fn apply_changes(

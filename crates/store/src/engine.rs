@@ -13,8 +13,24 @@
 //! A backend may defer its writes (PostgreSQL keeps row clocks and log entries in a
 //! batch and writes them with `COPY`), as long as everything is written by
 //! [`ApplyBackend::commit`] and a clock read after a write sees that write.
+//!
+//! Users' rows may be deferred too, to be written set-based: one statement per change
+//! cost a round trip to the server for every row. Where they must be written is the
+//! engine's decision, made here once for every store: before a key is written a second
+//! time (two writes of one key in one set statement have no defined order), before a
+//! conflict reads the row, and before commit ([`ApplyBackend::flush_rows`]); the backend
+//! adds its own bounds (a change of table, kind or columns, a size). So the database
+//! sees the writes in the order a row-by-row apply would make them. The price is that a
+//! write the database refuses is known only when its set is written, perhaps while a
+//! later change is applied, and cannot be pinned on one change
+//! ([`RowError::RefusedInSet`]). [`WriteMode::Exact`] writes each row before the next
+//! change, so the refusal names its change; callers that must name it
+//! ([`crate::apply_setting_aside`] retrying a source transaction alone, before setting
+//! it aside) apply again in that mode. No savepoints: one per set would overflow
+//! PostgreSQL's cache of 64 subtransactions on a large transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +39,7 @@ use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version
 
 use crate::format::{self, LogBodyRef, LogColumnRef};
 use crate::origins::{Origins, stored_version};
+use crate::pending::WriteKind;
 use crate::{
     ApplyError, ApplyReport, ApplyTxn, ConflictEntry, Failure, RowError, RowFailure, StoreError,
     TxnProgress, check_change, is_real_conflict, newest_hlc,
@@ -91,6 +108,39 @@ pub enum RowWrite<'a, P> {
         /// Their values.
         values: &'a [&'a P],
     },
+}
+
+impl<'a, P> RowWrite<'a, P> {
+    /// What the write does, the columns it writes, the key, and the values.
+    pub fn parts(&self) -> (WriteKind, &'a [usize], &'a [P], &'a [&'a P]) {
+        match *self {
+            RowWrite::Delete { key } => (WriteKind::Delete, &[], key, &[]),
+            RowWrite::Update {
+                key,
+                columns,
+                values,
+            } => (WriteKind::Update, columns, key, values),
+            RowWrite::Insert {
+                key,
+                columns,
+                values,
+            } => (WriteKind::Insert, columns, key, values),
+        }
+    }
+}
+
+/// How an apply transaction writes users' rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// A backend may hold writes back and write them set-based
+    /// ([`ApplyBackend::flush_rows`]). A write the database refuses is then known only
+    /// when a set is written, possibly while a later change is applied: it is reported
+    /// as [`RowError::RefusedInSet`], and [`WriteMode::Exact`] finds which change it was.
+    #[default]
+    Sets,
+    /// Every row is written before the next change is applied, so a refusal names its
+    /// change ([`RowError::Refused`]), as one statement per row always did.
+    Exact,
 }
 
 /// One entry to append to the change log.
@@ -189,13 +239,28 @@ pub trait ApplyBackend {
         clock: &RowClock,
         existed: bool,
     ) -> Result<(), StoreError>;
-    /// Writes the user's row; a refusal by the database is [`RowError::Refused`].
+    /// Writes the user's row, or holds the write back to write it with the next ones of
+    /// the same table, kind and columns ([`crate::pending`]); a refusal by the database
+    /// is [`RowError::Refused`].
     fn write_row(
         &mut self,
         table: &Self::Table,
         write: RowWrite<'_, Self::Param<'_>>,
     ) -> Result<(), Failure>;
-    /// The value column `index` of the row holds now (NULL if there is no row).
+    /// Whether [`ApplyBackend::write_row`] may hold writes back to write them as sets.
+    /// A store that writes every row at once (SQLite, in process) says no, and its
+    /// sessions run in [`WriteMode::Exact`] whatever they were asked.
+    fn writes_sets(&self) -> bool {
+        false
+    }
+    /// Writes, in order, the writes [`ApplyBackend::write_row`] held back. The engine
+    /// calls it before anything reads a user's row, before a key is written a second
+    /// time, after every write in [`WriteMode::Exact`], and before commit.
+    fn flush_rows(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+    /// The value column `index` of the row holds now (NULL if there is no row); the
+    /// writes held back were flushed first.
     fn current_value(
         &mut self,
         table: &Self::Table,
@@ -243,16 +308,64 @@ pub struct ApplySession<'s, B: ApplyBackend> {
     open: bool,
     dirty_origins: BTreeSet<u32>,
     progress: TxnProgress,
+    mode: WriteMode,
+    run: Run,
+    /// The last change that ended a source transaction, to name a set refused at
+    /// commit.
+    last_end: Option<Named>,
+}
+
+/// The rows written since the backend last flushed (as far as the engine knows).
+#[derive(Default)]
+struct Run {
+    /// A hash of `(table id, key)` of each row written: a collision only costs an
+    /// early flush.
+    keys: HashSet<u64>,
+    hasher: RandomState,
+    writes: usize,
+}
+
+/// A change's name, as [`RowFailure`] gives it.
+struct Named {
+    origin: String,
+    seq: u64,
+    table: String,
+    key: String,
+}
+
+impl Named {
+    fn of(change: &Change) -> Self {
+        Named {
+            origin: change.origin.short(),
+            seq: change.seq,
+            table: change.table.clone(),
+            key: change.key.to_string(),
+        }
+    }
 }
 
 impl<'s, B: ApplyBackend> ApplySession<'s, B> {
-    /// Opens an apply transaction on `store`.
+    /// Opens an apply transaction on `store` that writes rows set-based where the
+    /// store can ([`WriteMode::Sets`]).
     pub fn begin(store: &'s mut B) -> Result<Self, ApplyError> {
+        Self::begin_in(store, WriteMode::Sets)
+    }
+
+    /// Opens an apply transaction on `store` that writes rows as `mode` says.
+    pub fn begin_in(store: &'s mut B, mode: WriteMode) -> Result<Self, ApplyError> {
+        let mode = if store.writes_sets() {
+            mode
+        } else {
+            WriteMode::Exact
+        };
         let mut session = ApplySession {
             store,
             open: false,
             dirty_origins: BTreeSet::new(),
             progress: TxnProgress::default(),
+            mode,
+            run: Run::default(),
+            last_end: None,
         };
         session.open_transaction()?;
         Ok(session)
@@ -260,6 +373,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
 
     fn open_transaction(&mut self) -> Result<(), ApplyError> {
         self.progress.began();
+        self.run = Run::default();
         // Marked open first: a failure inside `begin` must still roll back.
         self.open = true;
         match self.store.begin() {
@@ -310,6 +424,23 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
 
     fn commit_current(&mut self) -> Result<(), ApplyError> {
         self.progress.ready_to_commit()?;
+        if let Err(failure) = flush(&mut *self.store, &mut self.run, self.mode) {
+            self.progress.poison();
+            return Err(match (failure, &self.last_end) {
+                (Failure::Row(error), Some(last)) => ApplyError::Row(Box::new(RowFailure {
+                    origin: last.origin.clone(),
+                    seq: last.seq,
+                    table: last.table.clone(),
+                    key: last.key.clone(),
+                    error,
+                })),
+                (Failure::Row(error), None) => ApplyError::Store(StoreError::Corrupt {
+                    table: "apply",
+                    detail: error.to_string(),
+                }),
+                (Failure::Store(e), _) => e.into(),
+            });
+        }
         let origins = self.store.origins();
         let held: Vec<(u32, u64)> = self
             .dirty_origins
@@ -335,7 +466,14 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             Mode::New
         };
         let outcome = self.apply_inner(change, mode);
+        self.note_end(change);
         self.progress.finish(change, outcome)
+    }
+
+    fn note_end(&mut self, change: &Change) {
+        if change.last_in_txn {
+            self.last_end = Some(Named::of(change));
+        }
     }
 
     /// Applies a change this store set aside earlier: it is held and logged already, so
@@ -350,6 +488,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
                     .map_err(Failure::Store)?;
                 Ok(applied)
             });
+        self.note_end(change);
         self.progress.finish(change, outcome)
     }
 
@@ -414,6 +553,10 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             change.delete_seen,
             incoming,
         );
+        if !decision.conflicts.is_empty() {
+            // Recording a conflict reads the row as the changes before this one left it.
+            flush(store, &mut self.run, self.mode)?;
+        }
         for conflict in &decision.conflicts {
             if record_conflict(store, table, change, &key_params, incoming, conflict)? {
                 self.progress.report.conflicts += 1;
@@ -431,11 +574,22 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         let key = &key_params[..];
         match decision.effect {
             RowEffect::None => {}
-            RowEffect::Delete => store.write_row(table, RowWrite::Delete { key })?,
+            RowEffect::Delete => write(
+                store,
+                &mut self.run,
+                self.mode,
+                table,
+                &change.key,
+                RowWrite::Delete { key },
+            )?,
             RowEffect::Update => {
                 if !columns.is_empty() {
-                    store.write_row(
+                    write(
+                        store,
+                        &mut self.run,
+                        self.mode,
                         table,
+                        &change.key,
                         RowWrite::Update {
                             key,
                             columns: &columns,
@@ -446,10 +600,21 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             }
             RowEffect::Recreate => {
                 if was_alive {
-                    store.write_row(table, RowWrite::Delete { key })?;
+                    write(
+                        store,
+                        &mut self.run,
+                        self.mode,
+                        table,
+                        &change.key,
+                        RowWrite::Delete { key },
+                    )?;
                 }
-                store.write_row(
+                write(
+                    store,
+                    &mut self.run,
+                    self.mode,
                     table,
+                    &change.key,
                     RowWrite::Insert {
                         key,
                         columns: &columns,
@@ -598,6 +763,10 @@ impl<B: ApplyBackend> ApplyTxn for ApplySession<'_, B> {
         ApplySession::apply(self, change)
     }
 
+    fn prefetch(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
+        ApplySession::prefetch(self, changes)
+    }
+
     fn set_aside(&mut self, change: &Change, reason: &str) -> Result<(), ApplyError> {
         ApplySession::set_aside(self, change, reason)
     }
@@ -620,6 +789,54 @@ impl<B: ApplyBackend> ApplyTxn for ApplySession<'_, B> {
 
     fn commit(self: Box<Self>) -> Result<ApplyReport, ApplyError> {
         ApplySession::commit(*self)
+    }
+}
+
+/// Writes `write` through the backend as `mode` says: in [`WriteMode::Sets`] the
+/// writes held back are flushed first if they already hold this row (two writes of one
+/// key in one set statement would be applied in no defined order); in
+/// [`WriteMode::Exact`] the row is written at once.
+fn write<B: ApplyBackend>(
+    store: &mut B,
+    run: &mut Run,
+    mode: WriteMode,
+    table: &B::Table,
+    key: &PrimaryKey,
+    write: RowWrite<'_, B::Param<'_>>,
+) -> Result<(), Failure> {
+    if mode == WriteMode::Sets {
+        let hash = run.hasher.hash_one((table.id(), key.as_bytes()));
+        if !run.keys.insert(hash) {
+            flush(store, run, mode)?;
+            run.keys.insert(hash);
+        }
+    }
+    run.writes += 1;
+    store
+        .write_row(table, write)
+        .map_err(|e| in_mode(e, mode))?;
+    if mode == WriteMode::Exact {
+        flush(store, run, mode)?;
+    }
+    Ok(())
+}
+
+/// Has the backend write what it holds back.
+fn flush<B: ApplyBackend>(store: &mut B, run: &mut Run, mode: WriteMode) -> Result<(), Failure> {
+    run.keys.clear();
+    if std::mem::take(&mut run.writes) == 0 {
+        return Ok(());
+    }
+    store.flush_rows().map_err(|e| in_mode(e, mode))
+}
+
+/// A refusal while writing sets cannot be pinned on one change.
+fn in_mode(failure: Failure, mode: WriteMode) -> Failure {
+    match (mode, failure) {
+        (WriteMode::Sets, Failure::Row(RowError::Refused(e))) => {
+            Failure::Row(RowError::RefusedInSet(e))
+        }
+        (_, failure) => failure,
     }
 }
 
@@ -714,7 +931,8 @@ fn set_aside_groups<B: ApplyBackend>(store: &mut B) -> Result<Vec<Vec<Change>>, 
 pub fn retry_set_aside<B: ApplyBackend>(store: &mut B) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     for group in set_aside_groups(store)? {
-        let mut session = ApplySession::begin(store)?;
+        // Exact: a refusal must show while the group is applied, not at its commit.
+        let mut session = ApplySession::begin_in(store, WriteMode::Exact)?;
         let mut refused = false;
         for change in &group {
             match session.reapply(change) {

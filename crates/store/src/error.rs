@@ -237,6 +237,14 @@ pub enum RowError {
     /// The database refused the write (a constraint, say).
     #[error("the database refused the write: {}", .0.message)]
     Refused(DbError),
+    /// The database refused a set-based write of the rows of several changes, this one
+    /// or one before it in the transaction (see [`crate::engine::WriteMode`]); applying
+    /// them again one row at a time names the change.
+    #[error(
+        "the database refused a set-based write of the rows of this change or of one before it in the transaction: {}",
+        .0.message
+    )]
+    RefusedInSet(DbError),
     /// A change that neither inserts nor deletes has no columns, or is otherwise invalid.
     #[error("invalid change: {0}")]
     Invalid(String),

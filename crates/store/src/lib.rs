@@ -41,6 +41,7 @@ pub mod format;
 mod logread;
 mod meta;
 mod origins;
+pub mod pending;
 mod progress;
 mod propagate;
 mod records;

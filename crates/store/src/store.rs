@@ -12,6 +12,7 @@ use concord_core::mapping::Kind;
 use concord_core::reconcile::{Bound, Compare, LocalRun, ReconcileError, Reconciler};
 use concord_core::{Change, Hlc, NodeId, VersionVector};
 
+use crate::engine::WriteMode;
 use crate::{
     ApplyError, ApplyReport, CaptureState, ChangeCursor, ConflictRecord, FailureRecord, LogPage,
     RowError, SnapshotRead, StoreError, StoreOptions, TableItems,
@@ -50,8 +51,14 @@ pub trait Store: Send {
     /// changes were captured.
     fn capture(&mut self) -> Result<u64, StoreError>;
 
-    /// Opens an apply transaction. Dropping it without [`ApplyTxn::commit`] rolls back.
-    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError>;
+    /// Opens an apply transaction that writes rows set-based where the store can
+    /// ([`WriteMode::Sets`]). Dropping it without [`ApplyTxn::commit`] rolls back.
+    fn begin_apply(&mut self) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {
+        self.begin_apply_in(WriteMode::Sets)
+    }
+
+    /// Opens an apply transaction that writes rows as `mode` says.
+    fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError>;
 
     /// A reader of the change log with its own connection, so a sync session can read
     /// while the store captures and applies.
@@ -161,9 +168,27 @@ pub trait Store: Send {
     fn discard_set_aside(&mut self, which: Option<(NodeId, u64)>) -> Result<u64, ApplyError>;
 
     /// Applies `changes` in one transaction: all of them, or none if any is bad. The
-    /// last change must end a source transaction.
+    /// last change must end a source transaction. Rows are written set-based; if the
+    /// database refuses a set, the batch is applied again one row at a time, so the
+    /// error names the change it refused.
     fn apply_batch(&mut self, changes: &[Change]) -> Result<ApplyReport, ApplyError> {
-        let mut txn = self.begin_apply()?;
+        match self.apply_batch_in(changes, WriteMode::Sets) {
+            Err(ApplyError::Row(failure)) if matches!(failure.error, RowError::RefusedInSet(_)) => {
+                self.apply_batch_in(changes, WriteMode::Exact)
+            }
+            other => other,
+        }
+    }
+
+    /// Applies `changes` in one transaction, writing rows as `mode` says: all of them,
+    /// or none if any is bad. The last change must end a source transaction.
+    fn apply_batch_in(
+        &mut self,
+        changes: &[Change],
+        mode: WriteMode,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut txn = self.begin_apply_in(mode)?;
+        txn.prefetch(changes)?;
         for change in changes {
             txn.apply(change)?;
         }
@@ -209,12 +234,18 @@ pub trait Store: Send {
 
 /// An open apply transaction of a [`Store`].
 ///
-/// Changes are checked, merged and written one at a time; the transaction commits only
-/// at source-transaction boundaries, so a source transaction is never applied in part.
-/// If anything fails the transaction is poisoned and rolled back.
+/// Changes are checked and merged one at a time, and their rows written as the
+/// transaction's [`WriteMode`] says; the transaction commits only at source-transaction
+/// boundaries, so a source transaction is never applied in part. If anything fails the
+/// transaction is poisoned and rolled back.
 pub trait ApplyTxn {
     /// Applies one change inside the transaction.
     fn apply(&mut self, change: &Change) -> Result<(), ApplyError>;
+
+    /// Hints that `changes` come next, so the store may read their row clocks at once.
+    fn prefetch(&mut self, _changes: &[Change]) -> Result<(), ApplyError> {
+        Ok(())
+    }
 
     /// Records a change that could not be applied as a failure, advancing the version
     /// vector past it and keeping it in the log verbatim so it is still relayed.
@@ -272,9 +303,10 @@ pub trait LogRead: Send {
 pub type Prepare<'a> = &'a dyn Fn(&[Change]) -> Result<Vec<Change>, String>;
 
 /// Applies whole source transactions, the way every caller does (a node's session,
-/// `concord merge`): all of `changes` in one store transaction; if that is refused
-/// because of one change, each source transaction is retried alone, and those that
-/// still fail are set aside ([`Store::set_aside`]: recorded with the reason, kept in
+/// `concord merge`): all of `changes` in one store transaction, rows written set-based
+/// ([`WriteMode::Sets`]); if that is refused because of one change, each source
+/// transaction is retried alone, one row at a time ([`WriteMode::Exact`], so the error
+/// names the change the database refused), and those that still fail are set aside ([`Store::set_aside`]: recorded with the reason, kept in
 /// the log, counted as held), so one bad row never blocks the rest. A failure of the
 /// store itself (not of a change) is returned. `changes` must end a source transaction.
 pub fn apply_setting_aside(
@@ -283,9 +315,9 @@ pub fn apply_setting_aside(
     prepare: Option<Prepare<'_>>,
 ) -> Result<ApplyReport, ApplyError> {
     let whole = match prepare {
-        None => store.apply_batch(changes),
+        None => store.apply_batch_in(changes, WriteMode::Sets),
         Some(prepare) => match prepare(changes) {
-            Ok(prepared) => store.apply_batch(&prepared),
+            Ok(prepared) => store.apply_batch_in(&prepared, WriteMode::Sets),
             // Found again, and set aside, below.
             Err(reason) => Err(ApplyError::Mapping(reason)),
         },
@@ -339,7 +371,7 @@ fn apply_group(
             &prepared[..]
         }
     };
-    match store.apply_batch(group) {
+    match store.apply_batch_in(group, WriteMode::Exact) {
         Ok(report) => Ok(report),
         Err(ApplyError::Row(failure)) if !matches!(failure.error, RowError::Gap(_)) => {
             Err(GroupFailure::Refused(crate::error_chain(&failure)))
@@ -351,8 +383,9 @@ fn apply_group(
 /// Applies a stream of changes as [`apply_setting_aside`] does, holding at most about
 /// [`StoreOptions::apply_batch_changes`] changes in memory. A source transaction larger
 /// than four batches cannot be held to be retried: it is streamed into one store
-/// transaction, whole or not at all, and if it fails the error is returned instead of
-/// setting it aside.
+/// transaction, whole or not at all, rows written set-based, and if it fails the error
+/// is returned instead of setting it aside (a refusal by the database then names the
+/// last change before the set that was refused, [`RowError::RefusedInSet`]).
 pub fn apply_stream_setting_aside(
     store: &mut dyn Store,
     changes: &mut dyn Iterator<Item = Result<Change, StoreError>>,
