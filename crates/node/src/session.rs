@@ -1398,7 +1398,11 @@ fn account(shared: &Shared, peer: &Peer, report: &ApplyReport) {
     peer.counters.set_aside.add(report.set_aside);
     peer.counters.conflicts.add(report.conflicts);
     shared.counters.conflicts.add(report.conflicts);
-    if report.applied + report.set_aside > 0 {
+    shared.counters.captured.add(report.captured);
+    // Local writes an apply captured first are new log entries too: without this, a
+    // batch of duplicates that captured the node's last writes woke no sender, and
+    // those writes waited for some later change (seen as a mesh that never converged).
+    if report.applied + report.set_aside + report.captured > 0 {
         shared.log_changed.send_modify(|v| *v += 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Folding captured writes into the change log.
 //!
-//! The trigger leaves one `concord.pending` row per written row: the writing
+//! The log reader ([`crate::logical`]) or the trigger leaves one `concord.pending` row
+//! per written row: the writing
 //! transaction's id (`xid`), the operation, the changed columns, the key and the values
 //! the transaction wrote, as canonical text. Capture turns each into a
 //! [`concord_core::Change`] in the log: it parses the text back to typed values (in SQL,
@@ -16,6 +17,7 @@
 //! grouped by `xid`, and the last change logged for each source transaction carries
 //! `last_in_txn`, so every destination applies it whole.
 //!
+//! The log reader stages transactions in commit order, so ids follow it. With triggers,
 //! PostgreSQL does not expose commit order without `track_commit_timestamp`, so
 //! transactions are ordered by the id of their *last* pending row (ids come from a
 //! sequence, allocated at write time). That order agrees with every dependency that

@@ -7,16 +7,21 @@
 //! transaction, and a crash leaves all of a batch or none of it.
 //!
 //! ## Capture without the application's help
-//! [`PgStore::track`] installs a plpgsql `AFTER INSERT OR UPDATE OR DELETE` row trigger
-//! on each tracked table. Every client's writes run it (psql, any program), and it
-//! appends the row's key, the operation, the changed columns, the values written and
-//! the writing transaction's id to `concord.pending`. [`PgStore::capture`] later folds
-//! pending rows of *committed* transactions into the change log, one source transaction
-//! at a time, marking the last change of each `last_in_txn` (see `capture.rs` for how
-//! commit order is approximated and why that is safe).
+//! Where the server allows it (`wal_level = logical`, a role with `REPLICATION`),
+//! [`PgStore::track`] creates a logical replication slot and a publication, and a reader
+//! thread (`stream.rs`) stages every committed source transaction from the write-ahead
+//! log into `concord.pending`, committing the slot position with it (`logical.rs`,
+//! `pgoutput.rs`); the application's writes cost nothing more than their WAL. Elsewhere a
+//! plpgsql `AFTER INSERT OR UPDATE OR DELETE` row trigger appends the same rows: the
+//! row's key, the operation, the changed columns, the values written and the writing
+//! transaction's id. Either way every client's writes are captured (psql, any
+//! program), and [`PgStore::capture`] folds pending rows of *committed* transactions
+//! into the change log, one source transaction at a time, marking the last change of
+//! each `last_in_txn` (`capture.rs`).
 //!
 //! ## Applying without echo
-//! [`ApplySession`] runs with `SET LOCAL concord.applying = 'on'`, which the trigger
+//! [`ApplySession`] runs with Concord's replication origin set, whose transactions the
+//! log reader skips, and with `SET LOCAL concord.applying = 'on'`, which the trigger
 //! checks with `current_setting('concord.applying', true)`: only that transaction sees
 //! the setting, so Concord's own writes are not captured again while every other
 //! session's are. The decisions come from [`concord_core::merge`]: this crate never
