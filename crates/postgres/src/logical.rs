@@ -220,13 +220,7 @@ pub(crate) fn install_table(
         )?;
         client.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))?;
     }
-    let listed: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                            WHERE p.pubname = $1 AND pr.prrelid = $2)",
-            &[&PUBLICATION, &info.oid],
-        )?
-        .get(0);
+    let listed = in_publication(client, info)?;
     if !listed {
         client.batch_execute(&format!(
             "ALTER PUBLICATION {PUBLICATION} ADD TABLE {table}"
@@ -242,6 +236,17 @@ pub(crate) fn install_table(
     Ok(())
 }
 
+/// Whether the publication lists the table.
+fn in_publication(client: &mut Client, info: &TableInfo) -> Result<bool, postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                            WHERE p.pubname = $1 AND pr.prrelid = $2)",
+            &[&PUBLICATION, &info.oid],
+        )?
+        .get(0))
+}
+
 /// Undoes [`install_table`] for a table being untracked (inside `untrack`'s
 /// transaction): out of the publication, its replica identity as it was.
 pub(crate) fn uninstall_table(
@@ -249,13 +254,7 @@ pub(crate) fn uninstall_table(
     info: &TableInfo,
 ) -> Result<(), postgres::Error> {
     let table = info.qualified();
-    let listed: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                            WHERE p.pubname = $1 AND pr.prrelid = $2)",
-            &[&PUBLICATION, &info.oid],
-        )?
-        .get(0);
+    let listed = in_publication(client, info)?;
     if listed {
         client.batch_execute(&format!(
             "ALTER PUBLICATION {PUBLICATION} DROP TABLE {table}"
