@@ -1168,8 +1168,17 @@ impl Store for PgStore {
         {
             return Ok(stream.staged_transactions() != self.staged_seen);
         }
-        let now = self.wal_position()?;
-        Ok(self.wal_seen.as_deref() != Some(now.as_str()))
+        // The WAL position alone is not enough: a transaction's commit record is in the
+        // WAL a moment (its fsync) before the transaction is visible, so a capture can
+        // start after the record, see nothing, and nothing moves the WAL afterwards
+        // (seen as 8-20 s stalls with triggers). A pending row that became visible since
+        // is asked for directly.
+        let stmt = self.statement(
+            "SELECT pg_current_wal_insert_lsn()::text, EXISTS (SELECT 1 FROM concord.pending)",
+        )?;
+        let row = self.client.query_one(&stmt, &[])?;
+        let (now, pending): (String, bool) = (row.get(0), row.get(1));
+        Ok(pending || self.wal_seen.as_deref() != Some(now.as_str()))
     }
 
     fn answers_pending_cheaply(&self) -> bool {
