@@ -295,6 +295,12 @@ fn stream(url: &str, config: ReplicationConfig, shared: &Shared) -> Result<(), S
             Staging::Commit { end_lsn } => {
                 let rows = open || !stager.staged.is_empty();
                 begin(&mut client, &mut open)?;
+                if !rows {
+                    // A barrier alone: its position need not survive a crash (nothing
+                    // staged depends on it), so its commit does not wait for a flush,
+                    // while every waiter, in any process, sees it at once.
+                    client.batch_execute("SET LOCAL synchronous_commit = off")?;
+                }
                 copy_staged(&mut client, &mut stager.staged)?;
                 store_position(&mut client, end_lsn)?;
                 client.batch_execute("COMMIT")?;
