@@ -98,9 +98,7 @@ impl Server for Pg {
         )
     }
     fn drop_database(&self, db: &str) {
-        if let Ok(mut c) = postgres::Client::connect(&self.0, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-        }
+        concord_harness::servers::drop_postgres_database(&self.0, db);
     }
     fn ddl(&self) -> &'static str {
         "CREATE TABLE t(id bigint PRIMARY KEY, v text CHECK (length(v) < 20));

@@ -163,12 +163,7 @@ impl ServerDatabases {
 
 impl Drop for ServerDatabases {
     fn drop(&mut self) {
-        if let Ok(mut pg) = pg_connect(&self.pg_admin) {
-            let _ = pg.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        concord_harness::servers::drop_postgres_database(&self.pg_admin, &self.name);
         if let Ok(mut my) = my_connect(&self.my_admin) {
             // MariaDB's DROP DATABASE waits for every open transaction in it: end the
             // sessions still there (a node that outlived the test) first.

@@ -420,6 +420,44 @@ pub fn unique_database_name(prefix: &str) -> String {
     name
 }
 
+/// Drops a test database of the PostgreSQL server at `admin_url`, with its replication
+/// slots. A log reader still attached (a node that is stopping) keeps its slot active,
+/// and `DROP DATABASE` then fails: the database would stay, and its slot would keep the
+/// server's WAL forever (it filled this machine's disk once). So the readers are
+/// ended first, and the drop is retried for up to 10 s; a failure is printed, never
+/// ignored silently.
+pub fn drop_postgres_database(admin_url: &str, name: &str) {
+    let mut client = match postgres::Client::connect(admin_url, postgres::NoTls) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("could not connect to drop test database {name}: {e}");
+            return;
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let _ = client.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE database = $1 AND active_pid IS NOT NULL",
+            &[&name],
+        );
+        let drop = format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "\"\"")
+        );
+        match client.batch_execute(&drop) {
+            Ok(()) => return,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("could not drop test database {name}: {e}");
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

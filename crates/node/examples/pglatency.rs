@@ -270,7 +270,8 @@ fn main() {
     ndst.batch_execute(&format!("ALTER SUBSCRIPTION {tag} DISABLE; ALTER SUBSCRIPTION {tag} SET (slot_name = NONE); DROP SUBSCRIPTION {tag}"))
         .unwrap();
     drop(ndst);
+    drop(admin);
     for db in &names {
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        concord_harness::servers::drop_postgres_database(&server, db);
     }
 }

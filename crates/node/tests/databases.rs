@@ -129,12 +129,7 @@ impl Databases {
 
 impl Drop for Databases {
     fn drop(&mut self) {
-        if let Ok(mut pg) = postgres::Client::connect(&self.pg_admin, postgres::NoTls) {
-            let _ = pg.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        concord_harness::servers::drop_postgres_database(&self.pg_admin, &self.name);
         if let Ok(opts) = mysql::Opts::from_url(&self.my_admin)
             && let Ok(mut my) = mysql::Conn::new(opts)
         {

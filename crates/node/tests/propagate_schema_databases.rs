@@ -200,12 +200,7 @@ impl Peer for Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        concord_harness::servers::drop_postgres_database(&self.admin, &self.name);
     }
 }
 

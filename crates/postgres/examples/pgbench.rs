@@ -390,14 +390,9 @@ impl Resources {
         if let Err(e) = self.drop_subscription() {
             eprintln!("warning: could not drop the subscription or slot: {e:#}");
         }
-        if let Ok(mut admin) = Client::connect(&self.pg_admin, NoTls) {
-            for db in self.pg_dbs.drain(..) {
-                if let Err(e) =
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                {
-                    eprintln!("warning: could not drop database {db}: {e}");
-                }
-            }
+        // (With the slots of log-based capture, whose readers may still be stopping.)
+        for db in self.pg_dbs.drain(..) {
+            concord_harness::servers::drop_postgres_database(&self.pg_admin, &db);
         }
         if let Some(url) = &self.mysql_admin
             && let Ok(mut c) = mysql::Opts::from_url(url)
