@@ -861,10 +861,12 @@ fn choose_capture(
             .get("slot")
             .filter(|_| meta.get("capture").map(String::as_str) == Some("logical"))
         else {
-            if options.capture == CaptureMethod::Log && logical::unavailable(client)?.is_none() {
-                tracing::info!(
-                    "this database is captured with triggers; untrack and track it again to capture from the write-ahead log instead"
-                );
+            match logical::unavailable(client)? {
+                None if options.capture == CaptureMethod::Log => tracing::info!(
+                    "capturing with triggers, as when this database was first tracked; untrack and track it again to capture from the write-ahead log instead"
+                ),
+                Some(why) => tracing::info!(reason = %why, "capturing with triggers"),
+                None => tracing::info!("capturing with triggers, as configured"),
             }
             return Ok((None, false));
         };
@@ -879,6 +881,7 @@ fn choose_capture(
             logical::create_slot(client, slot)?;
             return Ok((Some(slot.clone()), true));
         }
+        tracing::info!(slot = %slot, "capturing from the write-ahead log (logical decoding)");
         return Ok((Some(slot.clone()), false));
     }
     if options.capture == CaptureMethod::Triggers {
