@@ -11,6 +11,7 @@
 //! - Concord's own applied writes are captured again (echo);
 //! - a restart after capture committed but before the slot moved logs changes twice;
 //! - a write made while tracking starts is lost or captured twice (backfill and log);
+//! - the log reader stays down after its connection is killed (a server restart);
 //! - `untrack` leaves the slot (which would keep the server's WAL forever), the
 //!   publication, the origin or the changed replica identity behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -184,6 +185,23 @@ concord_harness::server_tests! {
         let state = store.capture_state();
         assert_eq!(state.method, "write-ahead log");
         assert!(state.lag_bytes.is_some(), "{state:?}");
+    }
+
+    fn the_log_reader_recovers_when_its_connection_is_killed(server: postgres) {
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        db.psql("INSERT INTO items VALUES (1, 'one', 1, NULL)");
+        assert_eq!(store.capture().unwrap(), 1, "the reader is running");
+        // What a server restart, a failover or an administrator does to the reader.
+        let killed = db.count(&format!(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+              WHERE slot_name = '{}' AND active_pid IS NOT NULL) k",
+            slot_of(&db)
+        ));
+        assert_eq!(killed, 1);
+        db.psql("INSERT INTO items VALUES (2, 'two', 2, NULL); UPDATE items SET qty = 10 WHERE id = 1;");
+        assert_eq!(store.capture().unwrap(), 2, "captured once the reader is back");
+        assert_eq!(all_changes(&store).len(), 3, "nothing twice");
     }
 
     fn untrack_drops_the_slot_publication_origin_and_restores_replica_identity(server: postgres) {
