@@ -67,9 +67,11 @@ enum Command {
 impl Command {
     /// A running node logs its sessions; one-shot commands only warnings.
     fn default_log_level(&self) -> &'static str {
+        // The PostgreSQL log reader reports a lost replication connection itself, once
+        // per distinct failure; the replication crate would log it a second time.
         match self {
-            Command::Serve { .. } => "info",
-            _ => "warn",
+            Command::Serve { .. } => "info,pgwire_replication=off",
+            _ => "warn,pgwire_replication=off",
         }
     }
 }
