@@ -29,7 +29,7 @@ use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 use mysql::Value as My;
 use mysql::prelude::Queryable;
 
-use crate::batch::{FLUSH_BYTES, FLUSH_ROWS, LogRow, param_size};
+use crate::batch::{LogRow, param_size};
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, MyStore, now_ms};
 use crate::types::{parse_read, to_param};
@@ -252,7 +252,7 @@ impl ApplyBackend for MyStore {
         if !self.pending_rows.push(shared, write, param_size) {
             return Err(RowError::UnknownTable.into());
         }
-        if self.pending_rows.rows() >= FLUSH_ROWS || self.pending_rows.bytes() >= FLUSH_BYTES {
+        if self.pending_rows.is_full() {
             self.flush_pending_rows()
                 .map_err(|e| RowError::Refused(e.into()))?;
         }

@@ -39,8 +39,6 @@ use crate::store::{LoadClockError, MyStore};
 pub(crate) const FLUSH_AT: usize = 8_192;
 /// Bytes of log bodies held past which a batch is written out.
 pub(crate) const FLUSH_BYTES: usize = 16 << 20;
-/// Rows held back past which they are written out.
-pub(crate) const FLUSH_ROWS: usize = 8_192;
 /// Rows in one `INSERT` or `DELETE` at most.
 const MAX_ROWS: usize = 1_000;
 /// Rows in one `UPDATE` at most (its `CASE` costs rows × rows comparisons).

@@ -22,7 +22,7 @@ use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 
 use crate::batch::{FLUSH_AT, LogEntry as BatchEntry};
-use crate::rows::{FLUSH_BYTES, FLUSH_ROWS, param_size};
+use crate::rows::param_size;
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, PgStore, now_ms};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
@@ -233,7 +233,7 @@ impl ApplyBackend for PgStore {
         if !self.pending_rows.push(shared, write, param_size) {
             return Err(RowError::UnknownTable.into());
         }
-        if self.pending_rows.rows() >= FLUSH_ROWS || self.pending_rows.bytes() >= FLUSH_BYTES {
+        if self.pending_rows.is_full() {
             self.flush_pending_rows()
                 .map_err(|e| RowError::Refused(e.into()))?;
         }

@@ -37,12 +37,7 @@ use crate::types::{Param, sql_refs};
 const MAX_ROWS: usize = 1_000;
 /// PostgreSQL's limit on the parameters of one statement.
 const MAX_PARAMS: usize = 65_535;
-/// Rows held past which they are written out, so memory stays flat.
-pub(crate) const FLUSH_ROWS: usize = 8_192;
-/// Bytes of values held past which they are written out.
-pub(crate) const FLUSH_BYTES: usize = 16 << 20;
-
-/// A parameter's approximate size in memory, for [`FLUSH_BYTES`].
+/// A parameter's approximate size in memory, for `PendingRows`' flush bound.
 pub(crate) fn param_size(p: &Param) -> usize {
     match p {
         Param::Numeric(s) | Param::Text(s) | Param::Json(s) => s.len() + 24,

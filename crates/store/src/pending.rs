@@ -70,6 +70,18 @@ impl<T: TrackedTable, P> PendingRows<T, P> {
         }
     }
 
+    /// Whether what is held should be written out now, so memory stays flat: past
+    /// [`PendingRows::FLUSH_ROWS`] rows or [`PendingRows::FLUSH_BYTES`] bytes (the same
+    /// bound for every store that holds rows back).
+    pub fn is_full(&self) -> bool {
+        self.rows() >= Self::FLUSH_ROWS || self.bytes >= Self::FLUSH_BYTES
+    }
+
+    /// Rows held past which they are written out.
+    pub const FLUSH_ROWS: usize = 8_192;
+    /// Bytes of values held past which they are written out.
+    pub const FLUSH_BYTES: usize = 16 << 20;
+
     /// Rows held.
     pub fn rows(&self) -> usize {
         self.run.as_ref().map_or(0, |r| r.rows)
