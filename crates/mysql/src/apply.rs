@@ -31,11 +31,9 @@ use mysql::prelude::Queryable;
 
 use crate::batch::{LogRow, param_size};
 use crate::schema::TableInfo;
-use crate::store::{LoadClockError, MyStore, now_ms};
+use crate::store::{LoadClockError, MyStore};
 use crate::types::{parse_read, to_param};
-use concord_store::engine::{
-    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
-};
+use concord_store::engine::{self, ApplyBackend, LogEntry, RowWrite, TrackedTable, WriteMode};
 use concord_store::format as codec;
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
@@ -87,7 +85,7 @@ const STATEMENT_ROOM: usize = 64 * 1024;
 
 impl MyStore {
     /// The largest value (or log body) a statement can carry to this server.
-    fn packet_room(&self) -> usize {
+    pub(crate) fn packet_room(&self) -> usize {
         self.max_packet.saturating_sub(STATEMENT_ROOM)
     }
 
@@ -282,27 +280,6 @@ impl ApplyBackend for MyStore {
         Ok(parse_read(table.columns[index].kind, read.flatten()).unwrap_or(Value::Null))
     }
 
-    fn record_conflict(&mut self, c: &ConflictRow<'_>) -> Result<(), StoreError> {
-        self.conn.exec_drop(
-            "INSERT INTO concord_conflicts(tbl, pk, key_text, kind, column_name, local_value,
-                 local_version, remote_value, remote_version, winner)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            mysql::Params::Positional(vec![
-                c.table.into(),
-                c.key.as_bytes().to_vec().into(),
-                c.key.to_string().into(),
-                c.kind.into(),
-                c.column.into(),
-                codec::encode(c.local_value).into(),
-                c.local_version.to_string().into(),
-                codec::encode(c.remote_value).into(),
-                c.remote_version.to_string().into(),
-                c.winner.into(),
-            ]),
-        )?;
-        Ok(())
-    }
-
     fn append_log(&mut self, mut e: LogEntry<'_>) -> Result<(), StoreError> {
         if e.table == engine::VERBATIM_TABLE && e.body.len() > self.packet_room() {
             e.body = self.without_oversized_values(&e.body)?;
@@ -321,55 +298,9 @@ impl ApplyBackend for MyStore {
     }
 
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        // Entries held back in the batch may be among those to drop.
         self.flush_apply_meta()?;
-        self.conn.exec_drop(
-            "DELETE FROM concord_log WHERE origin = ? AND seq <= ?",
-            (origin as i32, seq as i64),
-        )?;
-        Ok(())
-    }
-
-    fn record_failure(
-        &mut self,
-        change: &Change,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        // A change this server cannot hold whole is recorded without it: it cannot be
-        // applied here later either.
-        let body = (body.len() <= self.packet_room()).then_some(body);
-        self.conn.exec_drop(
-            "INSERT INTO concord_failures(origin, seq, tbl, key_text, error, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                change.origin.to_string(),
-                change.seq as i64,
-                &change.table,
-                change.key.to_string(),
-                reason,
-                now_ms() as i64,
-                body,
-            ),
-        )?;
-        Ok(())
-    }
-
-    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .query("SELECT body FROM concord_failures WHERE body IS NOT NULL ORDER BY id")?)
-    }
-
-    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
-        self.conn.exec_drop(
-            "DELETE FROM concord_failures WHERE origin = ? AND seq = ?",
-            (origin.to_string(), seq as i64),
-        )?;
-        Ok(())
-    }
-
-    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
-        self.conn.query_drop("DELETE FROM concord_failures")?;
-        Ok(self.conn.affected_rows())
+        concord_store::bookkeeping::drop_log_through(self, origin, seq)
     }
 }
 

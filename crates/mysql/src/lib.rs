@@ -30,6 +30,7 @@
 mod apply;
 mod batch;
 mod capture;
+mod driver;
 mod log;
 mod schema;
 mod store;

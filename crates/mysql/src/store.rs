@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
@@ -23,8 +23,8 @@ use crate::batch::MetaBatch;
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
+use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
-use concord_store::format::{self as codec};
 use concord_store::pending::PendingRows;
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
@@ -83,8 +83,6 @@ pub struct MyStore {
     /// User-table writes held back to be written set-based ([`crate::batch`]).
     pub(crate) pending_rows: PendingRows<TableInfo, mysql::Value>,
 }
-
-pub(crate) use concord_store::engine::now_ms;
 
 /// Connects and fixes the session settings values depend on.
 pub(crate) fn connect(url: &str) -> Result<Conn, StoreError> {
@@ -620,76 +618,24 @@ impl MyStore {
         &mut self.conn
     }
 
-    fn count(&mut self, table: &str) -> Result<u64, StoreError> {
-        let n: Option<i64> = self
-            .conn
-            .query_first(format!("SELECT count(*) FROM {table}"))?;
-        Ok(n.unwrap_or(0) as u64)
-    }
-
     /// Number of entries in the change log.
     pub fn log_len(&mut self) -> Result<u64, StoreError> {
-        self.count("concord_log")
+        bookkeeping::count(self, "log")
     }
 
     /// Number of captured writes not yet folded into the change log.
     pub fn pending_len(&mut self) -> Result<u64, StoreError> {
-        self.count("concord_pending")
+        bookkeeping::count(self, "pending")
     }
 
     /// Changes set aside because they could not be applied, oldest first.
     pub fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        let rows: Vec<(String, i64, String, String, String, i64)> = self.conn.query(
-            "SELECT origin, seq, tbl, key_text, error, at FROM concord_failures ORDER BY id",
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|(origin, seq, table, key, error, at)| FailureRecord {
-                origin,
-                seq: seq as u64,
-                table,
-                key,
-                error,
-                at_ms: at as u64,
-            })
-            .collect())
+        bookkeeping::failures(self)
     }
 
     /// Recorded conflicts, oldest first.
     pub fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        type R = (
-            i64,
-            String,
-            String,
-            String,
-            Option<String>,
-            Vec<u8>,
-            String,
-            Vec<u8>,
-            String,
-            String,
-        );
-        let rows: Vec<R> = self.conn.query(
-            "SELECT id, tbl, key_text, kind, column_name, local_value, local_version,
-                    remote_value, remote_version, winner
-             FROM concord_conflicts ORDER BY id",
-        )?;
-        let value = |bytes: &[u8]| codec::decode::<Value>(bytes).unwrap_or(Value::Null);
-        Ok(rows
-            .into_iter()
-            .map(|r| ConflictRecord {
-                id: r.0,
-                table: r.1,
-                key: r.2,
-                kind: r.3,
-                column: r.4,
-                local_value: value(&r.5),
-                local_version: r.6,
-                remote_value: value(&r.7),
-                remote_version: r.8,
-                winner: r.9,
-            })
-            .collect())
+        bookkeeping::conflicts(self)
     }
 
     pub(crate) fn table_by_id(&self, id: i32) -> Option<&Arc<TableInfo>> {
@@ -993,25 +939,11 @@ impl Store for MyStore {
     }
 
     fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        // Positions only grow and entries are only removed from the front, so the
-        // cutoff follows from the last position.
-        let last: i64 = self
-            .conn
-            .query_first::<i64, _>("SELECT coalesce(max(pos), 0) FROM concord_log")?
-            .unwrap_or(0);
-        let cutoff = last.saturating_sub(keep.min(i64::MAX as u64) as i64);
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        Ok({
-            self.conn
-                .exec_drop("DELETE FROM concord_log WHERE pos <= ?", (cutoff,))?;
-            self.conn.affected_rows()
-        })
+        bookkeeping::prune_log(self, keep)
     }
 
     fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        self.count("concord_conflicts")
+        bookkeeping::count(self, "conflicts")
     }
 
     fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {

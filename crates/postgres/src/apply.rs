@@ -24,12 +24,9 @@ use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 use crate::batch::{FLUSH_AT, LogEntry as BatchEntry};
 use crate::rows::param_size;
 use crate::schema::TableInfo;
-use crate::store::{LoadClockError, PgStore, now_ms};
+use crate::store::{LoadClockError, PgStore};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
-use concord_store::engine::{
-    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
-};
-use concord_store::format as codec;
+use concord_store::engine::{self, ApplyBackend, LogEntry, RowWrite, TrackedTable, WriteMode};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
 /// An open apply transaction on a PostgreSQL store. Dropping it without
@@ -269,30 +266,6 @@ impl ApplyBackend for PgStore {
         })
     }
 
-    fn record_conflict(&mut self, c: &ConflictRow<'_>) -> Result<(), StoreError> {
-        let stmt = self.statement(
-            "INSERT INTO concord.conflicts(tbl, pk, key_text, kind, column_name, local_value,
-                 local_version, remote_value, remote_version, winner)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )?;
-        self.client.execute(
-            &stmt,
-            &[
-                &c.table,
-                &c.key.as_bytes(),
-                &c.key.to_string(),
-                &c.kind,
-                &c.column,
-                &codec::encode(c.local_value),
-                &c.local_version.to_string(),
-                &codec::encode(c.remote_value),
-                &c.remote_version.to_string(),
-                &c.winner,
-            ],
-        )?;
-        Ok(())
-    }
-
     fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
         self.apply_meta.log(BatchEntry {
             origin: e.origin as i32,
@@ -308,59 +281,9 @@ impl ApplyBackend for PgStore {
     }
 
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        // Entries held back in the batch may be among those to drop.
         self.flush_apply_meta()?;
-        let stmt = self.statement("DELETE FROM concord.log WHERE origin = $1 AND seq <= $2")?;
-        self.client
-            .execute(&stmt, &[&(origin as i32), &(seq as i64)])?;
-        Ok(())
-    }
-
-    fn record_failure(
-        &mut self,
-        change: &Change,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let stmt = self.statement(
-            "INSERT INTO concord.failures(origin, seq, tbl, key_text, error, at, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )?;
-        self.client.execute(
-            &stmt,
-            &[
-                &change.origin.to_string(),
-                &(change.seq as i64),
-                &change.table,
-                &change.key.to_string(),
-                &reason,
-                &(now_ms() as i64),
-                &body,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT body FROM concord.failures WHERE body IS NOT NULL ORDER BY id",
-                &[],
-            )?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
-        let stmt = self.statement("DELETE FROM concord.failures WHERE origin = $1 AND seq = $2")?;
-        self.client
-            .execute(&stmt, &[&origin.to_string(), &(seq as i64)])?;
-        Ok(())
-    }
-
-    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
-        Ok(self.client.execute("DELETE FROM concord.failures", &[])?)
+        concord_store::bookkeeping::drop_log_through(self, origin, seq)
     }
 }
 

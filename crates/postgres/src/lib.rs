@@ -36,6 +36,7 @@
 mod apply;
 mod batch;
 mod capture;
+mod driver;
 mod log;
 mod logical;
 mod pgoutput;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use postgres::{Client, NoTls, Statement};
 
 use crate::apply::WriteKind;
@@ -22,8 +22,8 @@ use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
 use crate::types::Param;
+use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
-use concord_store::format::{self as codec};
 use concord_store::pending::PendingRows;
 use concord_store::{
     ApplyError, ApplyTxn, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogRead,
@@ -102,8 +102,6 @@ pub struct PgStore {
     /// Multi-row statements by shape and row count, prepared once per transaction.
     pub(crate) set_statements: HashMap<(i32, WriteKind, Vec<usize>, usize), Statement>,
 }
-
-pub(crate) use concord_store::engine::now_ms;
 
 /// Connects and fixes the session settings value text depends on.
 pub(crate) fn connect(url: &str) -> Result<Connection, StoreError> {
@@ -653,65 +651,24 @@ impl PgStore {
         &mut self.client
     }
 
-    fn count(&mut self, table: &str) -> Result<u64, StoreError> {
-        let sql = format!("SELECT count(*) FROM {table}");
-        Ok(self.client.query_one(&sql, &[])?.get::<_, i64>(0) as u64)
-    }
-
     /// Number of entries in the change log.
     pub fn log_len(&mut self) -> Result<u64, StoreError> {
-        self.count("concord.log")
+        bookkeeping::count(self, "log")
     }
 
     /// Number of captured writes not yet folded into the change log (committed ones).
     pub fn pending_len(&mut self) -> Result<u64, StoreError> {
-        self.count("concord.pending")
+        bookkeeping::count(self, "pending")
     }
 
     /// Changes set aside because they could not be applied, oldest first.
     pub fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT origin, seq, tbl, key_text, error, at FROM concord.failures ORDER BY id",
-                &[],
-            )?
-            .into_iter()
-            .map(|r| FailureRecord {
-                origin: r.get(0),
-                seq: r.get::<_, i64>(1) as u64,
-                table: r.get(2),
-                key: r.get(3),
-                error: r.get(4),
-                at_ms: r.get::<_, i64>(5) as u64,
-            })
-            .collect())
+        bookkeeping::failures(self)
     }
 
     /// Recorded conflicts, oldest first.
     pub fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        let rows = self.client.query(
-            "SELECT id, tbl, key_text, kind, column_name, local_value, local_version,
-                    remote_value, remote_version, winner
-             FROM concord.conflicts ORDER BY id",
-            &[],
-        )?;
-        let value = |bytes: &[u8]| codec::decode::<Value>(bytes).unwrap_or(Value::Null);
-        Ok(rows
-            .into_iter()
-            .map(|r| ConflictRecord {
-                id: r.get(0),
-                table: r.get(1),
-                key: r.get(2),
-                kind: r.get(3),
-                column: r.get(4),
-                local_value: value(r.get(5)),
-                local_version: r.get(6),
-                remote_value: value(r.get(7)),
-                remote_version: r.get(8),
-                winner: r.get(9),
-            })
-            .collect())
+        bookkeeping::conflicts(self)
     }
 
     pub(crate) fn table_by_id(&self, id: i32) -> Option<&Arc<TableInfo>> {
@@ -1127,23 +1084,11 @@ impl Store for PgStore {
     }
 
     fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        // Positions only grow and entries are only removed from the front, so the
-        // cutoff follows from the last position.
-        let last: i64 = self
-            .client
-            .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
-            .get(0);
-        let cutoff = last.saturating_sub(keep.min(i64::MAX as u64) as i64);
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        Ok(self
-            .client
-            .execute("DELETE FROM concord.log WHERE pos <= $1", &[&cutoff])?)
+        bookkeeping::prune_log(self, keep)
     }
 
     fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        self.count("concord.conflicts")
+        bookkeeping::count(self, "conflicts")
     }
 
     fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {

@@ -26,18 +26,18 @@
 use std::sync::Arc;
 
 use concord_core::merge::RowClock;
-use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
+use concord_core::{HlcClock, NodeId, PrimaryKey, Value};
 use rusqlite::blob::ZeroBlob;
 use rusqlite::{OptionalExtension, params_from_iter};
 
 use crate::codec::{self, Sql};
+use crate::driver::Sqlite;
 use crate::schema::{
     Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
 };
 use crate::store::{LoadClockError, STREAMED_BODY_BYTES, SqliteStore, now_ms};
-use concord_store::engine::{
-    self, ApplyBackend, ConflictRow, LogEntry, RowWrite, TrackedTable, WriteMode,
-};
+use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
+use concord_store::engine::{self, ApplyBackend, LogEntry, RowWrite, TrackedTable, WriteMode};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
 /// An open apply transaction on a SQLite store. Dropping it without
@@ -344,82 +344,38 @@ impl ApplyBackend for SqliteStore {
         }
     }
 
-    fn record_conflict(&mut self, c: &ConflictRow<'_>) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO __concord_conflicts(tbl, pk, key_text, kind, column_name, local_value, local_version, remote_value, remote_version, winner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(rusqlite::params![
-                c.table,
-                c.key.as_bytes(),
-                c.key.to_string(),
-                c.kind,
-                c.column,
-                Sql(c.local_value),
-                c.local_version.to_string(),
-                Sql(c.remote_value),
-                c.remote_version.to_string(),
-                c.winner
-            ])?;
-        Ok(())
-    }
-
     fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
         self.insert_log(&e)?;
         Ok(())
     }
+}
 
-    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM __concord_log WHERE origin = ?1 AND seq <= ?2")?
-            .execute(rusqlite::params![origin, seq as i64])?;
-        Ok(())
+/// Concord's bookkeeping statements ([`concord_store::bookkeeping`]) run on the file
+/// through [`Sqlite`].
+impl SqlDriver for SqliteStore {
+    fn table_prefix(&self) -> &'static str {
+        Sqlite(&self.conn).table_prefix()
     }
 
-    fn record_failure(
+    fn placeholder(&self, n: usize) -> String {
+        Sqlite(&self.conn).placeholder(n)
+    }
+
+    fn run(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Sqlite(&self.conn).run(sql, args)
+    }
+
+    fn rows(
         &mut self,
-        change: &Change,
-        body: &[u8],
-        reason: &str,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO __concord_failures(origin, seq, tbl, key_text, error, at, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(rusqlite::params![
-                change.origin.to_string(),
-                change.seq as i64,
-                change.table,
-                change.key.to_string(),
-                reason,
-                now_ms() as i64,
-                body
-            ])?;
-        Ok(())
+        Sqlite(&self.conn).rows(sql, args, each)
     }
 
-    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let bodies = self
-            .conn
-            .prepare_cached(
-                "SELECT body FROM __concord_failures WHERE body IS NOT NULL ORDER BY id",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(bodies)
-    }
-
-    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM __concord_failures WHERE origin = ?1 AND seq = ?2")?
-            .execute(rusqlite::params![origin.to_string(), seq as i64])?;
-        Ok(())
-    }
-
-    fn forget_all_failures(&mut self) -> Result<u64, StoreError> {
-        Ok(self.conn.execute("DELETE FROM __concord_failures", [])? as u64)
+    fn stored_value(&self, cell: Cell) -> Value {
+        Sqlite(&self.conn).stored_value(cell)
     }
 }
 

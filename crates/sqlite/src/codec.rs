@@ -12,17 +12,22 @@ pub(crate) struct Sql<'a>(pub(crate) &'a Value);
 
 impl ToSql for Sql<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(r) => ValueRef::Real(*r),
-            Value::Text(s) | Value::Decimal(s) | Value::Json(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-            Value::Uuid(u) => ValueRef::Blob(u),
-            Value::Bool(b) => ValueRef::Integer(i64::from(*b)),
-            Value::Timestamp(us) => ValueRef::Integer(*us),
-            Value::Date(d) => ValueRef::Integer(i64::from(*d)),
-        }))
+        Ok(ToSqlOutput::Borrowed(value_ref(self.0)))
+    }
+}
+
+/// `value` as SQLite holds it (see [`Sql`]).
+pub(crate) fn value_ref(value: &Value) -> ValueRef<'_> {
+    match value {
+        Value::Null => ValueRef::Null,
+        Value::Integer(i) => ValueRef::Integer(*i),
+        Value::Real(r) => ValueRef::Real(*r),
+        Value::Text(s) | Value::Decimal(s) | Value::Json(s) => ValueRef::Text(s.as_bytes()),
+        Value::Blob(b) => ValueRef::Blob(b),
+        Value::Uuid(u) => ValueRef::Blob(u),
+        Value::Bool(b) => ValueRef::Integer(i64::from(*b)),
+        Value::Timestamp(us) => ValueRef::Integer(*us),
+        Value::Date(d) => ValueRef::Integer(i64::from(*d)),
     }
 }
 

@@ -32,6 +32,7 @@ mod apply;
 mod capture;
 mod codec;
 mod digest;
+mod driver;
 mod lock;
 mod log;
 mod schema;

@@ -368,21 +368,6 @@ impl SqliteStore {
     /// holds, not what it can still send. A peer that needs a deleted entry is told it
     /// is behind the retention limit ([`StoreError::Pruned`]).
     pub fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        // Positions only grow and entries are only ever removed from the front, so the
-        // cutoff follows from the last position: no scan of the kept entries (an
-        // OFFSET over a million entries cost ~50 ms after every capture).
-        let last: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(pos), 0) FROM __concord_log", [], |r| {
-                    r.get(0)
-                })?;
-        let cutoff = last.saturating_sub(keep.min(i64::MAX as u64) as i64);
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        let deleted = self
-            .conn
-            .execute("DELETE FROM __concord_log WHERE pos <= ?1", [cutoff])?;
-        Ok(deleted as u64)
+        concord_store::bookkeeping::prune_log(self, keep)
     }
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
-use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, Value, VersionVector};
+use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use concord_store::engine::{LogEntry, WriteMode};
 use rusqlite::blob::ZeroBlob;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::codec;
+use crate::driver::Sqlite;
+use concord_store::bookkeeping;
 use concord_store::{
     ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins,
     SnapshotRead, Store, StoreError, StoreOptions, TrackError,
@@ -560,67 +561,29 @@ impl SqliteStore {
         &self.conn
     }
 
-    fn count(&self, table: &str) -> Result<u64, StoreError> {
-        let sql = format!("SELECT count(*) FROM {table}");
-        Ok(self.conn.query_row(&sql, [], |r| r.get::<_, i64>(0))? as u64)
-    }
-
     /// Number of entries in the change log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        self.count("__concord_log")
+        bookkeeping::count(&mut Sqlite(&self.conn), "log")
     }
 
     /// Number of captured writes not yet folded into the change log.
     pub fn pending_len(&self) -> Result<u64, StoreError> {
-        self.count("__concord_pending")
+        bookkeeping::count(&mut Sqlite(&self.conn), "pending")
     }
 
     /// Number of recorded conflicts.
     pub fn conflict_count(&self) -> Result<u64, StoreError> {
-        self.count("__concord_conflicts")
+        bookkeeping::count(&mut Sqlite(&self.conn), "conflicts")
     }
 
     /// Changes set aside because they could not be applied, oldest first.
     pub fn failures(&self) -> Result<Vec<FailureRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT origin, seq, tbl, key_text, error, at FROM __concord_failures ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(FailureRecord {
-                origin: r.get(0)?,
-                seq: r.get::<_, i64>(1)? as u64,
-                table: r.get(2)?,
-                key: r.get(3)?,
-                error: r.get(4)?,
-                at_ms: r.get::<_, i64>(5)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        bookkeeping::failures(&mut Sqlite(&self.conn))
     }
 
     /// Recorded conflicts, oldest first.
     pub fn conflicts(&self) -> Result<Vec<ConflictRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, tbl, key_text, kind, column_name, local_value, local_version, remote_value, remote_version, winner
-             FROM __concord_conflicts ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let local = r.get_ref(5)?;
-            let remote = r.get_ref(7)?;
-            Ok(ConflictRecord {
-                id: r.get(0)?,
-                table: r.get(1)?,
-                key: r.get(2)?,
-                kind: r.get(3)?,
-                column: r.get(4)?,
-                local_value: codec::from_sql(local).unwrap_or(Value::Null),
-                local_version: r.get(6)?,
-                remote_value: codec::from_sql(remote).unwrap_or(Value::Null),
-                remote_version: r.get(8)?,
-                winner: r.get(9)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        bookkeeping::conflicts(&mut Sqlite(&self.conn))
     }
 
     pub(crate) fn table_by_id(&self, id: i64) -> Option<&Arc<TableInfo>> {

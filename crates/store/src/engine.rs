@@ -37,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use concord_core::merge::{Conflict, IncomingColumn, RowClock, RowEffect, merge_remote};
 use concord_core::{Advance, Change, HlcClock, NodeId, PrimaryKey, Value, Version, VersionVector};
 
+use crate::bookkeeping::{self, SqlDriver};
 use crate::format::{self, LogBodyRef, LogColumnRef};
 use crate::origins::{Origins, stored_version};
 use crate::pending::WriteKind;
@@ -187,7 +188,7 @@ pub struct ConflictRow<'a> {
 
 /// A database's part in applying changes: its transactions and its own tables. It
 /// decides nothing; [`ApplySession`] calls it in the order the algorithm needs.
-pub trait ApplyBackend {
+pub trait ApplyBackend: SqlDriver {
     /// The store's description of a tracked table.
     type Table: TrackedTable;
     /// A value converted for the database, checked against its column. It may borrow
@@ -267,28 +268,13 @@ pub trait ApplyBackend {
         index: usize,
         key: &[Self::Param<'_>],
     ) -> Result<Value, StoreError>;
-    /// Records a conflict.
-    fn record_conflict(&mut self, conflict: &ConflictRow<'_>) -> Result<(), StoreError>;
     /// Appends an entry to the change log.
     fn append_log(&mut self, entry: LogEntry<'_>) -> Result<(), StoreError>;
-    /// Deletes the log entries of origin `origin` (an index) up to sequence `seq`.
-    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError>;
-    /// Records a change set aside, with why and the whole change encoded (`body`), so
-    /// it can be retried after the log that also holds it was pruned.
-    fn record_failure(
-        &mut self,
-        change: &Change,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<(), StoreError>;
-    /// The encoded changes set aside and not retried successfully yet, oldest first.
-    /// Failures recorded without their change (by a version that did not keep it) are
-    /// left out: they can be listed and discarded, not retried.
-    fn set_aside_changes(&mut self) -> Result<Vec<Vec<u8>>, StoreError>;
-    /// Removes the failure record of `(origin, seq)`.
-    fn forget_failure(&mut self, origin: NodeId, seq: u64) -> Result<(), StoreError>;
-    /// Removes every failure record; returns how many there were.
-    fn forget_all_failures(&mut self) -> Result<u64, StoreError>;
+    /// Deletes the log entries of origin `origin` (an index) up to sequence `seq`. A
+    /// backend that holds log entries back writes them first.
+    fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
+        bookkeeping::drop_log_through(self, origin, seq)
+    }
 }
 
 /// Whether a change is applied as it arrives, again after it was set aside, or is a
@@ -483,8 +469,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         let outcome = self
             .apply_inner(change, Mode::SetAside)
             .and_then(|applied| {
-                self.store
-                    .forget_failure(change.origin, change.seq)
+                bookkeeping::forget_failure(&mut *self.store, change.origin, change.seq)
                     .map_err(Failure::Store)?;
                 Ok(applied)
             });
@@ -690,9 +675,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             // A row's state from a snapshot: no sequence to hold or log, only the
             // failure to record (with the state, so it can be retried).
             let body = format::encode(change);
-            let result = self
-                .store
-                .record_failure(change, &body, reason)
+            let result = bookkeeping::record_failure(&mut *self.store, change, &body, reason)
                 .map_err(ApplyError::from);
             return self.progress.finish_set_aside(change, result);
         }
@@ -705,7 +688,9 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             Ok(Advance::Duplicate) => return Ok(()),
             Ok(Advance::Next) => self
                 .log_verbatim(change)
-                .and_then(|body| self.store.record_failure(change, &body, reason))
+                .and_then(|body| {
+                    bookkeeping::record_failure(&mut *self.store, change, &body, reason)
+                })
                 .map_err(ApplyError::from),
             Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
                 origin: change.origin.short(),
@@ -901,7 +886,7 @@ pub fn apply_stream<B: ApplyBackend>(
 fn set_aside_groups<B: ApplyBackend>(store: &mut B) -> Result<Vec<Vec<Change>>, ApplyError> {
     let mut groups: Vec<Vec<Change>> = Vec::new();
     let mut open = false;
-    for body in store.set_aside_changes()? {
+    for body in bookkeeping::set_aside_changes(store)? {
         let change: Change = format::decode(&body).map_err(|detail| StoreError::Corrupt {
             table: "failures",
             detail,
@@ -969,14 +954,14 @@ pub fn discard_set_aside<B: ApplyBackend>(
     };
     let session = ApplySession::begin(store)?;
     let forgotten = match which {
-        None => session.store.forget_all_failures()?,
+        None => bookkeeping::forget_all_failures(&mut *session.store)?,
         Some((origin, seq)) => {
             let mut forgotten = 0;
             let chosen = groups
                 .iter()
                 .filter(|g| g.iter().any(|c| c.origin == origin && c.seq == seq));
             for change in chosen.flatten() {
-                session.store.forget_failure(change.origin, change.seq)?;
+                bookkeeping::forget_failure(&mut *session.store, change.origin, change.seq)?;
                 forgotten += 1;
             }
             forgotten
@@ -1040,8 +1025,9 @@ fn record_conflict<B: ApplyBackend>(
     if !is_real_conflict(entry.kind, &local_value, &entry.remote_value) {
         return Ok(false);
     }
-    store
-        .record_conflict(&ConflictRow {
+    bookkeeping::record_conflict(
+        store,
+        &ConflictRow {
             table: table.name(),
             key: &change.key,
             kind: entry.kind,
@@ -1051,7 +1037,8 @@ fn record_conflict<B: ApplyBackend>(
             remote_value: &entry.remote_value,
             remote_version: entry.remote_version,
             winner: entry.winner,
-        })
-        .map_err(Failure::Store)?;
+        },
+    )
+    .map_err(Failure::Store)?;
     Ok(true)
 }

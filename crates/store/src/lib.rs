@@ -31,6 +31,7 @@
 //! - [`ChangeCursor`]: the iterator over the changes a peer lacks, built on any
 //!   [`LogRead`], reading a page at a time so memory stays flat.
 
+pub mod bookkeeping;
 mod check;
 mod columns;
 mod conflict;
