@@ -26,6 +26,7 @@ use crate::schema::{
 use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
 use concord_store::pending::PendingRows;
+use concord_store::tracking;
 use concord_store::{
     ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
     StoreOptions,
@@ -774,16 +775,12 @@ fn tracking_order(conn: &mut Conn, infos: &[TableInfo]) -> Result<Vec<usize>, Tr
                     (&parent,),
                 )?;
                 if tracked != Some(true) {
-                    tracing::warn!(
-                        table = %child,
-                        references = %parent,
-                        "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
-                    );
+                    tracking::warn_untracked_parent(&child, &parent);
                 }
             }
         }
     }
-    Ok(schema::parents_first(infos.len(), &references))
+    Ok(tracking::parents_first(infos.len(), &references))
 }
 
 /// Registers a table (keeping its id if it was ever tracked) and (re)creates its

@@ -25,6 +25,7 @@ use crate::types::Param;
 use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
 use concord_store::pending::PendingRows;
+use concord_store::tracking;
 use concord_store::{
     ApplyError, ApplyTxn, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogRead,
     Origins, SnapshotRead, Store, StoreOptions,
@@ -945,16 +946,12 @@ fn tracking_order(client: &mut Client, infos: &[TableInfo]) -> Result<Vec<usize>
                     )?
                     .is_some_and(|r| r.get::<_, bool>(0));
                 if !tracked {
-                    tracing::warn!(
-                        table = %infos[c].name,
-                        references = %format!("{schema}.{name}"),
-                        "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
-                    );
+                    tracking::warn_untracked_parent(&infos[c].name, &format!("{schema}.{name}"));
                 }
             }
         }
     }
-    Ok(schema::parents_first(infos.len(), &references))
+    Ok(tracking::parents_first(infos.len(), &references))
 }
 
 /// Reads every named table (each once), reporting the problems of all of them together

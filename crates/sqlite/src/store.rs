@@ -8,6 +8,7 @@ use concord_core::mapping::Kind;
 use concord_core::merge::RowClock;
 use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use concord_store::engine::{LogEntry, WriteMode};
+use concord_store::tracking;
 use rusqlite::blob::ZeroBlob;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -802,17 +803,13 @@ fn tracking_order(conn: &Connection, infos: &[TableInfo]) -> Result<Vec<usize>, 
                         )
                         .map(|n| n > 0)?;
                     if !tracked {
-                        tracing::warn!(
-                            table = %info.name,
-                            references = %parent,
-                            "a tracked table references a table that is not tracked; replicas enforcing the foreign key will refuse its rows"
-                        );
+                        tracking::warn_untracked_parent(&info.name, &parent);
                     }
                 }
             }
         }
     }
-    Ok(schema::parents_first(infos.len(), &references))
+    Ok(tracking::parents_first(infos.len(), &references))
 }
 
 /// Queues every existing row as an insert, so it is captured like any other write.

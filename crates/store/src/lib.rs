@@ -49,6 +49,7 @@ mod records;
 mod snapshot;
 mod spill;
 mod store;
+pub mod tracking;
 
 pub use check::{CheckedChange, check_change, newest_hlc};
 pub use columns::{ColumnChange, ColumnSignature, compare_columns};
