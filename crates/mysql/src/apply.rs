@@ -29,7 +29,7 @@ use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 use mysql::Value as My;
 use mysql::prelude::Queryable;
 
-use crate::batch::{LogRow, param_size};
+use crate::batch::param_size;
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, MyStore};
 use crate::types::{parse_read, to_param};
@@ -65,7 +65,7 @@ impl MyStore {
 
     /// Flushes once the batch is large, so memory stays bounded.
     fn flush_if_full(&mut self) -> Result<(), StoreError> {
-        if self.apply_meta.full() {
+        if self.apply_meta.is_full() {
             self.flush_apply_meta()?;
         }
         Ok(())
@@ -235,7 +235,8 @@ impl ApplyBackend for MyStore {
         clock: &RowClock,
         _existed: bool,
     ) -> Result<(), StoreError> {
-        self.apply_meta.set_clock(table.id, key, clock.clone());
+        self.apply_meta
+            .set_clock(i64::from(table.id), key, clock.clone());
         self.flush_if_full()
     }
 
@@ -284,16 +285,7 @@ impl ApplyBackend for MyStore {
         if e.table == engine::VERBATIM_TABLE && e.body.len() > self.packet_room() {
             e.body = self.without_oversized_values(&e.body)?;
         }
-        self.apply_meta.log(LogRow {
-            origin: e.origin as i32,
-            seq: e.seq as i64,
-            hlc: e.hlc as i64,
-            table: e.table as i32,
-            pk: e.key.to_vec(),
-            cl: e.causal_length as i64,
-            body: e.body,
-            txn_end: e.txn_end,
-        });
+        self.apply_meta.log(e.into());
         self.flush_if_full()
     }
 

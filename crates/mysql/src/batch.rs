@@ -24,10 +24,9 @@
 //! made, so `pos` grows in the same order as before. A batch dropped unwritten (on
 //! error) goes with its transaction, which rolls back.
 
-use std::collections::HashMap;
-
 use concord_core::PrimaryKey;
 use concord_core::merge::RowClock;
+use concord_store::meta_batch::{MetaBatch, WrittenClock};
 use concord_store::pending::{RowRun, WriteKind};
 use mysql::Value as My;
 use mysql::prelude::Queryable;
@@ -35,81 +34,12 @@ use mysql::prelude::Queryable;
 use crate::schema::{TableInfo, quote};
 use crate::store::{LoadClockError, MyStore};
 
-/// Entries (clocks held plus log entries) past which a batch is written out.
-pub(crate) const FLUSH_AT: usize = 8_192;
-/// Bytes of log bodies held past which a batch is written out.
-pub(crate) const FLUSH_BYTES: usize = 16 << 20;
 /// Rows in one `INSERT` or `DELETE` at most.
 const MAX_ROWS: usize = 1_000;
 /// Rows in one `UPDATE` at most (its `CASE` costs rows × rows comparisons).
 const MAX_UPDATE_ROWS: usize = 40;
 /// A prepared statement's limit on parameters.
 const MAX_PARAMS: usize = 65_535;
-
-/// A clock held by a batch: as read (`dirty = false`) or as written.
-struct Held {
-    /// A stored clock that cannot be read stays an error until someone asks for it.
-    clock: Result<RowClock, String>,
-    dirty: bool,
-}
-
-/// One `concord_log` entry to write.
-pub(crate) struct LogRow {
-    pub(crate) origin: i32,
-    pub(crate) seq: i64,
-    pub(crate) hlc: i64,
-    pub(crate) table: i32,
-    pub(crate) pk: Vec<u8>,
-    pub(crate) cl: i64,
-    pub(crate) body: Vec<u8>,
-    pub(crate) txn_end: bool,
-}
-
-/// Clocks read and written, and log entries made, since the last flush.
-#[derive(Default)]
-pub(crate) struct MetaBatch {
-    clocks: HashMap<(i32, Vec<u8>), Held>,
-    /// Clocks written and not flushed yet.
-    dirty: usize,
-    log: Vec<LogRow>,
-    log_bytes: usize,
-}
-
-impl MetaBatch {
-    /// Whether the batch should be written out now, so memory stays bounded.
-    pub(crate) fn full(&self) -> bool {
-        // Clocks only read do not count: a prefetch may hold more than that.
-        self.dirty + self.log.len() >= FLUSH_AT || self.log_bytes >= FLUSH_BYTES
-    }
-
-    /// Appends a log entry (written in append order).
-    pub(crate) fn log(&mut self, entry: LogRow) {
-        self.log_bytes += entry.body.len() + entry.pk.len();
-        self.log.push(entry);
-    }
-
-    /// Records the clock a row now has.
-    pub(crate) fn set_clock(&mut self, table: i32, key: &PrimaryKey, clock: RowClock) {
-        let previous = self.clocks.insert(
-            (table, key.as_bytes().to_vec()),
-            Held {
-                clock: Ok(clock),
-                dirty: true,
-            },
-        );
-        if !previous.is_some_and(|p| p.dirty) {
-            self.dirty += 1;
-        }
-    }
-
-    /// Forgets everything (the transaction it belonged to is gone).
-    pub(crate) fn clear(&mut self) {
-        self.clocks.clear();
-        self.dirty = 0;
-        self.log.clear();
-        self.log_bytes = 0;
-    }
-}
 
 /// A parameter's approximate size on the wire.
 pub(crate) fn param_size(p: &My) -> usize {
@@ -133,18 +63,8 @@ impl MyStore {
         batch: &mut MetaBatch,
         keys: impl IntoIterator<Item = (i32, &'k [u8])>,
     ) -> Result<(), mysql::Error> {
-        // Clocks read for earlier keys are dropped, so memory stays bounded by what
-        // is written and one prefetch; those written stay until they are flushed.
-        batch.clocks.retain(|_, held| held.dirty);
-        let mut by_table: HashMap<i32, Vec<&[u8]>> = HashMap::new();
-        for (table, pk) in keys {
-            if !batch.clocks.contains_key(&(table, pk.to_vec())) {
-                by_table.entry(table).or_default().push(pk);
-            }
-        }
-        for (table, mut keys) in by_table {
-            keys.sort_unstable();
-            keys.dedup();
+        let wanted = batch.keys_to_read(keys.into_iter().map(|(t, k)| (i64::from(t), k)));
+        for (table, keys) in wanted {
             for chunk in keys.chunks(MAX_ROWS) {
                 let sql = format!(
                     "SELECT pk, cl, clock FROM concord_rows WHERE tbl = ? AND pk IN ({})",
@@ -157,23 +77,9 @@ impl MyStore {
                     self.conn.exec(sql, mysql::Params::Positional(params))?;
                 for (pk, cl, blob) in rows {
                     let clock = self.origins.decode_clock(cl, &blob);
-                    batch.clocks.insert(
-                        (table, pk),
-                        Held {
-                            clock,
-                            dirty: false,
-                        },
-                    );
+                    batch.hold_read(table, pk, clock);
                 }
-                for pk in chunk {
-                    batch
-                        .clocks
-                        .entry((table, pk.to_vec()))
-                        .or_insert_with(|| Held {
-                            clock: Ok(RowClock::default()),
-                            dirty: false,
-                        });
-                }
+                batch.hold_missing(table, chunk);
             }
         }
         Ok(())
@@ -186,8 +92,8 @@ impl MyStore {
         table: i32,
         key: &PrimaryKey,
     ) -> Result<RowClock, LoadClockError> {
-        match batch.clocks.get(&(table, key.as_bytes().to_vec())) {
-            Some(held) => held.clock.clone().map_err(LoadClockError::Corrupt),
+        match batch.clock(i64::from(table), key) {
+            Some(held) => held.map_err(LoadClockError::Corrupt),
             None => self.load_clock(table, key),
         }
     }
@@ -196,8 +102,7 @@ impl MyStore {
     /// statements each, then empties it.
     pub(crate) fn flush_meta(&mut self, batch: &mut MetaBatch) -> Result<(), mysql::Error> {
         let budget = self.statement_budget();
-        let log = std::mem::take(&mut batch.log);
-        batch.log_bytes = 0;
+        let log = batch.take_log();
         let mut rows: Vec<Vec<My>> = Vec::new();
         let mut bytes = 0;
         for e in log {
@@ -222,20 +127,7 @@ impl MyStore {
             self.insert_rows(LOG_INSERT, "", std::mem::take(&mut rows))?;
         }
         let mut bytes = 0;
-        // Clocks only read stay (they are what `concord_rows` holds); those written go
-        // once written.
-        let mut written = Vec::with_capacity(batch.dirty);
-        for (key, held) in std::mem::take(&mut batch.clocks) {
-            if held.dirty {
-                written.push((key, held));
-            } else {
-                batch.clocks.insert(key, held);
-            }
-        }
-        batch.dirty = 0;
-        for ((table, pk), held) in written {
-            // Only clocks the batch wrote are dirty, and those were readable.
-            let Ok(clock) = held.clock else { continue };
+        for WrittenClock { table, pk, clock } in batch.take_written_clocks() {
             let blob = concord_store::encode_clock(&clock, |node| {
                 self.origin_index(node).map(|i| i as u32)
             })?;

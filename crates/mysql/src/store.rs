@@ -19,12 +19,12 @@ use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 
-use crate::batch::MetaBatch;
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
 use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
+use concord_store::meta_batch::MetaBatch;
 use concord_store::pending::PendingRows;
 use concord_store::tracking;
 use concord_store::{

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 
-use crate::batch::{FLUSH_AT, LogEntry as BatchEntry};
 use crate::rows::param_size;
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, PgStore};
@@ -80,7 +79,7 @@ impl PgStore {
 
     /// Flushes once the batch is large, so memory stays bounded.
     fn flush_if_full(&mut self) -> Result<(), StoreError> {
-        if self.apply_meta.len() >= FLUSH_AT {
+        if self.apply_meta.is_full() {
             self.flush_apply_meta()?;
         }
         Ok(())
@@ -215,7 +214,8 @@ impl ApplyBackend for PgStore {
         clock: &RowClock,
         _existed: bool,
     ) -> Result<(), StoreError> {
-        self.apply_meta.set_clock(table.id, key, clock.clone());
+        self.apply_meta
+            .set_clock(i64::from(table.id), key, clock.clone());
         self.flush_if_full()
     }
 
@@ -267,16 +267,7 @@ impl ApplyBackend for PgStore {
     }
 
     fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
-        self.apply_meta.log(BatchEntry {
-            origin: e.origin as i32,
-            seq: e.seq as i64,
-            hlc: e.hlc as i64,
-            table: e.table as i32,
-            pk: e.key.to_vec(),
-            cl: e.causal_length as i64,
-            body: e.body,
-            txn_end: e.txn_end,
-        });
+        self.apply_meta.log(e.into());
         self.flush_if_full()
     }
 

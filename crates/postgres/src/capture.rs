@@ -33,13 +33,13 @@ use std::collections::HashMap;
 use concord_core::merge::{LocalOp, local_write};
 use concord_core::{PrimaryKey, Value, Version};
 
-use crate::batch::{LogEntry, MetaBatch};
 use crate::schema::{OP_DELETE, OP_INSERT, OP_REKEY, OP_UPDATE, TableInfo};
 use crate::store::{LoadClockError, PgStore};
 use crate::types::{Raw, decode};
 use concord_store::StoreError;
 use concord_store::format::{self as codec};
 use concord_store::local_log_body;
+use concord_store::meta_batch::{LogRow, MetaBatch};
 
 const PAGE: usize = 2_000;
 
@@ -203,8 +203,7 @@ impl PgStore {
                     && !group_marked
                     && let Some(last) = group_last_seq
                 {
-                    let last = last as i64;
-                    match batch.log_entry_mut(self.local_index, last) {
+                    match batch.log_entry_mut(self.local_index as u32, last) {
                         Some(entry) => entry.txn_end = true,
                         None => {
                             // Logged in an earlier page, already written.
@@ -212,7 +211,8 @@ impl PgStore {
                                 "UPDATE concord.log SET txn_end = true
                                      WHERE origin = $1 AND seq = $2",
                             )?;
-                            self.client.execute(&stmt, &[&self.local_index, &last])?;
+                            self.client
+                                .execute(&stmt, &[&self.local_index, &(last as i64)])?;
                         }
                     }
                     group_marked = true;
@@ -349,17 +349,17 @@ impl PgStore {
             },
             &mut |node| self.origin_index(node).map(|i| i as u32),
         )?;
-        batch.log(LogEntry {
-            origin: self.local_index,
-            seq: seq as i64,
-            hlc: hlc.as_u64() as i64,
-            table: table.id,
+        batch.log(LogRow {
+            origin: self.local_index as u32,
+            seq,
+            hlc: hlc.as_u64(),
+            table: i64::from(table.id),
             pk: key.as_bytes().to_vec(),
-            cl: write.causal_length.0 as i64,
+            cl: write.causal_length.0,
             body: codec::encode(&body),
             txn_end,
         });
-        batch.set_clock(table.id, &key, clock);
+        batch.set_clock(i64::from(table.id), &key, clock);
         Ok(true)
     }
 }

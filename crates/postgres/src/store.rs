@@ -16,7 +16,6 @@ use concord_core::{Change, Hlc, HlcClock, NodeId, PrimaryKey, VersionVector};
 use postgres::{Client, NoTls, Statement};
 
 use crate::apply::WriteKind;
-use crate::batch::MetaBatch;
 use crate::logical::{self, Logical};
 use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
@@ -24,6 +23,7 @@ use crate::schema::{
 use crate::types::Param;
 use concord_store::bookkeeping;
 use concord_store::engine::WriteMode;
+use concord_store::meta_batch::MetaBatch;
 use concord_store::pending::PendingRows;
 use concord_store::tracking;
 use concord_store::{

@@ -41,6 +41,7 @@ mod error;
 pub mod format;
 mod logread;
 mod meta;
+pub mod meta_batch;
 mod origins;
 pub mod pending;
 mod progress;
