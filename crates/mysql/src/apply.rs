@@ -30,6 +30,7 @@ use mysql::Value as My;
 use mysql::prelude::Queryable;
 
 use crate::batch::param_size;
+use crate::driver::MySql;
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, MyStore};
 use crate::types::{parse_read, to_param};
@@ -141,6 +142,14 @@ impl TrackedTable for TableInfo {
 impl ApplyBackend for MyStore {
     type Table = TableInfo;
     type Param<'v> = My;
+    type Sql<'a> = MySql<'a>;
+
+    fn sql(&mut self) -> MySql<'_> {
+        MySql {
+            packet_room: self.packet_room(),
+            conn: &mut self.conn,
+        }
+    }
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins
@@ -292,7 +301,7 @@ impl ApplyBackend for MyStore {
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
         // Entries held back in the batch may be among those to drop.
         self.flush_apply_meta()?;
-        concord_store::bookkeeping::drop_log_through(self, origin, seq)
+        concord_store::bookkeeping::drop_log_through(&mut self.sql(), origin, seq)
     }
 }
 

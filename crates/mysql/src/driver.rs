@@ -10,9 +10,17 @@ use concord_core::Value;
 use concord_store::StoreError;
 use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
 use concord_store::format as codec;
+use mysql::Conn;
 use mysql::prelude::Queryable;
 
-use crate::store::MyStore;
+/// A connection running Concord's bookkeeping statements. Public only as the `Sql`
+/// type of the store's backends; nothing outside builds one.
+#[allow(unreachable_pub)]
+pub struct MySql<'a> {
+    pub(crate) conn: &'a mut Conn,
+    /// The largest parameter the server takes ([`SqlDriver::binds`]).
+    pub(crate) packet_room: usize,
+}
 
 fn param(arg: &Arg<'_>) -> mysql::Value {
     match *arg {
@@ -44,7 +52,7 @@ fn cell(value: mysql::Value) -> Cell {
     }
 }
 
-impl SqlDriver for MyStore {
+impl SqlDriver for MySql<'_> {
     fn table_prefix(&self) -> &'static str {
         "concord_"
     }
@@ -78,6 +86,6 @@ impl SqlDriver for MyStore {
     }
 
     fn binds(&self, len: usize) -> bool {
-        len <= self.packet_room()
+        len <= self.packet_room
     }
 }

@@ -8,17 +8,18 @@
 
 use std::collections::HashMap;
 
-use concord_core::{NodeId, Value, VersionVector};
+use concord_core::{NodeId, Value};
 use mysql::Conn;
 use mysql::prelude::Queryable;
 
+use crate::driver::MySql;
 use crate::schema::{TableInfo, quote};
 use crate::store::connect;
 use crate::types::{parse_read, to_param};
 use concord_store::engine::quoted_keys;
 use concord_store::{
-    KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
-    clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
+    LogSource, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns, in_key_order,
+    keyset_page_sql, rows_by_keys_sql,
 };
 
 /// MySQL's change log, read through its own connection.
@@ -94,37 +95,6 @@ impl SnapshotSource for MyLog {
     fn end_snapshot(&mut self) -> Result<(), StoreError> {
         self.conn.query_drop("COMMIT")?;
         Ok(())
-    }
-
-    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
-        let ids: Vec<i32> = self
-            .conn
-            .query("SELECT id FROM concord_tables WHERE tracked")?;
-        Ok(ids.into_iter().map(i64::from).collect())
-    }
-
-    fn clocks(
-        &mut self,
-        table: i64,
-        start: KeyStart<'_>,
-        below: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<RawClock>, StoreError> {
-        let sql = clock_page_sql("concord_rows", start, below.is_some(), |_| "?".into());
-        let rows: Vec<(Vec<u8>, i64, Vec<u8>)> = match below {
-            Some(below) => self
-                .conn
-                .exec(&sql, (table, start.key(), below, limit as u64))?,
-            None => self.conn.exec(&sql, (table, start.key(), limit as u64))?,
-        };
-        Ok(rows
-            .into_iter()
-            .map(|(key, causal_length, clock)| RawClock {
-                key,
-                causal_length,
-                clock,
-            })
-            .collect())
     }
 
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
@@ -254,14 +224,16 @@ fn decode_row(info: &TableInfo, row: &mysql::Row, key: &[Value]) -> Result<Vec<V
         .collect()
 }
 
-fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
-    NodeId::try_from(bytes).map_err(|e| StoreError::Corrupt {
-        table: "concord_origins",
-        detail: e.to_string(),
-    })
-}
-
 impl LogSource for MyLog {
+    type Sql<'a> = MySql<'a>;
+
+    fn sql(&mut self) -> MySql<'_> {
+        MySql {
+            conn: &mut self.conn,
+            packet_room: usize::MAX,
+        }
+    }
+
     fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
         // GROUP_CONCAT is cut at `group_concat_max_len`: a count and a checksum instead.
         let row: Option<(u64, Option<u64>)> = self.conn.query_first(
@@ -273,14 +245,6 @@ impl LogSource for MyLog {
 
     fn log_table(&self) -> &'static str {
         "concord_log"
-    }
-
-    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError> {
-        let rows: Vec<(i32, Vec<u8>)> =
-            self.conn.query("SELECT id, node_id FROM concord_origins")?;
-        rows.into_iter()
-            .map(|(id, bytes)| Ok((id as u32, node_id(&bytes)?)))
-            .collect()
     }
 
     fn tables(&mut self) -> Result<Vec<TableColumns>, StoreError> {
@@ -298,31 +262,6 @@ impl LogSource for MyLog {
             });
         }
         Ok(out)
-    }
-
-    fn held(&mut self) -> Result<VersionVector, StoreError> {
-        let mut held = VersionVector::new();
-        let rows: Vec<(Vec<u8>, i64)> = self
-            .conn
-            .query("SELECT node_id, seq FROM concord_origins WHERE seq > 0")?;
-        for (bytes, seq) in rows {
-            held.set(node_id(&bytes)?, seq as u64);
-        }
-        Ok(held)
-    }
-
-    fn last_position(&mut self) -> Result<i64, StoreError> {
-        let max: Option<i64> = self
-            .conn
-            .query_first("SELECT coalesce(max(pos), 0) FROM concord_log")?;
-        Ok(max.unwrap_or(0))
-    }
-
-    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn.exec_first(
-            "SELECT pos FROM concord_log WHERE origin = ? AND seq = ?",
-            (origin as i32, seq as i64),
-        )?)
     }
 
     fn scan(

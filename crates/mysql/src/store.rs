@@ -23,6 +23,7 @@ use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
 use concord_store::bookkeeping;
+use concord_store::engine::ApplyBackend as _;
 use concord_store::engine::WriteMode;
 use concord_store::meta_batch::MetaBatch;
 use concord_store::pending::PendingRows;
@@ -621,22 +622,22 @@ impl MyStore {
 
     /// Number of entries in the change log.
     pub fn log_len(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "log")
+        bookkeeping::count(&mut self.sql(), "log")
     }
 
     /// Number of captured writes not yet folded into the change log.
     pub fn pending_len(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "pending")
+        bookkeeping::count(&mut self.sql(), "pending")
     }
 
     /// Changes set aside because they could not be applied, oldest first.
     pub fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        bookkeeping::failures(self)
+        bookkeeping::failures(&mut self.sql())
     }
 
     /// Recorded conflicts, oldest first.
     pub fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        bookkeeping::conflicts(self)
+        bookkeeping::conflicts(&mut self.sql())
     }
 
     pub(crate) fn table_by_id(&self, id: i32) -> Option<&Arc<TableInfo>> {
@@ -936,11 +937,11 @@ impl Store for MyStore {
     }
 
     fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        bookkeeping::prune_log(self, keep)
+        bookkeeping::prune_log(&mut self.sql(), keep)
     }
 
     fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "conflicts")
+        bookkeeping::count(&mut self.sql(), "conflicts")
     }
 
     fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {

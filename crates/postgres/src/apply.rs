@@ -21,6 +21,7 @@ use std::sync::Arc;
 use concord_core::merge::RowClock;
 use concord_core::{Change, HlcClock, NodeId, PrimaryKey, Value};
 
+use crate::driver::Pg;
 use crate::rows::param_size;
 use crate::schema::TableInfo;
 use crate::store::{LoadClockError, PgStore};
@@ -111,6 +112,14 @@ impl TrackedTable for TableInfo {
 impl ApplyBackend for PgStore {
     type Table = TableInfo;
     type Param<'v> = Param;
+    type Sql<'a> = Pg<'a>;
+
+    fn sql(&mut self) -> Pg<'_> {
+        Pg {
+            client: &mut self.client,
+            statements: &mut self.statements,
+        }
+    }
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins
@@ -274,7 +283,7 @@ impl ApplyBackend for PgStore {
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
         // Entries held back in the batch may be among those to drop.
         self.flush_apply_meta()?;
-        concord_store::bookkeeping::drop_log_through(self, origin, seq)
+        concord_store::bookkeeping::drop_log_through(&mut self.sql(), origin, seq)
     }
 }
 

@@ -1,7 +1,7 @@
 //! PostgreSQL as a [`SqlDriver`]: how the statements Concord writes once for every
 //! store ([`concord_store::bookkeeping`]) run on the server.
 //!
-//! Statements are prepared once per connection ([`PgStore::statement`]); parameters
+//! Statements are prepared once per connection (each keeps its cache); parameters
 //! bind through [`Param`], which fits an integer to the column's width, so one
 //! template serves `integer` and `bigint` columns alike. Conflict values are kept in
 //! the [`concord_store::format`] encoding (`bytea`).
@@ -10,10 +10,32 @@ use concord_core::Value;
 use concord_store::StoreError;
 use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
 use concord_store::format as codec;
-use postgres::types::Type;
+use std::collections::HashMap;
 
-use crate::store::PgStore;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::Type;
+use postgres::{Client, Statement};
+
 use crate::types::{Param, sql_refs};
+
+/// A connection and its prepared statements, running Concord's bookkeeping statements.
+/// Public only as the `Sql` type of the store's backends; nothing outside builds one.
+#[allow(unreachable_pub)]
+pub struct Pg<'a> {
+    pub(crate) client: &'a mut Client,
+    pub(crate) statements: &'a mut HashMap<String, Statement>,
+}
+
+impl Pg<'_> {
+    pub(crate) fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
 
 fn param(arg: &Arg<'_>) -> Param {
     match *arg {
@@ -48,7 +70,7 @@ fn cell(row: &postgres::Row, i: usize) -> Result<Cell, postgres::Error> {
     .unwrap_or(Cell::Null))
 }
 
-impl SqlDriver for PgStore {
+impl SqlDriver for Pg<'_> {
     fn table_prefix(&self) -> &'static str {
         "concord."
     }
@@ -58,7 +80,7 @@ impl SqlDriver for PgStore {
     }
 
     fn run(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        let stmt = self.statement(sql)?;
+        let stmt = self.prepared(sql)?;
         let params: Vec<Param> = args.iter().map(param).collect();
         let refs: Vec<&Param> = params.iter().collect();
         Ok(self.client.execute(&stmt, &sql_refs(&refs))?)
@@ -70,10 +92,11 @@ impl SqlDriver for PgStore {
         args: &[Arg<'_>],
         each: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let stmt = self.statement(sql)?;
+        let stmt = self.prepared(sql)?;
         let params: Vec<Param> = args.iter().map(param).collect();
-        let refs: Vec<&Param> = params.iter().collect();
-        for row in self.client.query(&stmt, &sql_refs(&refs))? {
+        // Streamed, not collected: a query may return every set-aside change.
+        let mut rows = self.client.query_raw(&stmt, params.iter())?;
+        while let Some(row) = rows.next()? {
             let cells = (0..row.len())
                 .map(|i| cell(&row, i))
                 .collect::<Result<_, _>>()?;

@@ -7,22 +7,25 @@
 
 use std::collections::HashMap;
 
-use concord_core::{NodeId, Value, VersionVector};
+use concord_core::{NodeId, Value};
 use postgres::Statement;
 use postgres::fallible_iterator::FallibleIterator;
 
+use crate::driver::Pg;
 use crate::schema::{TableInfo, quote};
 use crate::store::{Connection, connect};
 use crate::types::{Param, Raw, decode, sql_refs, to_param};
 use concord_store::engine::quoted_keys;
 use concord_store::{
-    KeyStart, LogSource, RawClock, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns,
-    clock_page_sql, in_key_order, keyset_page_sql, rows_by_keys_sql,
+    LogSource, RawEntry, RowPage, SnapshotSource, StoreError, TableColumns, in_key_order,
+    keyset_page_sql, rows_by_keys_sql,
 };
 
 /// PostgreSQL's change log, read through its own connection.
 pub(crate) struct PgLog {
     client: Connection,
+    /// Prepared statements, by SQL.
+    statements: HashMap<String, Statement>,
     /// Tracked tables as introspected, by id, with the statement that reads a row by
     /// key (for snapshots).
     tables: HashMap<i64, (TableInfo, Statement)>,
@@ -32,6 +35,7 @@ pub(crate) struct PgLog {
 pub(crate) fn open_log(url: &str) -> Result<concord_store::LogReader<PgLog>, StoreError> {
     concord_store::LogReader::new(PgLog {
         client: connect(url)?,
+        statements: HashMap::new(),
         tables: HashMap::new(),
     })
 }
@@ -45,6 +49,7 @@ pub(crate) fn open_snapshot(
     concord_store::SnapshotReader::begin(
         PgLog {
             client: connect(url)?,
+            statements: HashMap::new(),
             tables: HashMap::new(),
         },
         node,
@@ -92,41 +97,9 @@ impl SnapshotSource for PgLog {
         Ok(())
     }
 
-    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
-        Ok(self
-            .client
-            .query("SELECT id FROM concord.tables WHERE tracked", &[])?
-            .into_iter()
-            .map(|row| i64::from(row.get::<_, i32>(0)))
-            .collect())
-    }
-
-    fn clocks(
-        &mut self,
-        table: i64,
-        start: KeyStart<'_>,
-        below: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<RawClock>, StoreError> {
-        let sql = clock_page_sql("concord.rows", start, below.is_some(), |n| format!("${n}"));
-        let (table, key, limit) = (table as i32, start.key(), limit as i64);
-        let rows = match below {
-            Some(below) => self.client.query(&sql, &[&table, &key, &below, &limit])?,
-            None => self.client.query(&sql, &[&table, &key, &limit])?,
-        };
-        Ok(rows
-            .into_iter()
-            .map(|row| RawClock {
-                key: row.get(0),
-                causal_length: row.get(1),
-                clock: row.get(2),
-            })
-            .collect())
-    }
-
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
         self.table(table)?;
-        let PgLog { client, tables } = self;
+        let PgLog { client, tables, .. } = self;
         let Some((info, statement)) = tables.get(&table) else {
             return Ok(None);
         };
@@ -144,7 +117,7 @@ impl SnapshotSource for PgLog {
         keys: &[Vec<Value>],
     ) -> Result<Vec<Option<Vec<Value>>>, StoreError> {
         self.table(table)?;
-        let PgLog { client, tables } = self;
+        let PgLog { client, tables, .. } = self;
         let Some((info, _)) = tables.get(&table) else {
             return Ok(vec![None; keys.len()]);
         };
@@ -186,7 +159,7 @@ impl SnapshotSource for PgLog {
         limit: usize,
     ) -> Result<RowPage, StoreError> {
         self.table(table)?;
-        let PgLog { client, tables } = self;
+        let PgLog { client, tables, .. } = self;
         let Some((info, _)) = tables.get(&table) else {
             return Ok(RowPage {
                 columns: Vec::new(),
@@ -263,14 +236,16 @@ fn decode_row(
         .collect()
 }
 
-fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
-    NodeId::try_from(bytes).map_err(|e| StoreError::Corrupt {
-        table: "concord.origins",
-        detail: e.to_string(),
-    })
-}
-
 impl LogSource for PgLog {
+    type Sql<'a> = Pg<'a>;
+
+    fn sql(&mut self) -> Pg<'_> {
+        Pg {
+            client: &mut self.client,
+            statements: &mut self.statements,
+        }
+    }
+
     fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
         let signature: Option<String> = self
             .client
@@ -285,14 +260,6 @@ impl LogSource for PgLog {
 
     fn log_table(&self) -> &'static str {
         "concord.log"
-    }
-
-    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError> {
-        self.client
-            .query("SELECT id, node_id FROM concord.origins", &[])?
-            .into_iter()
-            .map(|row| Ok((row.get::<_, i32>(0) as u32, node_id(row.get(1))?)))
-            .collect()
     }
 
     fn tables(&mut self) -> Result<Vec<TableColumns>, StoreError> {
@@ -314,34 +281,6 @@ impl LogSource for PgLog {
                 columns: row.get(2),
             })
             .collect())
-    }
-
-    fn held(&mut self) -> Result<VersionVector, StoreError> {
-        let mut held = VersionVector::new();
-        for row in self.client.query(
-            "SELECT node_id, seq FROM concord.origins WHERE seq > 0",
-            &[],
-        )? {
-            held.set(node_id(row.get(0))?, row.get::<_, i64>(1) as u64);
-        }
-        Ok(held)
-    }
-
-    fn last_position(&mut self) -> Result<i64, StoreError> {
-        Ok(self
-            .client
-            .query_one("SELECT coalesce(max(pos), 0) FROM concord.log", &[])?
-            .get(0))
-    }
-
-    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .client
-            .query_opt(
-                "SELECT pos FROM concord.log WHERE origin = $1 AND seq = $2",
-                &[&(origin as i32), &(seq as i64)],
-            )?
-            .map(|row| row.get(0)))
     }
 
     fn scan(

@@ -22,6 +22,7 @@ use crate::schema::{
 };
 use crate::types::Param;
 use concord_store::bookkeeping;
+use concord_store::engine::ApplyBackend as _;
 use concord_store::engine::WriteMode;
 use concord_store::meta_batch::MetaBatch;
 use concord_store::pending::PendingRows;
@@ -75,7 +76,7 @@ pub struct PgStore {
     schema_changed: bool,
     /// The catalog summary the tables were last read at (`columns_signature`).
     columns_signature: Vec<i64>,
-    statements: HashMap<String, Statement>,
+    pub(crate) statements: HashMap<String, Statement>,
     /// Row clocks and log entries of the open apply transaction not written yet.
     pub(crate) apply_meta: MetaBatch,
     /// User-table writes by (table id, kind, written columns), prepared once: building
@@ -654,22 +655,22 @@ impl PgStore {
 
     /// Number of entries in the change log.
     pub fn log_len(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "log")
+        bookkeeping::count(&mut self.sql(), "log")
     }
 
     /// Number of captured writes not yet folded into the change log (committed ones).
     pub fn pending_len(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "pending")
+        bookkeeping::count(&mut self.sql(), "pending")
     }
 
     /// Changes set aside because they could not be applied, oldest first.
     pub fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        bookkeeping::failures(self)
+        bookkeeping::failures(&mut self.sql())
     }
 
     /// Recorded conflicts, oldest first.
     pub fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        bookkeeping::conflicts(self)
+        bookkeeping::conflicts(&mut self.sql())
     }
 
     pub(crate) fn table_by_id(&self, id: i32) -> Option<&Arc<TableInfo>> {
@@ -682,12 +683,7 @@ impl PgStore {
 
     /// A prepared statement for `sql`, prepared once per connection.
     pub(crate) fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.client.prepare(sql)?;
-        self.statements.insert(sql.to_owned(), s.clone());
-        Ok(s)
+        self.sql().prepared(sql)
     }
 
     /// The local index of `node`, registering it if new.
@@ -1081,11 +1077,11 @@ impl Store for PgStore {
     }
 
     fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        bookkeeping::prune_log(self, keep)
+        bookkeeping::prune_log(&mut self.sql(), keep)
     }
 
     fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(self, "conflicts")
+        bookkeeping::count(&mut self.sql(), "conflicts")
     }
 
     fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {

@@ -36,7 +36,6 @@ use crate::schema::{
     Affinity, COLUMNS_PER_MASK, MARK_ALL, OP_DELETE, OP_INSERT, OP_UPDATE, TableInfo, quote,
 };
 use crate::store::{LoadClockError, STREAMED_BODY_BYTES, SqliteStore, now_ms};
-use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
 use concord_store::engine::{self, ApplyBackend, LogEntry, RowWrite, TrackedTable, WriteMode};
 use concord_store::{ApplyError, Failure, Origins, RowError, StoreError};
 
@@ -109,6 +108,11 @@ fn refused(e: rusqlite::Error) -> Failure {
 impl ApplyBackend for SqliteStore {
     type Table = TableInfo;
     type Param<'v> = &'v Value;
+    type Sql<'a> = Sqlite<'a>;
+
+    fn sql(&mut self) -> Sqlite<'_> {
+        Sqlite(&self.conn)
+    }
 
     fn origins(&mut self) -> &mut Origins {
         &mut self.origins
@@ -347,35 +351,6 @@ impl ApplyBackend for SqliteStore {
     fn append_log(&mut self, e: LogEntry<'_>) -> Result<(), StoreError> {
         self.insert_log(&e)?;
         Ok(())
-    }
-}
-
-/// Concord's bookkeeping statements ([`concord_store::bookkeeping`]) run on the file
-/// through [`Sqlite`].
-impl SqlDriver for SqliteStore {
-    fn table_prefix(&self) -> &'static str {
-        Sqlite(&self.conn).table_prefix()
-    }
-
-    fn placeholder(&self, n: usize) -> String {
-        Sqlite(&self.conn).placeholder(n)
-    }
-
-    fn run(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        Sqlite(&self.conn).run(sql, args)
-    }
-
-    fn rows(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-        each: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        Sqlite(&self.conn).rows(sql, args, each)
-    }
-
-    fn stored_value(&self, cell: Cell) -> Value {
-        Sqlite(&self.conn).stored_value(cell)
     }
 }
 

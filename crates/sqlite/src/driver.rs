@@ -13,7 +13,9 @@ use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use crate::codec::{from_sql, value_ref};
 
 /// A connection to a tracked file, running Concord's bookkeeping statements.
-pub(crate) struct Sqlite<'c>(pub(crate) &'c rusqlite::Connection);
+/// Public only as the `Sql` type of the store's backends; nothing outside builds one.
+#[allow(unreachable_pub)]
+pub struct Sqlite<'c>(pub(crate) &'c rusqlite::Connection);
 
 struct Bound<'a>(Arg<'a>);
 

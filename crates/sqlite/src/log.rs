@@ -8,16 +8,14 @@ use std::path::Path;
 
 use std::collections::HashMap;
 
-use concord_core::{NodeId, Value, VersionVector};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use concord_core::{NodeId, Value};
+use rusqlite::{Connection, OpenFlags, params_from_iter};
 
 use crate::codec::{self, Sql};
+use crate::driver::Sqlite;
 use crate::schema::quote;
 use crate::store::SqliteStore;
-use concord_store::{
-    KeyStart, RawClock, RawEntry, RowPage, StoreError, TableColumns, clock_page_sql,
-    keyset_page_sql,
-};
+use concord_store::{RawEntry, RowPage, StoreError, TableColumns, keyset_page_sql};
 
 /// SQLite's change log, read through its own connection.
 pub struct SqliteLog {
@@ -164,42 +162,6 @@ impl concord_store::SnapshotSource for SqliteLog {
         Ok(())
     }
 
-    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT id FROM __concord_tables WHERE tracked")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?)
-    }
-
-    fn clocks(
-        &mut self,
-        table: i64,
-        start: KeyStart<'_>,
-        below: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<RawClock>, StoreError> {
-        let sql = clock_page_sql("__concord_rows", start, below.is_some(), |n| {
-            format!("?{n}")
-        });
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let read = |r: &rusqlite::Row<'_>| {
-            Ok(RawClock {
-                key: r.get(0)?,
-                causal_length: r.get(1)?,
-                clock: r.get(2)?,
-            })
-        };
-        let rows = match below {
-            Some(below) => stmt.query_map(
-                rusqlite::params![table, start.key(), below, limit as i64],
-                read,
-            )?,
-            None => stmt.query_map(rusqlite::params![table, start.key(), limit as i64], read)?,
-        };
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError> {
         let reads = self.row_reads(table)?;
         Ok(self
@@ -237,14 +199,13 @@ impl concord_store::SnapshotSource for SqliteLog {
     }
 }
 
-fn node_id(bytes: &[u8]) -> Result<NodeId, StoreError> {
-    NodeId::try_from(bytes).map_err(|e| StoreError::Corrupt {
-        table: "__concord_origins",
-        detail: e.to_string(),
-    })
-}
-
 impl concord_store::LogSource for SqliteLog {
+    type Sql<'a> = Sqlite<'a>;
+
+    fn sql(&mut self) -> Sqlite<'_> {
+        Sqlite(&self.conn)
+    }
+
     fn columns_signature(&mut self) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -259,17 +220,6 @@ impl concord_store::LogSource for SqliteLog {
 
     fn log_table(&self) -> &'static str {
         "__concord_log"
-    }
-
-    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError> {
-        let rows: Vec<(u32, Vec<u8>)> = self
-            .conn
-            .prepare_cached("SELECT id, node_id FROM __concord_origins")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(index, bytes)| Ok((index, node_id(&bytes)?)))
-            .collect()
     }
 
     fn tables(&mut self) -> Result<Vec<TableColumns>, StoreError> {
@@ -290,35 +240,6 @@ impl concord_store::LogSource for SqliteLog {
             out.push(TableColumns { id, name, columns });
         }
         Ok(out)
-    }
-
-    fn held(&mut self) -> Result<VersionVector, StoreError> {
-        let mut held = VersionVector::new();
-        let rows: Vec<(Vec<u8>, i64)> = self
-            .conn
-            .prepare_cached("SELECT node_id, seq FROM __concord_origins WHERE seq > 0")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (bytes, seq) in rows {
-            held.set(node_id(&bytes)?, seq as u64);
-        }
-        Ok(held)
-    }
-
-    fn last_position(&mut self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(pos), 0) FROM __concord_log", [], |r| {
-                r.get(0)
-            })?)
-    }
-
-    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT pos FROM __concord_log WHERE origin = ?1 AND seq = ?2")?
-            .query_row(rusqlite::params![origin, seq as i64], |r| r.get(0))
-            .optional()?)
     }
 
     fn scan(
@@ -368,6 +289,6 @@ impl SqliteStore {
     /// holds, not what it can still send. A peer that needs a deleted entry is told it
     /// is behind the retention limit ([`StoreError::Pruned`]).
     pub fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        concord_store::bookkeeping::prune_log(self, keep)
+        concord_store::bookkeeping::prune_log(&mut Sqlite(&self.conn), keep)
     }
 }

@@ -11,11 +11,17 @@
 //! (a SQLite file keeps them as native values a user can read in its shell; the servers
 //! keep the [`crate::format`] encoding), so [`Arg::Value`] and
 //! [`SqlDriver::stored_value`] are the driver's too.
+//!
+//! The engine ([`crate::engine::ApplyBackend::sql`]) and the log and snapshot readers
+//! ([`crate::LogSource::sql`]) reach a store's connection this way. Two reads stay with
+//! each store: the log scan, which lends keys and bodies from the driver's row buffer
+//! rather than copying every one (it is the hot path of a sync), and the listing of
+//! tables and columns, whose SQL differs (schemas, string aggregation).
 
-use concord_core::{Change, NodeId, Value};
+use concord_core::{Change, NodeId, Value, VersionVector};
 
 use crate::engine::{ConflictRow, now_ms};
-use crate::{ConflictRecord, FailureRecord, StoreError};
+use crate::{ConflictRecord, FailureRecord, KeyStart, RawClock, StoreError, clock_page_sql};
 
 /// A parameter of a bookkeeping statement.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +168,15 @@ impl Row {
             Cell::Text(t) => Ok(t.into_bytes()),
             other => Err(corrupt(self.table, i, &other)),
         }
+    }
+
+    /// Column `i` as a node id.
+    pub fn node_id(&mut self, i: usize) -> Result<NodeId, StoreError> {
+        let bytes = self.bytes(i)?;
+        NodeId::try_from(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            table: self.table,
+            detail: format!("column {i}: {e}"),
+        })
     }
 
     /// Column `i` as it is, for [`SqlDriver::stored_value`].
@@ -370,6 +385,91 @@ pub fn conflicts<D: SqlDriver + ?Sized>(db: &mut D) -> Result<Vec<ConflictRecord
             record
         })
         .collect())
+}
+
+/// Every origin with its index.
+pub fn origins<D: SqlDriver + ?Sized>(db: &mut D) -> Result<Vec<(u32, NodeId)>, StoreError> {
+    query(
+        db,
+        "SELECT id, node_id FROM {origins}",
+        &[],
+        "origins",
+        |r| Ok((r.int(0)? as u32, r.node_id(1)?)),
+    )
+}
+
+/// What the store holds from each origin: its version vector as stored.
+pub fn held<D: SqlDriver + ?Sized>(db: &mut D) -> Result<VersionVector, StoreError> {
+    let rows = query(
+        db,
+        "SELECT node_id, seq FROM {origins} WHERE seq > 0",
+        &[],
+        "origins",
+        |r| Ok((r.node_id(0)?, r.int(1)? as u64)),
+    )?;
+    let mut held = VersionVector::new();
+    for (node, seq) in rows {
+        held.set(node, seq);
+    }
+    Ok(held)
+}
+
+/// The last position in the log (0 if empty).
+pub fn last_position<D: SqlDriver + ?Sized>(db: &mut D) -> Result<i64, StoreError> {
+    single_int(db, "SELECT coalesce(max(pos), 0) FROM {log}", &[], "log")
+}
+
+/// The position of `(origin index, seq)`, if it is still in the log.
+pub fn position_of<D: SqlDriver + ?Sized>(
+    db: &mut D,
+    origin: u32,
+    seq: u64,
+) -> Result<Option<i64>, StoreError> {
+    let found = query(
+        db,
+        "SELECT pos FROM {log} WHERE origin = ? AND seq = ?",
+        &[Arg::Int(i64::from(origin)), Arg::Int(seq as i64)],
+        "log",
+        |r| r.int(0),
+    )?;
+    Ok(found.first().copied())
+}
+
+/// The ids of the tables tracked now.
+pub fn tracked_tables<D: SqlDriver + ?Sized>(db: &mut D) -> Result<Vec<i64>, StoreError> {
+    query(
+        db,
+        "SELECT id FROM {tables} WHERE tracked",
+        &[],
+        "tables",
+        |r| r.int(0),
+    )
+}
+
+/// Up to `limit` row clocks of `table` from `start`, below `below`, in key order.
+pub fn clock_page<D: SqlDriver + ?Sized>(
+    db: &mut D,
+    table: i64,
+    start: KeyStart<'_>,
+    below: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<RawClock>, StoreError> {
+    let rows = format!("{}rows", db.table_prefix());
+    let sql = clock_page_sql(&rows, start, below.is_some(), |n| db.placeholder(n));
+    let mut args = vec![Arg::Int(table), Arg::Bytes(start.key())];
+    args.extend(below.map(Arg::Bytes));
+    args.push(Arg::Int(limit as i64));
+    let mut out = Vec::new();
+    db.rows(&sql, &args, &mut |cells| {
+        let mut r = Row::new(cells, "rows");
+        out.push(RawClock {
+            key: r.bytes(0)?,
+            causal_length: r.int(1)?,
+            clock: r.bytes(2)?,
+        });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The number of rows in Concord's table `table` (a name without its prefix).

@@ -188,13 +188,20 @@ pub struct ConflictRow<'a> {
 
 /// A database's part in applying changes: its transactions and its own tables. It
 /// decides nothing; [`ApplySession`] calls it in the order the algorithm needs.
-pub trait ApplyBackend: SqlDriver {
+pub trait ApplyBackend {
     /// The store's description of a tracked table.
     type Table: TrackedTable;
     /// A value converted for the database, checked against its column. It may borrow
     /// the change's value (SQLite binds it as it is), so a large value is never copied.
     type Param<'v>;
 
+    /// The store's connection as a [`SqlDriver`].
+    type Sql<'a>: SqlDriver
+    where
+        Self: 'a;
+
+    /// The store's connection, to run Concord's shared bookkeeping statements on.
+    fn sql(&mut self) -> Self::Sql<'_>;
     /// The origin map and version vector.
     fn origins(&mut self) -> &mut Origins;
     /// The replica's hybrid logical clock.
@@ -273,7 +280,7 @@ pub trait ApplyBackend: SqlDriver {
     /// Deletes the log entries of origin `origin` (an index) up to sequence `seq`. A
     /// backend that holds log entries back writes them first.
     fn drop_log_through(&mut self, origin: u32, seq: u64) -> Result<(), StoreError> {
-        bookkeeping::drop_log_through(self, origin, seq)
+        bookkeeping::drop_log_through(&mut self.sql(), origin, seq)
     }
 }
 
@@ -469,7 +476,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
         let outcome = self
             .apply_inner(change, Mode::SetAside)
             .and_then(|applied| {
-                bookkeeping::forget_failure(&mut *self.store, change.origin, change.seq)
+                bookkeeping::forget_failure(&mut self.store.sql(), change.origin, change.seq)
                     .map_err(Failure::Store)?;
                 Ok(applied)
             });
@@ -675,7 +682,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             // A row's state from a snapshot: no sequence to hold or log, only the
             // failure to record (with the state, so it can be retried).
             let body = format::encode(change);
-            let result = bookkeeping::record_failure(&mut *self.store, change, &body, reason)
+            let result = bookkeeping::record_failure(&mut self.store.sql(), change, &body, reason)
                 .map_err(ApplyError::from);
             return self.progress.finish_set_aside(change, result);
         }
@@ -689,7 +696,7 @@ impl<'s, B: ApplyBackend> ApplySession<'s, B> {
             Ok(Advance::Next) => self
                 .log_verbatim(change)
                 .and_then(|body| {
-                    bookkeeping::record_failure(&mut *self.store, change, &body, reason)
+                    bookkeeping::record_failure(&mut self.store.sql(), change, &body, reason)
                 })
                 .map_err(ApplyError::from),
             Err(gap) => Err(ApplyError::Row(Box::new(RowFailure {
@@ -886,7 +893,7 @@ pub fn apply_stream<B: ApplyBackend>(
 fn set_aside_groups<B: ApplyBackend>(store: &mut B) -> Result<Vec<Vec<Change>>, ApplyError> {
     let mut groups: Vec<Vec<Change>> = Vec::new();
     let mut open = false;
-    for body in bookkeeping::set_aside_changes(store)? {
+    for body in bookkeeping::set_aside_changes(&mut store.sql())? {
         let change: Change = format::decode(&body).map_err(|detail| StoreError::Corrupt {
             table: "failures",
             detail,
@@ -954,14 +961,14 @@ pub fn discard_set_aside<B: ApplyBackend>(
     };
     let session = ApplySession::begin(store)?;
     let forgotten = match which {
-        None => bookkeeping::forget_all_failures(&mut *session.store)?,
+        None => bookkeeping::forget_all_failures(&mut session.store.sql())?,
         Some((origin, seq)) => {
             let mut forgotten = 0;
             let chosen = groups
                 .iter()
                 .filter(|g| g.iter().any(|c| c.origin == origin && c.seq == seq));
             for change in chosen.flatten() {
-                bookkeeping::forget_failure(&mut *session.store, change.origin, change.seq)?;
+                bookkeeping::forget_failure(&mut session.store.sql(), change.origin, change.seq)?;
                 forgotten += 1;
             }
             forgotten
@@ -1026,7 +1033,7 @@ fn record_conflict<B: ApplyBackend>(
         return Ok(false);
     }
     bookkeeping::record_conflict(
-        store,
+        &mut store.sql(),
         &ConflictRow {
             table: table.name(),
             key: &change.key,

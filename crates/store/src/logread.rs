@@ -18,6 +18,7 @@ use concord_core::{
     CausalLength, Change, ColumnChange, Hlc, NodeId, PrimaryKey, Version, VersionVector,
 };
 
+use crate::bookkeeping::{self, SqlDriver};
 use crate::engine::VERBATIM_TABLE;
 use crate::format::{self, LogBody, StoredVersion};
 use crate::{LogPage, LogRead, StoreError};
@@ -61,20 +62,35 @@ pub struct TableColumns {
     pub columns: Vec<String>,
 }
 
-/// A database's part in reading its change log.
+/// A database's part in reading its change log. The queries every store runs alike are
+/// [`crate::bookkeeping`]'s, through [`LogSource::sql`]; a store writes the rest.
 pub trait LogSource: Send {
+    /// The connection as a [`SqlDriver`].
+    type Sql<'a>: SqlDriver
+    where
+        Self: 'a;
+    /// The reader's connection, to run Concord's shared statements on.
+    fn sql(&mut self) -> Self::Sql<'_>;
     /// The log table's name, for errors (`__concord_log`, `concord.log`, ...).
     fn log_table(&self) -> &'static str;
     /// Every origin with its index.
-    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError>;
+    fn origins(&mut self) -> Result<Vec<(u32, NodeId)>, StoreError> {
+        bookkeeping::origins(&mut self.sql())
+    }
     /// Every table the log may name (tracked now or before), with its columns.
     fn tables(&mut self) -> Result<Vec<TableColumns>, StoreError>;
     /// What the store holds from each origin: its version vector as stored.
-    fn held(&mut self) -> Result<VersionVector, StoreError>;
+    fn held(&mut self) -> Result<VersionVector, StoreError> {
+        bookkeeping::held(&mut self.sql())
+    }
     /// The last position in the log (0 if empty).
-    fn last_position(&mut self) -> Result<i64, StoreError>;
+    fn last_position(&mut self) -> Result<i64, StoreError> {
+        bookkeeping::last_position(&mut self.sql())
+    }
     /// The position of `(origin index, seq)`, if it is still in the log.
-    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError>;
+    fn position_of(&mut self, origin: u32, seq: u64) -> Result<Option<i64>, StoreError> {
+        bookkeeping::position_of(&mut self.sql(), origin, seq)
+    }
     /// Visits up to `limit` entries after position `after`, in position order, until
     /// `visit` returns `false`. Rows are streamed, not collected. Without `bodies`, every
     /// entry's `body` is empty and never read from the database (a change's body may hold

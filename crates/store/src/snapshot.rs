@@ -183,7 +183,9 @@ pub trait SnapshotSource: LogSource {
     /// Ends the read transaction.
     fn end_snapshot(&mut self) -> Result<(), StoreError>;
     /// The ids of the tables tracked now.
-    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError>;
+    fn tracked_tables(&mut self) -> Result<Vec<i64>, StoreError> {
+        crate::bookkeeping::tracked_tables(&mut self.sql())
+    }
     /// Up to `limit` row clocks of table `table` whose encoded keys sort from `start`
     /// and below `below` (bytewise), in that order ([`clock_page_sql`]).
     fn clocks(
@@ -192,7 +194,9 @@ pub trait SnapshotSource: LogSource {
         start: KeyStart<'_>,
         below: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<RawClock>, StoreError>;
+    ) -> Result<Vec<RawClock>, StoreError> {
+        crate::bookkeeping::clock_page(&mut self.sql(), table, start, below, limit)
+    }
     /// The values of the user's row of `table` with key `key` (its key columns' values,
     /// in key order), every column by position, or `None` if there is no such row.
     fn row_values(&mut self, table: i64, key: &[Value]) -> Result<Option<Vec<Value>>, StoreError>;
