@@ -22,7 +22,7 @@ use mysql::{Conn, Opts};
 use crate::schema::{
     self, FORMAT_VERSION, METADATA_DDL, METADATA_TABLES, SQL_MODE, TableInfo, quote,
 };
-use concord_store::bookkeeping;
+use concord_store::bookkeeping::{self, SqlDriver};
 use concord_store::engine::ApplyBackend as _;
 use concord_store::engine::WriteMode;
 use concord_store::meta_batch::MetaBatch;
@@ -924,32 +924,16 @@ impl Store for MyStore {
         concord_store::engine::apply_stream(self, batch, changes)
     }
 
+    fn driver(&mut self) -> Box<dyn SqlDriver + '_> {
+        Box::new(self.sql())
+    }
+
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
         Ok(Box::new(crate::log::open_log(&self.url)?))
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
         Ok(Box::new(crate::log::open_snapshot(&self.url, self.node)?))
-    }
-
-    fn log_len(&mut self) -> Result<u64, StoreError> {
-        MyStore::log_len(self)
-    }
-
-    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        bookkeeping::prune_log(&mut self.sql(), keep)
-    }
-
-    fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(&mut self.sql(), "conflicts")
-    }
-
-    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        MyStore::conflicts(self)
-    }
-
-    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        MyStore::failures(self)
     }
 
     fn take_schema_changed(&mut self) -> bool {

@@ -21,7 +21,7 @@ use crate::schema::{
     self, CANONICAL_SETTINGS, FORMAT_VERSION, METADATA_DDL, TableInfo, literal, quote,
 };
 use crate::types::Param;
-use concord_store::bookkeeping;
+use concord_store::bookkeeping::{self, SqlDriver};
 use concord_store::engine::ApplyBackend as _;
 use concord_store::engine::WriteMode;
 use concord_store::meta_batch::MetaBatch;
@@ -1064,32 +1064,16 @@ impl Store for PgStore {
         concord_store::engine::apply_stream(self, batch, changes)
     }
 
+    fn driver(&mut self) -> Box<dyn SqlDriver + '_> {
+        Box::new(self.sql())
+    }
+
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
         Ok(Box::new(crate::log::open_log(&self.url)?))
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, StoreError> {
         Ok(Box::new(crate::log::open_snapshot(&self.url, self.node)?))
-    }
-
-    fn log_len(&mut self) -> Result<u64, StoreError> {
-        PgStore::log_len(self)
-    }
-
-    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        bookkeeping::prune_log(&mut self.sql(), keep)
-    }
-
-    fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        bookkeeping::count(&mut self.sql(), "conflicts")
-    }
-
-    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        PgStore::conflicts(self)
-    }
-
-    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        PgStore::failures(self)
     }
 
     fn capture_ready(&mut self) -> Result<u64, StoreError> {

@@ -13,7 +13,7 @@ use rusqlite::blob::ZeroBlob;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::driver::Sqlite;
-use concord_store::bookkeeping;
+use concord_store::bookkeeping::{self, SqlDriver};
 use concord_store::{
     ApplyError, ApplyReport, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins,
     SnapshotRead, Store, StoreError, StoreOptions, TrackError,
@@ -894,6 +894,10 @@ impl Store for SqliteStore {
         concord_store::engine::apply_stream(self, batch, changes)
     }
 
+    fn driver(&mut self) -> Box<dyn SqlDriver + '_> {
+        Box::new(Sqlite(&self.conn))
+    }
+
     fn log_reader(&self) -> Result<Box<dyn LogRead>, StoreError> {
         Ok(Box::new(crate::log::open_log(&self.path)?))
     }
@@ -906,26 +910,6 @@ impl Store for SqliteStore {
             return Err(StoreError::NoSnapshot("relay"));
         }
         Ok(Box::new(crate::log::open_snapshot(&self.path, self.node)?))
-    }
-
-    fn log_len(&mut self) -> Result<u64, StoreError> {
-        SqliteStore::log_len(self)
-    }
-
-    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
-        SqliteStore::prune_log(self, keep)
-    }
-
-    fn conflict_count(&mut self) -> Result<u64, StoreError> {
-        SqliteStore::conflict_count(self)
-    }
-
-    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
-        SqliteStore::conflicts(self)
-    }
-
-    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
-        SqliteStore::failures(self)
     }
 
     fn take_schema_changed(&mut self) -> bool {

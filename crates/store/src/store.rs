@@ -6,6 +6,7 @@
 //! peers, and applies remote changes by writing what [`concord_core::merge`] decided;
 //! it never decides a merge itself.
 
+use crate::bookkeeping::{self, SqlDriver};
 use std::path::PathBuf;
 
 use concord_core::mapping::Kind;
@@ -72,23 +73,35 @@ pub trait Store: Send {
         Err(StoreError::NoSnapshot(self.system()))
     }
 
+    /// The store's connection, to run Concord's shared bookkeeping statements on
+    /// ([`crate::bookkeeping`]).
+    fn driver(&mut self) -> Box<dyn SqlDriver + '_>;
+
     /// Entries in the change log.
-    fn log_len(&mut self) -> Result<u64, StoreError>;
+    fn log_len(&mut self) -> Result<u64, StoreError> {
+        bookkeeping::count(&mut *self.driver(), "log")
+    }
 
     /// Deletes the oldest change-log entries so that at most `keep` remain; returns how
-    /// many were deleted. The version vector is unaffected: it says what this replica
-    /// holds, not what it can still send. A peer that needs a deleted entry is told it
-    /// is behind the retention limit ([`StoreError::Pruned`]).
-    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError>;
+    /// many were deleted ([`bookkeeping::prune_log`]).
+    fn prune_log(&mut self, keep: u64) -> Result<u64, StoreError> {
+        bookkeeping::prune_log(&mut *self.driver(), keep)
+    }
 
     /// Conflicts recorded.
-    fn conflict_count(&mut self) -> Result<u64, StoreError>;
+    fn conflict_count(&mut self) -> Result<u64, StoreError> {
+        bookkeeping::count(&mut *self.driver(), "conflicts")
+    }
 
     /// Every conflict recorded, oldest first.
-    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError>;
+    fn conflicts(&mut self) -> Result<Vec<ConflictRecord>, StoreError> {
+        bookkeeping::conflicts(&mut *self.driver())
+    }
 
     /// Every change set aside because it could not be applied, oldest first.
-    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError>;
+    fn failures(&mut self) -> Result<Vec<FailureRecord>, StoreError> {
+        bookkeeping::failures(&mut *self.driver())
+    }
 
     /// Captures what is ready to be captured now, without waiting for writes committed
     /// a moment ago that the store has not read yet (they are captured by a later
