@@ -31,9 +31,14 @@
 //!
 //! Faults, per round, in a shuffled order at seeded moments: three dropped connections,
 //! a delay, a black hole, a partition isolating one node (then healed, then that node
-//! SIGKILLed while it catches up) and a SIGKILL + restart of each node (so the
-//! PostgreSQL and MariaDB nodes' serve processes are killed too; the database servers
-//! stay up). Short mode (what `cargo test` runs) is one round with a fixed seed;
+//! SIGKILLed while it catches up), a SIGKILL + restart of each node (so the
+//! PostgreSQL and MariaDB nodes' serve processes are killed too) and a crash + restart of
+//! the PostgreSQL and of the MariaDB server mid-stream (`immediate` shutdown, SIGKILL),
+//! cutting the node's capture, log reader and apply connections. Crashing servers others
+//! use would be hostile, so the run starts servers of its own
+//! ([`concord_harness::private_servers`]) when the machine has the server binaries, and
+//! says so when it cannot (then that fault is skipped). A writer never has a transaction
+//! open across a server crash (it waits), so every commit it records is known. Short mode (what `cargo test` runs) is one round with a fixed seed;
 //! `CONCORD_HARNESS_SEED` replays a seed, `CONCORD_HARNESS_MINUTES=N` repeats rounds for N
 //! minutes with a fresh seed.
 //!
@@ -49,8 +54,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use concord_core::{NodeId, Value};
@@ -59,6 +64,7 @@ use concord_harness::episodes::{self, Rounds};
 use concord_harness::mode::{self, minutes};
 use concord_harness::model::{self, Effect, Key, Row, Table, Txn};
 use concord_harness::node::{self, Settings};
+use concord_harness::private_servers::{PrivateMariadb, PrivatePostgres};
 use concord_harness::process::{self, STDERR_FILE, STDOUT_FILE, ServeProcess};
 use concord_harness::rng::Rng;
 use concord_harness::run::{self, Control, Histories, StopOnExit, lock, ms, nap};
@@ -117,6 +123,22 @@ const SQLITE_DDL: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEG
 const PG_DDL: &str = "CREATE TABLE t(id bigint PRIMARY KEY, v text, n bigint)";
 const MY_DDL: &str = "CREATE TABLE t(id BIGINT PRIMARY KEY, v VARCHAR(64), n BIGINT) \
                       ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// Database servers of the run's own, which it may crash and restart
+/// ([`concord_harness::private_servers`]).
+struct PrivateServers {
+    postgres: PrivatePostgres,
+    mariadb: PrivateMariadb,
+}
+
+impl PrivateServers {
+    fn start() -> Result<Self, String> {
+        Ok(Self {
+            postgres: PrivatePostgres::start()?,
+            mariadb: PrivateMariadb::start()?,
+        })
+    }
+}
 
 /// A PostgreSQL and a MariaDB database created for one run and dropped when this guard
 /// is dropped, whether the test passed or panicked.
@@ -663,7 +685,7 @@ fn diagnosis(dirs: &[NodeDir]) -> String {
 // The run: writers, checker, faults.
 
 /// Shared between the threads of the run.
-struct Run {
+struct Run<'p> {
     control: Control,
     /// Committed transactions per writer.
     histories: Histories,
@@ -676,10 +698,20 @@ struct Run {
     retry_reasons: Mutex<BTreeMap<String, u64>>,
     /// Which writer each store's node id (the origin of its changes) belongs to.
     writer_of: HashMap<NodeId, usize>,
+    /// Per node: the generation of its database server, bumped by each restart. A
+    /// writer holds it shared for a whole transaction (so a restart never cuts one off
+    /// before its COMMIT answered, which would leave unknown whether it committed), and
+    /// reconnects when it changed; a restart holds it exclusively.
+    servers_up: Vec<RwLock<u64>>,
+    /// The private servers a restart crashes, when the run has them.
+    private: Option<&'p PrivateServers>,
 }
 
-impl Run {
+impl Run<'_> {
     fn read(&self, node: usize) -> Result<Table, String> {
+        let _up = self.servers_up[node]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         self.stores[node]
             .snapshot()
             .map_err(|e| format!("reading {}: {e}", label(node)))
@@ -704,7 +736,7 @@ fn keys_named(message: &str) -> Vec<Key> {
     keys
 }
 
-impl Run {
+impl Run<'_> {
     /// For each key: every committed write to it, in each writer's commit order, and
     /// every change to it in the SQLite node's change log (which holds what every
     /// origin captured: the PostgreSQL and MariaDB nodes' changes as they sent them),
@@ -891,7 +923,23 @@ fn writer(run: &Run, me: usize, mut rng: Rng) {
         .writer()
         .unwrap_or_else(|e| panic!("{}: connecting the writer: {e}", label(me)));
     let mut planner = Planner::for_writer(me);
+    let mut generation = 0;
     while !run.control.stopped() {
+        let up = run.servers_up[me].read().unwrap_or_else(|p| p.into_inner());
+        if *up != generation {
+            // The server restarted since the last transaction: its connection is gone.
+            sql = match run.stores[me].writer() {
+                Ok(sql) => sql,
+                Err(e) => {
+                    run.control.fail(format!(
+                        "{}: reconnecting after a server restart: {e}",
+                        label(me)
+                    ));
+                    return;
+                }
+            };
+            generation = *up;
+        }
         let plan = planner.plan(&mut rng, |key, row| upsert_sql(kind, key, row));
         let (tag, steps) = (plan.tag, plan.steps);
         if steps.is_empty() {
@@ -928,6 +976,7 @@ fn writer(run: &Run, me: usize, mut rng: Rng) {
                 return;
             }
         }
+        drop(up);
         std::thread::sleep(Duration::from_millis(rng.range(2, 20)));
     }
 }
@@ -1007,6 +1056,10 @@ enum Fault {
     Kill {
         node: usize,
     },
+    /// Crash and restart the database server of `node` (PostgreSQL or MariaDB).
+    CrashServer {
+        node: usize,
+    },
 }
 
 /// Counts of what was injected, for the report.
@@ -1021,6 +1074,8 @@ struct Injected {
     kills_while_catching_up: u32,
     /// SIGKILL + restart per node: sqlite, postgres, mariadb.
     kills_per_node: [u32; NODES],
+    /// Crashes and restarts of each node's database server (none for SQLite).
+    server_crashes: [u32; NODES],
 }
 
 fn kill_and_restart(
@@ -1086,6 +1141,13 @@ fn fault_round(
     for node in 0..NODES {
         schedule.push(Fault::Kill { node });
     }
+    if run.private.is_some() {
+        for (node, kind) in KINDS.iter().enumerate() {
+            if *kind != Kind::Sqlite {
+                schedule.push(Fault::CrashServer { node });
+            }
+        }
+    }
     rng.shuffle(&mut schedule);
     println!("fault schedule: {schedule:?}");
     episodes::run_schedule(&run.control, rng, schedule, |fault, rng| {
@@ -1130,6 +1192,30 @@ fn fault_round(
             }
             Fault::Kill { node } => {
                 kill_and_restart(run, nodes, node, ms(rng, 200, 2000), injected);
+            }
+            Fault::CrashServer { node } => {
+                let Some(private) = run.private else { return };
+                let down = ms(rng, 300, 2000);
+                // Waits for the writer's open transaction to commit or roll back.
+                let mut up = run.servers_up[node]
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                println!(
+                    "crashing the database server of {} for {down:?}",
+                    label(node)
+                );
+                let restarted = match KINDS[node] {
+                    Kind::Postgres => private.postgres.crash_and_restart(down),
+                    Kind::Mariadb => private.mariadb.crash_and_restart(down),
+                    Kind::Sqlite => Ok(()),
+                };
+                if let Err(e) = restarted {
+                    run.control
+                        .fail(format!("restarting the server of {}: {e}", label(node)));
+                    return;
+                }
+                *up += 1;
+                injected.server_crashes[node] += 1;
             }
         }
     });
@@ -1217,8 +1303,32 @@ concord_harness::server_tests! {
         let started = Instant::now();
         let mut rng = Rng::new(seed);
 
-        // Declared first so it is dropped last: after the node processes and the writers'
-        // connections, which would otherwise hold the databases open.
+        // Servers of its own when this machine can run them, so the run can crash and
+        // restart them; the servers the test was given otherwise, without that fault.
+        let private = match PrivateServers::start() {
+            Ok(private) => {
+                println!(
+                    "database servers: private, restarted by the faults ({} and {})",
+                    private.postgres.admin_url(),
+                    private.mariadb.admin_url()
+                );
+                Some(private)
+            }
+            Err(e) => {
+                println!(
+                    "{TEST}: the database-server crash fault is skipped (it needs private servers: {e}); using the given servers"
+                );
+                None
+            }
+        };
+        let (pg_admin, my_admin) = match &private {
+            Some(p) => (p.postgres.admin_url(), p.mariadb.admin_url()),
+            None => (pg_admin.to_owned(), my_admin.to_owned()),
+        };
+        let (pg_admin, my_admin) = (pg_admin.as_str(), my_admin.as_str());
+        // Declared after the servers and before the rest, so it is dropped after the node
+        // processes and the writers' connections (which would otherwise hold the
+        // databases open) and before the servers.
         let dbs = ServerDatabases::create(pg_admin, my_admin);
         println!(
             "databases: {} on {} and on {}",
@@ -1274,6 +1384,8 @@ concord_harness::server_tests! {
             retries: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
             retry_reasons: Mutex::new(BTreeMap::new()),
             writer_of,
+            servers_up: (0..NODES).map(|_| RwLock::new(0)).collect(),
+            private: private.as_ref(),
         };
         let mut injected = Injected::default();
         let workload = run::workload(
@@ -1393,7 +1505,11 @@ concord_harness::server_tests! {
             rounds >= 1
                 && injected.drops == 3 * rounds
                 && injected.partitions == rounds
-                && injected.kills_per_node.iter().all(|k| *k >= rounds),
+                && injected.kills_per_node.iter().all(|k| *k >= rounds)
+                && (private.is_none()
+                    || (0..NODES).all(|i| {
+                        KINDS[i] == Kind::Sqlite || injected.server_crashes[i] >= rounds
+                    })),
             "not every fault was injected: {injected:?}"
         );
         assert!(

@@ -45,6 +45,7 @@ pub mod episodes;
 pub mod mode;
 pub mod model;
 pub mod node;
+pub mod private_servers;
 pub mod process;
 pub mod proxy;
 pub mod rng;
