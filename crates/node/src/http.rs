@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::node::{Shared, health as health_of, metrics_text, status};
+use crate::report::{health as health_of, metrics_text, status};
+use crate::shared::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let app = Router::new()

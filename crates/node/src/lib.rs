@@ -24,22 +24,29 @@
 //! data itself; it moves changes between the network and the store, whose apply path
 //! calls the pure merge rules.
 
+mod capture_loop;
 pub mod config;
+mod connections;
+mod error;
 mod http;
 pub mod identity;
 pub mod link_failures;
 mod node;
 mod propagate;
 mod reconcile;
+mod report;
 mod session;
+mod session_error;
 mod setup;
+mod shared;
 pub mod status;
 pub mod tls;
 mod words;
 
 pub use config::{ConfigError, NodeConfig, PeerConfig, StoreChoice};
+pub use error::NodeError;
 pub use identity::{Fingerprint, Identity, IdentityError};
-pub use node::{Node, NodeError};
+pub use node::Node;
 pub use reconcile::{RowDifference, TableVerify, VerifyError, VerifyReport};
 pub use setup::{check_store, init, open_existing_store, open_store};
 pub use status::{Health, MissingPeer, NodeStatus, PeerStatus, Refused};

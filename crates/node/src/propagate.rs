@@ -13,7 +13,7 @@
 use concord_core::Change;
 use concord_store::{Prepare, Store};
 
-use crate::node::Peer;
+use crate::shared::Peer;
 
 /// Adds to `store` the columns `changes` (mapped into this node's names by `prepare`,
 /// when the link has a mapping) prove added and its tables lack. Never fails: a change

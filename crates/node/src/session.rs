@@ -33,12 +33,12 @@ use std::time::Duration;
 
 use concord_core::mapping::{LinkMapping, MappingError};
 use concord_core::{Change, VersionVector};
-use concord_store::{ApplyError, ApplyReport, Store, StoreError};
+use concord_store::{ApplyReport, Store, StoreError};
 use concord_wire::{
     Ack, BATCH_OVERHEAD, BatchInPieces, ChangeBatch, DEFAULT_MAX_BATCH_BYTES,
-    DELETE_COLUMNS_SINCE_VERSION, ErrorCode, ErrorMessage, Frame, FrameCodec, Hello,
-    MIN_PROTOCOL_VERSION, Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, RECONCILE_SINCE_VERSION,
-    Reassembler, SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WITHHELD_SINCE_VERSION, WireError, Withheld,
+    DELETE_COLUMNS_SINCE_VERSION, ErrorMessage, Frame, FrameCodec, Hello, MIN_PROTOCOL_VERSION,
+    Message, PIECES_SINCE_VERSION, PROTOCOL_VERSION, RECONCILE_SINCE_VERSION, Reassembler,
+    SNAPSHOTS_SINCE_VERSION, SnapshotEnd, WITHHELD_SINCE_VERSION, WireError, Withheld,
     encoded_size,
 };
 use futures::{SinkExt, StreamExt};
@@ -46,91 +46,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::Framed;
 
-use crate::identity::Fingerprint;
-use crate::link_failures::{Direction, LinkFailure, LinkFailuresError, LinkRow};
-use crate::node::{Peer, Shared};
+use crate::link_failures::{Direction, LinkFailure, LinkRow};
 use crate::reconcile::{Answerer, Link, rows_by_key, table_rows};
+use crate::session_error::{SessionError, blocking};
+use crate::shared::{Peer, Shared, lock, wall_ms};
 use crate::words;
-
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
-    #[error("connection")]
-    Io(#[from] std::io::Error),
-    #[error("protocol")]
-    Wire(#[from] WireError),
-    #[error(
-        "peer speaks protocol versions {min}..={max}, this node speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
-    )]
-    Version { min: u16, max: u16 },
-    #[error("unexpected message: {0}")]
-    Unexpected(String),
-    #[error("peer reported {}: {message}", words::code(*code))]
-    Peer { code: ErrorCode, message: String },
-    #[error("peer closed the connection")]
-    Closed,
-    #[error("peer stopped reading for {}", words::duration(*.0))]
-    StoppedReading(Duration),
-    #[error("peer sent nothing for {}", words::duration(*.0))]
-    Silent(Duration),
-    /// The peer refused this node's certificate in the TLS handshake.
-    #[error("the peer does not know this node; add {0} (this node's fingerprint) to its [[peers]]")]
-    UnknownToPeer(Fingerprint),
-    /// The node at the peer's address presented another certificate than `[[peers]]`
-    /// names.
-    #[error(
-        "the node at this address is not the configured peer: it presented {presented}, \
-         [[peers]] names {expected}; correct the fingerprint or the address"
-    )]
-    WrongPeer {
-        presented: Fingerprint,
-        expected: Fingerprint,
-    },
-    #[error("store")]
-    Store(#[from] StoreError),
-    #[error("apply")]
-    Apply(#[from] ApplyError),
-    #[error("peer is behind the retention limit: {0}")]
-    BehindRetention(StoreError),
-    #[error("node is shutting down")]
-    Shutdown,
-    #[error("internal: {0}")]
-    Internal(String),
-    #[error("schema mapping")]
-    Mapping(#[from] MappingError),
-    #[error("recording a transaction the link did not carry")]
-    LinkFailures(#[from] LinkFailuresError),
-}
-
-impl SessionError {
-    /// Whether the session ended by a shutdown on either side rather than a fault.
-    pub(crate) fn is_orderly(&self) -> bool {
-        matches!(
-            self,
-            SessionError::Shutdown
-                | SessionError::Peer {
-                    code: ErrorCode::ShuttingDown,
-                    ..
-                }
-        )
-    }
-
-    /// The error and its causes, each once, as people read it.
-    pub(crate) fn words(&self) -> String {
-        words::chain(self)
-    }
-
-    fn code(&self) -> ErrorCode {
-        match self {
-            SessionError::Version { .. } => ErrorCode::UnsupportedVersion,
-            SessionError::Wire(_) => ErrorCode::Malformed,
-            SessionError::Unexpected(_) => ErrorCode::Unexpected,
-            SessionError::Apply(_) => ErrorCode::Rejected,
-            SessionError::Shutdown => ErrorCode::ShuttingDown,
-            _ => ErrorCode::Rejected,
-        }
-    }
-}
 
 /// Counts bytes through a stream into the peer's counters.
 pub(crate) struct Counted<S> {
@@ -377,16 +297,6 @@ async fn store_holds(shared: &Arc<Shared>) -> Result<VersionVector, SessionError
         .map_err(|e| SessionError::Internal(e.to_string()))
 }
 
-pub(crate) fn lock(
-    store: &std::sync::Mutex<Box<dyn Store>>,
-) -> std::sync::MutexGuard<'_, Box<dyn Store>> {
-    // A panic while holding the lock cannot leave the store inconsistent (every write
-    // is a transaction), so a poisoned lock is still usable.
-    store
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Streams what the peer lacks: first the backlog, then new log entries as they appear.
 /// When the log no longer holds what the peer lacks and the peer speaks snapshots, a
 /// snapshot of every row goes first ([`send_snapshot`]).
@@ -628,7 +538,7 @@ async fn withhold_txn(
         last_seq,
         rows,
         reason: format!("outgoing to peer {}: {reason}", peer.config.name),
-        at_ms: crate::node::wall_ms(),
+        at_ms: wall_ms(),
         retry: false,
     };
     let s = shared.clone();
@@ -729,7 +639,7 @@ async fn resend_withheld(
                     Some(reason) => {
                         entries[i].retry = false;
                         entries[i].reason = format!("outgoing to peer {name}: {reason}");
-                        entries[i].at_ms = crate::node::wall_ms();
+                        entries[i].at_ms = wall_ms();
                     }
                 }
             }
@@ -1003,7 +913,7 @@ async fn send_states(
                     last_seq: 0,
                     rows: vec![row],
                     reason: format!("outgoing to peer {name}: {reason}"),
-                    at_ms: crate::node::wall_ms(),
+                    at_ms: wall_ms(),
                     retry: false,
                 });
             }
@@ -1058,14 +968,6 @@ fn split_by_size(
         batches.push(current);
     }
     Ok(batches)
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, SessionError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SessionError::Internal(e.to_string()))
 }
 
 /// Applies incoming batches and answers acknowledgements and pings.
@@ -1343,7 +1245,7 @@ async fn withheld(
         last_seq: w.last_seq,
         rows: Vec::new(),
         reason: format!("withheld by peer {}: {}", peer.config.name, w.reason),
-        at_ms: crate::node::wall_ms(),
+        at_ms: wall_ms(),
         retry: false,
     };
     let s = shared.clone();

@@ -15,8 +15,8 @@ use concord_sqlite::{FileLock, SqliteStore};
 use concord_store::{Store, StoreOptions, TrackError};
 
 use crate::config::{ConfigError, NodeConfig, StoreChoice};
+use crate::error::NodeError;
 use crate::identity::{Fingerprint, Identity};
-use crate::node::NodeError;
 
 /// Checks, changing nothing, that `tables` of the database `store` names can be tracked:
 /// the SQLite file exists (`store` holds its path as given, resolved against the current
