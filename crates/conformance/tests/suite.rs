@@ -11,6 +11,7 @@
 )]
 
 mod suite {
+    pub mod bad_input;
     pub mod concurrency;
     pub mod initial_load;
     pub mod lost_connection;
@@ -23,6 +24,31 @@ use suite::*;
 fn main() -> std::process::ExitCode {
     concord_conformance::run_suite(
         &[
+            case!(bad_input::a_change_to_an_unknown_table_is_refused_and_nothing_of_its_batch_is_applied),
+            case!(bad_input::a_change_to_an_unknown_column_is_refused_naming_the_column),
+            case!(bad_input::a_value_of_the_wrong_type_is_refused_naming_the_column),
+            case!(bad_input::a_decimal_the_column_would_round_is_refused_naming_the_column),
+            case!(
+                bad_input::text_longer_than_the_column_is_refused_not_truncated,
+                &[(Kind::Sqlite, bad_input::SQLITE_KEEPS_LONG_TEXT)]
+            ),
+            case!(bad_input::a_malformed_key_is_refused_and_shown_in_hex),
+            case!(bad_input::a_key_with_the_wrong_number_of_components_is_refused),
+            case!(bad_input::a_key_component_of_the_wrong_type_is_refused_naming_the_column),
+            case!(bad_input::a_delete_carrying_columns_is_refused_but_a_write_whose_columns_were_mapped_away_applies),
+            case!(bad_input::a_timestamp_beyond_the_clock_bound_is_refused_and_does_not_move_the_clock),
+            case!(bad_input::a_sequence_gap_is_refused),
+            case!(bad_input::a_not_null_violation_at_the_destination_is_refused_naming_the_column),
+            case!(bad_input::a_check_violation_at_the_destination_is_refused_naming_the_constraint),
+            case!(
+                bad_input::a_foreign_key_violation_at_the_destination_is_refused_naming_the_constraint,
+                &[(Kind::Sqlite, bad_input::SQLITE_APPLIES_WITHOUT_FOREIGN_KEYS)]
+            ),
+            case!(bad_input::a_batch_ending_inside_a_source_transaction_is_not_applied),
+            case!(bad_input::a_duplicate_change_is_skipped_and_counted),
+            case!(bad_input::a_resent_part_of_an_already_applied_transaction_is_skipped_without_error),
+            case!(bad_input::a_pull_after_a_refused_batch_resumes_where_the_database_left_off),
+            case!(bad_input::a_set_aside_transaction_is_recorded_and_the_stream_keeps_flowing),
             case!(initial_load::initial_load_under_concurrent_writes_loses_and_duplicates_nothing),
             case!(initial_load::tables_loaded_child_first_from_sqlite_apply_where_foreign_keys_are_enforced),
             case!(initial_load::a_partly_filled_destination_converges_with_the_source),
