@@ -11,11 +11,14 @@
 )]
 
 mod suite {
+    pub mod added_columns;
     pub mod bad_input;
     pub mod concurrency;
+    pub mod float_values;
     pub mod initial_load;
     pub mod lost_connection;
     pub mod set_apply;
+    pub mod snapshot;
 }
 
 use concord_conformance::{Kind, case};
@@ -24,6 +27,8 @@ use suite::*;
 fn main() -> std::process::ExitCode {
     concord_conformance::run_suite(
         &[
+            case!(added_columns::every_kind_added_for_a_peer_keeps_its_values),
+            case!(added_columns::a_name_the_table_lacks_is_added_only_once_a_whole_row_names_every_column),
             case!(bad_input::a_change_to_an_unknown_table_is_refused_and_nothing_of_its_batch_is_applied),
             case!(bad_input::a_change_to_an_unknown_column_is_refused_naming_the_column),
             case!(bad_input::a_value_of_the_wrong_type_is_refused_naming_the_column),
@@ -61,7 +66,21 @@ fn main() -> std::process::ExitCode {
             case!(set_apply::a_refused_change_in_a_set_is_named_and_only_its_transaction_is_set_aside),
             case!(set_apply::a_key_written_many_times_in_one_batch_ends_as_row_by_row),
             case!(set_apply::parent_and_child_rows_with_a_foreign_key_apply_in_order),
+            case!(
+                float_values::a_sqlite_real_goes_into_a_decimal_as_its_shortest_decimal_or_is_set_aside,
+                &[(Kind::Sqlite, float_values::SQLITE_HAS_NO_DECIMAL)]
+            ),
+            case!(float_values::a_sqlite_infinity_arrives_exactly_or_is_set_aside_naming_it),
+            case!(
+                float_values::a_nan_is_set_aside_by_sqlite_and_infinities_arrive_exactly,
+                &[
+                    (Kind::Sqlite, float_values::ONLY_POSTGRES_HOLDS_NAN),
+                    (Kind::Mariadb, float_values::ONLY_POSTGRES_HOLDS_NAN)
+                ]
+            ),
             case!(set_apply::set_writes_on_a_two_column_key_keep_every_value_exact),
+            case!(snapshot::a_replica_behind_retention_catches_up_from_a_snapshot_without_loss_or_resurrection),
+            case!(snapshot::a_snapshot_merged_twice_changes_nothing_the_second_time),
         ],
         Vec::new(),
     )
