@@ -2,7 +2,7 @@
 //! Concord from PostgreSQL into MariaDB and SQLite (issue 4, performance part).
 //!
 //! ```text
-//! cargo run --release -p concord-postgres --example pgbench -- [--rows N] [--skip-native]
+//! cargo run --release -p concord-conformance --example pgbench -- [--rows N] [--skip-native]
 //!     [--targets pg,mysql,sqlite] [--capture log|triggers]
 //! ```
 //!
