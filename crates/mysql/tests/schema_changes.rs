@@ -6,8 +6,9 @@
 //! tables; a database tracked by metadata format 1 not opening, or losing its
 //! set-aside changes; `double`, `float`, `bigint unsigned`, `bit`, `year`, `time`,
 //! `enum`, `set` and `binary(n)` values changed on the way (an unsigned value wrapped
-//! through a signed integer, a float rounded, a short binary padded); a value larger than
-//! the server's `max_allowed_packet` dropping the connection and blocking the stream.
+//! through a signed integer, a float rounded, a short binary padded). A value larger than
+//! the server's `max_allowed_packet` is tested from SQLite and from PostgreSQL in
+//! `crates/conformance/tests/large_values.rs`.
 
 mod common;
 
@@ -130,31 +131,5 @@ concord_harness::server_tests! {
         let bits = "SELECT CONCAT_WS('|', d, f) FROM v ORDER BY id";
         let (da, db): (Vec<String>, Vec<String>) = (a.conn().query(bits).unwrap(), b.conn().query(bits).unwrap());
         assert_eq!(da, db);
-    }
-
-    fn a_value_larger_than_the_servers_packet_is_set_aside_and_the_stream_goes_on(base: mysql) {
-        let max: u64 = TestDb::new(base, &[])
-            .conn()
-            .query_first("SELECT @@max_allowed_packet")
-            .unwrap()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("big.db");
-        let lite = rusqlite::Connection::open(&file).unwrap();
-        lite.execute_batch("CREATE TABLE files(id INTEGER PRIMARY KEY, body BLOB)").unwrap();
-        let mut source = concord_sqlite::SqliteStore::track(&file, &["files"], StoreOptions::default()).unwrap();
-        let db = TestDb::new(base, &["CREATE TABLE files(id INT PRIMARY KEY, body LONGBLOB)"]);
-        let mut sink = MyStore::track(&db.url, &["files"], StoreOptions::default()).unwrap();
-        let big = vec![7u8; usize::try_from(max).unwrap() + 1024];
-        lite.execute("INSERT INTO files VALUES (1, ?1)", [&big]).unwrap();
-        // Captured apart: SQLite's capture groups what committed between two captures.
-        concord_sqlite::Store::capture(&mut source).unwrap();
-        lite.execute("INSERT INTO files VALUES (2, x'01')", []).unwrap();
-        let report = concord_mysql::pull(&mut source, &mut sink).unwrap();
-        assert_eq!((report.applied, report.set_aside), (1, 1), "{report:?}");
-        let failures = sink.failures().unwrap();
-        assert!(failures[0].error.contains("max_allowed_packet"), "{failures:?}");
-        let ids: Vec<i32> = db.conn().query("SELECT id FROM files").unwrap();
-        assert_eq!(ids, [2], "the row after the large value arrived");
     }
 }

@@ -15,19 +15,6 @@ use mysql::{Conn, Opts};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// `url` with its database name replaced by `db` (its `?options` kept).
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!("{}/{db}{query}", &base[..path_start])
-}
-
 /// Every change in a store's log, in log order.
 pub fn all_changes(store: &MyStore) -> Vec<Change> {
     store
@@ -60,7 +47,7 @@ impl TestDb {
             .query_drop(format!("CREATE DATABASE `{name}`"))
             .unwrap();
         let db = TestDb {
-            url: with_database(server, &name),
+            url: concord_harness::servers::with_database(server, &name),
             name,
             admin: server.to_owned(),
         };

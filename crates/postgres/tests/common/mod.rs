@@ -14,19 +14,6 @@ use postgres::{Client, NoTls};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!("{}/{db}{query}", &base[..path_start])
-}
-
 /// A database created for one test and dropped at the end.
 pub struct TestDb {
     pub url: String,
@@ -50,7 +37,7 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         let db = TestDb {
-            url: with_database(server, &name),
+            url: concord_harness::servers::with_database(server, &name),
             name,
             admin_url: server.to_owned(),
         };

@@ -2,7 +2,7 @@
 //! Concord from PostgreSQL into MariaDB and SQLite (issue 4, performance part).
 //!
 //! ```text
-//! cargo run --release -p concord-postgres --example pgbench -- [--rows N] [--skip-native]
+//! cargo run --release -p concord-conformance --example pgbench -- [--rows N] [--skip-native]
 //!     [--targets pg,mysql,sqlite] [--capture log|triggers]
 //! ```
 //!
@@ -54,6 +54,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use concord_harness::servers::with_database;
 use concord_mysql::MyStore;
 use concord_postgres::{PgStore, StoreOptions};
 use concord_sqlite::SqliteStore;
@@ -307,19 +308,6 @@ fn step<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Step)> {
 // ---------------------------------------------------------------------------------
 // Servers and names
 
-/// `url` with its database replaced by `db`.
-fn pg_url(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!("{}/{db}{query}", &base[..path_start])
-}
-
 fn mysql_url(url: &str, db: &str) -> Result<String> {
     let scheme_end = url.find("://").map_or(0, |i| i + 3);
     let root = match url[scheme_end..].find('/') {
@@ -372,7 +360,7 @@ struct Resources {
 impl Resources {
     fn drop_subscription(&mut self) -> Result<()> {
         if let Some((db, sub)) = self.subscription.take() {
-            let mut c = Client::connect(&pg_url(&self.pg_admin, &db), NoTls)?;
+            let mut c = Client::connect(&with_database(&self.pg_admin, &db), NoTls)?;
             // Detach the slot first: dropping it is ours to do (same server).
             c.batch_execute(&format!(
                 "ALTER SUBSCRIPTION {sub} DISABLE;
@@ -456,7 +444,7 @@ fn drop_stale(pg_admin: &str, mysql_admin: Option<&str>) -> Result<()> {
         .collect();
     let stale = |name: &str| owner_pid(name).is_some_and(|pid| !pid_alive(pid));
     for db in dbs.iter().filter(|d| stale(d)) {
-        let mut c = Client::connect(&pg_url(pg_admin, db), NoTls)?;
+        let mut c = Client::connect(&with_database(pg_admin, db), NoTls)?;
         for row in c.query(
             "SELECT subname::text FROM pg_subscription WHERE subdbid =
                  (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -517,8 +505,8 @@ impl Native {
             admin.batch_execute(&format!("CREATE DATABASE {db}"))?;
             res.pg_dbs.push(db.clone());
         }
-        let mut src = Client::connect(&pg_url(server, &src_db), NoTls)?;
-        let mut dst = Client::connect(&pg_url(server, &dst_db), NoTls)?;
+        let mut src = Client::connect(&with_database(server, &src_db), NoTls)?;
+        let mut dst = Client::connect(&with_database(server, &dst_db), NoTls)?;
         for c in [&mut src, &mut dst] {
             c.batch_execute(TABLE_PG)?;
             c.batch_execute(MARK)?;
@@ -690,7 +678,7 @@ impl Concord {
         let src_db = format!("{tag}_csrc");
         admin.batch_execute(&format!("CREATE DATABASE {src_db}"))?;
         res.pg_dbs.push(src_db.clone());
-        let src_url = pg_url(server, &src_db);
+        let src_url = with_database(server, &src_db);
         let mut app = Client::connect(&src_url, NoTls)?;
         app.batch_execute(TABLE_PG)?;
         let options = StoreOptions {
@@ -713,7 +701,7 @@ impl Concord {
             let db = format!("{tag}_cdst");
             admin.batch_execute(&format!("CREATE DATABASE {db}"))?;
             res.pg_dbs.push(db.clone());
-            let url = pg_url(server, &db);
+            let url = with_database(server, &db);
             let mut reader = Client::connect(&url, NoTls)?;
             reader.batch_execute(TABLE_PG)?;
             out.pg = Some((

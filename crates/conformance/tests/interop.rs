@@ -7,16 +7,15 @@
 //! - edits on both sides, including a delete, leave the two databases different.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::TestDb;
+use concord_conformance::{Database, Kind, StoreUnderTest};
 use concord_postgres::PgStore;
 use concord_sqlite::SqliteStore;
 
 type Row = (i64, String, Option<f64>, Option<Vec<u8>>);
 
-fn pg_rows(db: &TestDb) -> Vec<Row> {
-    db.client()
+fn pg_rows(db: &Database) -> Vec<Row> {
+    postgres::Client::connect(&db.location(), postgres::NoTls)
+        .unwrap()
         .query("SELECT id, name, price, data FROM items ORDER BY id", &[])
         .unwrap()
         .into_iter()
@@ -45,8 +44,7 @@ fn sqlite_to_pg(lite: &mut SqliteStore, pg: &mut PgStore) {
 
 concord_harness::server_tests! {
     fn postgres_and_sqlite_replicas_converge_both_ways(server: postgres) {
-        let db = TestDb::new(
-            server,
+        let db = StoreUnderTest::new(Kind::Postgres, server).database(
             "CREATE TABLE items(id bigint PRIMARY KEY, name text NOT NULL,
                                 price double precision, data bytea);",
         );
@@ -58,10 +56,10 @@ concord_harness::server_tests! {
                 "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, data BLOB);",
             )
             .unwrap();
-        let mut pg = PgStore::track(&db.url, &["items"], Default::default()).unwrap();
+        let mut pg = PgStore::track(&db.location(), &["items"], Default::default()).unwrap();
         let mut lite = SqliteStore::track(&path, &["items"], Default::default()).unwrap();
 
-        db.psql(
+        db.execute(
             "INSERT INTO items VALUES (1, 'from postgres', 0.1, '\\x00010203'::bytea),
                                       (2, 'Grüße 世界', NULL, NULL), (3, 'doomed', 3.5, NULL)",
         );
@@ -74,7 +72,7 @@ concord_harness::server_tests! {
         assert_eq!(pg_rows(&db).len(), 4);
 
         // Edits on both sides, a delete on each, and a concurrent edit of one column.
-        db.psql("UPDATE items SET price = 2.25 WHERE id = 2; DELETE FROM items WHERE id = 3;");
+        db.execute("UPDATE items SET price = 2.25 WHERE id = 2; DELETE FROM items WHERE id = 3;");
         app.execute_batch(
             "UPDATE items SET name = 'edited in sqlite' WHERE id = 1;
              UPDATE items SET price = 9.75 WHERE id = 2;

@@ -3,16 +3,14 @@
 //!
 //! Risks covered:
 //! - a 100 MB value is truncated, altered or refused between SQLite and PostgreSQL;
-//! - a value larger than the destination can hold (MariaDB's `max_allowed_packet`)
-//!   stops the stream, kills the connection for the rest, or is stored cut short,
+//! - a value larger than the destination can hold (MariaDB's `max_allowed_packet`),
+//!   from PostgreSQL or from SQLite, stops the stream, kills the connection for the rest, or is stored cut short,
 //!   instead of setting aside its source transaction with a reason that names the limit
 //!   while the rows after it arrive;
 //! - a large value written on MariaDB does not reach the other two whole.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::TestDb;
+use concord_conformance::{Client, Database, Kind, StoreUnderTest};
 use concord_mysql::MyStore;
 use concord_postgres::{PgStore, pull};
 use concord_sqlite::SqliteStore;
@@ -33,57 +31,20 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A MariaDB database for this test, dropped at its end.
-struct MyDb {
-    admin: String,
-    name: String,
-    url: String,
+fn my_value(db: &Database, id: i64) -> Option<Vec<u8>> {
+    my_conn(db)
+        .exec_first::<Option<Vec<u8>>, _, _>("SELECT data FROM files WHERE id = ?", (id,))
+        .unwrap()
+        .flatten()
 }
 
-impl MyDb {
-    fn new(server: &str, ddl: &str) -> Self {
-        let name = format!("concord_large_{}", std::process::id());
-        let mut admin = mysql::Conn::new(mysql::Opts::from_url(server).unwrap()).unwrap();
-        admin
-            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-            .unwrap();
-        admin
-            .query_drop(format!("CREATE DATABASE `{name}`"))
-            .unwrap();
-        let url = concord_harness::servers::with_database(server, &name);
-        mysql::Conn::new(mysql::Opts::from_url(&url).unwrap())
-            .unwrap()
-            .query_drop(ddl)
-            .unwrap();
-        Self {
-            admin: server.to_owned(),
-            name,
-            url,
-        }
-    }
-
-    fn conn(&self) -> mysql::Conn {
-        mysql::Conn::new(mysql::Opts::from_url(&self.url).unwrap()).unwrap()
-    }
-
-    fn value(&self, id: i64) -> Option<Vec<u8>> {
-        self.conn()
-            .exec_first::<Option<Vec<u8>>, _, _>("SELECT data FROM files WHERE id = ?", (id,))
-            .unwrap()
-            .flatten()
-    }
+fn my_conn(db: &Database) -> mysql::Conn {
+    mysql::Conn::new(mysql::Opts::from_url(&db.location()).unwrap()).unwrap()
 }
 
-impl Drop for MyDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = mysql::Conn::new(mysql::Opts::from_url(&self.admin).unwrap()) {
-            let _ = admin.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
-        }
-    }
-}
-
-fn pg_value(db: &TestDb, id: i64) -> Option<Vec<u8>> {
-    db.client()
+fn pg_value(db: &Database, id: i64) -> Option<Vec<u8>> {
+    postgres::Client::connect(&db.location(), postgres::NoTls)
+        .unwrap()
         .query_opt("SELECT data FROM files WHERE id = $1", &[&id])
         .unwrap()
         .and_then(|r| r.get(0))
@@ -108,12 +69,14 @@ concord_harness::server_tests! {
         for path in [&a_path, &b_path] {
             rusqlite::Connection::open(path).unwrap().execute_batch(lite_ddl).unwrap();
         }
-        let pg_db = TestDb::new(pg_server, "CREATE TABLE files(id bigint PRIMARY KEY, name text, data bytea)");
-        let my_db = MyDb::new(my_server, "CREATE TABLE files(id BIGINT PRIMARY KEY, name VARCHAR(40), data LONGBLOB)");
+        let pg_db = StoreUnderTest::new(Kind::Postgres, pg_server)
+            .database("CREATE TABLE files(id bigint PRIMARY KEY, name text, data bytea)");
+        let my_db = StoreUnderTest::new(Kind::Mariadb, my_server)
+            .database("CREATE TABLE files(id BIGINT PRIMARY KEY, name VARCHAR(40), data LONGBLOB)");
         let mut a = SqliteStore::track(&a_path, &["files"], Default::default()).unwrap();
         let mut b = SqliteStore::track(&b_path, &["files"], Default::default()).unwrap();
-        let mut pg = PgStore::track(&pg_db.url, &["files"], Default::default()).unwrap();
-        let mut my = MyStore::track(&my_db.url, &["files"], Default::default()).unwrap();
+        let mut pg = PgStore::track(&pg_db.location(), &["files"], Default::default()).unwrap();
+        let mut my = MyStore::track(&my_db.location(), &["files"], Default::default()).unwrap();
 
         // 100 MB written on SQLite, then a small row after it.
         let big = bytes(100 * MB, 1);
@@ -133,12 +96,12 @@ concord_harness::server_tests! {
 
         // PostgreSQL -> MariaDB: 100 MB is above max_allowed_packet (16 MB here), so its
         // transaction is set aside with the reason, and the row after it arrives.
-        let limit: u64 = my_db.conn().query_first("SELECT @@max_allowed_packet").unwrap().unwrap();
+        let limit: u64 = my_conn(&my_db).query_first("SELECT @@max_allowed_packet").unwrap().unwrap();
         assert!(limit < big.len() as u64, "this test needs max_allowed_packet below 100 MB");
         let report = pull(&mut pg, &mut my).unwrap();
         assert_eq!((report.applied, report.set_aside), (1, 1), "{report:?}");
-        assert_eq!(my_db.value(1), None, "a value MariaDB cannot hold was stored anyway");
-        assert_eq!(my_db.value(2), Some(vec![1]), "the row after the large value did not arrive");
+        assert_eq!(my_value(&my_db, 1), None, "a value MariaDB cannot hold was stored anyway");
+        assert_eq!(my_value(&my_db, 2), Some(vec![1]), "the row after the large value did not arrive");
         let failures = my.failures().unwrap();
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(failures[0].error.contains("max_allowed_packet"), "{failures:?}");
@@ -146,7 +109,7 @@ concord_harness::server_tests! {
         // A 12 MB value (below the limit) written on MariaDB reaches both others whole,
         // and one written on SQLite reaches MariaDB.
         let medium = bytes(12 * MB, 2);
-        my_db.conn().exec_drop("INSERT INTO files VALUES (3, 'medium', ?)", (&medium,)).unwrap();
+        my_conn(&my_db).exec_drop("INSERT INTO files VALUES (3, 'medium', ?)", (&medium,)).unwrap();
         pull(&mut my, &mut pg).unwrap();
         assert!(pg_value(&pg_db, 3) == Some(medium.clone()), "MariaDB -> PostgreSQL changed the value");
         pull(&mut my, &mut a).unwrap();
@@ -154,6 +117,27 @@ concord_harness::server_tests! {
         let other = bytes(12 * MB, 3);
         app.execute("INSERT INTO files VALUES (4, 'from sqlite', ?1)", [&other]).unwrap();
         pull(&mut a, &mut my).unwrap();
-        assert!(my_db.value(4) == Some(other), "SQLite -> MariaDB changed the value");
+        assert!(my_value(&my_db, 4) == Some(other), "SQLite -> MariaDB changed the value");
+    }
+
+    fn a_value_larger_than_the_servers_packet_is_set_aside_and_the_stream_goes_on(base: mysql) {
+        let server = StoreUnderTest::new(Kind::Mariadb, base);
+        let db = server.database("CREATE TABLE files(id INT PRIMARY KEY, body LONGBLOB)");
+        let max: u64 = my_conn(&db).query_first("SELECT @@max_allowed_packet").unwrap().unwrap();
+        let lite = StoreUnderTest::new(Kind::Sqlite, "");
+        let file = lite.database("CREATE TABLE files(id INTEGER PRIMARY KEY, body BLOB)");
+        let mut source = file.track(&["files"]);
+        let mut sink = db.track(&["files"]);
+        let big = vec![7u8; usize::try_from(max).unwrap() + 1024];
+        let Client::Sqlite(app) = file.client() else { unreachable!("a SQLite file") };
+        app.execute("INSERT INTO files VALUES (1, ?1)", [&big]).unwrap();
+        // Captured apart: SQLite's capture groups what committed between two captures.
+        source.capture().unwrap();
+        app.execute("INSERT INTO files VALUES (2, x'01')", []).unwrap();
+        let report = pull(&mut *source, &mut *sink).unwrap();
+        assert_eq!((report.applied, report.set_aside), (1, 1), "{report:?}");
+        let failures = sink.failures().unwrap();
+        assert!(failures[0].error.contains("max_allowed_packet"), "{failures:?}");
+        assert_eq!(db.rows("SELECT id FROM files"), [[Some("2".to_owned())]], "the row after the large value arrived");
     }
 }
