@@ -6,8 +6,18 @@
 //!
 //! ```text
 //! CONCORD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
-//!   cargo run --release -p concord-node --example pglatency -- [--writes N] [--gap-ms G] [--capture log|triggers]
+//!   cargo run --release -p concord-node --example pglatency -- [--writes N] [--gap-ms G] [--capture log|triggers] [--bulk ROWS]
 //! ```
+//!
+//! `--bulk ROWS` adds the large-transaction figure through the same two nodes: one
+//! `INSERT ... SELECT generate_series` of ROWS rows, then one `UPDATE` of all of them,
+//! each in one transaction, timed from just before the statement until the last row is
+//! visible at the destination with the phase's value (both destinations apply a source
+//! transaction in one transaction, so that row shows all of it). That is the pipeline a
+//! user gets: the log reader staging, capture folding in bounded steps, the session
+//! sending what is committed, the peer streaming it into one transaction. Native side
+//! first; while Concord's side runs the subscription is disabled (its walsender would
+//! decode Concord's WAL on the other core), and re-enabled before the native side.
 //!
 //! Each round writes one row with an autocommit `INSERT` through an application
 //! connection to the native source, waits until the row is visible in the native
@@ -138,6 +148,51 @@ fn round(app: &mut Client, watch: &mut Client, id: i64) -> f64 {
     }
 }
 
+/// Runs one bulk phase through `app` on ids `first..first + rows` and returns seconds
+/// until `watch` sees its last row with the phase's value.
+fn bulk_round(app: &mut Client, watch: &mut Client, phase: &str, first: i64, rows: i64) -> f64 {
+    let last = first + rows - 1;
+    let (sql, value) = match phase {
+        "insert" => (
+            format!("INSERT INTO t SELECT i, 'x' FROM generate_series({first}, {last}) i"),
+            "x",
+        ),
+        _ => (
+            format!("UPDATE t SET v = 'u' WHERE id BETWEEN {first} AND {last}"),
+            "u",
+        ),
+    };
+    let started = Instant::now();
+    app.batch_execute(&sql).unwrap();
+    loop {
+        let seen = watch
+            .query_opt("SELECT v FROM t WHERE id = $1", &[&last])
+            .unwrap()
+            .map(|r| r.get::<_, String>(0));
+        if seen.as_deref() == Some(value) {
+            return started.elapsed().as_secs_f64();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{phase} of {rows} rows never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Enables or disables the native subscription; when enabling, waits until a marker
+/// written then has arrived, so the walsender has read everything before it.
+fn native_subscription(nsrc: &mut Client, ndst: &mut Client, tag: &str, enable: bool, marker: i64) {
+    if !enable {
+        ndst.batch_execute(&format!("ALTER SUBSCRIPTION {tag} DISABLE"))
+            .unwrap();
+        return;
+    }
+    ndst.batch_execute(&format!("ALTER SUBSCRIPTION {tag} ENABLE"))
+        .unwrap();
+    round(nsrc, ndst, marker);
+}
+
 fn quantile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -161,6 +216,7 @@ fn main() {
     let server = std::env::var("CONCORD_TEST_POSTGRES_URL")
         .expect("set CONCORD_TEST_POSTGRES_URL to a PostgreSQL server with wal_level = logical");
     let writes: usize = arg("--writes", 200);
+    let bulk: i64 = arg("--bulk", 0);
     let gap_ms: u64 = arg("--gap-ms", 20);
     let capture = match arg::<String>("--capture", "log".into()).as_str() {
         "triggers" => CaptureSetting::Triggers,
@@ -260,9 +316,31 @@ fn main() {
             concord.push(c);
         }
     }
-    let p99_native = report("native", &mut native);
-    let p99_concord = report("concord", &mut concord);
-    println!("p99 concord / native {:.2}x", p99_concord / p99_native);
+    if writes > 0 {
+        let p99_native = report("native", &mut native);
+        let p99_concord = report("concord", &mut concord);
+        println!("p99 concord / native {:.2}x", p99_concord / p99_native);
+    }
+    if bulk > 0 {
+        println!(
+            "# bulk: {bulk} rows in one transaction, BEGIN until the last row is visible at the peer"
+        );
+        let first = 1_000_000_000;
+        let mut marker = 2_000_000_000;
+        for phase in ["insert", "update"] {
+            ca.batch_execute("CHECKPOINT").unwrap();
+            let n = bulk_round(&mut nsrc, &mut ndst, phase, first, bulk);
+            native_subscription(&mut nsrc, &mut ndst, &tag, false, marker);
+            ca.batch_execute("CHECKPOINT").unwrap();
+            let c = bulk_round(&mut ca, &mut cb, phase, first, bulk);
+            marker += 1;
+            native_subscription(&mut nsrc, &mut ndst, &tag, true, marker);
+            println!(
+                "{phase:<7} native {n:8.2} s   concord {c:8.2} s   concord / native {:.2}x",
+                c / n
+            );
+        }
+    }
 
     a.stop();
     b.stop();

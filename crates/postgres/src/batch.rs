@@ -1,6 +1,9 @@
 //! PostgreSQL's statements for Concord's batched metadata writes
 //! ([`concord_store::meta_batch`], which keeps what a batch holds): row clocks read in
-//! one query per table ([`PgStore::prefetch_clocks`]), and log entries and clocks
+//! one query per table ([`PgStore::prefetch_clocks`]; keys joined from `unnest`, not
+//! `pk = ANY(...)`, which the planner turned into a scan of every row of the table
+//! filtered against the whole array when its statistics were older than a large
+//! transaction: 1-2 s per page of 2,000 keys), and log entries and clocks
 //! written with one `COPY` into the log and one `unnest` upsert into `concord.rows`
 //! ([`PgStore::flush_meta`]).
 
@@ -24,8 +27,10 @@ impl PgStore {
         if wanted.is_empty() {
             return Ok(());
         }
-        let stmt = self
-            .statement("SELECT pk, cl, clock FROM concord.rows WHERE tbl = $1 AND pk = ANY($2)")?;
+        let stmt = self.statement(
+            "SELECT r.pk, r.cl, r.clock FROM unnest($2::bytea[]) k(pk)
+                 JOIN concord.rows r ON r.tbl = $1 AND r.pk = k.pk",
+        )?;
         for (table, keys) in wanted {
             for row in self.client.query(&stmt, &[&(table as i32), &keys])? {
                 let clock = self.decode_clock(row.get(1), row.get(2));

@@ -17,6 +17,20 @@
 //! grouped by `xid`, and the last change logged for each source transaction carries
 //! `last_in_txn`, so every destination applies it whole.
 //!
+//! ## Bounded steps, so the stream overlaps
+//! The node's loop ([`crate::PgStore`]'s `Store::capture_ready`, with the log reader
+//! running) folds at most [`STEP_ROWS`] pending rows per transaction and commits: what
+//! is committed can be sent, and applied by a peer, while the rest of a large source
+//! transaction is still being folded, instead of nothing moving until all of it is in
+//! the log. A source transaction folded over several steps is marked `last_in_txn` only
+//! at its last change, so every destination still applies it whole (a receiver streams
+//! it into one transaction); a crash between steps leaves its remaining rows pending,
+//! and the next step goes on from them. Only with the log reader: staged transactions
+//! get their ids in commit order, whole, so the rows left of a transaction come before
+//! any transaction staged later. (The triggers' ids are allocated at write time; a
+//! transaction committing between two steps could sort before the rest of one being
+//! folded, so trigger capture folds everything in one step, as before.)
+//!
 //! The log reader stages transactions in commit order, so ids follow it. With triggers,
 //! PostgreSQL does not expose commit order without `track_commit_timestamp`, so
 //! transactions are ordered by the id of their *last* pending row (ids come from a
@@ -42,6 +56,8 @@ use concord_store::local_log_body;
 use concord_store::meta_batch::{LogRow, MetaBatch};
 
 const PAGE: usize = 2_000;
+/// Pending rows one bounded step folds at most (whole pages).
+pub(crate) const STEP_ROWS: usize = 5 * PAGE;
 
 struct Pending {
     id: i64,
@@ -74,16 +90,20 @@ impl PgStore {
         let started_at = self.wal_position()?;
         let staged = self.stream.as_ref().map(|s| s.staged_transactions());
         self.begin_locked()?;
-        match self.capture_in_txn() {
-            Ok(n) => {
+        match self.fold_pending(self.fold_step) {
+            Ok((n, complete)) => {
                 if let Err(e) = self.client.batch_execute("COMMIT") {
                     let _ = self.client.batch_execute("ROLLBACK");
                     self.stale = true;
                     return Err(e.into());
                 }
-                self.wal_seen = Some(started_at);
-                if let Some(staged) = staged {
-                    self.staged_seen = staged;
+                // With rows left for the next step, the cheap check must still say
+                // that writes are pending.
+                if complete {
+                    self.wal_seen = Some(started_at);
+                    if let Some(staged) = staged {
+                        self.staged_seen = staged;
+                    }
                 }
                 Ok(n)
             }
@@ -97,8 +117,15 @@ impl PgStore {
         }
     }
 
-    /// The body of [`PgStore::capture`], inside the caller's locked transaction.
+    /// The body of [`PgStore::capture`], inside the caller's locked transaction: folds
+    /// everything pending.
     pub(crate) fn capture_in_txn(&mut self) -> Result<u64, StoreError> {
+        Ok(self.fold_pending(None)?.0)
+    }
+
+    /// Folds pending rows, at most `step` of them (whole pages) when set; returns how
+    /// many changes were logged and whether nothing is left pending.
+    fn fold_pending(&mut self, step: Option<usize>) -> Result<(u64, bool), StoreError> {
         self.follow_schema()?;
         if let Some(logical) = self.logical.clone()
             && !self.skip_barrier
@@ -119,8 +146,15 @@ impl PgStore {
         let mut logged = 0u64;
         let mut seq = self.origins.held.get(&self.node);
         let mut group = -1i64;
-        // Sequence number of the last change logged for the current source transaction.
-        let mut group_last_seq: Option<u64> = None;
+        // Sequence number of the last change logged for the current source transaction:
+        // an earlier step's last change if it left that transaction unfinished.
+        let mut group_last_seq: Option<u64> = if self.logical.is_some() {
+            self.open_transaction_end(seq)?
+        } else {
+            None
+        };
+        let mut folded = 0usize;
+        let mut complete = true;
         let mut group_marked = false;
         // Clocks and log entries of one page, written when the page is done.
         let mut batch = MetaBatch::default();
@@ -160,8 +194,11 @@ impl PgStore {
             drop(keys);
             for pending in &page {
                 if pending.last != group {
+                    // The first group of a step may go on from the last one (above).
+                    if group != -1 {
+                        group_last_seq = None;
+                    }
                     group = pending.last;
-                    group_last_seq = None;
                     group_marked = false;
                 }
                 let is_last_row = pending.id == pending.last;
@@ -220,15 +257,38 @@ impl PgStore {
             }
             self.flush_meta(&mut batch)?;
             let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
-            let stmt = self.statement("DELETE FROM concord.pending WHERE id = ANY($1)")?;
+            let stmt = self.statement(
+                "DELETE FROM concord.pending p USING unnest($1::int8[]) k(id) WHERE p.id = k.id",
+            )?;
             self.client.execute(&stmt, &[&ids])?;
+            folded += page.len();
+            if step.is_some_and(|step| folded >= step) {
+                complete = page.len() < PAGE;
+                break;
+            }
         }
         self.client.batch_execute("CLOSE concord_pending")?;
         if logged > 0 {
             self.origins.held.set(self.node, seq);
             self.save_progress(self.local_index, seq)?;
         }
-        Ok(logged)
+        Ok((logged, complete))
+    }
+
+    /// `Some(seq)` when this origin's last logged change, `seq`, does not end its
+    /// source transaction: an earlier step left that transaction unfinished, and its
+    /// rows come first now.
+    fn open_transaction_end(&mut self, seq: u64) -> Result<Option<u64>, StoreError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let stmt =
+            self.statement("SELECT txn_end FROM concord.log WHERE origin = $1 AND seq = $2")?;
+        let open = self
+            .client
+            .query_opt(&stmt, &[&self.local_index, &(seq as i64)])?
+            .is_some_and(|row| !row.get::<_, bool>(0));
+        Ok(open.then_some(seq))
     }
 
     /// Parses the text of a page's pending rows back to values, one query per table.

@@ -438,7 +438,7 @@ FOR EACH ROW EXECUTE FUNCTION {function}();",
             exprs.push(parse("v", p, p));
         }
         format!(
-            "SELECT {} FROM concord.pending p WHERE p.id = ANY($1)",
+            "SELECT {} FROM unnest($1::int8[]) k(id) JOIN concord.pending p ON p.id = k.id",
             exprs.join(", ")
         )
     }

@@ -99,6 +99,9 @@ pub struct PgStore {
     pub(crate) staged_seen: u64,
     /// Set by [`Store::capture_ready`]: fold what the stream staged, without a barrier.
     pub(crate) skip_barrier: bool,
+    /// Pending rows one capture folds at most ([`crate::capture`]'s bounded steps);
+    /// `None`: all of them.
+    pub(crate) fold_step: Option<usize>,
     /// User-table writes held back to be written set-based ([`crate::rows`]).
     pub(crate) pending_rows: PendingRows<TableInfo, Param>,
     /// Multi-row statements by shape and row count, prepared once per transaction.
@@ -228,6 +231,7 @@ impl PgStore {
             side: None,
             staged_seen: 0,
             skip_barrier: false,
+            fold_step: None,
             pending_rows: PendingRows::default(),
             set_statements: HashMap::new(),
         };
@@ -1079,8 +1083,12 @@ impl Store for PgStore {
     fn capture_ready(&mut self) -> Result<u64, StoreError> {
         let streaming = self.stream.as_ref().is_some_and(|s| s.error().is_none());
         self.skip_barrier = streaming;
+        // The reader stages whole transactions in commit order: a step may stop inside
+        // one (see `crate::capture`), and the loop calls again while rows are left.
+        self.fold_step = streaming.then_some(crate::capture::STEP_ROWS);
         let result = self.capture();
         self.skip_barrier = false;
+        self.fold_step = None;
         result
     }
 

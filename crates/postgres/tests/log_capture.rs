@@ -12,6 +12,8 @@
 //! - a restart after capture committed but before the slot moved logs changes twice;
 //! - a write made while tracking starts is lost or captured twice (backfill and log);
 //! - the log reader stays down after its connection is killed (a server restart);
+//! - a large source transaction folded in bounded steps (so the stream overlaps) is
+//!   marked as ending before its last change, or the steps lose or repeat a row;
 //! - `untrack` leaves the slot (which would keep the server's WAL forever), the
 //!   publication, the origin or the changed replica identity behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -185,6 +187,72 @@ concord_harness::server_tests! {
         let state = store.capture_state();
         assert_eq!(state.method, "write-ahead log");
         assert!(state.lag_bytes.is_some(), "{state:?}");
+    }
+
+    fn a_large_transaction_folded_in_steps_ends_only_at_its_last_change(server: postgres) {
+        use concord_postgres::Store as _;
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        // The first capture starts the log reader, as a node's first one does.
+        assert_eq!(store.capture().unwrap(), 0);
+        // One source transaction of 25,000 rows (more than two steps), then a small one.
+        db.psql("INSERT INTO items SELECT i, 'n' || i, 1, NULL FROM generate_series(1, 25000) i");
+        db.psql("UPDATE items SET qty = 2 WHERE id = 7");
+        // The node's loop: capture what the reader staged, a bounded step at a time,
+        // while the cheap check says more is pending.
+        let started = std::time::Instant::now();
+        let mut steps = Vec::new();
+        let mut total = 0;
+        while total < 25_001 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "captured {total} of 25001 in {steps:?}");
+            if !store.writes_may_be_pending().unwrap() {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
+            }
+            let n = store.capture_ready().unwrap();
+            if n > 0 {
+                steps.push(n);
+                // What a step committed is in the log at once, the transaction still open.
+                let log = all_changes(&store);
+                assert_eq!(log.len() as u64, total + n);
+                if log.len() < 25_000 {
+                    assert!(log.iter().all(|c| !c.last_in_txn), "no end before the last change");
+                }
+            }
+            total += n;
+        }
+        assert!(steps.len() >= 3, "folded in bounded steps: {steps:?}");
+        let log = all_changes(&store);
+        assert_eq!(log.len(), 25_001, "every row once");
+        let ends: Vec<usize> = log.iter().enumerate().filter(|(_, c)| c.last_in_txn).map(|(i, _)| i).collect();
+        assert_eq!(ends, [24_999, 25_000], "two source transactions, each whole");
+        let keys: std::collections::HashSet<PrimaryKey> = log[..25_000].iter().map(|c| c.key.clone()).collect();
+        assert_eq!(keys.len(), 25_000);
+        assert_eq!(log[25_000].key, key(7));
+    }
+
+    fn a_restart_between_steps_finishes_the_open_transaction_once(server: postgres) {
+        use concord_postgres::Store as _;
+        let db = TestDb::new(server, DDL);
+        let mut store = PgStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        assert_eq!(store.capture().unwrap(), 0);
+        db.psql("INSERT INTO items SELECT i, 'n' || i, 1, NULL FROM generate_series(1, 15000) i");
+        let started = std::time::Instant::now();
+        let mut first = 0;
+        while first == 0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(60));
+            first = store.capture_ready().unwrap();
+        }
+        assert!(first < 15_000, "one bounded step: {first}");
+        // The node stops between two steps (what a crash after a step's commit leaves).
+        drop(store);
+        let mut store = PgStore::open(&db.url).unwrap();
+        db.psql("UPDATE items SET qty = 5 WHERE id = 3");
+        assert_eq!(store.capture().unwrap(), 15_001 - first);
+        let log = all_changes(&store);
+        assert_eq!(log.len(), 15_001, "every row once");
+        let ends: Vec<usize> = log.iter().enumerate().filter(|(_, c)| c.last_in_txn).map(|(i, _)| i).collect();
+        assert_eq!(ends, [14_999, 15_000], "the open transaction ends at its last change");
     }
 
     fn the_log_reader_recovers_when_its_connection_is_killed(server: postgres) {
