@@ -12,6 +12,11 @@
 //! stays pending for the next capture; deleted rows are then purged from the table's
 //! history (`DELETE HISTORY`).
 //!
+//! With log-based capture the rows come from the binary-log reader ([`crate::binlog`])
+//! instead of triggers, one reader transaction per source transaction, so the same
+//! grouping and order hold. [`MyStore::stage_local_writes`] is the barrier that makes a
+//! capture (or an apply) see every local write committed before it.
+//!
 //! Limit: one capture reads every pending row into memory (a page-wise read would need
 //! a second connection sharing the snapshot); capture often, as the node does.
 
@@ -43,12 +48,16 @@ impl MyStore {
     /// in one transaction. Returns how many changes were logged.
     pub fn capture(&mut self) -> Result<u64, StoreError> {
         self.ensure_fresh()?;
+        let staged = self.reader.as_ref().map(|r| r.staged_transactions());
         self.begin_locked()?;
         match self.capture_in_txn() {
             Ok(n) => {
                 if let Err(e) = self.commit() {
                     self.stale = true;
                     return Err(e.into());
+                }
+                if let Some(staged) = staged {
+                    self.staged_seen = staged;
                 }
                 Ok(n)
             }
@@ -325,5 +334,119 @@ impl MyStore {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a barrier may wait for the binary-log reader before capture reports it as
+/// stuck.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl MyStore {
+    /// Makes sure every local write committed before this call is staged in
+    /// `concord_pending`: reads the server's binary-log position and waits until the
+    /// reader has read (and staged) past it. Runs before the caller's transaction
+    /// starts, so that transaction's snapshot holds what was staged.
+    pub(crate) fn stage_local_writes(&mut self) -> Result<(), StoreError> {
+        if self.reader.is_none() {
+            let reader =
+                crate::stream::BinlogReader::start(&self.url).map_err(|e| StoreError::Capture {
+                    table: "(binary log)".into(),
+                    key: "-".into(),
+                    detail: e.to_string(),
+                })?;
+            self.reader = Some(reader);
+        }
+        let Some(target) = crate::binlog::server_position(&mut self.conn)? else {
+            return Err(binlog_error(
+                "the server reports no binary-log position (is log_bin still on?)".into(),
+            ));
+        };
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(200);
+        loop {
+            let Some(reader) = self.reader.as_ref() else {
+                return Ok(());
+            };
+            if reader.position().is_some_and(|p| p >= target) {
+                return Ok(());
+            }
+            if reader.purged() || started.elapsed() > BARRIER_WAIT {
+                let why = reader
+                    .error()
+                    .unwrap_or_else(|| "the reader is not keeping up".into());
+                return Err(binlog_error(format!(
+                    "local writes were not read from the binary log within {} s: {why}",
+                    BARRIER_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// How local writes are captured, why, and (from the binary log) how far behind.
+    pub fn capture_state(&mut self) -> concord_store::CaptureState {
+        use concord_store::{CaptureMethod, CaptureState};
+        if !self.binlog {
+            let note = match crate::binlog::unavailable(&mut self.conn) {
+                _ if self.options.capture == CaptureMethod::Triggers => {
+                    Some("as configured (capture = \"triggers\")".into())
+                }
+                Ok(Some(why)) => Some(why),
+                Ok(None) => Some("the server allows capture from the binary log, which costs the application less: untrack and track the tables again to switch".into()),
+                Err(_) => None,
+            };
+            return CaptureState {
+                method: "triggers".into(),
+                note,
+                lag_bytes: None,
+            };
+        }
+        let stored = crate::stream::stored_position(&mut self.conn);
+        let read = self.reader.as_ref().and_then(|r| r.position());
+        let from = match (stored, read) {
+            (Ok(Some(s)), Some(r)) => Some(s.max(r)),
+            (Ok(s), r) => s.or(r),
+            (Err(_), r) => r,
+        };
+        let (lag, mut note) = match from {
+            None => (
+                None,
+                Some("no binary-log position is stored; track the tables again".into()),
+            ),
+            Some(from) => match crate::binlog::lag(&mut self.conn, &from) {
+                Ok(crate::binlog::Lag::Bytes(b)) => (Some(b), None),
+                Ok(crate::binlog::Lag::Purged) => (
+                    None,
+                    Some(format!(
+                        "the binary log Concord had read up to ({from}) was purged from the server before it was read: writes made since are not captured; reconcile with a peer (concord verify), and raise binlog_expire_logs_seconds"
+                    )),
+                ),
+                Err(e) => (None, Some(format!("reading the binary logs' sizes: {e}"))),
+            },
+        };
+        if note.is_none() {
+            note = self.reader.as_ref().and_then(|r| r.error());
+        }
+        CaptureState {
+            method: "binary log".into(),
+            note,
+            lag_bytes: lag,
+        }
+    }
+
+    /// The server's id of the binary-log reader's streaming connection, once it runs
+    /// (for tests that cut it, as a server restart would).
+    #[doc(hidden)]
+    pub fn binlog_reader_connection(&self) -> Option<u32> {
+        self.reader.as_ref().and_then(|r| r.connection_id())
+    }
+}
+
+fn binlog_error(detail: String) -> StoreError {
+    StoreError::Capture {
+        table: "(binary log)".into(),
+        key: "-".into(),
+        detail,
     }
 }

@@ -29,11 +29,13 @@
 
 mod apply;
 mod batch;
+mod binlog;
 mod capture;
 mod driver;
 mod log;
 mod schema;
 mod store;
+mod stream;
 mod types;
 
 pub use apply::ApplySession;

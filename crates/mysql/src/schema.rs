@@ -71,6 +71,7 @@ pub(crate) const METADATA_TABLES: &[&str] = &[
     "concord_log",
     "concord_failures",
     "concord_conflicts",
+    "concord_applying",
 ];
 
 /// Milliseconds since the epoch, as the trigger computes the write's wall time.
@@ -106,6 +107,10 @@ pub(crate) const METADATA_DDL: &[&str] = &[
         kind VARCHAR(32) NOT NULL, column_name VARCHAR(64) NULL, local_value LONGBLOB NOT NULL,
         local_version VARCHAR(128) NOT NULL, remote_value LONGBLOB NOT NULL,
         remote_version VARCHAR(128) NOT NULL, winner VARCHAR(16) NOT NULL) ENGINE=InnoDB",
+    // One row an apply transaction writes first, so the binary-log reader knows the
+    // transaction as Concord's own (`binlog.rs`).
+    "CREATE TABLE IF NOT EXISTS concord_applying(id TINYINT PRIMARY KEY, n BIGINT NOT NULL)
+        ENGINE=InnoDB",
 ];
 
 /// Quotes an SQL identifier.
