@@ -161,6 +161,15 @@ impl MyStore {
             self.origins.held.set(self.node, seq);
             self.save_progress(self.local_index, seq)?;
         }
+        if self.apply_guard.is_some() {
+            // What the apply logs from here on are the rows it writes.
+            let last: Option<i64> = self
+                .conn
+                .query_first("SELECT COALESCE(MAX(pos), 0) FROM concord_log")?;
+            if let Some(guard) = self.apply_guard.as_mut() {
+                guard.log_floor = last.unwrap_or(0);
+            }
+        }
         Ok(logged)
     }
 
@@ -361,26 +370,9 @@ impl MyStore {
                 "the server reports no binary-log position (is log_bin still on?)".into(),
             ));
         };
-        let started = std::time::Instant::now();
-        let mut pause = std::time::Duration::from_micros(200);
-        loop {
-            let Some(reader) = self.reader.as_ref() else {
-                return Ok(());
-            };
-            if reader.position().is_some_and(|p| p >= target) {
-                return Ok(());
-            }
-            if reader.purged() || started.elapsed() > BARRIER_WAIT {
-                let why = reader
-                    .error()
-                    .unwrap_or_else(|| "the reader is not keeping up".into());
-                return Err(binlog_error(format!(
-                    "local writes were not read from the binary log within {} s: {why}",
-                    BARRIER_WAIT.as_secs()
-                )));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        match &self.reader {
+            Some(reader) => wait_for_reader(reader, &target),
+            None => Ok(()),
         }
     }
 
@@ -440,6 +432,100 @@ impl MyStore {
     #[doc(hidden)]
     pub fn binlog_reader_connection(&self) -> Option<u32> {
         self.reader.as_ref().and_then(|r| r.connection_id())
+    }
+}
+
+/// What an apply transaction on binary-log capture checks before it commits.
+///
+/// Why: with triggers, an apply holds every local writer of a tracked table back for
+/// its whole length (their trigger waits on `concord_pending`). Nothing holds a writer
+/// back without a trigger, so a local transaction may commit after the apply's barrier
+/// and before the apply writes the same row: the apply would then decide its merge
+/// without that write, and overwrite it here while the write, captured afterwards,
+/// wins everywhere else. Such a write is in the binary log before the apply commits:
+/// the apply waits for the reader to pass the server's position once more, and if a
+/// row staged since its barrier has a key the apply logged, it rolls back (and is
+/// retried, after capturing that write first) rather than commit a divergence.
+#[derive(Debug)]
+pub(crate) struct ApplyGuard {
+    /// Pending rows with a larger id were staged after the apply's barrier.
+    pub(crate) pending_floor: i64,
+    /// Log entries past this position are the apply's own.
+    pub(crate) log_floor: i64,
+}
+
+impl MyStore {
+    /// See [`ApplyGuard`]; inside the apply transaction, its rows written.
+    pub(crate) fn check_no_local_write_raced(
+        &mut self,
+        guard: &ApplyGuard,
+    ) -> Result<(), StoreError> {
+        let Some(target) = crate::binlog::server_position(&mut self.conn)? else {
+            return Ok(());
+        };
+        if let Some(reader) = &self.reader {
+            wait_for_reader(reader, &target)?;
+        }
+        if self.side.as_mut().is_none_or(|c| c.ping().is_err()) {
+            self.side = Some(crate::store::connect(&self.url)?);
+        }
+        let Some(side) = self.side.as_mut() else {
+            return Ok(());
+        };
+        let staged: Vec<(i32, String, Option<String>)> = side.exec(
+            "SELECT tbl, k, o FROM concord_pending WHERE id > ?",
+            (guard.pending_floor,),
+        )?;
+        for (tbl, k, o) in staged {
+            let Some(table) = self.table_by_id(tbl).cloned() else {
+                continue;
+            };
+            for json in std::iter::once(k).chain(o) {
+                let Ok(values) = decode_values(&table, &json, true) else {
+                    continue;
+                };
+                let Ok(key) = PrimaryKey::encode(&values) else {
+                    continue;
+                };
+                let hit: Option<i64> = self.conn.exec_first(
+                    "SELECT 1 FROM concord_log WHERE pos > ? AND tbl = ? AND pk = ? LIMIT 1",
+                    (guard.log_floor, tbl, key.as_bytes()),
+                )?;
+                if hit.is_some() {
+                    return Err(StoreError::Capture {
+                        table: table.name.clone(),
+                        key: key.to_string(),
+                        detail: "a local write to this row committed while Concord applied a change to it; the apply was rolled back, and is retried after capturing that write".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `reader` has read (and staged) the binary log up to `target`.
+pub(crate) fn wait_for_reader(
+    reader: &crate::stream::BinlogReader,
+    target: &crate::binlog::BinlogPos,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        if reader.position().is_some_and(|p| p >= *target) {
+            return Ok(());
+        }
+        if reader.purged() || started.elapsed() > BARRIER_WAIT {
+            let why = reader
+                .error()
+                .unwrap_or_else(|| "the reader is not keeping up".into());
+            return Err(binlog_error(format!(
+                "local writes were not read from the binary log within {} s: {why}",
+                BARRIER_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
     }
 }
 

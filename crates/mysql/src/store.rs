@@ -93,6 +93,11 @@ pub struct MyStore {
     pub(crate) staged_seen: u64,
     /// Set while a capture folds only what the reader has staged (no barrier).
     pub(crate) skip_barrier: bool,
+    /// What the open apply transaction checks before it commits (binary-log capture).
+    pub(crate) apply_guard: Option<crate::capture::ApplyGuard>,
+    /// A second connection, for reading what other transactions committed while the
+    /// store's own is open.
+    pub(crate) side: Option<Conn>,
 }
 
 /// Connects and fixes the session settings values depend on.
@@ -211,6 +216,8 @@ impl MyStore {
             reader: None,
             staged_seen: 0,
             skip_barrier: false,
+            apply_guard: None,
+            side: None,
         };
         store.migrate()?;
         let capture: Option<String> = store
@@ -265,9 +272,25 @@ impl MyStore {
         for &i in &order {
             backfill.push(install_triggers(&mut conn, &mut infos[i], binlog)?);
         }
+        // With the binary log, each backfill waits for a reader to stage every
+        // transaction before its start position: those of tables tracked already are
+        // then ordered before the backfill, as they committed (a parent row before the
+        // backfilled child referencing it).
+        let reader = if binlog && backfill.iter().any(|b| *b) {
+            Some(
+                crate::stream::BinlogReader::start(url).map_err(|e| StoreError::Capture {
+                    table: "(binary log)".into(),
+                    key: "-".into(),
+                    detail: e.to_string(),
+                })?,
+            )
+        } else {
+            None
+        };
         for (&i, backfill) in order.iter().zip(backfill) {
-            record_and_backfill(&mut conn, &infos[i], backfill, binlog)?;
+            record_and_backfill(&mut conn, &infos[i], backfill, reader.as_ref())?;
         }
+        drop(reader);
         drop(conn);
         Ok(Self::open_with(url, options)?)
     }
@@ -612,6 +635,18 @@ impl MyStore {
             })
             .map_err(StoreError::from)
             .and_then(|()| self.load_progress());
+        let r = r.and_then(|()| {
+            if for_apply && binlog {
+                let floor: Option<i64> = self
+                    .conn
+                    .query_first("SELECT COALESCE(MAX(id), 0) FROM concord_pending")?;
+                self.apply_guard = Some(crate::capture::ApplyGuard {
+                    pending_floor: floor.unwrap_or(0),
+                    log_floor: i64::MAX,
+                });
+            }
+            Ok(())
+        });
         if let Err(e) = r {
             self.rollback();
             self.stale = true;
@@ -620,19 +655,28 @@ impl MyStore {
         Ok(())
     }
 
-    /// Commits and releases Concord's lock.
-    pub(crate) fn commit(&mut self) -> Result<(), mysql::Error> {
+    /// Commits and releases Concord's lock. An apply on binary-log capture first
+    /// checks that no local write to a row it wrote committed while it ran
+    /// ([`MyStore::check_no_local_write_raced`]); if one did, it rolls back instead.
+    pub(crate) fn commit(&mut self) -> Result<(), CommitFailed> {
+        if let Some(guard) = self.apply_guard.take()
+            && let Err(e) = self.check_no_local_write_raced(&guard)
+        {
+            self.rollback();
+            return Err(CommitFailed(e));
+        }
         let r = self.conn.query_drop("COMMIT");
         if r.is_err() {
             let _ = self.conn.query_drop("ROLLBACK");
         }
         let _ = self.conn.query_drop("SET @concord_applying = NULL");
         unlock(&mut self.conn);
-        r
+        r.map_err(|e| CommitFailed(e.into()))
     }
 
     /// Rolls back and releases Concord's lock.
     pub(crate) fn rollback(&mut self) {
+        self.apply_guard = None;
         let _ = self.conn.query_drop("ROLLBACK");
         let _ = self.conn.query_drop("SET @concord_applying = NULL");
         unlock(&mut self.conn);
@@ -758,6 +802,16 @@ impl MyStore {
             "UPDATE concord_meta SET v = ? WHERE k = 'hlc'",
             (self.clock.last().as_u64().to_string(),),
         )
+    }
+}
+
+/// A commit that did not happen (rolled back instead).
+#[derive(Debug)]
+pub(crate) struct CommitFailed(pub(crate) StoreError);
+
+impl From<CommitFailed> for StoreError {
+    fn from(e: CommitFailed) -> Self {
+        e.0
     }
 }
 
@@ -946,7 +1000,7 @@ fn record_and_backfill(
     conn: &mut Conn,
     info: &TableInfo,
     backfill: bool,
-    binlog: bool,
+    reader: Option<&crate::stream::BinlogReader>,
 ) -> Result<(), TrackError> {
     let mut attempt = 1;
     loop {
@@ -975,7 +1029,7 @@ fn record_and_backfill(
                     stale.iter().map(|id| (*id,)),
                 )?;
                 c.query_drop(info.backfill_sql())?;
-                if binlog {
+                if let Some(reader) = reader {
                     // Writers are held back: transactions in the binary log before
                     // this position are in the backfill, later ones are read from it.
                     let start =
@@ -984,6 +1038,7 @@ fn record_and_backfill(
                             key: "-".into(),
                             detail: "the server reports no binary-log position".into(),
                         })?;
+                    crate::capture::wait_for_reader(reader, &start)?;
                     c.exec_drop(
                         "INSERT INTO concord_meta(k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)",
                         (format!("binlog_start.{}", info.id), start.to_string()),

@@ -284,6 +284,34 @@ concord_harness::server_tests! {
         assert_eq!(update, ["b", "dt", "e", "s", "tm", "u"], "exactly the changed columns");
     }
 
+    fn a_local_write_committing_between_the_applys_barrier_and_its_row_write_is_not_overwritten(
+        base: mysql,
+    ) {
+        let (a, b) = (TestDb::new(base, &[ITEMS]), TestDb::new(base, &[ITEMS]));
+        a.cli("INSERT INTO items VALUES (1,'row',1,NULL)");
+        let mut sa = MyStore::track(&a.url, &["items"], StoreOptions::default()).unwrap();
+        let mut sb = MyStore::track(&b.url, &["items"], StoreOptions::default()).unwrap();
+        pull(&mut sa, &mut sb).unwrap();
+        a.cli("UPDATE items SET qty = 10 WHERE id = 1");
+        sa.capture().unwrap();
+        let remote: Vec<_> = all_changes(&sa).into_iter().skip(1).collect();
+        assert_eq!(remote.len(), 1);
+        // The apply has passed its barrier when b's application commits its own
+        // (later) write of the same column; nothing makes the application wait.
+        let mut txn = sb.begin_apply_in(concord_store::engine::WriteMode::Exact).unwrap();
+        b.cli("UPDATE items SET qty = 20 WHERE id = 1");
+        txn.apply(&remote[0]).unwrap();
+        let e = txn.commit().unwrap_err().to_string();
+        assert!(e.contains("local write"), "{e}");
+        assert_eq!(count(&b, "SELECT qty FROM items WHERE id = 1"), 20, "rolled back");
+        // Retried: the local write is captured first; it is the later one and wins on
+        // both sides.
+        pull(&mut sa, &mut sb).unwrap();
+        pull(&mut sb, &mut sa).unwrap();
+        assert_eq!(count(&b, "SELECT qty FROM items WHERE id = 1"), 20);
+        assert_eq!(count(&a, "SELECT qty FROM items WHERE id = 1"), 20);
+    }
+
     fn a_value_capture_cannot_read_is_reported_by_table_and_column(base: mysql) {
         let db = TestDb::new(base, &["CREATE TABLE d(id INT PRIMARY KEY, at DATETIME)"]);
         let mut store = MyStore::track(&db.url, &["d"], StoreOptions::default()).unwrap();
