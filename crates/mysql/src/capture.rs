@@ -515,7 +515,7 @@ pub(crate) fn wait_for_reader(
         if reader.position().is_some_and(|p| p >= *target) {
             return Ok(());
         }
-        if reader.purged() || started.elapsed() > BARRIER_WAIT {
+        if reader.stuck() || started.elapsed() > BARRIER_WAIT {
             let why = reader
                 .error()
                 .unwrap_or_else(|| "the reader is not keeping up".into());

@@ -229,7 +229,9 @@ impl MyStore {
     }
 
     /// Installs capture on `tables` (creating Concord's metadata on first use) and
-    /// returns the opened store. Existing rows are queued as inserts so replicas receive
+    /// returns the opened store. Capture reads the binary log when the server allows
+    /// it and `options.capture` does not ask for triggers (decided once per database,
+    /// see `choose_capture`); else triggers are installed. Existing rows are queued as inserts so replicas receive
     /// them. MySQL commits DDL implicitly, so tracking is not one transaction: it is
     /// idempotent instead, and tracking again after a failure completes it.
     ///

@@ -81,8 +81,9 @@ struct Shared {
     position: Mutex<Option<BinlogPos>>,
     /// Why the stream is down, while it is.
     error: Mutex<Option<String>>,
-    /// Set while the stored position's binary log is gone.
-    purged: AtomicBool,
+    /// Set while the reader fails in a way waiting does not cure: the stored
+    /// position's binary log is gone, or a value cannot be read.
+    stuck: AtomicBool,
     /// The server's id of the streaming connection (for tests that kill it).
     connection: AtomicU32,
 }
@@ -129,9 +130,10 @@ impl BinlogReader {
             .unwrap_or_default()
     }
 
-    /// Whether the stored position's binary log is gone from the server.
-    pub(crate) fn purged(&self) -> bool {
-        self.shared.purged.load(Ordering::SeqCst)
+    /// Whether the reader fails in a way waiting does not cure (its position purged
+    /// from the server, a value it cannot read).
+    pub(crate) fn stuck(&self) -> bool {
+        self.shared.stuck.load(Ordering::SeqCst)
     }
 
     /// The server's id of the streaming connection, once it is open.
@@ -156,9 +158,10 @@ fn run(url: &str, shared: &Shared) {
         match stream(url, shared) {
             Ok(()) => return,
             Err(e) => {
-                shared
-                    .purged
-                    .store(matches!(e, StreamError::Purged(_)), Ordering::SeqCst);
+                shared.stuck.store(
+                    matches!(e, StreamError::Purged(_) | StreamError::Value { .. }),
+                    Ordering::SeqCst,
+                );
                 let text = e.to_string();
                 let mut error = shared.error.lock().unwrap_or_else(|p| p.into_inner());
                 if error.as_deref() != Some(text.as_str()) {
@@ -221,7 +224,7 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
             if let Ok(mut error) = shared.error.lock() {
                 *error = None;
             }
-            shared.purged.store(false, Ordering::SeqCst);
+            shared.stuck.store(false, Ordering::SeqCst);
         }
         let header = event.header();
         let log_pos = u64::from(header.log_pos());
