@@ -232,7 +232,7 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
         // seconds only, and is when the statement started: a write made within the
         // second after Concord applied a row would be stamped before that apply, and
         // lose to it on every replica. The time it is read is after its commit.
-        let at = (i64::from(header.timestamp()) * 1000).max(crate::store::now_ms() as i64);
+        let at = (i64::from(header.timestamp()) * 1000).max(concord_store::engine::now_ms() as i64);
         let data = event.read_data().map_err(|e| StoreError::Capture {
             table: "(binary log)".into(),
             key: "-".into(),
