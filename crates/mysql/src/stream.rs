@@ -46,6 +46,9 @@ const PAGE: usize = 500;
 /// How far the reader may read past the stored position before storing where it is.
 const STORE_EVERY_BYTES: u64 = 4 << 20;
 
+/// The largest event the reader accepts: MariaDB's largest packet for replication.
+const MAX_EVENT_BYTES: usize = 1 << 30;
+
 /// The server's keepalive while no event comes (nanoseconds): also how often the
 /// reader looks whether it was asked to stop.
 const HEARTBEAT_NS: u64 = 200_000_000;
@@ -185,8 +188,13 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
     let database: Option<String> = conn.query_first("SELECT DATABASE()")?;
     let database = database.unwrap_or_default();
     let opts = Opts::from_url(url).map_err(|e| StoreError::from(mysql::Error::UrlError(e)))?;
-    let mut dump =
-        Conn::new(OptsBuilder::from_opts(opts).read_timeout(Some(Duration::from_secs(30))))?;
+    // The server sends an event as large as the row it holds, up to its
+    // `slave_max_allowed_packet` (1 GiB), whatever `max_allowed_packet` says.
+    let mut dump = Conn::new(
+        OptsBuilder::from_opts(opts)
+            .read_timeout(Some(Duration::from_secs(30)))
+            .max_allowed_packet(Some(MAX_EVENT_BYTES)),
+    )?;
     dump.query_drop(format!("SET @master_heartbeat_period = {HEARTBEAT_NS}"))?;
     shared
         .connection

@@ -312,6 +312,21 @@ concord_harness::server_tests! {
         assert_eq!(count(&a, "SELECT qty FROM items WHERE id = 1"), 20);
     }
 
+    fn a_row_event_larger_than_max_allowed_packet_is_read(base: mysql) {
+        // An update's event holds the row twice (before and after): two 9 MiB values
+        // make an event above the server's 16 MiB max_allowed_packet, which the server
+        // still sends to a replica (up to slave_max_allowed_packet).
+        let db = TestDb::new(base, &["CREATE TABLE big(id INT PRIMARY KEY, b LONGBLOB, n INT)"]);
+        let mut store = MyStore::track(&db.url, &["big"], StoreOptions::default()).unwrap();
+        db.cli("INSERT INTO big VALUES (1, REPEAT('x', 9 << 20), 0)");
+        db.cli("UPDATE big SET b = REPEAT('y', 9 << 20), n = 1 WHERE id = 1");
+        assert_eq!(store.capture().unwrap(), 2);
+        let changes = all_changes(&store);
+        let update: Vec<&str> = changes[1].columns.iter().map(|c| c.column.as_str()).collect();
+        assert_eq!(update, ["b", "n"]);
+        assert_eq!(changes[1].columns[0].value, Value::Blob(vec![b'y'; 9 << 20]));
+    }
+
     fn a_value_capture_cannot_read_is_reported_by_table_and_column(base: mysql) {
         let db = TestDb::new(base, &["CREATE TABLE d(id INT PRIMARY KEY, at DATETIME)"]);
         let mut store = MyStore::track(&db.url, &["d"], StoreOptions::default()).unwrap();
