@@ -235,6 +235,13 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
             shared.stuck.store(false, Ordering::SeqCst);
         }
         let header = event.header();
+        if binlog::is_compressed_event(header.event_type_raw()) {
+            reader.abandon();
+            return Err(StreamError::Value {
+                table: "(binary log)".into(),
+                detail: "a compressed event (log_bin_compress = ON) cannot be read; turn log_bin_compress off, then reconcile this database with a peer (concord verify)".into(),
+            });
+        }
         let log_pos = u64::from(header.log_pos());
         // The wall time a change is stamped with. The event's own timestamp has whole
         // seconds only, and is when the statement started: a write made within the
