@@ -135,12 +135,17 @@ pub(crate) fn unavailable(conn: &mut Conn) -> Result<Option<String>, mysql::Erro
             "the server logs with binlog_row_image = {image}; set binlog_row_image = FULL (SET GLOBAL and in the configuration) so updates carry whole rows, to capture from the binary log"
         )));
     }
-    let compressed: Option<(String, String)> =
-        conn.query_first("SHOW VARIABLES LIKE 'log_bin_compress'")?;
-    if compressed.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON")) {
-        return Ok(Some(
-            "the server compresses its binary log (log_bin_compress = ON), which Concord cannot read; turn it off to capture from the binary log".into(),
-        ));
+    // MariaDB's `log_bin_compress`, MySQL's `binlog_transaction_compression`.
+    let compressed: Vec<(String, String)> = conn.query(
+        "SHOW VARIABLES WHERE Variable_name IN ('log_bin_compress', 'binlog_transaction_compression')",
+    )?;
+    if let Some((name, _)) = compressed
+        .iter()
+        .find(|(_, v)| v.eq_ignore_ascii_case("ON"))
+    {
+        return Ok(Some(format!(
+            "the server compresses its binary log ({name} = ON), which Concord cannot read; turn it off to capture from the binary log"
+        )));
     }
     let grants: Vec<String> = conn.query("SHOW GRANTS FOR CURRENT_USER()")?;
     let on_all = |g: &&String| g.contains(" ON *.* ");

@@ -291,6 +291,10 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
             }
             Some(EventData::RowsEvent(rows)) => reader.rows(&rows, at),
             Some(EventData::XidEvent(_)) => reader.commit(log_pos),
+            Some(EventData::TransactionPayloadEvent(_)) => Err(StreamError::Value {
+                table: "(binary log)".into(),
+                detail: "a compressed transaction (binlog_transaction_compression = ON) cannot be read; turn it off, then reconcile this database with a peer (concord verify)".into(),
+            }),
             Some(EventData::HeartbeatEvent) | Some(EventData::FormatDescriptionEvent(_)) => {
                 Ok(Step::None)
             }
