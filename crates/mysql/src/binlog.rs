@@ -217,9 +217,14 @@ pub(crate) fn is_compressed_event(event_type: u8) -> bool {
 }
 
 /// Whether a server error says the binary log the reader asked for is gone (1236,
-/// `ER_MASTER_FATAL_ERROR_READING_BINLOG`: purged, or never existed).
+/// `ER_MASTER_FATAL_ERROR_READING_BINLOG`, for a file purged or never there).
 pub(crate) fn is_purged(e: &mysql::Error) -> bool {
-    matches!(e, mysql::Error::MySqlError(s) if s.code == 1236)
+    // The same code also reports other fatal reading errors (an event too large, a
+    // corrupt log); only a missing file means the position was purged.
+    matches!(e, mysql::Error::MySqlError(s)
+        if s.code == 1236
+            && (s.message.contains("Could not find first log file")
+                || s.message.contains("purged")))
 }
 
 /// What the reader needs to know of one column of a table's binary-log row image

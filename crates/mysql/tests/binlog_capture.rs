@@ -341,6 +341,29 @@ concord_harness::server_tests! {
         assert!(store.capture_state().method == "binary log");
     }
 
+    fn the_reader_follows_the_server_to_its_next_binary_log_file(base: mysql) {
+        let db = TestDb::new(base, &[ITEMS]);
+        let mut store = MyStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
+        db.cli("INSERT INTO items VALUES (1,'a',1,NULL)");
+        assert_eq!(store.capture().unwrap(), 1);
+        let file = |db: &TestDb| -> String {
+            db.conn()
+                .query_first::<String, _>("SELECT v FROM concord_meta WHERE k = 'binlog_pos'")
+                .unwrap()
+                .unwrap()
+        };
+        let before = file(&db);
+        db.cli("FLUSH BINARY LOGS; INSERT INTO items VALUES (2,'b',2,NULL)");
+        assert_eq!(store.capture().unwrap(), 1);
+        let after = file(&db);
+        assert_ne!(before.rsplit_once(':').unwrap().0, after.rsplit_once(':').unwrap().0, "{before} {after}");
+        drop(store);
+        db.cli("INSERT INTO items VALUES (3,'c',3,NULL)");
+        let mut store = MyStore::open(&db.url).unwrap();
+        assert_eq!(store.capture().unwrap(), 1, "resumed in the new file");
+        assert_eq!(inserts_per_key(&store).len(), 3);
+    }
+
     fn a_purged_position_is_reported_not_skipped(base: mysql) {
         let db = TestDb::new(base, &[ITEMS]);
         let store = MyStore::track(&db.url, &["items"], StoreOptions::default()).unwrap();
