@@ -45,7 +45,15 @@ use concord_store::TrackError;
 /// - 1: the first release.
 /// - 2: `concord_failures.body` keeps each set-aside change whole, so it can be
 ///   retried once the schema allows.
-pub(crate) const FORMAT_VERSION: i64 = 2;
+/// - 3: capture from the binary log (`capture = binlog`, `binlog_pos`,
+///   `concord_applying`). Only such a database is raised to 3: a Concord without the
+///   reader would install triggers and leave `binlog_pos` behind, and the reader, back,
+///   would stage those writes a second time. One captured by triggers stays at
+///   [`TRIGGER_FORMAT_VERSION`], which older builds still open.
+pub(crate) const FORMAT_VERSION: i64 = 3;
+
+/// The format of a database captured by triggers.
+pub(crate) const TRIGGER_FORMAT_VERSION: i64 = 2;
 
 /// Prefix of every trigger Concord installs: `concord_<table id>_{ins,upd,del}`.
 pub const TRIGGER_PREFIX: &str = "concord_";

@@ -849,7 +849,7 @@ fn init_identity(conn: &mut Conn) -> Result<(), mysql::Error> {
     let node = NodeId::from_bytes(rand::random());
     conn.exec_drop(
         "INSERT INTO concord_meta(k, v) VALUES ('format', ?), ('node_id', ?), ('hlc', '0')",
-        (FORMAT_VERSION.to_string(), node.to_string()),
+        (schema::TRIGGER_FORMAT_VERSION.to_string(), node.to_string()),
     )?;
     conn.exec_drop(
         "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
@@ -913,6 +913,11 @@ fn choose_capture(conn: &mut Conn, options: &StoreOptions) -> Result<bool, Track
                 detail: "the server reports no binary-log position".into(),
             })?;
             crate::stream::store(c, &start)?;
+            // Builds without the reader must not open it (`FORMAT_VERSION`).
+            c.exec_drop(
+                "UPDATE concord_meta SET v = ? WHERE k = 'format'",
+                (FORMAT_VERSION.to_string(),),
+            )?;
         }
         c.exec_drop(
             "INSERT INTO concord_meta(k, v) VALUES ('capture', ?)",

@@ -89,6 +89,9 @@ concord_harness::server_tests! {
         assert_eq!(columns, ["qty"], "only the column the update changed");
         assert_eq!(update.columns[0].value, Value::Integer(2));
         assert!(store.capture_state().lag_bytes.is_some());
+        // A build without the binary-log reader (format 2) refuses the database.
+        let format = count(&db, "SELECT CAST(v AS SIGNED) FROM concord_meta WHERE k = 'format'");
+        assert_eq!(format, 3);
     }
 
     fn a_multi_row_multi_table_transaction_is_one_source_transaction(base: mysql) {
@@ -228,6 +231,8 @@ concord_harness::server_tests! {
         let db = TestDb::new(base, &[ITEMS]);
         let mut store = MyStore::track(&db.url, &["items"], triggers_only()).unwrap();
         assert_eq!(triggers(&db), 3);
+        let format = count(&db, "SELECT CAST(v AS SIGNED) FROM concord_meta WHERE k = 'format'");
+        assert_eq!(format, 2, "older builds still open a database captured by triggers");
         let state = store.capture_state();
         assert_eq!(state.method, "triggers");
         assert!(state.note.unwrap().contains("as configured"));
