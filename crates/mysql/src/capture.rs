@@ -12,6 +12,11 @@
 //! stays pending for the next capture; deleted rows are then purged from the table's
 //! history (`DELETE HISTORY`).
 //!
+//! With log-based capture the rows come from the binary-log reader ([`crate::binlog`])
+//! instead of triggers, one reader transaction per source transaction, so the same
+//! grouping and order hold. [`MyStore::stage_local_writes`] is the barrier that makes a
+//! capture (or an apply) see every local write committed before it.
+//!
 //! Limit: one capture reads every pending row into memory (a page-wise read would need
 //! a second connection sharing the snapshot); capture often, as the node does.
 
@@ -43,12 +48,16 @@ impl MyStore {
     /// in one transaction. Returns how many changes were logged.
     pub fn capture(&mut self) -> Result<u64, StoreError> {
         self.ensure_fresh()?;
+        let staged = self.reader.as_ref().map(|r| r.staged_transactions());
         self.begin_locked()?;
         match self.capture_in_txn() {
             Ok(n) => {
                 if let Err(e) = self.commit() {
                     self.stale = true;
                     return Err(e.into());
+                }
+                if let Some(staged) = staged {
+                    self.staged_seen = staged;
                 }
                 Ok(n)
             }
@@ -151,6 +160,15 @@ impl MyStore {
         if logged > 0 {
             self.origins.held.set(self.node, seq);
             self.save_progress(self.local_index, seq)?;
+        }
+        if self.apply_guard.is_some() {
+            // What the apply logs from here on are the rows it writes.
+            let last: Option<i64> = self
+                .conn
+                .query_first("SELECT COALESCE(MAX(pos), 0) FROM concord_log")?;
+            if let Some(guard) = self.apply_guard.as_mut() {
+                guard.log_floor = last.unwrap_or(0);
+            }
         }
         Ok(logged)
     }
@@ -325,5 +343,196 @@ impl MyStore {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a barrier may wait for the binary-log reader before capture reports it as
+/// stuck.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl MyStore {
+    /// Makes sure every local write committed before this call is staged in
+    /// `concord_pending`: reads the server's binary-log position and waits until the
+    /// reader has read (and staged) past it. Runs before the caller's transaction
+    /// starts, so that transaction's snapshot holds what was staged.
+    pub(crate) fn stage_local_writes(&mut self) -> Result<(), StoreError> {
+        if self.reader.is_none() {
+            let reader =
+                crate::stream::BinlogReader::start(&self.url).map_err(|e| StoreError::Capture {
+                    table: "(binary log)".into(),
+                    key: "-".into(),
+                    detail: e.to_string(),
+                })?;
+            self.reader = Some(reader);
+        }
+        let Some(target) = crate::binlog::server_position(&mut self.conn)? else {
+            return Err(binlog_error(
+                "the server reports no binary-log position (is log_bin still on?)".into(),
+            ));
+        };
+        match &self.reader {
+            Some(reader) => wait_for_reader(reader, &target),
+            None => Ok(()),
+        }
+    }
+
+    /// How local writes are captured, why, and (from the binary log) how far behind.
+    pub fn capture_state(&mut self) -> concord_store::CaptureState {
+        use concord_store::{CaptureMethod, CaptureState};
+        if !self.binlog {
+            let note = match crate::binlog::unavailable(&mut self.conn) {
+                _ if self.options.capture == CaptureMethod::Triggers => {
+                    Some("as configured (capture = \"triggers\")".into())
+                }
+                Ok(Some(why)) => Some(why),
+                Ok(None) => Some("the server allows capture from the binary log, which costs the application less: untrack and track the tables again to switch".into()),
+                Err(_) => None,
+            };
+            return CaptureState {
+                method: "triggers".into(),
+                note,
+                lag_bytes: None,
+            };
+        }
+        let stored = crate::stream::stored_position(&mut self.conn);
+        let read = self.reader.as_ref().and_then(|r| r.position());
+        let from = match (stored, read) {
+            (Ok(Some(s)), Some(r)) => Some(s.max(r)),
+            (Ok(s), r) => s.or(r),
+            (Err(_), r) => r,
+        };
+        let (lag, mut note) = match from {
+            None => (
+                None,
+                Some("no binary-log position is stored; track the tables again".into()),
+            ),
+            Some(from) => match crate::binlog::lag(&mut self.conn, &from) {
+                Ok(crate::binlog::Lag::Bytes(b)) => (Some(b), None),
+                Ok(crate::binlog::Lag::Purged) => (
+                    None,
+                    Some(format!(
+                        "the binary log Concord had read up to ({from}) was purged from the server before it was read: writes made since are not captured; reconcile with a peer (concord verify), and raise binlog_expire_logs_seconds"
+                    )),
+                ),
+                Err(e) => (None, Some(format!("reading the binary logs' sizes: {e}"))),
+            },
+        };
+        if note.is_none() {
+            note = self.reader.as_ref().and_then(|r| r.error());
+        }
+        CaptureState {
+            method: "binary log".into(),
+            note,
+            lag_bytes: lag,
+        }
+    }
+
+    /// The server's id of the binary-log reader's streaming connection, once it runs
+    /// (for tests that cut it, as a server restart would).
+    #[doc(hidden)]
+    pub fn binlog_reader_connection(&self) -> Option<u32> {
+        self.reader.as_ref().and_then(|r| r.connection_id())
+    }
+}
+
+/// What an apply transaction on binary-log capture checks before it commits.
+///
+/// Why: with triggers, an apply holds every local writer of a tracked table back for
+/// its whole length (their trigger waits on `concord_pending`). Nothing holds a writer
+/// back without a trigger, so a local transaction may commit after the apply's barrier
+/// and before the apply writes the same row: the apply would then decide its merge
+/// without that write, and overwrite it here while the write, captured afterwards,
+/// wins everywhere else. Such a write is in the binary log before the apply commits:
+/// the apply waits for the reader to pass the server's position once more, and if a
+/// row staged since its barrier has a key the apply logged, it rolls back (and is
+/// retried, after capturing that write first) rather than commit a divergence.
+#[derive(Debug)]
+pub(crate) struct ApplyGuard {
+    /// Pending rows with a larger id were staged after the apply's barrier.
+    pub(crate) pending_floor: i64,
+    /// Log entries past this position are the apply's own.
+    pub(crate) log_floor: i64,
+}
+
+impl MyStore {
+    /// See [`ApplyGuard`]; inside the apply transaction, its rows written.
+    pub(crate) fn check_no_local_write_raced(
+        &mut self,
+        guard: &ApplyGuard,
+    ) -> Result<(), StoreError> {
+        let Some(target) = crate::binlog::server_position(&mut self.conn)? else {
+            return Ok(());
+        };
+        if let Some(reader) = &self.reader {
+            wait_for_reader(reader, &target)?;
+        }
+        if self.side.as_mut().is_none_or(|c| c.ping().is_err()) {
+            self.side = Some(crate::store::connect(&self.url)?);
+        }
+        let Some(side) = self.side.as_mut() else {
+            return Ok(());
+        };
+        let staged: Vec<(i32, String, Option<String>)> = side.exec(
+            "SELECT tbl, k, o FROM concord_pending WHERE id > ?",
+            (guard.pending_floor,),
+        )?;
+        for (tbl, k, o) in staged {
+            let Some(table) = self.table_by_id(tbl).cloned() else {
+                continue;
+            };
+            for json in std::iter::once(k).chain(o) {
+                let Ok(values) = decode_values(&table, &json, true) else {
+                    continue;
+                };
+                let Ok(key) = PrimaryKey::encode(&values) else {
+                    continue;
+                };
+                let hit: Option<i64> = self.conn.exec_first(
+                    "SELECT 1 FROM concord_log WHERE pos > ? AND tbl = ? AND pk = ? LIMIT 1",
+                    (guard.log_floor, tbl, key.as_bytes()),
+                )?;
+                if hit.is_some() {
+                    return Err(StoreError::Capture {
+                        table: table.name.clone(),
+                        key: key.to_string(),
+                        detail: "a local write to this row committed while Concord applied a change to it; the apply was rolled back, and is retried after capturing that write".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `reader` has read (and staged) the binary log up to `target`.
+pub(crate) fn wait_for_reader(
+    reader: &crate::stream::BinlogReader,
+    target: &crate::binlog::BinlogPos,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        if reader.position().is_some_and(|p| p >= *target) {
+            return Ok(());
+        }
+        if reader.stuck() || started.elapsed() > BARRIER_WAIT {
+            let why = reader
+                .error()
+                .unwrap_or_else(|| "the reader is not keeping up".into());
+            return Err(binlog_error(format!(
+                "local writes were not read from the binary log within {} s: {why}",
+                BARRIER_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+}
+
+fn binlog_error(detail: String) -> StoreError {
+    StoreError::Capture {
+        table: "(binary log)".into(),
+        key: "-".into(),
+        detail,
     }
 }

@@ -7,8 +7,11 @@
 //! commit in one transaction, and a crash leaves all of a batch or none of it.
 //!
 //! ## Capture without the application's help
-//! [`MyStore::track`] installs `AFTER INSERT/UPDATE/DELETE` row triggers on each tracked
-//! table, so the `mariadb` client and every other program are captured. They append
+//! Where the server keeps a row-based binary log, a reader thread stages each committed
+//! source transaction from it (`binlog.rs`, `stream.rs`), and the application's writes
+//! run no Concord code. Elsewhere [`MyStore::track`] installs `AFTER
+//! INSERT/UPDATE/DELETE` row triggers on each tracked table, so the `mariadb` client and
+//! every other program are captured. They append
 //! the row's key, values and changed columns to `concord_pending`, a
 //! transaction-precise system-versioned table, which is how MariaDB tells us the
 //! writing transaction and its commit order (see `schema.rs` for why not
@@ -29,11 +32,13 @@
 
 mod apply;
 mod batch;
+mod binlog;
 mod capture;
 mod driver;
 mod log;
 mod schema;
 mod store;
+mod stream;
 mod types;
 
 pub use apply::ApplySession;

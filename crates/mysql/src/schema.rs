@@ -45,7 +45,15 @@ use concord_store::TrackError;
 /// - 1: the first release.
 /// - 2: `concord_failures.body` keeps each set-aside change whole, so it can be
 ///   retried once the schema allows.
-pub(crate) const FORMAT_VERSION: i64 = 2;
+/// - 3: capture from the binary log (`capture = binlog`, `binlog_pos`,
+///   `concord_applying`). Only such a database is raised to 3: a Concord without the
+///   reader would install triggers and leave `binlog_pos` behind, and the reader, back,
+///   would stage those writes a second time. One captured by triggers stays at
+///   [`TRIGGER_FORMAT_VERSION`], which older builds still open.
+pub(crate) const FORMAT_VERSION: i64 = 3;
+
+/// The format of a database captured by triggers.
+pub(crate) const TRIGGER_FORMAT_VERSION: i64 = 2;
 
 /// Prefix of every trigger Concord installs: `concord_<table id>_{ins,upd,del}`.
 pub const TRIGGER_PREFIX: &str = "concord_";
@@ -71,6 +79,7 @@ pub(crate) const METADATA_TABLES: &[&str] = &[
     "concord_log",
     "concord_failures",
     "concord_conflicts",
+    "concord_applying",
 ];
 
 /// Milliseconds since the epoch, as the trigger computes the write's wall time.
@@ -106,6 +115,10 @@ pub(crate) const METADATA_DDL: &[&str] = &[
         kind VARCHAR(32) NOT NULL, column_name VARCHAR(64) NULL, local_value LONGBLOB NOT NULL,
         local_version VARCHAR(128) NOT NULL, remote_value LONGBLOB NOT NULL,
         remote_version VARCHAR(128) NOT NULL, winner VARCHAR(16) NOT NULL) ENGINE=InnoDB",
+    // One row an apply transaction writes first, so the binary-log reader knows the
+    // transaction as Concord's own (`binlog.rs`).
+    "CREATE TABLE IF NOT EXISTS concord_applying(id TINYINT PRIMARY KEY, n BIGINT NOT NULL)
+        ENGINE=InnoDB",
 ];
 
 /// Quotes an SQL identifier.

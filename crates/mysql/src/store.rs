@@ -29,8 +29,8 @@ use concord_store::meta_batch::MetaBatch;
 use concord_store::pending::PendingRows;
 use concord_store::tracking;
 use concord_store::{
-    ApplyError, ApplyTxn, ConflictRecord, FailureRecord, LogRead, Origins, SnapshotRead, Store,
-    StoreOptions,
+    ApplyError, ApplyTxn, CaptureMethod, CaptureState, ConflictRecord, FailureRecord, LogRead,
+    Origins, SnapshotRead, Store, StoreOptions,
 };
 use concord_store::{
     ApplyReport, ColumnChange, ColumnSignature, StoreError, TrackError, compare_columns,
@@ -84,6 +84,20 @@ pub struct MyStore {
     pub(crate) apply_meta: MetaBatch,
     /// User-table writes held back to be written set-based ([`crate::batch`]).
     pub(crate) pending_rows: PendingRows<TableInfo, mysql::Value>,
+    /// Whether local writes are read from the binary log ([`crate::binlog`]) rather
+    /// than recorded by triggers; decided when the database is first tracked.
+    pub(crate) binlog: bool,
+    /// The binary-log reader, started at the first capture or apply.
+    pub(crate) reader: Option<crate::stream::BinlogReader>,
+    /// The reader's count of staged transactions at the last capture.
+    pub(crate) staged_seen: u64,
+    /// Set while a capture folds only what the reader has staged (no barrier).
+    pub(crate) skip_barrier: bool,
+    /// What the open apply transaction checks before it commits (binary-log capture).
+    pub(crate) apply_guard: Option<crate::capture::ApplyGuard>,
+    /// A second connection, for reading what other transactions committed while the
+    /// store's own is open.
+    pub(crate) side: Option<Conn>,
 }
 
 /// Connects and fixes the session settings values depend on.
@@ -198,14 +212,26 @@ impl MyStore {
             max_packet: usize::MAX,
             apply_meta: MetaBatch::default(),
             pending_rows: PendingRows::default(),
+            binlog: false,
+            reader: None,
+            staged_seen: 0,
+            skip_barrier: false,
+            apply_guard: None,
+            side: None,
         };
         store.migrate()?;
+        let capture: Option<String> = store
+            .conn
+            .query_first("SELECT v FROM concord_meta WHERE k = 'capture'")?;
+        store.binlog = capture.as_deref() == Some("binlog");
         store.reload()?;
         Ok(store)
     }
 
     /// Installs capture on `tables` (creating Concord's metadata on first use) and
-    /// returns the opened store. Existing rows are queued as inserts so replicas receive
+    /// returns the opened store. Capture reads the binary log when the server allows
+    /// it and `options.capture` does not ask for triggers (decided once per database,
+    /// see `choose_capture`); else triggers are installed. Existing rows are queued as inserts so replicas receive
     /// them. MySQL commits DDL implicitly, so tracking is not one transaction: it is
     /// idempotent instead, and tracking again after a failure completes it.
     ///
@@ -242,14 +268,31 @@ impl MyStore {
                 Ok(init_identity(c)?)
             })?,
         }
+        let binlog = choose_capture(&mut conn, &options)?;
         let order = tracking_order(&mut conn, &infos)?;
         let mut backfill = Vec::with_capacity(order.len());
         for &i in &order {
-            backfill.push(install_triggers(&mut conn, &mut infos[i])?);
+            backfill.push(install_triggers(&mut conn, &mut infos[i], binlog)?);
         }
+        // With the binary log, each backfill waits for a reader to stage every
+        // transaction before its start position: those of tables tracked already are
+        // then ordered before the backfill, as they committed (a parent row before the
+        // backfilled child referencing it).
+        let reader = if binlog && backfill.iter().any(|b| *b) {
+            Some(
+                crate::stream::BinlogReader::start(url).map_err(|e| StoreError::Capture {
+                    table: "(binary log)".into(),
+                    key: "-".into(),
+                    detail: e.to_string(),
+                })?,
+            )
+        } else {
+            None
+        };
         for (&i, backfill) in order.iter().zip(backfill) {
-            record_and_backfill(&mut conn, &infos[i], backfill)?;
+            record_and_backfill(&mut conn, &infos[i], backfill, reader.as_ref())?;
         }
+        drop(reader);
         drop(conn);
         Ok(Self::open_with(url, options)?)
     }
@@ -283,6 +326,10 @@ impl MyStore {
             in_transaction(&mut conn, |c| -> Result<(), TrackError> {
                 c.exec_drop("DELETE FROM concord_rows WHERE tbl = ?", (info.id,))?;
                 c.exec_drop("DELETE FROM concord_pending WHERE tbl = ?", (info.id,))?;
+                c.exec_drop(
+                    "DELETE FROM concord_meta WHERE k = ?",
+                    (format!("binlog_start.{}", info.id),),
+                )?;
                 c.exec_drop(
                     "UPDATE concord_tables SET tracked = 0 WHERE id = ?",
                     (info.id,),
@@ -437,9 +484,12 @@ impl MyStore {
     /// them, under Concord's lock.
     fn follow_added_columns(&mut self, info: &TableInfo, from: usize) -> Result<(), StoreError> {
         lock(&mut self.conn)?;
+        let binlog = self.binlog;
         let result = (|| -> Result<(), StoreError> {
-            for sql in info.trigger_sql() {
-                self.conn.query_drop(sql)?;
+            if !binlog {
+                for sql in info.trigger_sql() {
+                    self.conn.query_drop(sql)?;
+                }
             }
             in_transaction(&mut self.conn, |c| -> Result<(), StoreError> {
                 for (position, col) in info.columns.iter().enumerate().skip(from) {
@@ -555,19 +605,50 @@ impl MyStore {
 
     fn begin_locked_inner(&mut self, for_apply: bool) -> Result<(), StoreError> {
         lock(&mut self.conn)?;
+        if self.binlog
+            && !self.skip_barrier
+            && let Err(e) = self.stage_local_writes()
+        {
+            unlock(&mut self.conn);
+            return Err(e);
+        }
+        let binlog = self.binlog;
         let r = self
             .conn
             .query_drop("START TRANSACTION")
             .and_then(|()| {
                 if for_apply {
                     self.conn.query_drop("SET @concord_applying = 1")?;
-                    self.conn
-                        .query_drop("SELECT id FROM concord_pending FOR UPDATE")?;
+                    if binlog {
+                        // The binary-log reader skips every transaction holding this
+                        // row: Concord's own writes are not captured again. Written
+                        // first, before any consistent read (none has been made: the
+                        // barrier above ran outside the transaction).
+                        self.conn.query_drop(format!(
+                            "INSERT INTO {} (id, n) VALUES (1, 1) ON DUPLICATE KEY UPDATE n = n + 1",
+                            crate::binlog::MARKER_TABLE
+                        ))?;
+                    } else {
+                        self.conn
+                            .query_drop("SELECT id FROM concord_pending FOR UPDATE")?;
+                    }
                 }
                 Ok(())
             })
             .map_err(StoreError::from)
             .and_then(|()| self.load_progress());
+        let r = r.and_then(|()| {
+            if for_apply && binlog {
+                let floor: Option<i64> = self
+                    .conn
+                    .query_first("SELECT COALESCE(MAX(id), 0) FROM concord_pending")?;
+                self.apply_guard = Some(crate::capture::ApplyGuard {
+                    pending_floor: floor.unwrap_or(0),
+                    log_floor: i64::MAX,
+                });
+            }
+            Ok(())
+        });
         if let Err(e) = r {
             self.rollback();
             self.stale = true;
@@ -576,19 +657,28 @@ impl MyStore {
         Ok(())
     }
 
-    /// Commits and releases Concord's lock.
-    pub(crate) fn commit(&mut self) -> Result<(), mysql::Error> {
+    /// Commits and releases Concord's lock. An apply on binary-log capture first
+    /// checks that no local write to a row it wrote committed while it ran
+    /// ([`MyStore::check_no_local_write_raced`]); if one did, it rolls back instead.
+    pub(crate) fn commit(&mut self) -> Result<(), CommitFailed> {
+        if let Some(guard) = self.apply_guard.take()
+            && let Err(e) = self.check_no_local_write_raced(&guard)
+        {
+            self.rollback();
+            return Err(CommitFailed(e));
+        }
         let r = self.conn.query_drop("COMMIT");
         if r.is_err() {
             let _ = self.conn.query_drop("ROLLBACK");
         }
         let _ = self.conn.query_drop("SET @concord_applying = NULL");
         unlock(&mut self.conn);
-        r
+        r.map_err(|e| CommitFailed(e.into()))
     }
 
     /// Rolls back and releases Concord's lock.
     pub(crate) fn rollback(&mut self) {
+        self.apply_guard = None;
         let _ = self.conn.query_drop("ROLLBACK");
         let _ = self.conn.query_drop("SET @concord_applying = NULL");
         unlock(&mut self.conn);
@@ -717,6 +807,16 @@ impl MyStore {
     }
 }
 
+/// A commit that did not happen (rolled back instead).
+#[derive(Debug)]
+pub(crate) struct CommitFailed(pub(crate) StoreError);
+
+impl From<CommitFailed> for StoreError {
+    fn from(e: CommitFailed) -> Self {
+        e.0
+    }
+}
+
 /// Loading a row clock failed.
 #[derive(Debug)]
 pub(crate) enum LoadClockError {
@@ -749,12 +849,83 @@ fn init_identity(conn: &mut Conn) -> Result<(), mysql::Error> {
     let node = NodeId::from_bytes(rand::random());
     conn.exec_drop(
         "INSERT INTO concord_meta(k, v) VALUES ('format', ?), ('node_id', ?), ('hlc', '0')",
-        (FORMAT_VERSION.to_string(), node.to_string()),
+        (schema::TRIGGER_FORMAT_VERSION.to_string(), node.to_string()),
     )?;
     conn.exec_drop(
         "INSERT INTO concord_origins(node_id, seq) VALUES (?, 0)",
         (node.as_bytes().to_vec(),),
     )
+}
+
+/// Decides how the database being tracked is captured, once: from the binary log when
+/// it is new to Concord, `options` prefer it and the server allows it
+/// ([`crate::binlog::unavailable`]), else with triggers; a database tracked before keeps
+/// its method (an older one, without the `capture` setting, has triggers). Records the
+/// choice in `concord_meta`, with the position the binary-log reader starts at, before
+/// any table is backfilled. Says which, and why, in the log.
+fn choose_capture(conn: &mut Conn, options: &StoreOptions) -> Result<bool, TrackError> {
+    let recorded: Option<String> =
+        conn.query_first("SELECT v FROM concord_meta WHERE k = 'capture'")?;
+    let why_not = crate::binlog::unavailable(conn)?;
+    match recorded.as_deref() {
+        Some("binlog") => {
+            if let Some(why) = why_not {
+                tracing::warn!(reason = %why, "this database is captured from the binary log, which the server no longer allows");
+            } else {
+                tracing::info!("capturing from the binary log");
+            }
+            return Ok(true);
+        }
+        Some(_) => {
+            match why_not {
+                None if options.capture == CaptureMethod::Log => tracing::info!(
+                    "capturing with triggers, as when this database was first tracked; untrack and track it again to capture from the binary log instead"
+                ),
+                Some(why) => tracing::info!(reason = %why, "capturing with triggers"),
+                None => tracing::info!("capturing with triggers, as configured"),
+            }
+            return Ok(false);
+        }
+        None => {}
+    }
+    let tracked_before: Option<i64> =
+        conn.query_first("SELECT 1 FROM concord_tables WHERE tracked LIMIT 1")?;
+    let binlog = if tracked_before.is_some() {
+        tracing::info!(
+            "capturing with triggers, as when this database was first tracked; untrack and track it again to capture from the binary log instead"
+        );
+        false
+    } else if options.capture == CaptureMethod::Triggers {
+        tracing::info!("capturing with triggers, as configured");
+        false
+    } else if let Some(why) = why_not {
+        tracing::info!(reason = %why, "capturing with triggers");
+        false
+    } else {
+        tracing::info!("capturing from the binary log");
+        true
+    };
+    in_transaction(conn, |c| -> Result<(), TrackError> {
+        if binlog {
+            let start = crate::binlog::server_position(c)?.ok_or_else(|| StoreError::Capture {
+                table: "(binary log)".into(),
+                key: "-".into(),
+                detail: "the server reports no binary-log position".into(),
+            })?;
+            crate::stream::store(c, &start)?;
+            // Builds without the reader must not open it (`FORMAT_VERSION`).
+            c.exec_drop(
+                "UPDATE concord_meta SET v = ? WHERE k = 'format'",
+                (FORMAT_VERSION.to_string(),),
+            )?;
+        }
+        c.exec_drop(
+            "INSERT INTO concord_meta(k, v) VALUES ('capture', ?)",
+            (if binlog { "binlog" } else { "triggers" },),
+        )?;
+        Ok(())
+    })?;
+    Ok(binlog)
 }
 
 /// How many times tracking a table is attempted when InnoDB picks its transaction as
@@ -790,7 +961,11 @@ fn tracking_order(conn: &mut Conn, infos: &[TableInfo]) -> Result<Vec<usize>, Tr
 /// DDL commits, and waits for every transaction that used the table to end. Every
 /// table's triggers are created before any backfill: DDL then never runs while writers
 /// wait on a backfill's locks.
-fn install_triggers(conn: &mut Conn, info: &mut TableInfo) -> Result<bool, TrackError> {
+fn install_triggers(
+    conn: &mut Conn,
+    info: &mut TableInfo,
+    binlog: bool,
+) -> Result<bool, TrackError> {
     let name = info.name.clone();
     let existing: Option<(i32, bool)> = conn.exec_first(
         "SELECT id, tracked FROM concord_tables WHERE name = ?",
@@ -810,8 +985,10 @@ fn install_triggers(conn: &mut Conn, info: &mut TableInfo) -> Result<bool, Track
             true
         }
     };
-    for sql in info.trigger_sql() {
-        conn.query_drop(sql)?;
+    if !binlog {
+        for sql in info.trigger_sql() {
+            conn.query_drop(sql)?;
+        }
     }
     Ok(backfill)
 }
@@ -830,6 +1007,7 @@ fn record_and_backfill(
     conn: &mut Conn,
     info: &TableInfo,
     backfill: bool,
+    reader: Option<&crate::stream::BinlogReader>,
 ) -> Result<(), TrackError> {
     let mut attempt = 1;
     loop {
@@ -858,6 +1036,21 @@ fn record_and_backfill(
                     stale.iter().map(|id| (*id,)),
                 )?;
                 c.query_drop(info.backfill_sql())?;
+                if let Some(reader) = reader {
+                    // Writers are held back: transactions in the binary log before
+                    // this position are in the backfill, later ones are read from it.
+                    let start =
+                        crate::binlog::server_position(c)?.ok_or_else(|| StoreError::Capture {
+                            table: info.name.clone(),
+                            key: "-".into(),
+                            detail: "the server reports no binary-log position".into(),
+                        })?;
+                    crate::capture::wait_for_reader(reader, &start)?;
+                    c.exec_drop(
+                        "INSERT INTO concord_meta(k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                        (format!("binlog_start.{}", info.id), start.to_string()),
+                    )?;
+                }
             }
             c.exec_drop(
                 "UPDATE concord_tables SET tracked = 1 WHERE id = ?",
@@ -909,6 +1102,35 @@ impl Store for MyStore {
 
     fn capture(&mut self) -> Result<u64, StoreError> {
         MyStore::capture(self)
+    }
+
+    fn capture_ready(&mut self) -> Result<u64, StoreError> {
+        // With the reader streaming, fold what it has staged without waiting for it.
+        let streaming = self
+            .reader
+            .as_ref()
+            .is_some_and(|r| r.error().is_none() && r.position().is_some());
+        self.skip_barrier = streaming;
+        let result = MyStore::capture(self);
+        self.skip_barrier = false;
+        result
+    }
+
+    fn writes_may_be_pending(&mut self) -> Result<bool, StoreError> {
+        match &self.reader {
+            Some(reader) if !self.stale && reader.error().is_none() => {
+                Ok(reader.staged_transactions() != self.staged_seen)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn answers_pending_cheaply(&self) -> bool {
+        self.binlog
+    }
+
+    fn capture_state(&mut self) -> CaptureState {
+        MyStore::capture_state(self)
     }
 
     fn begin_apply_in(&mut self, mode: WriteMode) -> Result<Box<dyn ApplyTxn + '_>, ApplyError> {

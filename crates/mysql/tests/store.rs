@@ -23,37 +23,56 @@ fn rows(db: &TestDb) -> Vec<(i32, Option<String>, Option<String>)> {
         .unwrap()
 }
 
+/// Trigger capture, whatever the server allows.
+fn triggers_only() -> StoreOptions {
+    StoreOptions {
+        capture: concord_store::CaptureMethod::Triggers,
+        ..StoreOptions::default()
+    }
+}
+
+/// The CLI's and another connection's writes, captured with their boundaries.
+fn writes_are_captured(base: &str, options: StoreOptions) {
+    let db = TestDb::new(base, &[PEOPLE]);
+    let mut store = MyStore::track(&db.url, &["people"], options).unwrap();
+    db.cli("BEGIN; INSERT INTO people VALUES (1,'ann',1.50),(2,'bob',2); COMMIT; UPDATE people SET name='ANN' WHERE id=1");
+    let mut other = db.conn();
+    other.query_drop("START TRANSACTION").unwrap();
+    other.query_drop("DELETE FROM people WHERE id = 2").unwrap();
+    // Not committed: not captured.
+    assert_eq!(store.capture().unwrap(), 3);
+    other.query_drop("COMMIT").unwrap();
+    assert_eq!(store.capture().unwrap(), 1);
+    let changes: Vec<_> = store
+        .changes_for(&Default::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let ends: Vec<bool> = changes.iter().map(|c| c.last_in_txn).collect();
+    assert_eq!(ends, [false, true, true, true]);
+    assert_eq!(
+        changes[0]
+            .columns
+            .iter()
+            .find(|c| c.column == "balance")
+            .unwrap()
+            .value,
+        Value::Decimal("1.50".into())
+    );
+    assert!(changes[3].is_delete());
+}
+
 concord_harness::server_tests! {
     fn writes_of_the_cli_and_of_another_connection_are_captured_with_transaction_boundaries(
         base: mysql,
     ) {
-        let db = TestDb::new(base, &[PEOPLE]);
-        let mut store = MyStore::track(&db.url, &["people"], StoreOptions::default()).unwrap();
-        db.cli("BEGIN; INSERT INTO people VALUES (1,'ann',1.50),(2,'bob',2); COMMIT; UPDATE people SET name='ANN' WHERE id=1");
-        let mut other = db.conn();
-        other.query_drop("START TRANSACTION").unwrap();
-        other.query_drop("DELETE FROM people WHERE id = 2").unwrap();
-        // Not committed: not captured.
-        assert_eq!(store.capture().unwrap(), 3);
-        other.query_drop("COMMIT").unwrap();
-        assert_eq!(store.capture().unwrap(), 1);
-        let changes: Vec<_> = store
-            .changes_for(&Default::default())
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let ends: Vec<bool> = changes.iter().map(|c| c.last_in_txn).collect();
-        assert_eq!(ends, [false, true, true, true]);
-        assert_eq!(
-            changes[0]
-                .columns
-                .iter()
-                .find(|c| c.column == "balance")
-                .unwrap()
-                .value,
-            Value::Decimal("1.50".into())
-        );
-        assert!(changes[3].is_delete());
+        writes_are_captured(base, StoreOptions::default());
+    }
+
+    fn with_triggers_writes_of_the_cli_and_of_another_connection_are_captured_whole(
+        base: mysql,
+    ) {
+        writes_are_captured(base, triggers_only());
     }
 
     fn two_databases_converge_both_ways_with_conflicts_and_deletes_and_no_echo(base: mysql) {
