@@ -66,7 +66,7 @@ pub(crate) fn render(status: &NodeStatus) -> String {
     if !status.capture.is_empty() {
         out.push_str(&format!("capture {}", status.capture));
         if let Some(lag) = status.capture_lag_bytes {
-            out.push_str(&format!("  slot lag {lag} bytes"));
+            out.push_str(&format!("  lag {lag} bytes of the server's log"));
         }
         out.push('\n');
     }
