@@ -208,6 +208,9 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
     let mut events = dump.get_binlog_stream(request)?;
     let mut reader = Reader::new(conn, database, stored);
     let mut first = true;
+    // Whether the stream has described its format (the first artificial rotate comes
+    // before that).
+    let mut described = false;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             reader.abandon();
@@ -257,7 +260,10 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
             Some(EventData::RotateEvent(rotate)) => {
                 // The stream's first, artificial rotate (position 0) names the file
                 // asked for; its name is read before the checksum setting is known.
-                if log_pos != 0 {
+                // A later artificial one is the server moving on to the next file
+                // after one that ends without a rotate of its own (the server crashed
+                // while writing it): the file changes all the same.
+                if log_pos != 0 || described {
                     reader.file = rotate.name().into_owned();
                     reader.boundary(BinlogPos {
                         file: reader.file.clone(),
@@ -295,9 +301,11 @@ fn stream(url: &str, shared: &Shared) -> Result<(), StreamError> {
                 table: "(binary log)".into(),
                 detail: "a compressed transaction (binlog_transaction_compression = ON) cannot be read; turn it off, then reconcile this database with a peer (concord verify)".into(),
             }),
-            Some(EventData::HeartbeatEvent) | Some(EventData::FormatDescriptionEvent(_)) => {
+            Some(EventData::FormatDescriptionEvent(_)) => {
+                described = true;
                 Ok(Step::None)
             }
+            Some(EventData::HeartbeatEvent) => Ok(Step::None),
             _ => {
                 if reader.txn.is_none() && log_pos != 0 {
                     reader.boundary_at(log_pos);
