@@ -6,7 +6,6 @@
 //! `max_allowed_packet` cannot be sent at all ([`SqlDriver::binds`]). Conflict values
 //! are kept in the [`concord_store::format`] encoding.
 
-use concord_core::Value;
 use concord_store::StoreError;
 use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
 use concord_store::format as codec;
@@ -76,13 +75,6 @@ impl SqlDriver for MySql<'_> {
             each(row?.unwrap().into_iter().map(cell).collect())?;
         }
         Ok(())
-    }
-
-    fn stored_value(&self, cell: Cell) -> Value {
-        match cell {
-            Cell::Bytes(b) => codec::decode::<Value>(&b).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
     }
 
     fn binds(&self, len: usize) -> bool {

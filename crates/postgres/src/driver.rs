@@ -6,7 +6,6 @@
 //! template serves `integer` and `bigint` columns alike. Conflict values are kept in
 //! the [`concord_store::format`] encoding (`bytea`).
 
-use concord_core::Value;
 use concord_store::StoreError;
 use concord_store::bookkeeping::{Arg, Cell, SqlDriver};
 use concord_store::format as codec;
@@ -103,12 +102,5 @@ impl SqlDriver for Pg<'_> {
             each(cells)?;
         }
         Ok(())
-    }
-
-    fn stored_value(&self, cell: Cell) -> Value {
-        match cell {
-            Cell::Bytes(b) => codec::decode::<Value>(&b).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
     }
 }

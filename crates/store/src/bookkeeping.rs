@@ -69,8 +69,14 @@ pub trait SqlDriver {
         args: &[Arg<'_>],
         each: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
-    /// A value that was written as [`Arg::Value`], read back.
-    fn stored_value(&self, cell: Cell) -> Value;
+    /// A value that was written as [`Arg::Value`], read back. By default the
+    /// [`crate::format`] encoding the servers keep; SQLite keeps native values.
+    fn stored_value(&self, cell: Cell) -> Value {
+        match cell {
+            Cell::Bytes(b) => crate::format::decode::<Value>(&b).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
     /// Whether a parameter of `len` bytes can be sent at all (MariaDB's
     /// `max_allowed_packet` bounds it). A change set aside that cannot is recorded
     /// without its body: it could not be applied there later either.
