@@ -65,8 +65,10 @@ struct Pending {
     op: i16,
     cols: Option<Vec<i32>>,
     at: i64,
-    /// Id of the last pending row of the same source transaction.
-    last: i64,
+    /// Which source transaction the row belongs to.
+    group: i64,
+    /// Whether it is the last row of its source transaction.
+    ends: bool,
 }
 
 /// A pending row's text parsed back to values.
@@ -135,14 +137,28 @@ impl PgStore {
         for backfill in std::mem::take(&mut self.deferred_backfills) {
             self.client.batch_execute(&backfill)?;
         }
-        self.client.batch_execute(
-            "DECLARE concord_pending NO SCROLL CURSOR FOR
-             SELECT p.id, p.tbl, p.op, p.cols, p.at, g.last
+        let order = if self.logical.is_some() {
+            // Staged whole and in commit order: id order is transaction order, and a
+            // row ends its transaction when the next row is another's. Read along the
+            // primary key, stopping after a step: no sort of every pending row per
+            // step (which made a step cost as much as the whole backlog).
+            format!(
+                "SELECT p.id, p.tbl, p.op, p.cols, p.at, p.xid::text::int8,
+                        lead(p.xid) OVER (ORDER BY p.id) IS DISTINCT FROM p.xid
+                 FROM concord.pending p ORDER BY p.id{}",
+                step.map(|n| format!(" LIMIT {n}")).unwrap_or_default()
+            )
+        } else {
+            "SELECT p.id, p.tbl, p.op, p.cols, p.at, g.last, p.id = g.last
              FROM concord.pending p
              JOIN (SELECT xid, max(id) AS last FROM concord.pending GROUP BY xid) g
                ON g.xid = p.xid
-             ORDER BY g.last, p.id",
-        )?;
+             ORDER BY g.last, p.id"
+                .to_owned()
+        };
+        self.client.batch_execute(&format!(
+            "DECLARE concord_pending NO SCROLL CURSOR FOR {order}"
+        ))?;
         let mut logged = 0u64;
         let mut seq = self.origins.held.get(&self.node);
         let mut group = -1i64;
@@ -170,7 +186,8 @@ impl PgStore {
                     op: r.get(2),
                     cols: r.get(3),
                     at: r.get(4),
-                    last: r.get(5),
+                    group: r.get(5),
+                    ends: r.get(6),
                 })
                 .collect();
             if page.is_empty() {
@@ -193,15 +210,15 @@ impl PgStore {
             self.prefetch_clocks(&mut batch, keys.iter().map(|(t, k)| (*t, k.as_bytes())))?;
             drop(keys);
             for pending in &page {
-                if pending.last != group {
+                if pending.group != group {
                     // The first group of a step may go on from the last one (above).
                     if group != -1 {
                         group_last_seq = None;
                     }
-                    group = pending.last;
+                    group = pending.group;
                     group_marked = false;
                 }
-                let is_last_row = pending.id == pending.last;
+                let is_last_row = pending.ends;
                 let Some(table) = self.table_by_id(pending.table).cloned() else {
                     // The table was untracked or can no longer be read; its writes are
                     // dropped.
