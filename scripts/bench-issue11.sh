@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 : "${CONCORD_TEST_MYSQL_URL:?set CONCORD_TEST_MYSQL_URL}"
 ROWS=${1:-1000000}
 cargo build --release -q -p concord-conformance --example pgbench --example appwrite \
-  -p concord-node --example pglatency --example netbench
+  -p concord-node --example pglatency --example netbench -p concord
 E=target/release/examples
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(git rev-parse --short HEAD); $(date -u '+%F %T') UTC; load $(cut -d' ' -f1-3 /proc/loadavg)"
